@@ -1,0 +1,142 @@
+"""Configuration of a Probabilistic U-Net, saved with its weights so a model file describes itself.
+
+Defaults reproduce the original TensorFlow implementation of Kohl et al. (NeurIPS 2018)
+unless stated otherwise; each field says where its default comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Preprocessing:
+    """How raw image intensities map to the network's input range.
+
+    ``mode="fixed"``: ``x' = (x - low) / (high - low) - 0.5`` with the same ``low``/``high`` for
+    every image. Absolute contrast then carries meaning (the synthetic ``lesions`` data's mode
+    probabilities depend on it), which per-image normalisation would destroy.
+    ``mode="percentile"``: ``low``/``high`` are the image's own ``p_low``/``p_high`` percentiles
+    (for data whose intensity scale varies between scanners or files).
+    Integer images are first divided by their dtype's maximum when ``scale_integers`` is set
+    (8-bit 0..255 becomes 0..1), so a PNG and its float version give the same input.
+    The -0.5 shift centres [0, 1] data as the original code does for its inputs.
+    """
+
+    mode: str = "fixed"
+    low: float = 0.0
+    high: float = 1.0
+    p_low: float = 1.0
+    p_high: float = 99.0
+    clip: bool = False
+    scale_integers: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fixed", "percentile"):
+            raise ValueError(f"unknown preprocessing mode {self.mode!r}: use 'fixed' or 'percentile'")
+        if self.mode == "fixed" and not self.high > self.low:
+            raise ValueError(f"preprocessing needs high > low, got low={self.low}, high={self.high}")
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Map a raw ``(H, W)`` or ``(H, W, C)`` array to float32 network input (same shape)."""
+        x = np.asarray(image)
+        if self.scale_integers and np.issubdtype(x.dtype, np.integer) and x.dtype != np.bool_:
+            x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
+        x = x.astype(np.float32, copy=False)
+        if self.mode == "fixed":
+            low, high = self.low, self.high
+        else:
+            low, high = (float(v) for v in np.percentile(x, [self.p_low, self.p_high]))
+            if high <= low:  # a constant image: map it to the centre of the range
+                high = low + 1.0
+        out = (x - low) / (high - low)
+        if self.clip:
+            out = np.clip(out, 0.0, 1.0)
+        return (out - 0.5).astype(np.float32, copy=False)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and loss of a Probabilistic U-Net.
+
+    in_channels: image channels (1 grey, 3 RGB).
+    num_classes: classes of the label map, background included (binary = 2).
+    class_names: one name per class (``class_names[0]`` is the background).
+    channels: feature channels per resolution level of the U-Net and of the prior/posterior
+        encoders. Default (32, 64, 128, 192): the original's LIDC setting (which then holds
+        192 for deeper levels). Each level after the first halves the resolution (average
+        pooling), so an image is padded to a multiple of ``2 ** (len(channels) - 1)``.
+    convs_per_block: 3x3 conv + ReLU layers per block (3 in the original).
+    latent_dim: dimension d of z (6 in the original's LIDC experiments).
+    fcomb_channels: width of fcomb's hidden 1x1 convs (original: channels[0] = 32).
+    fcomb_layers: hidden 1x1 conv + ReLU layers in fcomb before the logits (3 in the original).
+    beta: weight of KL(q || p) in the loss (1 = the true ELBO, the original's setting).
+    prior_anchor: weight of KL(p(z|x) || N(0, I)) added to the loss (not in the original).
+        The ELBO does not fix the scale of z (rescaling prior, posterior and fcomb together
+        leaves it unchanged), and in our runs the scale drifted until a prior sigma hit its
+        bound. 0.1 nats per nat pins it near N(0, I) at a negligible cost to the ELBO;
+        0 gives the original loss.
+    logsigma_bounds: soft bounds for the Gaussians' log-sigma. Public ports leave it free and
+        see NaNs and runaway sigmas; a runaway prior sigma makes most samples decode to
+        nothing. (-6, 1.5) allows sigma from 0.0025 to 4.5.
+    posterior_mask_shift: added to the one-hot mask given to the posterior (-0.5 in the original).
+    input_size: side of the square crops the model was trained on; the plugin's region of
+        interest follows it. (128 in the original's LIDC setting.)
+    preprocessing: see :class:`Preprocessing`.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    class_names: list[str] = field(default_factory=lambda: ["background", "lesion"])
+    channels: tuple[int, ...] = (32, 64, 128, 192)
+    convs_per_block: int = 3
+    latent_dim: int = 6
+    fcomb_channels: int = 32
+    fcomb_layers: int = 3
+    beta: float = 1.0
+    prior_anchor: float = 0.1
+    logsigma_bounds: tuple[float, float] = (-6.0, 1.5)
+    posterior_mask_shift: float = -0.5
+    input_size: int = 128
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.logsigma_bounds = tuple(float(b) for b in self.logsigma_bounds)
+        if isinstance(self.preprocessing, dict):
+            self.preprocessing = Preprocessing(**self.preprocessing)
+        if self.num_classes < 2:
+            raise ValueError("num_classes counts the background too: binary segmentation is 2")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names for {self.num_classes} classes"
+            )
+        if self.latent_dim < 1:
+            raise ValueError("latent_dim must be at least 1")
+        if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:
+            raise ValueError("channels, convs_per_block and fcomb_layers must be non-empty/positive")
+        lo, hi = self.logsigma_bounds
+        if not lo < hi:
+            raise ValueError(f"logsigma_bounds must be (low, high) with low < high, got {self.logsigma_bounds}")
+
+    @property
+    def stride(self) -> int:
+        """Images are padded to a multiple of this."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["logsigma_bounds"] = list(self.logsigma_bounds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
+        return cls(**d)

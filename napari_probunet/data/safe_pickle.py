@@ -1,0 +1,284 @@
+"""Load a user's pickle without running its code.
+
+``pickle.load`` calls whatever callable a file names (``os.system``, ``builtins.eval``, any
+importable class), so a pickle from the internet is a program. The LIDC pickle of Stefan
+Knegt's PyTorch port is nevertheless the format many people have; this module reads it with a
+restricted unpickler that resolves only the globals plain data needs:
+
+- the builtin containers and scalars (``dict``, ``list``, ``tuple``, ``set``, ``frozenset``,
+  ``str``, ``bytes``, ``bytearray``, ``int``, ``float``, ``complex``, ``bool``) and
+  ``_codecs.encode`` (protocol-2 pickles spell ``bytes`` with it);
+- numpy arrays, dtypes and scalars: ``numpy.ndarray``, ``numpy.dtype`` and numpy's
+  reconstruction functions ``multiarray._reconstruct``, ``multiarray.scalar`` and
+  ``numeric._frombuffer``, under both ``numpy.core`` (numpy 1) and ``numpy._core`` (numpy 2).
+
+Anything else raises :class:`DataError` naming the refused global, before it is ever called.
+
+Even the numpy globals are not handed to numpy as they are: ``numpy.ndarray(shape, 'O',
+buffer)`` turns bytes into object pointers and crashes the interpreter. The numpy names
+resolve to stand-ins that only record their arguments; once the stream is read, arrays are
+rebuilt with ``np.frombuffer`` from validated plain dtypes (bool, integer, float, complex,
+bytes and unicode strings; object arrays are rebuilt element by element from their already
+safe contents). Structured, datetime and other dtypes are refused.
+"""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+import math
+import os
+import pickle
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from napari_probunet.errors import DataError
+
+_BUILTINS = (
+    "dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray",
+    "int", "float", "complex", "bool",
+)  # fmt: skip
+_PLAIN_KINDS = "biufcUS"
+
+
+class _Refused(DataError):
+    """Raised inside the unpickler; carries the message to the caller unchanged."""
+
+
+# ----------------------------------------------------------------------------- stand-ins
+
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray``: only valid as the subtype argument of ``_reconstruct``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise _Refused("the pickle calls numpy.ndarray(...) directly, which plain arrays never do")
+
+
+class _DtypeStub:
+    """Stands for ``numpy.dtype(obj, align, copy)`` followed by ``__setstate__(state)``."""
+
+    def __init__(self, obj: Any = None, align: Any = False, copy: Any = False) -> None:
+        self.obj, self.state = obj, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _ArrayStub:
+    """Stands for ``_reconstruct(ndarray, ...)`` followed by ``__setstate__(state)``."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _BufferArrayStub:
+    """Stands for ``_frombuffer(buffer, dtype, shape, order)`` (protocol 5)."""
+
+    def __init__(self, buffer: Any, dtype: Any, shape: Any, order: Any) -> None:
+        self.buffer, self.dtype, self.shape, self.order = buffer, dtype, shape, order
+
+
+class _ScalarStub:
+    """Stands for ``scalar(dtype, data)`` (a numpy scalar)."""
+
+    def __init__(self, dtype: Any, data: Any = None) -> None:
+        self.dtype, self.data = dtype, data
+
+
+def _reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _ArrayStub:
+    if subtype is not _NdarrayClass:
+        raise _Refused("the pickle reconstructs an array of a type other than numpy.ndarray")
+    return _ArrayStub()
+
+
+_TABLE: dict[tuple[str, str], Any] = {("builtins", n): getattr(builtins, n) for n in _BUILTINS}
+_TABLE.update({
+    ("__builtin__", "set"): set,  # Python 2 spellings, seen in old pickles
+    ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): codecs.encode,
+    ("numpy", "ndarray"): _NdarrayClass,
+    ("numpy", "dtype"): _DtypeStub,
+})
+for _package in ("numpy.core", "numpy._core"):
+    _TABLE[(f"{_package}.multiarray", "_reconstruct")] = _reconstruct
+    _TABLE[(f"{_package}.multiarray", "scalar")] = _ScalarStub
+    _TABLE[(f"{_package}.numeric", "_frombuffer")] = _BufferArrayStub
+
+
+# ----------------------------------------------------------------------------- rebuilding
+
+
+def _dtype(stub: Any) -> np.dtype:
+    """A real, plain dtype from a :class:`_DtypeStub`; object dtype gives ``dtype('O')``."""
+    if not isinstance(stub, _DtypeStub) or not isinstance(stub.obj, str):
+        raise _Refused("the pickle gives an array a dtype that is not a plain numpy dtype")
+    state = stub.state
+    if state is not None and (
+        not isinstance(state, tuple) or len(state) < 5 or any(s is not None for s in state[2:5])
+    ):
+        raise _Refused(f"the pickle uses a structured or sub-array dtype ({stub.obj!r})")
+    try:
+        dt = np.dtype(stub.obj)
+    except TypeError:
+        raise _Refused(f"the pickle uses an unknown dtype {stub.obj!r}") from None
+    if dt.kind == "O":
+        return dt
+    if dt.kind not in _PLAIN_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise _Refused(f"the pickle uses dtype {dt} (only bool, numbers and strings are loaded)")
+    if state is not None and state[1] in ("<", ">") and dt.itemsize > 1:
+        dt = dt.newbyteorder(state[1])
+    return dt
+
+
+def _from_bytes(data: Any, dt: np.dtype, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
+    if isinstance(data, pickle.PickleBuffer):
+        data = data.raw()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise _Refused("the pickle stores array data that is not raw bytes")
+    count = math.prod(shape)
+    if count * dt.itemsize != memoryview(data).nbytes:
+        raise _Refused(
+            f"the pickle's array data has {memoryview(data).nbytes} bytes, but shape {shape} of "
+            f"{dt} needs {count * dt.itemsize} (truncated or corrupt)"
+        )
+    flat = np.frombuffer(data, dtype=dt, count=count).copy()
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, int):
+        value = (value,)
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise _Refused(f"the pickle gives an array an invalid shape {value!r}")
+    return value
+
+
+class _Rebuilder:
+    """Replaces the stand-ins in an unpickled object tree by real numpy objects."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, Any] = {}
+
+    def __call__(self, obj: Any) -> Any:
+        key = id(obj)
+        if key in self._done:
+            return self._done[key]
+        if isinstance(obj, dict):
+            out: Any = {}
+            self._done[key] = out
+            for k, v in obj.items():
+                out[self(k)] = self(v)
+        elif isinstance(obj, list):
+            out = []
+            self._done[key] = out
+            out.extend(self(v) for v in obj)
+        elif isinstance(obj, tuple):
+            out = tuple(self(v) for v in obj)
+        elif isinstance(obj, (set, frozenset)):
+            out = type(obj)(self(v) for v in obj)
+        elif isinstance(obj, _ArrayStub):
+            out = self._array(obj)
+        elif isinstance(obj, _BufferArrayStub):
+            dt = _dtype(obj.dtype)
+            if dt.kind == "O":
+                raise _Refused("the pickle builds an object array from raw bytes")
+            out = _from_bytes(obj.buffer, dt, _shape(obj.shape), obj.order == "F")
+        elif isinstance(obj, _ScalarStub):
+            dt = _dtype(obj.dtype)
+            if dt.kind == "O":
+                raise _Refused("the pickle builds an object scalar")
+            out = _from_bytes(obj.data, dt, (), False)[()]
+        elif isinstance(obj, (_DtypeStub,)):
+            out = _dtype(obj)
+        elif obj is _NdarrayClass:
+            raise _Refused("the pickle refers to numpy.ndarray outside an array")
+        else:
+            out = obj  # str, bytes, numbers, None, bool: plain values
+        self._done[key] = out
+        return out
+
+    def _array(self, stub: _ArrayStub) -> np.ndarray:
+        state = stub.state
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise _Refused("the pickle holds an array without valid state")
+        _, shape, dtype_stub, fortran, data = state if len(state) == 5 else (1, *state)
+        shape, dt = _shape(shape), _dtype(dtype_stub)
+        if dt.kind != "O":
+            return _from_bytes(data, dt, shape, bool(fortran))
+        if not isinstance(data, list) or len(data) != math.prod(shape):
+            raise _Refused("the pickle holds an object array whose contents are not a list")
+        out = np.empty(len(data), dtype=object)
+        for i, item in enumerate(data):
+            out[i] = self(item)
+        return out.reshape(shape, order="F" if fortran else "C")
+
+
+# ----------------------------------------------------------------------------- unpickler
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only builds plain containers, scalars and numpy arrays.
+
+    Use :func:`safe_load`, which also turns numpy stand-ins into arrays. ``source`` names the
+    file in error messages.
+    """
+
+    def __init__(self, file: BinaryIO, source: str = "<pickle>") -> None:
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _TABLE[(module, name)]
+        except (KeyError, TypeError):
+            raise DataError(
+                f"{self._source}: refused to load the pickle: it refers to {module}.{name}, "
+                "which is not plain data (only builtin containers/scalars and numpy arrays are "
+                "allowed, because unpickling anything else can run arbitrary code). If you "
+                "trust this file, convert it to a folder of .npy files (see docs/data.md)."
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _Refused("the pickle uses persistent ids, which plain data never needs")
+
+
+def safe_load(file: BinaryIO, source: str = "<pickle>") -> Any:
+    """Unpickle plain data (containers, scalars, numpy arrays) from an open binary ``file``.
+
+    Raises :class:`DataError` naming ``source`` and the reason for anything else.
+    """
+    try:
+        raw = RestrictedUnpickler(file, source).load()
+        return _Rebuilder()(raw)
+    except _Refused as exc:
+        raise DataError(f"{source}: refused to load the pickle: {exc}.") from None
+    except DataError:
+        raise
+    except RecursionError:
+        raise DataError(f"{source}: the pickle is nested too deeply to load.") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{source}: not a readable pickle ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or not a pickle at all."
+        ) from None
+
+
+def safe_load_path(path: str | os.PathLike) -> Any:
+    """Unpickle plain data from the file at ``path`` (see :func:`safe_load`)."""
+    source = os.fspath(path)
+    try:
+        size = os.path.getsize(source)
+    except OSError as exc:
+        raise DataError(f"{source}: cannot open ({exc.strerror or exc}).") from None
+    if size == 0:
+        raise DataError(f"{source}: the file is empty (0 bytes); nothing to load.")
+    with open(source, "rb") as handle:
+        return safe_load(handle, source)

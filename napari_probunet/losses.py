@@ -1,0 +1,124 @@
+"""Losses of the Probabilistic U-Net: the ELBO with a fixed beta, and GECO.
+
+**Reduction convention** (the one that keeps beta meaningful). The loss of one image is its
+negative ELBO in nats::
+
+    loss_i = sum over pixels of CE(logits, y)  +  beta * KL(q(z | x_i, y_i) || p(z | x_i))
+
+and the batch loss is the **mean over images** of ``loss_i``. The cross-entropy is summed
+over pixels because the likelihood is that of the whole segmentation map: with beta = 1 this
+is exactly the ELBO at any image size, and averaging over the batch makes it independent of
+the batch size. (Averaging the cross-entropy over pixels instead scales the KL's weight by
+H*W and the decoder learns to ignore z: posterior collapse.) Logged values follow the same
+convention: ``ce`` per image (summed over pixels), ``kl`` per image in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def kl_diag_gaussians(
+    q_mu: torch.Tensor, q_logsigma: torch.Tensor, p_mu: torch.Tensor, p_logsigma: torch.Tensor
+) -> torch.Tensor:
+    """Analytic KL(q || p) between axis-aligned Gaussians, summed over the latent dims: ``(b,)``."""
+    var_ratio = torch.exp(2 * (q_logsigma - p_logsigma))
+    mean_term = ((q_mu - p_mu) * torch.exp(-p_logsigma)) ** 2
+    return (p_logsigma - q_logsigma + 0.5 * (var_ratio + mean_term - 1)).sum(dim=1)
+
+
+def reconstruction_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over pixels, per image: logits ``(b, c, h, w)``, y ``(b, h, w)`` -> ``(b,)``."""
+    return F.cross_entropy(logits.float(), y.long(), reduction="none").flatten(1).sum(dim=1)
+
+
+def prior_anchor(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """KL(p(z | x) || N(0, I)) per image ``(b,)``: fixes the otherwise free scale of z.
+
+    The ELBO with a learned prior is unchanged when z is rescaled (prior, posterior and fcomb's
+    z weights together), so nothing stops the scale drifting until log-sigma hits its bound
+    (seen here: one prior sigma at the bound, most samples empty). A small multiple of this
+    term pins the scale near the standard normal without changing which modes are learned.
+    """
+    mu, logsigma = out["prior_mu"].float(), out["prior_logsigma"].float()
+    zeros = torch.zeros_like(mu)
+    return kl_diag_gaussians(mu, logsigma, zeros, zeros)
+
+
+def elbo_loss(out: dict[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
+              anchor: float = 0.0) -> dict[str, torch.Tensor]:
+    """Negative ELBO (see the module docstring) plus ``anchor`` times :func:`prior_anchor`.
+
+    ``out`` is :meth:`ProbUNet.forward`'s result. Returns ``loss`` (scalar, to minimise),
+    ``ce`` and ``kl`` (batch means, per image), ``anchor`` and ``ce_per_pixel`` (for logging
+    and GECO).
+    """
+    ce = reconstruction_ce(out["logits"], y)
+    kl = kl_diag_gaussians(
+        out["posterior_mu"].float(), out["posterior_logsigma"].float(),
+        out["prior_mu"].float(), out["prior_logsigma"].float(),
+    )
+    reg = prior_anchor(out)
+    loss = (ce + beta * kl + anchor * reg).mean()
+    n_pixels = y[0].numel()
+    return {"loss": loss, "ce": ce.mean(), "kl": kl.mean(), "anchor": reg.mean(),
+            "ce_per_pixel": ce.mean() / n_pixels}
+
+
+@dataclass
+class GECO:
+    """Generalized ELBO with Constrained Optimization (Rezende & Viola 2018), as used by the
+    Hierarchical Probabilistic U-Net (Kohl et al. 2019).
+
+    Instead of fixing beta, minimise ``KL + lambda * C`` with the constraint
+    ``C = mean per-pixel cross-entropy - target`` (nats per pixel). The Lagrange multiplier
+    lambda grows while the reconstruction is worse than ``target`` and shrinks once it is
+    better, driven by a moving average of C: ``log(lambda) += rate * C_ema`` per step, bounded
+    to ``[min_lambda, max_lambda]``. Its state travels with training checkpoints.
+    """
+
+    target: float = 0.05
+    rate: float = 0.01
+    ema: float = 0.99
+    lambda_init: float = 1.0
+    min_lambda: float = 1e-3
+    max_lambda: float = 1e5
+    log_lambda: float | None = None
+    constraint_ema: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_lambda is None:
+            self.log_lambda = math.log(self.lambda_init)
+
+    @property
+    def lagrange_multiplier(self) -> float:
+        return math.exp(self.log_lambda)
+
+    def loss(self, out: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Like :func:`elbo_loss`, but weighted by the multiplier, which is then updated.
+
+        The returned ``loss`` is divided by the number of pixels times lambda's scale so that its
+        gradient magnitude is comparable to the ELBO's; only its gradient matters.
+        """
+        terms = elbo_loss(out, y, beta=1.0)
+        constraint = terms["ce_per_pixel"] - self.target
+        lam = self.lagrange_multiplier
+        n_pixels = y[0].numel()
+        terms["loss"] = terms["kl"] + lam * n_pixels * constraint
+        c = float(constraint.detach())
+        self.constraint_ema = c if self.constraint_ema is None else self.ema * self.constraint_ema + (1 - self.ema) * c
+        self.log_lambda = min(max(self.log_lambda + self.rate * self.constraint_ema / max(self.target, 1e-8),
+                                  math.log(self.min_lambda)), math.log(self.max_lambda))
+        terms["lambda"] = torch.tensor(lam)
+        return terms
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"log_lambda": self.log_lambda, "constraint_ema": self.constraint_ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.log_lambda = state["log_lambda"]
+        self.constraint_ema = state["constraint_ema"]

@@ -1,0 +1,203 @@
+"""The Probabilistic U-Net (Kohl et al., NeurIPS 2018) as plain ``nn.Module`` s.
+
+Tensors are ``(batch, channels, height, width)`` throughout. Notation of the paper:
+
+- the U-Net maps an image x to a feature map F (``channels[0]`` channels, full resolution);
+- the prior net maps x to an axis-aligned Gaussian p(z | x) over the latent z in R^d;
+- the posterior net maps x and a one-hot segmentation y to q(z | x, y) (training, and to place
+  a given mask in latent space);
+- fcomb broadcasts z over the image, concatenates it with F and applies 1x1 convolutions
+  to give class logits.
+
+The loss lives in :mod:`napari_probunet.losses`; fast sampling (fcomb's first layer split
+into an image term and a per-sample bias) in :mod:`napari_probunet.session`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_probunet.config import ModelConfig
+
+
+def _conv_block(in_ch: int, out_ch: int, n_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_convs):
+        layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """The U-Net's contracting path, also used by the prior and posterior nets.
+
+    Level 0 keeps the resolution; each further level average-pools by 2 first.
+    ``forward`` returns every level's output, finest first: ``[(b, channels[i], h/2^i, w/2^i)]``.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...], convs_per_block: int):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        prev = in_channels
+        for ch in channels:
+            self.blocks.append(_conv_block(prev, ch, convs_per_block))
+            prev = ch
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.avg_pool2d(x, 2)
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
+class UNet(nn.Module):
+    """U-Net without its output layer: image ``(b, in_channels, h, w)`` -> F ``(b, channels[0], h, w)``.
+
+    Decoder: bilinear upsampling, concatenation with the skip connection, then a conv block
+    (as in the original code). ``h`` and ``w`` must be multiples of ``2 ** (levels - 1)``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = cfg.channels
+        self.encoder = Encoder(cfg.in_channels, ch, cfg.convs_per_block)
+        self.decoder = nn.ModuleList(
+            _conv_block(ch[i + 1] + ch[i], ch[i], cfg.convs_per_block) for i in reversed(range(len(ch) - 1))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = self.encoder(x)
+        h = skips[-1]
+        for block, skip in zip(self.decoder, reversed(skips[:-1])):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skip], dim=1))
+        return h
+
+
+def bounded_logsigma(raw: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """Softly bound log-sigma to ``bounds``: identity near the centre, tanh-saturating at the edges.
+
+    Keeps gradients everywhere (unlike a hard clamp) while making NaN-producing values
+    (exp overflow, sigma -> 0) unreachable.
+    """
+    lo, hi = bounds
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    return centre + half * torch.tanh((raw - centre) / half)
+
+
+class GaussianEncoder(nn.Module):
+    """Prior or posterior net: encoder, global average pool, 1x1 conv to ``(mu, log_sigma)``.
+
+    Input ``(b, in_channels, h, w)``; returns ``mu, log_sigma`` each ``(b, latent_dim)``.
+    The 1x1 conv is initialised small so that training starts from a near-standard normal.
+    """
+
+    def __init__(self, cfg: ModelConfig, in_channels: int):
+        super().__init__()
+        self.encoder = Encoder(in_channels, cfg.channels, cfg.convs_per_block)
+        self.to_params = nn.Conv2d(cfg.channels[-1], 2 * cfg.latent_dim, 1)
+        nn.init.normal_(self.to_params.weight, std=1e-3)
+        nn.init.zeros_(self.to_params.bias)
+        self.latent_dim = cfg.latent_dim
+        self.bounds = cfg.logsigma_bounds
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)[-1].mean(dim=(2, 3), keepdim=True)
+        params = self.to_params(h).flatten(1)
+        mu, raw = params[:, : self.latent_dim], params[:, self.latent_dim :]
+        return mu, bounded_logsigma(raw, self.bounds)
+
+
+class Fcomb(nn.Module):
+    """Combine F ``(b, c_F, h, w)`` with z ``(b, d)`` into class logits ``(b, num_classes, h, w)``.
+
+    ``layers[0]`` is a 1x1 conv on ``[F; z]`` (z broadcast to every pixel); the first
+    ``c_F`` input channels of its weight act on F, the last ``d`` on z. Because z is constant
+    over the image, ``W [F; z] = W_F F + W_z z``: the z term is a per-channel bias
+    (see :meth:`split_first_layer`).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c_f, c_h = cfg.channels[0], cfg.fcomb_channels
+        convs = [nn.Conv2d(c_f + cfg.latent_dim, c_h, 1)]
+        convs += [nn.Conv2d(c_h, c_h, 1) for _ in range(cfg.fcomb_layers - 1)]
+        self.hidden = nn.ModuleList(convs)
+        self.logits = nn.Conv2d(c_h, cfg.num_classes, 1)
+        self.feature_channels = c_f
+
+    def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = features.shape
+        zmap = z[:, :, None, None].expand(b, z.shape[1], h, w)
+        x = torch.cat([features, zmap], dim=1)
+        for conv in self.hidden:
+            x = F.relu(conv(x))
+        return self.logits(x)
+
+    def split_first_layer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(W_F (c_h, c_F), W_z (c_h, d), bias (c_h,))`` of the first 1x1 conv."""
+        w = self.hidden[0].weight[:, :, 0, 0]
+        return w[:, : self.feature_channels], w[:, self.feature_channels :], self.hidden[0].bias
+
+
+@dataclass
+class Encoded:
+    """What the expensive part of the model gives for a batch of images."""
+
+    features: torch.Tensor  # F: (b, channels[0], h, w)
+    prior_mu: torch.Tensor  # (b, d)
+    prior_logsigma: torch.Tensor  # (b, d)
+
+
+class ProbUNet(nn.Module):
+    """The Probabilistic U-Net. ``config`` is a :class:`~napari_probunet.config.ModelConfig`.
+
+    Attributes set by :func:`napari_probunet.modelfile.load_model`: ``source_path``,
+    ``source_sha256`` and ``metadata`` (provenance), or ``None`` for a model built in code.
+    """
+
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config or ModelConfig()
+        cfg = self.config
+        self.unet = UNet(cfg)
+        self.prior = GaussianEncoder(cfg, cfg.in_channels)
+        self.posterior = GaussianEncoder(cfg, cfg.in_channels + cfg.num_classes)
+        self.fcomb = Fcomb(cfg)
+        self.source_path: str | None = None
+        self.source_sha256: str | None = None
+        self.metadata: dict = {}
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """Run the U-Net and the prior once: x ``(b, in_channels, h, w)``."""
+        mu, logsigma = self.prior(x)
+        return Encoded(self.unet(x), mu, logsigma)
+
+    def posterior_params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x, y): x ``(b, in_channels, h, w)``, y ``(b, h, w)`` integer labels -> mu, log_sigma."""
+        onehot = F.one_hot(y.long(), self.config.num_classes).permute(0, 3, 1, 2).to(x.dtype)
+        return self.posterior(torch.cat([x, onehot + self.config.posterior_mask_shift], dim=1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: reconstruct y from a posterior sample.
+
+        Returns ``logits (b, classes, h, w)``, ``z (b, d)`` and the two Gaussians' parameters;
+        :func:`napari_probunet.losses.elbo_loss` turns them into the loss.
+        """
+        enc = self.encode(x)
+        q_mu, q_logsigma = self.posterior_params(x, y)
+        z = q_mu + torch.exp(q_logsigma) * torch.randn_like(q_mu)
+        return {
+            "logits": self.fcomb(enc.features, z),
+            "z": z,
+            "prior_mu": enc.prior_mu,
+            "prior_logsigma": enc.prior_logsigma,
+            "posterior_mu": q_mu,
+            "posterior_logsigma": q_logsigma,
+        }

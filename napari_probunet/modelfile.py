@@ -1,0 +1,203 @@
+"""Model files: safetensors weights with the JSON configuration in the same file's header.
+
+A model file is a standard ``.safetensors`` file. Its header metadata holds one key,
+``"probunet"``, a JSON document::
+
+    {"format_version": 1, "config": {...ModelConfig...}, "provenance": {...}}
+
+``provenance`` records how the weights were made (recipe, data, steps, metrics, versions).
+Nothing in a model file is ever executed: safetensors stores raw tensors and a JSON header,
+and files that look like pickles (PyTorch ``.pt``/``.pth`` checkpoints) are refused before
+anything is parsed. ``probunet info FILE`` shows what a file contains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from napari_probunet.errors import ModelFileError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "probunet"
+DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, for provenance records."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """``"default"`` is the bundled model; anything else is a path that must exist."""
+    if str(path) == "default":
+        if not DEFAULT_MODEL.exists():
+            raise ModelFileError(
+                f"the bundled default model is missing ({DEFAULT_MODEL}); reinstall "
+                "napari-probunet or pass a model file"
+            )
+        return DEFAULT_MODEL
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelFileError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ModelFileError(f"{p} is a folder; pass the .safetensors model file inside it")
+    return p
+
+
+def _check_header(path: Path) -> dict[str, Any]:
+    """Validate the file's framing without executing anything; return the parsed metadata."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise ModelFileError(
+                f"{path.name} looks like a pickled PyTorch checkpoint (.pt/.pth). napari-probunet "
+                "never unpickles files, since unpickling can run arbitrary code; load it yourself "
+                "in trusted code and save it with napari_probunet.modelfile.save_model"
+            )
+        if len(head) < 8:
+            raise ModelFileError(f"{path.name} is empty or truncated ({size} bytes); it is not a model file")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise ModelFileError(
+                f"{path.name} is truncated or not a safetensors file (header of {n} bytes in a "
+                f"{size}-byte file); copy the model file again"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{path.name} is not a safetensors file: its header is not JSON") from exc
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ModelFileError(
+            f"{path.name} is truncated: the header promises {8 + n + end} bytes, the file has {size}; "
+            "copy the model file again"
+        )
+    meta = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if meta is None:
+        raise ModelFileError(
+            f"{path.name} is a safetensors file but not a napari-probunet model (no '{METADATA_KEY}' "
+            "metadata); save models with napari_probunet.modelfile.save_model"
+        )
+    try:
+        meta = json.loads(meta)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path.name}: its model description is not valid JSON") from exc
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path.name}: the model description has no format_version")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path.name} uses model file format {version}, newer than this napari-probunet "
+            f"understands ({FORMAT_VERSION}); upgrade napari-probunet"
+        )
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON description (format version, config, provenance) of a model file."""
+    return _check_header(resolve_model_path(path))
+
+
+def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
+    """Load a model file (``"default"`` = the bundled one) as an eval-mode :class:`ProbUNet`."""
+    import torch
+    from safetensors.torch import load_file
+
+    from napari_probunet.config import ModelConfig
+    from napari_probunet.device import resolve_device
+    from napari_probunet.model import ProbUNet
+
+    p = resolve_model_path(path)
+    meta = _check_header(p)
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{p.name}: invalid model configuration: {exc}") from exc
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{p.name} cannot be read as safetensors: {exc}") from exc
+    model = ProbUNet(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            s for s in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {unexpected[:3]}" if unexpected else "",
+                f"wrong shapes {wrong[:3]}" if wrong else "",
+            ) if s
+        )
+        raise ModelFileError(f"{p.name}: weights do not match its configuration ({detail})")
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+    model.eval()
+    model.to(resolve_device(device))
+    model.source_path = str(p)
+    model.source_sha256 = file_sha256(p)
+    model.metadata = meta
+    return model
+
+
+def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> str:
+    """Write ``model`` (weights in float32) atomically; return the file's sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "provenance": provenance or {},
+    }
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return file_sha256(path)
+
+
+# -- `probunet info` ---------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default="default", help="model file (default: the bundled model)")
+    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    p = resolve_model_path(args.model)
+    meta = _check_header(p)
+    info = {"file": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size, **meta}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cfg = meta.get("config", {})
+    print(f"model file   {p}")
+    print(f"sha256       {info['sha256']}")
+    print(f"size         {info['bytes'] / 1e6:.2f} MB, format {meta['format_version']}")
+    for key in ("class_names", "channels", "latent_dim", "input_size", "beta", "preprocessing"):
+        print(f"{key:<12} {cfg.get(key)}")
+    for key, value in (meta.get("provenance") or {}).items():
+        print(f"{key:<12} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0

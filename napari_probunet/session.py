@@ -1,0 +1,348 @@
+"""Encode once, decode many: the object the widgets, the command line and the tests share.
+
+A :class:`Session` wraps a :class:`~napari_probunet.model.ProbUNet` on one device. Like
+segment-anything's predictor, :meth:`Session.set_image` runs the expensive part once (U-Net
+and prior net); :meth:`Session.sample` and :meth:`Session.decode` then only run fcomb.
+
+Fast decoding: fcomb's first 1x1 conv acts on ``[F; z]`` with z constant over the image, so
+``W [F; z] + b = (W_F F + b) + W_z z``. ``set_image`` computes the image term once, pixel-major
+``(pixels, hidden)``; a sample adds its own per-channel bias ``W_z z`` and runs the remaining
+1x1 convs as matrix products over the pixels of all samples in a chunk. For two classes only
+the logit difference is needed for the label map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_probunet.device import resolve_device
+from napari_probunet.errors import InputError
+from napari_probunet.model import ProbUNet
+
+#: pixel-samples per decoding block: 16384 x 32 hidden channels x 4 bytes = 2 MiB, cache-sized
+BLOCK_ROWS = 16384
+
+
+@dataclass
+class Hypotheses:
+    """``n`` sampled segmentations of the current image."""
+
+    labels: np.ndarray  # (n, H, W) uint8 label maps
+    z: np.ndarray  # (n, d) float32 latents they were decoded from
+    seed: int
+    probs: np.ndarray | None = None  # (n, classes, H, W) float32, on request
+
+
+@dataclass
+class Location:
+    """Where the posterior net places a given mask in latent space."""
+
+    mu: np.ndarray  # (d,) posterior mean
+    sigma: np.ndarray  # (d,) posterior sigma
+    kl: float  # KL(q(z|x,y) || p(z|x)) in nats: how unusual the model finds the mask
+    reconstruction: np.ndarray  # (H, W) uint8: the decode at the posterior mean
+    iou: float  # mean foreground IoU between the mask and its reconstruction
+
+
+def image_signature(image: np.ndarray) -> str:
+    """``sha256:<hex>`` over shape, dtype and bytes: identifies an image in provenance records."""
+    a = np.ascontiguousarray(image)
+    h = hashlib.sha256(f"{a.shape}|{a.dtype.str}|".encode())
+    h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def pixel_disagreement(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-pixel disagreement of ``(n, H, W)`` label maps: ``1 - (share of the majority class)``.
+
+    0 where all samples agree; at most ``1 - 1/num_classes``. Returned as float32 ``(H, W)``.
+    """
+    labels = np.asarray(labels)
+    if labels.shape[0] == 0:
+        raise InputError("no samples to measure disagreement on")
+    counts = np.stack([(labels == c).sum(axis=0) for c in range(num_classes)])
+    return (1.0 - counts.max(axis=0) / labels.shape[0]).astype(np.float32)
+
+
+def foreground_iou(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
+    """Mean IoU over the foreground classes (both empty: 1, one empty: 0), as in evaluation."""
+    ious = []
+    for c in range(1, num_classes):
+        x, y = a == c, b == c
+        union = np.logical_or(x, y).sum()
+        ious.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
+    return float(np.mean(ious))
+
+
+def _as_model_image(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """Validate a user's 2D image and bring it to ``(H, W, in_channels)`` (raw intensities)."""
+    a = np.asarray(image)
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise InputError(f"the image has dtype {a.dtype}; expected integer or floating-point pixels")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]  # drop alpha
+    if a.ndim == 2:
+        a = a[..., None]
+    elif not (a.ndim == 3 and a.shape[-1] == 3):
+        raise InputError(
+            f"expected a 2D grey (H, W) or RGB (H, W, 3) image, got shape {tuple(np.shape(image))}; "
+            "for a 3D stack take one slice (the plugin uses the current slice)"
+        )
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"the image is empty (shape {tuple(np.shape(image))})")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).sum())
+        raise InputError(
+            f"the image contains {bad} NaN or infinite pixel(s); replace them (e.g. with the "
+            "background value) before segmenting"
+        )
+    channels = a.shape[-1]
+    if channels == in_channels:
+        return a
+    if in_channels == 3 and channels == 1:
+        return np.repeat(a, 3, axis=-1)
+    if in_channels == 1 and channels == 3:
+        grey = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        if np.issubdtype(a.dtype, np.integer):  # stay in the dtype's range for the preprocessing
+            grey = np.rint(grey).astype(a.dtype)
+        return grey[..., None]
+    raise InputError(f"the model takes {in_channels}-channel images; this one has {channels}")
+
+
+class Session:
+    """One model on one device, with at most one image encoded at a time.
+
+    >>> s = Session(load_model("default"))          # doctest: +SKIP
+    >>> s.set_image(image)                           # U-Net and prior, once
+    >>> hyp = s.sample(16, seed=0)                   # cheap: fcomb only
+    >>> s.decode(hyp.z[2])                           # the same map as hyp.labels[2]
+
+    ``device="auto"`` picks CUDA, then MPS, then CPU when the session is made (never at import).
+    ``max_pixels`` refuses images too large to encode at once (crop a region of interest).
+    Not thread-safe: use one session from one thread at a time.
+    """
+
+    def __init__(self, model: ProbUNet, device: str = "auto", max_pixels: int = 2048 * 2048):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.max_pixels = max_pixels
+        self._split_weights()
+        self._clear()
+
+    # -- model-dependent constants ---------------------------------------------------------------
+    def _split_weights(self) -> None:
+        fc = self.model.fcomb
+        w_f, w_z, b = fc.split_first_layer()
+        self._w_f = w_f.detach().t().contiguous()  # (c_F, c_h)
+        self._w_z = w_z.detach().t().contiguous()  # (d, c_h)
+        self._b0 = b.detach().clone()
+        self._hidden = [(c.weight.detach()[:, :, 0, 0].t().contiguous(), c.bias.detach().clone())
+                        for c in fc.hidden[1:]]
+        w_out = fc.logits.weight.detach()[:, :, 0, 0]
+        b_out = fc.logits.bias.detach()
+        self._w_out, self._b_out = w_out.t().contiguous(), b_out.clone()
+        # binary: label = [logit_1 - logit_0 > 0]
+        self._w_diff = (w_out[1] - w_out[0]).contiguous()
+        self._b_diff = float(b_out[1] - b_out[0])
+
+    def _clear(self) -> None:
+        self._image_shape: tuple[int, int] | None = None
+        self._base: torch.Tensor | None = None
+        self._prior_mu = self._prior_sigma = None
+        self._x: torch.Tensor | None = None
+        self.image_signature: str | None = None
+
+    # -- encoding ------------------------------------------------------------------------------
+    @property
+    def has_image(self) -> bool:
+        return self._base is not None
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        self._require_image()
+        return self._image_shape
+
+    @property
+    def model_sha256(self) -> str | None:
+        return self.model.source_sha256
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """Raw image -> padded network input ``(1, in_channels, Hp, Wp)`` on the session's device."""
+        a = _as_model_image(image, self.config.in_channels)
+        h, w = a.shape[:2]
+        if h * w > self.max_pixels:
+            raise InputError(
+                f"the image has {h}x{w} pixels, more than this session encodes at once "
+                f"({self.max_pixels} pixels); choose a region of interest around the lesion"
+            )
+        x = self.config.preprocessing.apply(a)
+        s = self.config.stride
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:
+            mode = "reflect" if (h > ph and w > pw) else "edge"
+            x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(self.device)
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode ``image`` ((H, W) grey or (H, W, 3) RGB, any size and dtype): U-Net and prior once."""
+        self._clear()
+        x = self.preprocess(image)
+        h, w = np.shape(image)[:2]
+        enc = self.model.encode(x)
+        feats = enc.features[0, :, :h, :w]  # crop the padding: (c_F, H, W)
+        base = feats.reshape(feats.shape[0], -1).t() @ self._w_f + self._b0  # (P, c_h)
+        self._base = base.contiguous()
+        self._prior_mu = enc.prior_mu[0].float()
+        self._prior_sigma = torch.exp(enc.prior_logsigma[0]).float()
+        self._x = x
+        self._image_shape = (h, w)
+        self.image_signature = image_signature(np.asarray(image))
+
+    def _require_image(self) -> None:
+        if self._base is None:
+            raise InputError("no image is set: call set_image(image) first")
+
+    def prior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and sigma of p(z | image), each ``(d,)`` float32."""
+        self._require_image()
+        return self._prior_mu.cpu().numpy().copy(), self._prior_sigma.cpu().numpy().copy()
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _decode_batch(self, z: torch.Tensor, want_probs: bool):
+        """z ``(n, d)`` -> labels ``(n, P)`` uint8 (and probs ``(n, C, P)``).
+
+        Works through blocks of about :data:`BLOCK_ROWS` pixel-samples (a whole sample, part of
+        one, or several small ones) with preallocated buffers, so the hidden activations stay
+        in cache; big intermediate tensors made this memory-bound and 3-4x slower.
+        """
+        n, p = z.shape[0], self._base.shape[0]
+        bias = z @ self._w_z  # (n, c_h): the z term of fcomb's first layer
+        n_cls = self.config.num_classes
+        labels = torch.empty((n, p), dtype=torch.uint8, device=self.device)
+        probs = torch.empty((n, n_cls, p), device=self.device) if want_probs else None
+        binary = n_cls == 2 and not want_probs
+        per_block = max(1, BLOCK_ROWS // p)  # samples per block when an image is small
+        rows = min(p, BLOCK_ROWS) if per_block == 1 else per_block * p
+        c_h = self._base.shape[1]
+        buf_a = torch.empty((rows, c_h), device=self.device)
+        buf_b = torch.empty((rows, c_h), device=self.device)
+        out_buf = torch.empty(rows, device=self.device) if binary else None
+        for s in range(0, n, per_block):
+            k = min(per_block, n - s)
+            for p0 in range(0, p, rows if per_block == 1 else p):
+                m = min(rows, p - p0) if per_block == 1 else k * p
+                a, b = buf_a[:m], buf_b[:m]
+                torch.add(self._base[p0:p0 + m // k].unsqueeze(0), bias[s:s + k, None, :],
+                          out=a.view(k, m // k, c_h))
+                a.relu_()
+                for w, bb in self._hidden:
+                    torch.addmm(bb, a, w, out=b)
+                    b.relu_()
+                    a, b = b, a
+                target = labels[s:s + k, p0:p0 + m // k]
+                if binary:
+                    torch.mv(a, self._w_diff, out=out_buf[:m])
+                    torch.gt(out_buf[:m].view(k, m // k), -self._b_diff, out=target)
+                    continue
+                logits = torch.addmm(self._b_out, a, self._w_out).view(k, m // k, n_cls)
+                target.copy_(logits.argmax(dim=-1))
+                if want_probs:
+                    probs[s:s + k, :, p0:p0 + m // k] = logits.softmax(dim=-1).transpose(1, 2)
+        return labels, probs
+
+    def _to_maps(self, labels: torch.Tensor, probs: torch.Tensor | None):
+        h, w = self._image_shape
+        lab = labels.cpu().numpy().reshape(-1, h, w)
+        pr = None if probs is None else probs.cpu().numpy().reshape(probs.shape[0], -1, h, w)
+        return lab, pr
+
+    @torch.inference_mode()
+    def sample(self, n: int, seed: int = 0, return_probs: bool = False) -> Hypotheses:
+        """``n`` hypotheses with z ~ p(z | image); reproducible for a seed.
+
+        The normal draws come from NumPy's generator for ``seed``, so the first k of
+        ``sample(n, seed)`` equal ``sample(k, seed)`` on any device.
+        """
+        self._require_image()
+        if int(n) < 1:
+            raise InputError(f"the number of samples must be at least 1, got {n}")
+        eps = np.random.default_rng(seed).standard_normal((int(n), self.config.latent_dim))
+        eps_t = torch.from_numpy(eps.astype(np.float32)).to(self.device)
+        z = self._prior_mu + self._prior_sigma * eps_t
+        labels, probs = self._decode_batch(z, return_probs)
+        lab, pr = self._to_maps(labels, probs)
+        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr)
+
+    @torch.inference_mode()
+    def decode(self, z: np.ndarray, return_probs: bool = False):
+        """Label map(s) for given latent(s): z ``(d,)`` -> ``(H, W)``; ``(k, d)`` -> ``(k, H, W)``.
+
+        With ``return_probs`` returns ``(labels, probs)``, probs ``([k,] classes, H, W)``.
+        """
+        self._require_image()
+        z = np.asarray(z, dtype=np.float32)
+        single = z.ndim == 1
+        zz = z[None] if single else z
+        if zz.ndim != 2 or zz.shape[1] != self.config.latent_dim:
+            raise InputError(f"z must have {self.config.latent_dim} entries per latent, got shape {z.shape}")
+        labels, probs = self._decode_batch(torch.from_numpy(zz).to(self.device), return_probs)
+        lab, pr = self._to_maps(labels, probs)
+        if single:
+            lab, pr = lab[0], (None if pr is None else pr[0])
+        return (lab, pr) if return_probs else lab
+
+    @torch.inference_mode()
+    def decode_unsplit(self, z: np.ndarray) -> np.ndarray:
+        """Reference path: fcomb as plain convolutions on ``[F; z]``, one latent at a time.
+
+        Same result as :meth:`decode` up to float rounding; kept for tests and the benchmark.
+        """
+        self._require_image()
+        h, w = self._image_shape
+        feats = self.model.unet(self._x)
+        out = []
+        for zi in np.atleast_2d(np.asarray(z, np.float32)):
+            logits = self.model.fcomb(feats, torch.from_numpy(zi)[None].to(self.device))
+            out.append(logits[0, :, :h, :w].argmax(0).to(torch.uint8).cpu().numpy())
+        return np.stack(out)
+
+    @torch.inference_mode()
+    def locate(self, mask: np.ndarray) -> Location:
+        """Place a segmentation of the current image in latent space with the posterior net."""
+        self._require_image()
+        m = np.asarray(mask)
+        if m.shape != self._image_shape:
+            raise InputError(f"the mask has shape {m.shape} but the image is {self._image_shape}")
+        if m.dtype.kind == "f" and not np.array_equal(m, np.round(m)):
+            raise InputError("the mask must hold class labels (integers), not fractions")
+        if m.min() < 0 or m.max() >= self.config.num_classes:
+            raise InputError(
+                f"the mask holds labels {int(m.min())}..{int(m.max())} but the model has "
+                f"{self.config.num_classes} classes (0..{self.config.num_classes - 1})"
+            )
+        hp, wp = self._x.shape[-2:]
+        h, w = self._image_shape
+        y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode="edge" if (hp > h or wp > w) else "constant")
+        q_mu, q_logsigma = self.model.posterior_params(self._x, torch.from_numpy(y)[None].to(self.device))
+        from napari_probunet.losses import kl_diag_gaussians
+
+        kl = kl_diag_gaussians(q_mu, q_logsigma, self._prior_mu[None], torch.log(self._prior_sigma)[None])
+        mu = q_mu[0].float()
+        recon = self.decode(mu.cpu().numpy())
+        return Location(
+            mu=mu.cpu().numpy(),
+            sigma=torch.exp(q_logsigma[0]).float().cpu().numpy(),
+            kl=float(kl[0]),
+            reconstruction=recon,
+            iou=foreground_iou(recon, m, self.config.num_classes),
+        )

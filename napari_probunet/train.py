@@ -1,0 +1,413 @@
+"""``probunet train``: train a Probabilistic U-Net on multi-rater data.
+
+One training step draws a batch of cases, one grader's mask per case at random (the
+paper's recipe), augments image and mask identically, decodes a posterior sample and
+minimises the negative ELBO (:mod:`napari_probunet.losses`; or GECO). Everything needed for an
+exact resume is in ``<out>/checkpoint.safetensors`` (written every ``checkpoint_every``
+steps and at the end); re-running the same command resumes. ``best.safetensors`` is the
+model file with the lowest validation GED(16); ``last.safetensors`` the latest.
+
+Several processes: ``torchrun --nproc_per_node=N -m napari_probunet.cli train ...`` trains
+data-parallel with ``torch.distributed`` (gloo on CPU, NCCL on CUDA); each rank draws its own
+batches (the seed is offset by the rank) and rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_probunet.config import ModelConfig
+from napari_probunet.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (``[train]`` in a recipe file). Defaults follow the original where it had one."""
+
+    data: str = "synthetic:lesions?n=4000&seed=1&size=64"
+    val_data: str | None = "synthetic:lesions?n=64&seed=2&size=64"
+    steps: int = 10000
+    batch_size: int = 8  # ~10 in the original
+    lr: float = 1e-4  # the original's Adam learning rate
+    lr_milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])  # fractions of steps
+    lr_gamma: float = 0.3  # multiply the lr by this at each milestone
+    warmup_steps: int = 100
+    weight_decay: float = 1e-5  # the original's L2 weight
+    grad_clip: float = 100.0  # max gradient norm (guards against exploding KL)
+    loss: str = "elbo"  # "elbo" (fixed beta, see model config) or "geco"
+    geco_target: float = 0.05  # GECO: target mean per-pixel cross-entropy (nats)
+    amp: str = "auto"  # "auto" (bf16 on CPU/CUDA), "bf16", "fp16" (CUDA), "none"
+    channels_last: bool = True
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch threads per process (0 = torch's default)
+    log_every: int = 25
+    val_every: int = 1000
+    val_samples: int = 16
+    checkpoint_every: int = 500
+    max_bad_steps: int = 20  # consecutive non-finite losses before giving up
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def load_recipe(path: str | os.PathLike) -> tuple[ModelConfig, TrainConfig]:
+    """Read a TOML recipe with ``[model]`` (ModelConfig fields) and ``[train]`` tables."""
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"recipe file not found: {p}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"recipe {p} is not valid TOML: {exc}") from exc
+    unknown = set(doc) - {"model", "train"}
+    if unknown:
+        raise UserError(f"recipe {p}: unknown tables {sorted(unknown)} (expected [model] and [train])")
+    try:
+        model_cfg = ModelConfig.from_dict(doc.get("model", {}))
+        train = doc.get("train", {})
+        bad = set(train) - set(TrainConfig.field_names())
+        if bad:
+            raise ValueError(f"unknown [train] keys {sorted(bad)}")
+        return model_cfg, TrainConfig(**train)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"recipe {p}: {exc}") from exc
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then step decay at the milestones (fractions of ``cfg.steps``)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    factor = 1.0
+    for m in cfg.lr_milestones:
+        if step >= m * cfg.steps:
+            factor *= cfg.lr_gamma
+    return cfg.lr * factor
+
+
+class BatchSampler:
+    """Draws training batches: random cases, one random grader each, augmented.
+
+    Returns ``x (b, in_channels, h, w)`` float32 (preprocessed) and ``y (b, h, w)`` int64.
+    Its NumPy generator state is part of the checkpoint, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, cases, model_cfg: ModelConfig, batch_size: int, seed: int, augment: bool):
+        from napari_probunet.data.augment import Augmentation
+
+        self.cases = cases
+        self.cfg = model_cfg
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.aug = Augmentation() if augment else None
+
+    def __call__(self):
+        import torch
+
+        from napari_probunet.data.augment import augment
+        from napari_probunet.session import _as_model_image
+
+        xs, ys = [], []
+        for _ in range(self.batch_size):
+            case = self.cases[int(self.rng.integers(len(self.cases)))]
+            mask = case.masks[int(self.rng.integers(case.masks.shape[0]))]
+            image = _as_model_image(case.image, self.cfg.in_channels).astype(np.float32)
+            if self.aug is not None:
+                image, m = augment(image, mask[None], self.rng, self.aug)
+                mask = m[0]
+            xs.append(self.cfg.preprocessing.apply(image).transpose(2, 0, 1))
+            ys.append(mask)
+        shapes = {x.shape for x in xs}
+        if len(shapes) > 1:
+            raise UserError(
+                f"training images differ in size ({sorted(shapes)[:3]}...); crop or resize them "
+                f"to one size (the model's input_size, {self.cfg.input_size})"
+            )
+        x = torch.from_numpy(np.stack(xs))
+        y = torch.from_numpy(np.stack(ys).astype(np.int64))
+        s = self.cfg.stride
+        if x.shape[-1] % s or x.shape[-2] % s:
+            raise UserError(f"training images must be a multiple of {s} pixels on each side; got {tuple(x.shape[-2:])}")
+        return x, y
+
+
+def validate(model, cases, n_samples: int, seed: int, device: str) -> dict[str, float]:
+    """GED and Hungarian-matched IoU with ``n_samples`` samples on ``cases`` (eval mode)."""
+    from napari_probunet.metrics import ged, hungarian_iou
+    from napari_probunet.session import Session
+
+    was_training = model.training
+    session = Session(model, device=device)
+    geds, hms = [], []
+    for i, case in enumerate(cases):
+        session.set_image(case.image)
+        hyp = session.sample(n_samples, seed=seed + i)
+        geds.append(ged(hyp.labels, case.masks, model.config.num_classes))
+        hms.append(hungarian_iou(hyp.labels, case.masks, model.config.num_classes))
+    _, sigma = session.prior()
+    model.train(was_training)
+    return {"val_ged16": float(np.mean(geds)), "val_hm_iou16": float(np.mean(hms)),
+            "val_prior_sigma_max": float(sigma.max())}
+
+
+def _amp_context(amp: str, device_type: str):
+    import contextlib
+
+    import torch
+
+    if amp == "auto":
+        amp = "bf16" if device_type in ("cpu", "cuda") else "none"
+    if amp == "none":
+        return contextlib.nullcontext(), "none"
+    if amp == "fp16" and device_type != "cuda":
+        raise UserError("fp16 mixed precision needs CUDA; use --amp bf16 or none")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type, dtype=dtype), amp
+
+
+def _save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    steps = [r["step"] for r in rows]
+    for ax, key, label in zip(axes, ("ce", "kl", "val_ged16"),
+                              ("cross-entropy (nats / image)", "KL (nats / image)", "validation GED(16)")):
+        pts = [(s, r[key]) for s, r in zip(steps, rows) if r.get(key) not in (None, "")]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if key.startswith("val") else None, lw=1)
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = True,
+          progress: bool = True, export_to: str | None = None, recipe_name: str | None = None) -> dict[str, Any]:
+    """Train (or resume) into ``out``; return a summary (steps, best validation GED, files)."""
+    import torch
+    import torch.distributed as dist
+
+    from napari_probunet.checkpoint import load_checkpoint, save_checkpoint
+    from napari_probunet.data.readers import open_cases
+    from napari_probunet.device import resolve_device
+    from napari_probunet.losses import GECO, elbo_loss
+    from napari_probunet.model import ProbUNet
+    from napari_probunet.modelfile import save_model
+
+    out = Path(out)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        backend = "nccl" if (cfg.device in ("auto", "cuda") and torch.cuda.is_available()) else "gloo"
+        dist.init_process_group(backend)
+    device = resolve_device(cfg.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    is_main = rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = ProbUNet(model_cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    geco = GECO(target=cfg.geco_target) if cfg.loss == "geco" else None
+    if cfg.loss not in ("elbo", "geco"):
+        raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
+
+    cases = open_cases(cfg.data)
+    val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
+    if len(cases) == 0:
+        raise UserError(f"no training cases in {cfg.data}")
+    sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment)
+
+    step, best, history = 0, math.inf, []
+    ckpt = out / "checkpoint.safetensors"
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt, model, optimizer)
+        step, best, history = state["step"], state["best"], state["history"]
+        sampler.rng.bit_generator.state = state["numpy_rng"][rank] if rank < len(state["numpy_rng"]) \
+            else np.random.default_rng(cfg.seed + 1000 * rank + step).bit_generator.state
+        if geco is not None and state.get("geco"):
+            geco.load_state_dict(state["geco"])
+        if is_main:
+            print(f"resuming from step {step} ({ckpt})", file=sys.stderr)
+    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    amp_ctx, amp_used = _amp_context(cfg.amp, device.type)
+    meta = {"recipe": recipe_name, "train_config": asdict(cfg), "amp": amp_used, "world_size": world}
+    if is_main:
+        (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), **meta}, indent=2))
+
+    def gather_rng_states() -> list:
+        st = sampler.rng.bit_generator.state
+        if not distributed:
+            return [st]
+        states = [None] * world
+        dist.all_gather_object(states, st)
+        return states
+
+    def write_checkpoint() -> None:
+        rngs = gather_rng_states()
+        if not is_main:
+            return
+        save_checkpoint(ckpt, model, optimizer, {
+            "step": step, "best": best, "history": history, "numpy_rng": rngs,
+            "geco": geco.state_dict() if geco else None, "meta": meta})
+        save_model(model, out / "last.safetensors", _provenance(meta, step, history))
+        _write_log(out, history)
+
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", file=sys.stderr, dynamic_ncols=True)
+    bad_steps, t0, acc = 0, time.perf_counter(), {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
+    train_model.train()
+    while step < cfg.steps:
+        lr = lr_at(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x, y = sampler()
+        x, y = x.to(device), y.to(device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp_ctx:
+            outputs = train_model(x, y)
+        terms = geco.loss(outputs, y) if geco else elbo_loss(outputs, y, beta=model_cfg.beta, anchor=model_cfg.prior_anchor)
+        loss = terms["loss"]
+        finite = torch.isfinite(loss).float()
+        if distributed:  # every rank must agree to skip
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        optimizer.zero_grad(set_to_none=True)
+        if finite.item() < 1:
+            bad_steps += 1
+            if bad_steps >= cfg.max_bad_steps:
+                raise RuntimeError(f"{bad_steps} consecutive non-finite losses at step {step}; "
+                                   "lower the learning rate or check the data")
+            step += 1
+            continue
+        bad_steps = 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        for k in ("loss", "ce", "kl"):
+            acc[k] += float(terms[k].detach())
+        acc["n"] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(terms['loss']):.1f}", ce=f"{float(terms['ce']):.1f}",
+                            kl=f"{float(terms['kl']):.2f}", lr=f"{lr:.1e}")
+        do_val = val_cases and (step % cfg.val_every == 0 or step == cfg.steps)
+        if step % cfg.log_every == 0 or do_val or step == cfg.steps:
+            row = {"step": step, "lr": lr, "seconds": round(time.perf_counter() - t0, 2),
+                   **{k: acc[k] / max(acc["n"], 1) for k in ("loss", "ce", "kl")}}
+            if geco:
+                row["lambda"] = geco.lagrange_multiplier
+            acc = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
+            if do_val and is_main:
+                row.update(validate(model, val_cases, cfg.val_samples, cfg.seed, str(device)))
+                if row["val_ged16"] < best:
+                    best = row["val_ged16"]
+                    save_model(model, out / "best.safetensors", _provenance(meta, step, history + [row]))
+                if bar is not None:
+                    bar.write(f"step {step}: val GED(16) {row['val_ged16']:.4f}, "
+                              f"HM-IoU(16) {row['val_hm_iou16']:.4f}, best {best:.4f}")
+            history.append(row)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            write_checkpoint()
+    if bar is not None:
+        bar.close()
+    final = out / ("best.safetensors" if (out / "best.safetensors").exists() else "last.safetensors")
+    if is_main and export_to:
+        Path(export_to).parent.mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        shutil.copyfile(final, export_to)
+    if distributed:
+        dist.barrier()
+    return {"steps": step, "best_val_ged16": best, "model": str(final), "out": str(out)}
+
+
+def _provenance(meta: dict, step: int, history: list) -> dict[str, Any]:
+    import torch
+
+    from napari_probunet import __version__
+
+    last_val = next((r for r in reversed(history) if "val_ged16" in r), {})
+    return {"trained_by": f"napari-probunet {__version__}", "torch": torch.__version__,
+            "recipe": meta.get("recipe"), "data": meta["train_config"]["data"], "steps": step,
+            "amp": meta["amp"], "world_size": meta["world_size"],
+            "validation": {k: v for k, v in last_val.items() if k.startswith("val_")},
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(out / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    _save_curves(out, history)
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML recipe with [model] and [train] tables "
+                        "(e.g. napari_probunet/recipes/default_lesions.toml)")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, models); "
+                        "re-running the same command resumes")
+    parser.add_argument("--export-to", help="copy the best model file here when done")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "lr_milestones":
+            parser.add_argument(flag, type=float, nargs="*", default=None)
+        elif f.type in ("bool",):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
+                                metavar="BOOL")
+        else:
+            typ = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+            parser.add_argument(flag, type=typ, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config:
+        model_cfg, cfg = load_recipe(args.config)
+    else:
+        model_cfg, cfg = ModelConfig(), TrainConfig()
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    summary = train(model_cfg, cfg, args.out, resume=not args.no_resume, progress=not args.quiet,
+                     export_to=args.export_to, recipe_name=args.config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
