@@ -42,8 +42,7 @@ def two_mode_case(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return image, masks
 
 
-def train_two_mode_model(steps: int = 300, seed: int = 0, size: int = 32, lr: float = 3e-3,
-                         anchor: float = 1.0):
+def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: float = 3e-3):
     """Overfit a tiny model to :func:`two_mode_case` (each step: batch of 8, random grader)."""
     import torch
 
@@ -58,9 +57,12 @@ def train_two_mode_model(steps: int = 300, seed: int = 0, size: int = 32, lr: fl
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
+        if step == int(0.7 * steps):
+            for group in opt.param_groups:
+                group["lr"] = lr / 10
         y = torch.from_numpy(masks[rng.integers(0, 2, size=8)].astype(np.int64))
-        terms = elbo_loss(model(x, y), y, beta=1.0, anchor=anchor)
+        terms = elbo_loss(model(x, y), y, beta=cfg.beta, anchor=cfg.prior_anchor)
         opt.zero_grad()
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)

@@ -77,11 +77,13 @@ class ModelConfig:
     prior_anchor: weight of KL(p(z|x) || N(0, I)) added to the loss (not in the original).
         The ELBO does not fix the scale of z (rescaling prior, posterior and fcomb together
         leaves it unchanged), and in our runs the scale drifted until a prior sigma hit its
-        bound. 0.1 nats per nat pins it near N(0, I) at a negligible cost to the ELBO;
-        0 gives the original loss.
+        bound, where a tanh bound stops all gradients. Weight 1 pins the scale (and offset)
+        near N(0, I); the decoder still sees the image, so mode boundaries in z can move per
+        image. 0 gives the original loss.
     logsigma_bounds: soft bounds for the Gaussians' log-sigma. Public ports leave it free and
         see NaNs and runaway sigmas; a runaway prior sigma makes most samples decode to
-        nothing. (-6, 1.5) allows sigma from 0.0025 to 4.5.
+        nothing. (-6, 3) allows sigma from 0.0025 to 20 and keeps the tanh far from
+        saturation where sigmas should live (around 1).
     posterior_mask_shift: added to the one-hot mask given to the posterior (-0.5 in the original).
     input_size: side of the square crops the model was trained on; the plugin's region of
         interest follows it. (128 in the original's LIDC setting.)
@@ -97,8 +99,8 @@ class ModelConfig:
     fcomb_channels: int = 32
     fcomb_layers: int = 3
     beta: float = 1.0
-    prior_anchor: float = 0.1
-    logsigma_bounds: tuple[float, float] = (-6.0, 1.5)
+    prior_anchor: float = 1.0
+    logsigma_bounds: tuple[float, float] = (-6.0, 3.0)
     posterior_mask_shift: float = -0.5
     input_size: int = 128
     preprocessing: Preprocessing = field(default_factory=Preprocessing)

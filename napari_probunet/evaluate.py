@@ -188,6 +188,13 @@ def evaluate_model(
     config = session.config
     num_classes = int(config.num_classes)
     use_truth, truth_note = _truth_usable(cases)
+    notes = [truth_note] if truth_note else []
+    data_classes = getattr(cases, "class_names", None)
+    if data_classes is not None and list(data_classes) != list(config.class_names):
+        notes.append(
+            f"the data's classes {list(data_classes)} differ from the model's "
+            f"{list(config.class_names)}; label values are compared as they are"
+        )
     stats = {m: _MethodStats() for m in METHODS}
     sigmas, empty, n_drawn, grader_div = [], 0, 0, []
     image_rows: list[dict[str, Any]] = []
@@ -207,6 +214,11 @@ def evaluate_model(
             raise DataError(
                 f"case {case.case_id!r}: the model returned {samples.shape[1:]} maps for masks of "
                 f"{masks.shape[1:]}"
+            )
+        if i == 0 and max(case.image.shape[:2]) != config.input_size:
+            notes.append(
+                f"images are {case.image.shape[0]}x{case.image.shape[1]} but the model was "
+                f"trained on {config.input_size}x{config.input_size} crops"
             )
         truth = case.truth if use_truth else None
         parts = [samples, det[None], masks]
@@ -276,8 +288,8 @@ def evaluate_model(
             o, m, dt = out[f"oracle_ged{n}"], out[f"ged{n}"], out[f"deterministic_ged{n}"]
             out[f"ged{n}_over_oracle"] = m / o if o > 0 else math.nan
             out[f"ged{n}_gap_closed"] = (dt - m) / (dt - o) if dt != o else math.nan
-    if truth_note:
-        out["note"] = truth_note
+    if notes:
+        out["notes"] = notes
     if per_image:
         out["per_image"] = image_rows
     out["seconds"] = time.perf_counter() - start
@@ -447,8 +459,8 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{_fmt(result['deterministic_flip_rate'][name]):>9}"
                 f"{_fmt(result['oracle_flip_rate'][name]):>8}"
             )
-    if result.get("note"):
-        lines += ["", f"note: {result['note']}"]
+    for note in result.get("notes", []):
+        lines += [f"note: {note}"]
     return "\n".join(lines)
 
 
@@ -458,9 +470,12 @@ def format_report(result: dict[str, Any]) -> str:
 def open_data(spec: str):
     """Cases from a folder or a ``synthetic:KIND?n=N&seed=S`` spec; ``(cases, canonical spec)``."""
     try:
-        from napari_probunet.data.readers import open_cases
-    except ImportError:  # readers not available: synthetic specs still work
-        open_cases = None
+        from napari_probunet.data import open_cases
+    except ImportError:
+        try:
+            from napari_probunet.data.readers import open_cases
+        except ImportError:  # readers not available: synthetic specs still work
+            open_cases = None
     if open_cases is not None:
         cases = open_cases(spec)
     elif str(spec).strip().lower().startswith("synthetic:"):
@@ -488,6 +503,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object on stdout (progress goes to stderr)")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON object to FILE")
     parser.add_argument("--per-image", action="store_true", help="include per-image numbers")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice; 1 is often faster "
+                        "for small models on a busy machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -498,6 +516,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bins < 1:
         raise UserError("--bins must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     cases, spec = open_data(args.data)
     model = load_model(args.model, device="cpu")
     result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
@@ -512,6 +536,8 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(text + "\n")
         tmp.replace(out)
     if args.json:
+        for note in result.get("notes", []):
+            print(f"probunet evaluate: note: {note}", file=sys.stderr)
         print(text)
     else:
         print(format_report(result))

@@ -704,6 +704,36 @@ def summarize_calibration(
     return out
 
 
+def calibration(
+    samples: Sequence[np.ndarray],
+    truths: Sequence,
+    num_classes: int = 2,
+    n_bins: int = RELIABILITY_BINS,
+) -> dict:
+    """Dataset-wide calibration of sampled label maps against known mode distributions.
+
+    Args:
+        samples: per image ``(S, H, W)`` samples.
+        truths: per image a :class:`~napari_probunet.data.ModeTruth` (``modes``, ``probs``,
+            and for flip data ``flip_classes``/``flip_probs``); modes in the same order for
+            every image.
+        num_classes: ``C``.
+        n_bins: bins of the reliability table.
+
+    Returns:
+        :func:`summarize_calibration`'s dict.
+    """
+    if len(samples) != len(truths):
+        raise DataError(f"{len(samples)} sample sets but {len(truths)} truths")
+    images = [
+        image_calibration(s, t.modes, t.probs, num_classes,
+                          flip_classes=getattr(t, "flip_classes", None))
+        for s, t in zip(samples, truths)
+    ]
+    flip_probs = getattr(truths[0], "flip_probs", None) if len(truths) else None
+    return summarize_calibration(images, n_bins, flip_probs)
+
+
 # -- oracle ------------------------------------------------------------------------------------
 
 

@@ -83,8 +83,10 @@ class UNet(nn.Module):
 def bounded_logsigma(raw: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
     """Softly bound log-sigma to ``bounds``: identity near the centre, tanh-saturating at the edges.
 
-    Keeps gradients everywhere (unlike a hard clamp) while making NaN-producing values
-    (exp overflow, sigma -> 0) unreachable.
+    Makes NaN-producing values (exp overflow, sigma -> 0) unreachable while keeping a gradient
+    inside the range. (A straight-through clamp was tried and rejected: with the gradient
+    passing unchanged the raw value ran off to 1e8 and the KL exploded.) Whether the prior's
+    sigmas stay well inside the bound is checked by evaluation (``prior_sigma_max``).
     """
     lo, hi = bounds
     centre, half = (lo + hi) / 2, (hi - lo) / 2

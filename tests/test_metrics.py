@@ -8,7 +8,6 @@ expectations over all ordered pairs, a mask with itself included.
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -329,6 +328,18 @@ def test_flip_rates():
     out = metrics.summarize_calibration([cal, cal], flip_probs=np.array([0.5, 0.4]))
     np.testing.assert_allclose(out["flip_rate"], [(3 * 32 + 1) / 160, 0.6])
     np.testing.assert_allclose(out["flip_prob"], [0.5, 0.4])
+
+
+def test_calibration_convenience_matches_the_parts():
+    from types import SimpleNamespace
+
+    modes = _three_modes()
+    truths = [SimpleNamespace(modes=modes, probs=np.array([0.4, 0.4, 0.2])),
+              SimpleNamespace(modes=modes, probs=np.array([0.2, 0.3, 0.5]))]
+    samples = [modes[[0] * 5 + [1] * 3 + [2] * 2], modes[[0] * 2 + [1] * 3 + [2] * 5]]
+    out = metrics.calibration(samples, truths, 2)
+    assert out["mode_freq_max_abs_err"] == pytest.approx(0.05)
+    assert "flip_rate" not in out
 
 
 def test_oracle_is_seeded_and_matches_the_probabilities():

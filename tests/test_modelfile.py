@@ -1,0 +1,134 @@
+"""Model files: safetensors + JSON, round trips, and files that must be refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from napari_probunet import cli
+from napari_probunet._testing import tiny_model, two_mode_case
+from napari_probunet.errors import ModelFileError
+from napari_probunet.modelfile import (
+    FORMAT_VERSION,
+    file_sha256,
+    load_model,
+    read_metadata,
+    save_model,
+)
+from napari_probunet.session import Session
+
+
+def test_round_trip_reproduces_samples_exactly(two_mode_model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    sha = save_model(two_mode_model, path, {"recipe": "test", "steps": 300})
+    assert sha == file_sha256(path) and len(sha) == 64
+    loaded = load_model(path)
+    assert loaded.source_sha256 == sha and loaded.source_path == str(path)
+    assert loaded.metadata["provenance"]["steps"] == 300
+    assert loaded.config == two_mode_model.config
+    image, _ = two_mode_case()
+    a, b = Session(two_mode_model, "cpu"), Session(loaded, "cpu")
+    a.set_image(image)
+    b.set_image(image)
+    np.testing.assert_array_equal(a.sample(20, seed=5).labels, b.sample(20, seed=5).labels)
+
+
+def test_metadata_is_readable_without_loading(tmp_path, tiny):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny, path, {"data": "synthetic"})
+    meta = read_metadata(path)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["config"]["latent_dim"] == tiny.config.latent_dim
+    assert meta["provenance"] == {"data": "synthetic"}
+
+
+def test_pickle_checkpoint_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(ModelFileError, match="never unpickles"):
+        load_model(path)
+    zipped = tmp_path / "ckpt.pth"
+    torch.save({"w": torch.zeros(2)}, zipped)  # torch's zip format
+    with pytest.raises(ModelFileError, match="pickled PyTorch checkpoint"):
+        load_model(zipped)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path, tiny):
+    good = tmp_path / "m.safetensors"
+    save_model(tiny, good)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated"):
+        load_model(cut)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="empty or truncated"):
+        load_model(tmp_path / "empty.safetensors")
+    (tmp_path / "text.safetensors").write_bytes(b"hello world, not a model at all")
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "text.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ModelFileError, match="not a napari-probunet model"):
+        load_model(tmp_path / "plain.safetensors")
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def _rewrite_metadata(src, dst, change):
+    data = src.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["probunet"])
+    change(meta)
+    header["__metadata__"]["probunet"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def test_newer_format_and_wrong_shapes_are_refused(tmp_path, tiny):
+    good = tmp_path / "m.safetensors"
+    save_model(tiny, good)
+    newer = tmp_path / "newer.safetensors"
+    _rewrite_metadata(good, newer, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ModelFileError, match="upgrade napari-probunet"):
+        load_model(newer)
+    wrong = tmp_path / "wrong.safetensors"
+    _rewrite_metadata(good, wrong, lambda m: m["config"].update(latent_dim=5))
+    with pytest.raises(ModelFileError, match="do not match its configuration"):
+        load_model(wrong)
+
+
+def test_probunet_info_command(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(), path, {"recipe": "unit test"})
+    assert cli.main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sha256"] == file_sha256(path) and info["provenance"]["recipe"] == "unit test"
+    assert cli.main(["info", str(tmp_path / "nope.safetensors")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_cli_version_and_help(capsys):
+    from napari_probunet import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    assert cli.main([]) == 0
+    assert "evaluate" in capsys.readouterr().out
