@@ -201,8 +201,13 @@ def _save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = True,
-          progress: bool = True, export_to: str | None = None, recipe_name: str | None = None) -> dict[str, Any]:
-    """Train (or resume) into ``out``; return a summary (steps, best validation GED, files)."""
+          progress: bool = True, export_to: str | None = None, recipe_name: str | None = None,
+          stop_at: int | None = None, time_limit_s: float | None = None) -> dict[str, Any]:
+    """Train (or resume) into ``out``; return a summary (steps, best validation GED, files).
+
+    ``stop_at`` (a step) and ``time_limit_s`` (seconds of this run) stop early with a
+    checkpoint written, so a long recipe can be run in pieces: the same command resumes.
+    """
     import torch
     import torch.distributed as dist
 
@@ -287,7 +292,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
         bar = tqdm(total=cfg.steps, initial=step, desc="train", file=sys.stderr, dynamic_ncols=True)
     bad_steps, t0, acc = 0, time.perf_counter(), {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
     train_model.train()
-    while step < cfg.steps:
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    started = time.monotonic()
+    while step < end:
+        if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+            stop = torch.tensor(1.0)
+        else:
+            stop = torch.tensor(0.0)
+        if distributed:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item() > 0:
+            break
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -340,17 +355,35 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
             history.append(row)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             write_checkpoint()
+    if step % cfg.checkpoint_every != 0 and step != cfg.steps:
+        write_checkpoint()  # stopped early: keep everything for the resume
     if bar is not None:
         bar.close()
     final = out / ("best.safetensors" if (out / "best.safetensors").exists() else "last.safetensors")
-    if is_main and export_to:
+    if is_main and export_to and step >= cfg.steps:
         Path(export_to).parent.mkdir(parents=True, exist_ok=True)
         import shutil
 
         shutil.copyfile(final, export_to)
-    if distributed:
+    summary = {"steps": step, "best_val_ged16": best, "model": str(final), "out": str(out),
+               "world_size": world}
+    if distributed:  # every rank must end with the same weights: gather a checksum of each
+        checksum = _weights_checksum(model)
+        checksums = [None] * world
+        dist.all_gather_object(checksums, checksum)
+        summary["rank_weight_checksums"] = checksums
         dist.barrier()
-    return {"steps": step, "best_val_ged16": best, "model": str(final), "out": str(out)}
+    return summary
+
+
+def _weights_checksum(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _provenance(meta: dict, step: int, history: list) -> dict[str, Any]:
@@ -387,6 +420,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-to", help="copy the best model file here when done")
     parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-at", type=int, help="stop after this step (checkpoint kept; rerun resumes)")
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES",
+                        help="stop after this many minutes (checkpoint kept; rerun resumes)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "lr_milestones":
@@ -407,7 +443,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     cfg = TrainConfig(**{**asdict(cfg), **overrides})
     summary = train(model_cfg, cfg, args.out, resume=not args.no_resume, progress=not args.quiet,
-                     export_to=args.export_to, recipe_name=args.config)
+                     export_to=args.export_to, recipe_name=args.config, stop_at=args.stop_at,
+                     time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return 0

@@ -1,0 +1,133 @@
+"""``probunet train``: recipes, checkpoints with exact resume, curves, and two-process training."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_probunet import cli
+from napari_probunet.errors import UserError
+from napari_probunet.modelfile import load_model
+from napari_probunet.train import TrainConfig, load_recipe, lr_at, train
+
+RECIPE = """
+[model]
+channels = [4, 8]
+convs_per_block = 1
+latent_dim = 2
+fcomb_channels = 8
+input_size = 32
+
+[train]
+data = "synthetic:lesions?n=20&seed=1&size=32"
+val_data = "synthetic:lesions?n=3&seed=2&size=32"
+steps = 6
+batch_size = 2
+lr = 1e-3
+warmup_steps = 2
+amp = "none"
+channels_last = false
+log_every = 2
+val_every = 3
+checkpoint_every = 3
+threads = 1
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+def _weights(path):
+    return {k: v.clone() for k, v in load_model(path).state_dict().items()}
+
+
+def test_train_writes_models_logs_and_curves(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    summary = train(model_cfg, cfg, tmp_path / "run", progress=False,
+                    export_to=str(tmp_path / "exported.safetensors"))
+    run = tmp_path / "run"
+    for name in ("checkpoint.safetensors", "best.safetensors", "last.safetensors", "log.csv",
+                 "curves.png", "config.json"):
+        assert (run / name).exists(), name
+    assert summary["steps"] == 6 and 0 <= summary["best_val_ged16"] <= 2
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,lr,seconds,loss,ce,kl") and "val_ged16" in log[0]
+    model = load_model(tmp_path / "exported.safetensors")
+    assert model.config.channels == (4, 8)
+    assert model.metadata["provenance"]["steps"] in (3, 6)
+    assert "val_ged16" in model.metadata["provenance"]["validation"]
+
+
+def test_resume_is_exact(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    train(model_cfg, cfg, tmp_path / "straight", progress=False)
+    first = train(model_cfg, cfg, tmp_path / "resumed", progress=False, stop_at=4)  # interrupted
+    assert first["steps"] == 4
+    summary = train(model_cfg, cfg, tmp_path / "resumed", progress=False)
+    assert summary["steps"] == 6
+    a = _weights(tmp_path / "straight" / "last.safetensors")
+    b = _weights(tmp_path / "resumed" / "last.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1.0, steps=100, warmup_steps=10, lr_milestones=[0.5, 0.8], lr_gamma=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(20, cfg) == 1.0
+    assert lr_at(60, cfg) == pytest.approx(0.1)
+    assert lr_at(90, cfg) == pytest.approx(0.01)
+
+
+def test_bad_recipes_are_explained(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nstesp = 3\n")
+    with pytest.raises(UserError, match="unknown \\[train\\] keys"):
+        load_recipe(bad)
+    bad.write_text("[modle]\n")
+    with pytest.raises(UserError, match="unknown tables"):
+        load_recipe(bad)
+    bad.write_text("[train\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_recipe(bad)
+    assert cli.main(["train", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path)]) == 2
+
+
+def test_cli_flags_override_the_recipe(recipe, tmp_path, capsys):
+    code = cli.main(["train", "--config", str(recipe), "--out", str(tmp_path / "cli"), "--steps", "2",
+                     "--val-every", "2", "--quiet"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_weights(recipe, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "napari_probunet.cli",
+           "train", "--config", str(recipe), "--out", str(tmp_path / "ddp"), "--steps", "4",
+           "--device", "cpu", "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    checksums = summary["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert (tmp_path / "ddp" / "checkpoint.safetensors").exists()
