@@ -438,3 +438,15 @@ def test_info_on_a_synthetic_spec(capsys):
         assert main(["data", "info", "synthetic:lesions?n=40&size=16"]) == 0
     text = capsys.readouterr().out
     assert "40 cases" in text and "core+halo" in text and "empty grader masks" in text
+
+
+def test_split_suffix_selects_disjoint_deterministic_parts():
+    spec = "synthetic:lesions?n=30&seed=4&size=32"
+    parts = [open_cases(f"{spec}#part={p}&fractions=0.6,0.2,0.2&seed=3") for p in ("train", "val", "test")]
+    ids = [[c.case_id for c in part] for part in parts]
+    assert [len(i) for i in ids] == [18, 6, 6]
+    assert not (set(ids[0]) & set(ids[1])) and not (set(ids[1]) & set(ids[2]))
+    again = open_cases(f"{spec}#part=val&fractions=0.6,0.2,0.2&seed=3")
+    assert [c.case_id for c in again] == ids[1]
+    with pytest.raises(DataError, match="part=train"):
+        open_cases(f"{spec}#part=holdout")

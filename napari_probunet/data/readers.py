@@ -549,14 +549,44 @@ def _looks_deepmind(root: Path) -> bool:
     return False
 
 
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def _parse_split(fragment: str) -> tuple[str, tuple[float, ...], int]:
+    """``part=train&fractions=0.8,0.1,0.1&seed=0`` -> (part, fractions, seed)."""
+    fields = dict(item.split("=", 1) for item in fragment.split("&") if "=" in item)
+    unknown = set(fields) - {"part", "fractions", "seed"}
+    part = fields.get("part", "")
+    if unknown or part not in SPLIT_PARTS:
+        raise DataError(
+            f"bad split '#{fragment}': use '#part=train|val|test' with optional "
+            "'&fractions=0.8,0.1,0.1&seed=0'"
+        )
+    try:
+        fractions = tuple(float(f) for f in fields.get("fractions", "0.8,0.1,0.1").split(","))
+        seed = int(fields.get("seed", "0"))
+    except ValueError as exc:
+        raise DataError(f"bad split '#{fragment}': {exc}") from exc
+    if len(fractions) != 3:
+        raise DataError(f"bad split '#{fragment}': give three fractions (train, val, test)")
+    return part, fractions, seed
+
+
 def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case]:
     """Open any dataset: a ``synthetic:KIND?n=..`` spec (lazy), a folder or a pickle file.
 
     Folders are detected as DeepMind's LIDC layout (``z-*_c*.png`` files), a folder of LIDC
     pickles (only ``*.pkl``/``*.pickle`` files and no case folders), or else the generic
-    multi-rater layout.
+    multi-rater layout. A suffix ``#part=train`` (or ``val``, ``test``; optional
+    ``&fractions=0.8,0.1,0.1&seed=0``) selects one part of a deterministic split by group
+    (:func:`split_cases`), so training and evaluation can name the same held-out cases.
     """
     text = os.fspath(spec)
+    if "#" in text:
+        base, fragment = text.split("#", 1)
+        part, fractions, seed = _parse_split(fragment)
+        parts = split_cases(open_cases(base, on_error=on_error), fractions, seed)
+        return parts[SPLIT_PARTS.index(part)]
     if text.lower().startswith("synthetic:"):
         from napari_probunet.data.synthetic import SyntheticDataset, parse_synthetic_spec
 
