@@ -1,0 +1,172 @@
+"""Open hypothesis bundles (``*.probunet.zip``) in napari: the npe2 reader contribution.
+
+A bundle written by ``probunet sample`` opens as the layers the review widget would have made
+for the whole image, with no model run:
+
+- ``<name>``: the image (Image layer, exactly the array the model saw);
+- ``<name> uncertainty``: per-pixel disagreement (Image, magma, additive);
+- ``<name> hypothesis 01`` ... ``NN``: one Labels layer per hypothesis, the first visible and
+  the others hidden;
+- ``<name> grader 1`` ...: the graders' masks of a multi-rater case (Labels, hidden).
+
+Every layer's ``metadata`` uses the review widget's keys, so that napari's File → Save (the
+writer contribution, :func:`napari_probunet.export.layer_mask_and_record`) writes a hypothesis
+with its full provenance record: ``kind`` (``"image"``, ``"hypothesis"``, ``"uncertainty"``,
+``"grader"``), ``image_layer``, ``roi`` (the whole image: ``[0, 0, H, W]``), ``plane_shape``,
+``slice_index`` (``[]``: a 2D layer), ``image_signature`` and ``plane_signature`` (the same,
+the ROI being the plane), ``model_sha256``, ``model_name``, ``seed``, ``n_samples``,
+``class_names``; a hypothesis also ``index`` (0-based) and ``z`` (list of floats). Bundle-only
+keys: ``case_id``, ``source_path`` (the file the image came from), ``source_slice_index`` and
+``source_slice_axis`` (the NIfTI slice), ``bundle_path``, ``bundle_format_version``,
+``model_path``, ``prior_mu``, ``prior_sigma``; a grader layer ``grader``. :func:`collect_layers`
+finds the layers of one bundle again (for the review widget and the explorer).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_probunet.bundle import Bundle, is_bundle_name, read_bundle
+
+#: metadata key that says which part of a bundle a layer shows (the review widget's key)
+LAYER_KEY = "kind"
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def _paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    if isinstance(path, (str, os.PathLike)):
+        return [os.fspath(path)]
+    return [os.fspath(p) for p in path]
+
+
+def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable | None:
+    """npe2 reader: :func:`read_bundles` for ``*.probunet.zip`` paths, else None.
+
+    The bundle is validated when it is read, so a damaged file or a bundle from a newer version
+    gives an error that says so instead of "no reader found".
+    """
+    paths = _paths(path)
+    if not paths or not all(is_bundle_name(p) and not Path(p).is_dir() for p in paths):
+        return None
+    return read_bundles
+
+
+def read_bundles(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """The layers of one or more bundles (see the module docstring)."""
+    layers: list[LayerData] = []
+    for p in _paths(path):
+        layers += bundle_layers(read_bundle(p))
+    return layers
+
+
+def _common_metadata(b: Bundle) -> dict[str, Any]:
+    m = b.manifest
+    h, w = b.hypotheses.shape[1:]
+    return {
+        # the review widget's keys (see napari_probunet._widget and napari_probunet.export)
+        "image_layer": b.name,
+        "roi": [0, 0, int(h), int(w)],
+        "plane_shape": [int(h), int(w)],
+        "slice_index": [],
+        "image_signature": m.get("image_signature"),
+        "plane_signature": m.get("image_signature"),
+        "model_sha256": b.model_sha256,
+        "model_name": b.model_name,
+        "seed": b.seed,
+        "n_samples": b.n,
+        "class_names": b.class_names,
+        # what only a bundle knows
+        "case_id": b.case_id,
+        "source_path": m.get("source"),
+        "source_slice_index": m.get("slice_index"),
+        "source_slice_axis": m.get("slice_axis"),
+        "bundle_path": None if b.path is None else str(Path(b.path).absolute()),
+        "bundle_format_version": m.get("format_version"),
+        "model_path": m["model"].get("path"),
+        "prior_mu": [float(v) for v in b.prior_mu],
+        "prior_sigma": [float(v) for v in b.prior_sigma],
+    }
+
+
+def hypothesis_layer_name(image_name: str, index: int, n: int) -> str:
+    """``<image> hypothesis 03`` for index 2 (1-based, zero-padded to sort; the widget's names)."""
+    return f"{image_name} hypothesis {index + 1:0{max(2, len(str(n)))}d}"
+
+
+def bundle_layers(b: Bundle) -> list[LayerData]:
+    """Layer data tuples for one bundle, bottom to top: image, uncertainty, hypotheses, graders."""
+    name = b.name
+    common = _common_metadata(b)
+    n_classes = max(2, len(b.class_names))
+    layers: list[LayerData] = [(
+        b.image,
+        {"name": name, "rgb": b.image.ndim == 3,
+         "metadata": {LAYER_KEY: "image", **common}},
+        "image",
+    ), (
+        b.uncertainty,
+        {"name": f"{name} uncertainty", "colormap": "magma", "blending": "additive",
+         "opacity": 0.7, "contrast_limits": [0.0, 1.0 - 1.0 / n_classes],
+         "metadata": {LAYER_KEY: "uncertainty", **common}},
+        "image",
+    )]
+    for i in range(b.n):
+        layers.append((
+            b.hypotheses[i],
+            {"name": hypothesis_layer_name(name, i, b.n), "visible": i == 0, "opacity": 0.6,
+             "metadata": {LAYER_KEY: "hypothesis", **common, "index": i,
+                          "z": [float(v) for v in b.z[i]]}},
+            "labels",
+        ))
+    if b.graders is not None:
+        for r in range(b.graders.shape[0]):
+            layers.append((
+                b.graders[r],
+                {"name": f"{name} grader {r + 1}", "visible": False, "opacity": 0.6,
+                 "metadata": {LAYER_KEY: "grader", **common, "grader": r}},
+                "labels",
+            ))
+    return layers
+
+
+@dataclass
+class BundleLayers:
+    """The layers that came from one bundle, found by their metadata."""
+
+    image: Any = None
+    uncertainty: Any = None
+    hypotheses: list[Any] = field(default_factory=list)  # ordered by index
+    graders: list[Any] = field(default_factory=list)  # ordered by grader
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The shared record (model sha256, image signature, seed, prior...)."""
+        first = self.image or (self.hypotheses[0] if self.hypotheses else None)
+        return {} if first is None else dict(first.metadata)
+
+
+def collect_layers(layers: Iterable[Any], image_signature: str) -> BundleLayers:
+    """Among ``layers`` (a napari layer list, or anything with ``.metadata``), those that a
+    bundle of the image ``image_signature`` produced."""
+    found = BundleLayers()
+    for layer in layers:
+        meta = getattr(layer, "metadata", None) or {}
+        if meta.get("image_signature") != image_signature:
+            continue
+        kind = meta.get(LAYER_KEY)
+        if kind == "image":
+            found.image = layer
+        elif kind == "uncertainty":
+            found.uncertainty = layer
+        elif kind == "hypothesis":
+            found.hypotheses.append(layer)
+        elif kind == "grader":
+            found.graders.append(layer)
+    found.hypotheses.sort(key=lambda la: la.metadata.get("index", 0))
+    found.graders.sort(key=lambda la: la.metadata.get("grader", 0))
+    return found

@@ -1,0 +1,330 @@
+"""Hypothesis bundles: one case's sampled hypotheses, self-described, in one ``.probunet.zip``.
+
+A bundle is what ``probunet sample`` prepares overnight and what the napari reader opens in
+the morning, without a model run. It is a plain ZIP archive (readable by any language) of:
+
+- ``manifest.json``: what the bundle is (``format``, ``format_version``), which case
+  (``case_id``, ``name``, ``source``, ``slice_index``), which model (``model.sha256``,
+  ``model.name``), how it was sampled (``seed``, ``n``), the class names, the versions and
+  time, and for each array its ``shape`` and ``dtype``;
+- one NumPy ``.npy`` file per array:
+
+  ============== ================= =========================================================
+  member         shape, dtype      meaning
+  ============== ================= =========================================================
+  image.npy      (H, W) or         the image exactly as given to the model (raw values)
+                 (H, W, 3) float32
+  hypotheses.npy (n, H, W) uint8   n sampled label maps (0 = background)
+  z.npy          (n, d) float32    the latent each hypothesis was decoded from
+  prior_mu.npy   (d,) float32      mean of the prior p(z | image)
+  prior_sigma.npy (d,) float32     sigma of the prior
+  uncertainty.npy (H, W) float32   per-pixel disagreement of the hypotheses
+  graders.npy    (R, H, W) uint8   optional: the graders' masks of a multi-rater case
+  ============== ================= =========================================================
+
+Nothing in a bundle is ever unpickled (``np.load(..., allow_pickle=False)``), and each member's
+size is checked against the manifest before it is read. Bundles are written atomically
+(a temporary file in the same folder, fsync, then ``os.replace``), so a crash never leaves a
+half-written bundle under the final name. The format is documented in ``docs/batch.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_probunet.errors import UserError
+
+FORMAT = "napari-probunet-bundle"
+FORMAT_VERSION = 1
+SUFFIX = ".probunet.zip"
+MANIFEST = "manifest.json"
+#: arrays every bundle holds, in the order they are written
+REQUIRED_ARRAYS = ("image", "hypotheses", "z", "prior_mu", "prior_sigma", "uncertainty")
+OPTIONAL_ARRAYS = ("graders",)
+#: manifest keys a reader relies on
+REQUIRED_KEYS = ("format", "format_version", "case_id", "name", "n", "seed", "model",
+                 "class_names", "arrays")
+_MAX_MANIFEST_BYTES = 1 << 20
+_NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
+
+
+class BundleError(UserError):
+    """A file that is not a readable hypothesis bundle (the message says why and what to do)."""
+
+
+@dataclass
+class Bundle:
+    """One case's hypotheses and what describes them (see the module docstring for shapes)."""
+
+    manifest: dict[str, Any]
+    image: np.ndarray
+    hypotheses: np.ndarray
+    z: np.ndarray
+    prior_mu: np.ndarray
+    prior_sigma: np.ndarray
+    uncertainty: np.ndarray
+    graders: np.ndarray | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The case's file-safe name: the bundle is ``<name>.probunet.zip``."""
+        return str(self.manifest["name"])
+
+    @property
+    def case_id(self) -> str:
+        return str(self.manifest["case_id"])
+
+    @property
+    def seed(self) -> int:
+        """The seed ``Session.sample(n, seed)`` was called with for this case."""
+        return int(self.manifest["seed"])
+
+    @property
+    def n(self) -> int:
+        return int(self.hypotheses.shape[0])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.manifest["class_names"]]
+
+    @property
+    def model_sha256(self) -> str | None:
+        return self.manifest["model"].get("sha256")
+
+    @property
+    def model_name(self) -> str | None:
+        return self.manifest["model"].get("name")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays by member name (without ``.npy``); ``graders`` only when present."""
+        out = {k: getattr(self, k) for k in REQUIRED_ARRAYS}
+        if self.graders is not None:
+            out["graders"] = self.graders
+        return out
+
+
+def bundle_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """Where the bundle of case ``name`` lives in ``out_dir``."""
+    return Path(out_dir) / f"{name}{SUFFIX}"
+
+
+def is_bundle_name(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(SUFFIX)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_arrays(arrays: dict[str, np.ndarray], where: str = "bundle") -> None:
+    """Raise :class:`BundleError` unless the arrays have the shapes and dtypes of a bundle."""
+    missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
+    if missing:
+        raise BundleError(f"{where}: lacks the array(s) {', '.join(missing)}")
+    image, hyp, z = arrays["image"], arrays["hypotheses"], arrays["z"]
+    if hyp.ndim != 3 or hyp.dtype != np.uint8 or hyp.shape[0] < 1:
+        raise BundleError(f"{where}: hypotheses must be (n, H, W) uint8, got {hyp.shape} {hyp.dtype}")
+    n, h, w = hyp.shape
+    if not (image.shape == (h, w) or image.shape == (h, w, 3)) or image.dtype.kind not in "biuf":
+        raise BundleError(
+            f"{where}: image must be ({h}, {w}) or ({h}, {w}, 3) numbers, got {image.shape} "
+            f"{image.dtype}"
+        )
+    if z.ndim != 2 or z.shape[0] != n or z.dtype.kind != "f":
+        raise BundleError(f"{where}: z must be ({n}, d) floats, got {z.shape} {z.dtype}")
+    d = z.shape[1]
+    for key in ("prior_mu", "prior_sigma"):
+        a = arrays[key]
+        if a.shape != (d,) or a.dtype.kind != "f":
+            raise BundleError(f"{where}: {key} must be ({d},) floats, got {a.shape} {a.dtype}")
+    unc = arrays["uncertainty"]
+    if unc.shape != (h, w) or unc.dtype.kind != "f":
+        raise BundleError(f"{where}: uncertainty must be ({h}, {w}) floats, got {unc.shape} {unc.dtype}")
+    graders = arrays.get("graders")
+    if graders is not None and (graders.ndim != 3 or graders.shape[1:] != (h, w)
+                                or graders.dtype != np.uint8):
+        raise BundleError(
+            f"{where}: graders must be (R, {h}, {w}) uint8, got {graders.shape} {graders.dtype}"
+        )
+
+
+def check_manifest(manifest: Any, where: str = "bundle") -> dict[str, Any]:
+    """Validate a parsed manifest (format name, version, required keys); return it."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(
+            f"{where} is not a napari-probunet hypothesis bundle (its manifest.json does not say "
+            f"format '{FORMAT}'); bundles are written by 'probunet sample'"
+        )
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BundleError(f"{where}: the manifest has no valid format_version ({version!r})")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{where} uses bundle format {version}, newer than this napari-probunet reads "
+            f"({FORMAT_VERSION}); upgrade napari-probunet to open it"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{where}: the manifest lacks {', '.join(missing)}")
+    if not isinstance(manifest["model"], dict) or not isinstance(manifest["arrays"], dict):
+        raise BundleError(f"{where}: the manifest's 'model' and 'arrays' must be objects")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1) -> Path:
+    """Write ``bundle`` to ``path`` atomically; the manifest's ``arrays`` entry is filled in.
+
+    The archive is first written to ``.<name>.tmp<pid>`` in the same folder, flushed to disk,
+    then renamed over ``path``: readers see either the old file or the complete new one.
+    Members are deflated (``compresslevel`` 1: label maps shrink ~20x at little cost).
+    """
+    path = Path(path)
+    arrays = bundle.arrays()
+    check_arrays(arrays, where=str(path))
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                **{k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version")}}
+    manifest["arrays"] = {
+        k: {"file": f"{k}.npy", "shape": list(a.shape), "dtype": a.dtype.str} for k, a in arrays.items()
+    }
+    check_manifest(manifest, where=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED,
+                                 compresslevel=compresslevel) as zf:
+                zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+                for key, array in arrays.items():
+                    zf.writestr(f"{key}.npy", _npy_bytes(array))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    bundle.manifest = manifest
+    bundle.path = path
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    if not path.exists():
+        raise BundleError(f"{path}: no such file")
+    if path.is_dir():
+        raise BundleError(f"{path} is a folder; a bundle is a single .probunet.zip file")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BundleError(
+            f"{path} is not a complete ZIP archive ({exc}); it may be truncated: rerun "
+            "'probunet sample' on the same folder to redo it"
+        ) from None
+
+
+def _manifest_of(zf: zipfile.ZipFile, where: str) -> dict[str, Any]:
+    try:
+        info = zf.getinfo(MANIFEST)
+    except KeyError:
+        raise BundleError(
+            f"{where} is not a napari-probunet hypothesis bundle (no {MANIFEST} inside); bundles "
+            "are written by 'probunet sample'"
+        ) from None
+    if info.file_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {MANIFEST} is implausibly large ({info.file_size} bytes)")
+    try:
+        manifest = json.loads(zf.read(info).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error, OSError,
+            EOFError) as exc:
+        raise BundleError(f"{where}: {MANIFEST} cannot be read ({exc})") from None
+    return check_manifest(manifest, where)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated manifest of a bundle, without reading its arrays."""
+    path = Path(path)
+    with _open_zip(path) as zf:
+        return _manifest_of(zf, str(path))
+
+
+def _read_array(zf: zipfile.ZipFile, key: str, spec: Any, where: str) -> np.ndarray:
+    member = f"{key}.npy"
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        raise BundleError(f"{where}: the manifest lists {key} but {member} is missing") from None
+    try:
+        shape = tuple(int(s) for s in spec["shape"])
+        dtype = np.dtype(spec["dtype"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: the manifest's entry for {key} is invalid ({exc})") from None
+    if dtype.kind not in "biuf" or any(s < 0 for s in shape):
+        raise BundleError(f"{where}: {key} is declared as {dtype} {shape}; expected plain numbers")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if info.file_size > expected + _NPY_HEADER_SLACK:
+        raise BundleError(
+            f"{where}: {member} holds {info.file_size} bytes but the manifest declares {shape} "
+            f"{dtype} ({expected} bytes)"
+        )
+    try:
+        array = np.load(io.BytesIO(zf.read(info)), allow_pickle=False)
+    except Exception as exc:  # bad CRC, bad deflate stream, bad .npy header, object arrays...
+        raise BundleError(
+            f"{where}: {member} cannot be read ({exc}); the bundle is damaged: rerun "
+            "'probunet sample' on the same folder to redo it"
+        ) from None
+    if array.shape != shape or array.dtype != dtype:
+        raise BundleError(
+            f"{where}: {member} is {array.shape} {array.dtype}, the manifest says {shape} {dtype}"
+        )
+    return array
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and validate a bundle (manifest, every array's size, shape and dtype, CRCs)."""
+    path = Path(path)
+    where = str(path)
+    with _open_zip(path) as zf:
+        manifest = _manifest_of(zf, where)
+        declared = manifest["arrays"]
+        unknown = sorted(set(declared) - set(REQUIRED_ARRAYS) - set(OPTIONAL_ARRAYS))
+        known = [k for k in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS) if k in declared]
+        arrays = {k: _read_array(zf, k, declared[k], where) for k in known}
+    check_arrays(arrays, where)
+    if int(manifest["n"]) != arrays["hypotheses"].shape[0]:
+        raise BundleError(
+            f"{where}: the manifest says n={manifest['n']} but it holds "
+            f"{arrays['hypotheses'].shape[0]} hypotheses"
+        )
+    if unknown:  # a later minor addition we do not understand: keep going, it is optional
+        manifest = {**manifest, "unread_arrays": unknown}
+    return Bundle(manifest=manifest, path=path, **arrays)
+
+
+def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
+    """Check that a bundle is complete and readable; return its manifest (else :class:`BundleError`).
+
+    ``zipfile`` checks every member's CRC as it is read, so a bundle that passes holds exactly
+    what was written.
+    """
+    return read_bundle(path).manifest
