@@ -1,0 +1,290 @@
+"""Assess annotations under the model, and ``probunet assess``, its command-line twin.
+
+Kohl et al. note that the Probabilistic U-Net "can be used to assess annotations". For an
+annotation ``y`` of an encoded image ``x`` the posterior net gives ``q(z | x, y)``; we report
+
+- **position**: the posterior mean ``mu_q``, and ``u = (mu_q - mu_p) / sigma_p``, the same
+  point in units of the prior's sigma (the coordinates of the latent-space explorer);
+- **kl**: ``KL(q(z|x,y) || p(z|x))`` in nats, how unusual the model finds the annotation;
+- **iou**: mean foreground IoU between ``y`` and the model's reconstruction, the decode at
+  ``mu_q`` (empty vs empty = 1), i.e. whether the model can draw it at all.
+
+**Outlier rule.** An annotation is compared with the model's *own* proposals for the same
+image: ``n`` samples ``z ~ p(z|x)`` are decoded and located like annotations (seeded, so
+reproducible). It is flagged
+
+- ``"kl"`` when its KL is above the ``q``-quantile (default 0.95) of the samples' KL: the model
+  finds it less likely than 95 % of what it proposes itself;
+- ``"fit"`` when its IoU is below the ``(1 - q)``-quantile of the samples' IoU and below
+  :data:`FIT_IOU` (0.8): the model cannot reconstruct it as well as 95 % of its own proposals,
+  nor nearly (a hand-drawn outline never matches a decoded one exactly, while the model
+  reconstructs its own samples almost perfectly, so the quantile alone would flag everyone).
+
+The rule needs no other annotations (a single correction can be assessed) and adapts to each
+image's ambiguity. Nothing here imports Qt or napari; torch is imported only through the
+:class:`~napari_probunet.session.Session` a caller passes in (and inside :func:`run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_probunet.errors import InputError, UserError
+
+#: prior samples located per image to set the outlier thresholds
+REFERENCE_SAMPLES = 32
+#: quantile of the samples' KL above which an annotation is flagged (1 - it for the IoU)
+QUANTILE = 0.95
+#: an annotation reconstructed at least this well (IoU) is never flagged as a poor fit
+FIT_IOU = 0.8
+
+
+@dataclass(frozen=True)
+class Reference:
+    """KL and reconstruction IoU of the model's own samples for one image."""
+
+    kl: np.ndarray  # (n,) nats
+    iou: np.ndarray  # (n,)
+    quantile: float = QUANTILE
+    seed: int = 0
+
+    @property
+    def kl_threshold(self) -> float:
+        """Annotations with a larger KL are flagged ``"kl"``."""
+        return float(np.quantile(self.kl, self.quantile))
+
+    @property
+    def iou_threshold(self) -> float:
+        """Annotations with a smaller IoU are flagged ``"fit"`` (at most :data:`FIT_IOU`)."""
+        return min(float(np.quantile(self.iou, 1.0 - self.quantile)), FIT_IOU)
+
+
+@dataclass
+class Assessment:
+    """Where one annotation lies under the model, and whether it is an outlier."""
+
+    name: str
+    kl: float  # KL(q || p) in nats
+    iou: float  # IoU of the annotation with its reconstruction
+    mu: np.ndarray  # (d,) posterior mean
+    sigma: np.ndarray  # (d,) posterior sigma
+    u: np.ndarray  # (d,) posterior mean in prior-sigma units
+    reconstruction: np.ndarray  # (H, W) uint8 decode at mu
+    reasons: tuple[str, ...] = ()  # "kl" and/or "fit"; empty: not an outlier
+
+    @property
+    def outlier(self) -> bool:
+        return bool(self.reasons)
+
+
+def prepare_mask(mask: np.ndarray, num_classes: int, name: str = "the annotation") -> np.ndarray:
+    """Check an annotation's labels against the model and return it as uint8 class labels.
+
+    For a two-class model every non-zero label counts as the foreground (napari users paint
+    with any label value); for more classes the labels must be ``0..num_classes - 1``.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise InputError(f"{name} has shape {m.shape}; expected a 2D label map")
+    if m.dtype == np.bool_:
+        return m.astype(np.uint8)
+    if m.dtype.kind == "f":
+        if not np.all(np.isfinite(m)) or not np.array_equal(m, np.round(m)):
+            raise InputError(f"{name} must hold integer class labels, not fractions or NaN")
+    elif m.dtype.kind not in "iu":
+        raise InputError(f"{name} has dtype {m.dtype}; expected integer class labels")
+    if m.size and m.min() < 0:
+        raise InputError(f"{name} holds negative labels")
+    if num_classes == 2:
+        return (m != 0).astype(np.uint8)
+    if m.size and m.max() >= num_classes:
+        raise InputError(
+            f"{name} holds labels up to {int(m.max())} but the model has {num_classes} classes "
+            f"(0..{num_classes - 1}); relabel it first"
+        )
+    return m.astype(np.uint8)
+
+
+def reference(session, n: int = REFERENCE_SAMPLES, seed: int = 0,
+              quantile: float = QUANTILE) -> Reference:
+    """Locate ``n`` of the model's own samples of the session's image (seeded)."""
+    if n < 2:
+        raise UserError("the outlier reference needs at least 2 samples")
+    if not 0.5 <= quantile < 1.0:
+        raise UserError(f"the quantile must be in [0.5, 1), got {quantile}")
+    hyp = session.sample(int(n), seed=seed)
+    kls, ious = [], []
+    for labels in hyp.labels:
+        loc = session.locate(labels)
+        kls.append(loc.kl)
+        ious.append(loc.iou)
+    return Reference(np.asarray(kls), np.asarray(ious), float(quantile), int(seed))
+
+
+def assess_mask(session, mask: np.ndarray, name: str = "annotation",
+                ref: Reference | None = None) -> Assessment:
+    """Locate one annotation of the session's image and flag it against ``ref``."""
+    m = prepare_mask(mask, session.config.num_classes, name)
+    loc = session.locate(m)
+    prior_mu, prior_sigma = session.prior()
+    reasons: list[str] = []
+    if ref is not None:
+        if loc.kl > ref.kl_threshold:
+            reasons.append("kl")
+        if loc.iou < ref.iou_threshold:
+            reasons.append("fit")
+    return Assessment(
+        name=name, kl=float(loc.kl), iou=float(loc.iou), mu=loc.mu, sigma=loc.sigma,
+        u=((loc.mu - prior_mu) / prior_sigma).astype(np.float32),
+        reconstruction=loc.reconstruction, reasons=tuple(reasons),
+    )
+
+
+def assess_masks(session, masks: Iterable[tuple[str, np.ndarray]],
+                 ref: Reference | None = None) -> list[Assessment]:
+    """:func:`assess_mask` for ``(name, mask)`` pairs of the session's image."""
+    return [assess_mask(session, m, name, ref) for name, m in masks]
+
+
+# -- probunet assess ---------------------------------------------------------------------------
+
+
+def case_seed(seed: int, index: int) -> int:
+    """A 32-bit seed for the reference samples of case ``index``."""
+    return int(np.random.SeedSequence([int(seed), int(index), 2]).generate_state(1)[0])
+
+
+def csv_columns(latent_dim: int) -> list[str]:
+    dims = [f"z{k + 1}" for k in range(latent_dim)]
+    return (["case_id", "grader", "mode", "kl", "iou", "outlier", "reason", "kl_threshold",
+             "iou_threshold"]
+            + [f"mu_{z}" for z in dims] + [f"u_{z}" for z in dims] + [f"sigma_{z}" for z in dims])
+
+
+def assess_cases(model, cases: Sequence, device: str = "auto", n_reference: int = REFERENCE_SAMPLES,
+                 quantile: float = QUANTILE, seed: int = 0, progress: bool = False) -> list[dict]:
+    """Score every grader's mask of every case; one row (dict, see :func:`csv_columns`) each."""
+    from tqdm import tqdm
+
+    from napari_probunet.session import Session
+
+    session = Session(model, device)
+    rows: list[dict] = []
+    bar = tqdm(range(len(cases)), desc="assess", unit="case", file=sys.stderr,
+               disable=not progress, leave=False)
+    for i in bar:
+        case = cases[i]
+        try:
+            session.set_image(case.image)
+            ref = (reference(session, n_reference, case_seed(seed, i), quantile)
+                   if n_reference else None)
+            found = assess_masks(
+                session, ((f"grader {r + 1}", case.masks[r]) for r in range(case.n_graders)), ref)
+        except UserError as exc:
+            raise UserError(f"case {case.case_id!r}: {exc}") from exc
+        truth, modes = getattr(case, "truth", None), getattr(case, "grader_modes", None)
+        for r, a in enumerate(found):
+            row = {
+                "case_id": case.case_id, "grader": r + 1,
+                "mode": truth.names[int(modes[r])] if truth is not None and modes is not None else "",
+                "kl": a.kl, "iou": a.iou, "outlier": int(a.outlier), "reason": "+".join(a.reasons),
+                "kl_threshold": ref.kl_threshold if ref else math.nan,
+                "iou_threshold": ref.iou_threshold if ref else math.nan,
+            }
+            for k in range(len(a.mu)):
+                row[f"mu_z{k + 1}"] = float(a.mu[k])
+                row[f"u_z{k + 1}"] = float(a.u[k])
+                row[f"sigma_z{k + 1}"] = float(a.sigma[k])
+            rows.append(row)
+    return rows
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def to_csv(rows: Sequence[dict], latent_dim: int) -> str:
+    """Rows of :func:`assess_cases` as CSV text (floats with 6 significant digits)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = csv_columns(latent_dim)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_format(row.get(c, "")) for c in columns])
+    return buf.getvalue()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Score every grader's mask of every case under a model: the posterior mean (also in "
+        "prior-sigma units), KL to the prior in nats and IoU with the reconstruction. A mask is "
+        "flagged when its KL is above the 95th percentile of the KL of the model's own samples "
+        "of that image, or its IoU below their 5th percentile and below 0.8."
+    )
+    parser.add_argument("--model", default="default",
+                        help="model file, or 'default' for the bundled model (default)")
+    parser.add_argument("--data", required=True,
+                        help="a multi-rater folder, LIDC pickle, or synthetic:KIND?n=N&seed=S")
+    parser.add_argument("--out", metavar="FILE.csv",
+                        help="write the CSV here (default: print it on stdout)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto = CUDA, then MPS, then CPU")
+    parser.add_argument("--reference-samples", type=int, default=REFERENCE_SAMPLES, metavar="N",
+                        help=f"own samples per image that set the outlier thresholds "
+                             f"(default {REFERENCE_SAMPLES}; 0 = no outlier flags)")
+    parser.add_argument("--quantile", type=float, default=QUANTILE,
+                        help=f"flag KL above this quantile of the samples' KL, IoU below 1 minus "
+                             f"it (default {QUANTILE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the reference samples")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N cases")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_probunet.data.readers import open_cases
+    from napari_probunet.modelfile import load_model
+
+    if args.reference_samples != 0 and args.reference_samples < 2:
+        raise UserError("--reference-samples must be 0 (no flags) or at least 2")
+    if not 0.5 <= args.quantile < 1.0:
+        raise UserError(f"--quantile must be in [0.5, 1), got {args.quantile}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name such as scores.csv")
+    cases = open_cases(args.data)
+    if args.limit is not None:
+        cases = [cases[i] for i in range(min(args.limit, len(cases)))]
+    if len(cases) == 0:
+        raise UserError(f"{args.data}: no cases to assess")
+    model = load_model(args.model, device="cpu")
+    rows = assess_cases(model, cases, device=args.device, n_reference=args.reference_samples,
+                        quantile=args.quantile, seed=args.seed, progress=not args.quiet)
+    text = to_csv(rows, model.config.latent_dim)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(out)
+    else:
+        sys.stdout.write(text)
+    if not args.quiet:
+        n_out = sum(r["outlier"] for r in rows)
+        kl = np.array([r["kl"] for r in rows])
+        where = f" -> {args.out}" if args.out else ""
+        print(f"assessed {len(rows)} masks of {len(cases)} cases{where}: median KL "
+              f"{np.median(kl):.2f} nats, {n_out} flagged", file=sys.stderr)
+    return 0
