@@ -171,6 +171,9 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not the private temp file's mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():
