@@ -986,7 +986,7 @@ class ExplorerWidget(QWidget):
         self.hold_combo.activated.connect(lambda _i: self._rebuild_plane())
         self.background_combo.activated.connect(lambda _i: self._render_background())
         self.grid_spin.valueChanged.connect(self._on_grid_size)
-        self.map.point_moved.connect(self._on_map_point)
+        self.map.point_moved.connect(self._on_user_point)
         self.map.hypothesis_clicked.connect(self.select_hypothesis)
         self.map.annotation_clicked.connect(self._on_annotation_clicked)
         self.best_fit_button.clicked.connect(self.use_as_best_fit)
@@ -1082,7 +1082,13 @@ class ExplorerWidget(QWidget):
 
     def set_point(self, u: float, v: float = 0.0) -> None:
         """Go to plane coordinates ``(u, v)`` and decode there (as a click does)."""
-        self._on_map_point(float(u), float(v), True)
+        self._on_user_point(float(u), float(v), True)
+
+    def _on_user_point(self, u: float, v: float, final: bool) -> None:
+        # The explorer layer appears once the user moves through the map; until then an
+        # automatic re-centring (new image, new hypotheses) must not cover the hypotheses.
+        self._layer_wanted = True
+        self._on_map_point(u, v, final)
 
     def set_axes(self, axis_x: int, axis_y: int | None = None) -> None:
         """Show the plane of latent axes ``axis_x``, ``axis_y`` (0-based)."""
@@ -1369,7 +1375,7 @@ class ExplorerWidget(QWidget):
             self._start_grid()
         self._update_markers()
         self._fill_table()
-        self.set_point(*plane.clamp(*point))
+        self._on_map_point(*plane.clamp(*point), True)
 
     def _start_grid(self) -> None:
         plane, n = self._plane, self._grid_n
@@ -1682,6 +1688,8 @@ class ExplorerWidget(QWidget):
 
     def _show_labels(self, labels: np.ndarray) -> None:
         if self._geometry is None:
+            return
+        if self.explorer_layer is None and not getattr(self, "_layer_wanted", False):
             return
         layer = self._ensure_layer(labels.shape)
         lead = layer.data.ndim - 2

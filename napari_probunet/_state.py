@@ -86,7 +86,12 @@ _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def get_state(viewer) -> ReviewState:
-    """The :class:`ReviewState` of ``viewer`` (one per viewer, created on first use)."""
+    """The :class:`ReviewState` of ``viewer`` (one per viewer, created on first use).
+
+    Widgets receive napari's public proxy of the viewer; the state is keyed by the viewer
+    itself, so every widget of one viewer finds the same state whichever proxy asks.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     state = _STATES.get(viewer)
     if state is None:
         state = ReviewState()

@@ -1,0 +1,1733 @@
+"""The clinician's review dock widget: sample hypotheses, pick the best fit, correct, export.
+
+Plugins → Probabilistic U-Net. The widget is a thin GUI over
+:class:`~napari_probunet.session.Session` (encode once, decode many) and
+:mod:`napari_probunet.export`; what it knows about the current image, the model and the
+hypotheses lives in the viewer's :class:`~napari_probunet._state.ReviewState`, which the
+latent-space explorer reads too.
+
+Where results go (the placement convention)
+-------------------------------------------
+The model sees a region of interest (ROI) of one 2D image plane: the whole image, a rectangle
+from a Shapes layer, or a crop of the model's input size centred on a click. Hypotheses, the
+uncertainty map and the correction are **ROI-sized** layers placed over the image with the
+image layer's own transform (scale, translate moved by the ROI offset, rotate, shear, affine).
+So ``layer.data`` of ``<image> hypothesis 03`` is exactly ``state.hypotheses.labels[2]`` (with
+leading length-1 axes for a slice of a 3D/4D stack, so that it shows on that slice only), and
+memory does not grow with the image size. **Export** writes the full image plane (zero outside
+the ROI) with the ROI in the JSON record; see :mod:`napari_probunet.export`.
+
+Layers: ``<image> hypothesis 01`` ... (only one shown at a time; ``.``/``,`` cycle),
+``<image> uncertainty`` (per-pixel disagreement of the samples), ``<image> correction`` (the
+editable best fit) and ``ROI`` (the region shown as a rectangle).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QSettings, Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_probunet import export
+from napari_probunet._state import Choice, Encoded, ReviewState, get_state
+from napari_probunet.errors import InputError, UserError
+
+log = logging.getLogger(__name__)
+
+#: keyboard shortcuts, bound on the viewer while the widget is open
+KEY_NEXT = "."
+KEY_PREVIOUS = ","
+KEY_ACCEPT = "Shift-Enter"
+#: whole-image sampling is refused above this many pixels (use an ROI)
+WHOLE_IMAGE_LIMIT = 1024 * 1024
+#: ROI side when no model is loaded yet (the model's config.input_size otherwise)
+FALLBACK_ROI = 128
+#: autosave the correction this long after the last edit
+AUTOSAVE_MS = 2000
+#: pixel-samples decoded per worker step (progress and Cancel granularity)
+CHUNK_PIXELS = 1 << 18
+#: torch threads of the sampling worker: half the cores (at most 4) to encode, one to decode.
+#: Decoding is small matrix products that do not gain from threads; and torch's threads spin
+#: when cores are busy: on the 2-core test machine under load, 2 threads made encoding a
+#: 256x256 image 4-6x slower than 1 (1.5-2.0 s vs 0.3-0.4 s) and 16 decodes 3-10x slower.
+#: Leaving a core free also keeps napari's own work (adding the layers) fast.
+ENCODE_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
+DECODE_THREADS = 1
+ROI_MODES = ("whole", "rectangle", "click")
+ROI_LABELS = ("Whole image", "Rectangle (Shapes layer)", "Click on the lesion")
+#: colours of label values 1, 2, ... (hypotheses, correction)
+HYPOTHESIS_COLOURS = [(0.25, 0.8, 1.0), (0.6, 1.0, 0.3), (1.0, 0.45, 0.8), (0.7, 0.55, 1.0)]
+CORRECTION_COLOURS = [(1.0, 0.72, 0.1), (1.0, 0.35, 0.2), (0.95, 0.95, 0.3), (1.0, 0.5, 0.6)]
+EXPORT_FILTERS = {
+    "TIFF (*.tif *.tiff)": ".tif",
+    "PNG (*.png)": ".png",
+    "NumPy (*.npy)": ".npy",
+    "NIfTI (*.nii.gz *.nii)": ".nii.gz",
+}
+
+
+def _settings() -> QSettings:
+    """Where the widget remembers the device and folders (replaced in tests)."""
+    return QSettings("napari-probunet", "review")
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Plane:
+    """The 2D plane of an image layer under review.
+
+    ``index`` holds the data indices of the leading (non-spatial) axes of a stack (``()`` for a
+    2D image), ``shape`` the plane's rows and columns.
+    """
+
+    layer: Any
+    index: tuple[int, ...]
+    shape: tuple[int, int]
+
+    def _array(self):
+        data = self.layer.data
+        return data[0] if self.layer.multiscale else data
+
+    def read(self, roi=None) -> np.ndarray:
+        """The plane's pixels (``(H, W)`` or ``(H, W, C)``), or those of ``roi`` only."""
+        key = self.index
+        if roi is not None:
+            r0, c0, h, w = roi
+            key = key + (slice(r0, r0 + h), slice(c0, c0 + w))
+        return np.asarray(self._array()[key])
+
+
+def current_plane(layer, viewer) -> Plane:
+    """The plane of ``layer`` shown in ``viewer`` now (the current slice of a 3D/4D stack)."""
+    nd = layer.ndim  # spatial axes (an RGB layer's colour axis is not one)
+    if nd < 2:
+        raise InputError(f"'{layer.name}' is not an image with rows and columns (it has {nd} axis)")
+    if nd > 2 and viewer.dims.ndisplay == 3:
+        raise InputError(
+            f"'{layer.name}' is shown in 3D. The review works on one 2D slice: switch the viewer "
+            "to 2D (the 2D/3D button or Ctrl+Y) and choose the slice with the slider"
+        )
+    world_nd = viewer.dims.ndim
+    if set(viewer.dims.displayed) != {world_nd - 2, world_nd - 1}:
+        raise InputError(
+            "the viewer shows the image's axes rolled or transposed; the review needs the last "
+            "two axes (rows and columns) on screen: use the 'roll' button back to the start"
+        )
+    shape = tuple(int(s) for s in layer.level_shapes[0][:nd]) if layer.multiscale else tuple(
+        int(s) for s in layer.data.shape[:nd])
+    index: tuple[int, ...] = ()
+    if nd > 2:
+        pos = np.asarray(layer.world_to_data(viewer.dims.point))[: nd - 2]
+        index = tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pos, shape[:-2]))
+    return Plane(layer=layer, index=index, shape=(shape[-2], shape[-1]))
+
+
+def centred_roi(row: float, col: float, size: int, shape: tuple[int, int]):
+    """A ``size`` x ``size`` ROI ``(row, col, height, width)`` centred on a point, inside ``shape``."""
+    rois = []
+    for centre, extent in ((row, shape[0]), (col, shape[1])):
+        side = min(int(size), int(extent))
+        start = int(round(centre - side / 2))
+        rois.append((int(np.clip(start, 0, extent - side)), side))
+    (r0, h), (c0, w) = rois
+    return (r0, c0, h, w)
+
+
+def bounding_roi(points: np.ndarray, shape: tuple[int, int]):
+    """The ROI of the pixels inside a polygon's bounding box (points in plane data coordinates)."""
+    pts = np.asarray(points, float)[:, -2:]
+    lo = np.floor(pts.min(axis=0) + 0.5).astype(int)  # pixel i covers [i - 0.5, i + 0.5)
+    hi = np.ceil(pts.max(axis=0) - 0.5).astype(int)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, np.array(shape) - 1)
+    if np.any(hi < lo):
+        return None
+    return (int(lo[0]), int(lo[1]), int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
+
+
+def placement(layer, plane: Plane, roi) -> dict[str, Any]:
+    """Layer keyword arguments that put an ROI-sized array exactly over the image's ROI."""
+    from napari.utils.transforms import Affine
+
+    offset = np.array([*plane.index, roi[0], roi[1]], float)
+    linear = Affine(scale=layer.scale, rotate=layer.rotate, shear=layer.shear).linear_matrix
+    kwargs: dict[str, Any] = {
+        "scale": tuple(float(s) for s in layer.scale),
+        "translate": tuple(float(t) for t in np.asarray(layer.translate) + linear @ offset),
+    }
+    if not np.allclose(layer.rotate, np.eye(layer.ndim)):
+        kwargs["rotate"] = np.asarray(layer.rotate)
+    if np.any(np.asarray(layer.shear) != 0):
+        kwargs["shear"] = np.asarray(layer.shear)
+    if not np.allclose(layer.affine.affine_matrix, np.eye(layer.ndim + 1)):
+        kwargs["affine"] = layer.affine
+    units = getattr(layer, "units", None)
+    if units is not None:
+        kwargs["units"] = units
+    return kwargs
+
+
+def embed(plane2d: np.ndarray, plane: Plane) -> np.ndarray:
+    """A 2D map with a length-1 axis for each leading axis of the plane's stack."""
+    return plane2d.reshape((1,) * len(plane.index) + plane2d.shape)
+
+
+def as_2d(data) -> np.ndarray:
+    """The 2D map of an ROI layer's data (drops the length-1 leading axes)."""
+    a = np.asarray(data)
+    return a.reshape(a.shape[-2:])
+
+
+def _colormap(num_classes: int, colours):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    table = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for c in range(1, num_classes):
+        table[c] = (*colours[(c - 1) % len(colours)], 1.0)
+    return DirectLabelColormap(color_dict=table)
+
+
+@contextmanager
+def _no_activation(layers):
+    """Insert layers without selecting each one.
+
+    napari selects every inserted layer, which rebuilds the layer controls each time;
+    ``_activate_on_insert`` is napari's own switch for this (private, so guarded: if it is
+    renamed, adding just gets slower).
+    """
+    previous = getattr(layers, "_activate_on_insert", None)
+    if previous is not None:
+        layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        if previous is not None:
+            layers._activate_on_insert = previous
+
+
+def remove_layers(viewer, layers) -> None:
+    """Remove several layers the way napari's "delete selected layers" does, keeping the
+    user's selection.
+
+    They are selected and removed in one batch (one scene-graph update, one garbage
+    collection). Removing Labels layers one by one without a repaint in between, and then
+    adding a layer, crashes napari 0.9.2 in ``glDrawArrays`` with software OpenGL (the same
+    class of bug as napari issue #8471); its own batched removal of the selection does not.
+    """
+    ours = [la for la in layers if la in viewer.layers]
+    if not ours:
+        return
+    selection = viewer.layers.selection
+    active = selection.active
+    keep = [la for la in selection if la not in ours]
+    selection.clear()
+    selection.update(ours)
+    viewer.layers.remove_selected()
+    selection.clear()
+    selection.update([la for la in keep if la in viewer.layers])
+    if active is not None and active in viewer.layers:
+        selection.active = active
+
+
+# ----------------------------------------------------------------------------- worker jobs
+# Plain functions run in napari thread workers: no Qt, no napari layers touched.
+
+
+@dataclass
+class _Sampling:
+    """What one click on Sample asks for (built on the GUI thread)."""
+
+    plane: Plane
+    roi: tuple[int, int, int, int]
+    n: int
+    seed: int
+    placement: dict[str, Any]
+    layer_name: str
+
+
+@dataclass
+class _Sampled:
+    request: _Sampling
+    labels: np.ndarray  # (n, h, w) uint8
+    z: np.ndarray  # (n, d) float32
+    uncertainty: np.ndarray  # (h, w) float32
+    image_signature: str
+    plane_signature: str
+
+
+def _check_region(region: np.ndarray, name: str) -> None:
+    if region.size == 0:
+        raise InputError(f"the region of interest of '{name}' is empty")
+    if np.issubdtype(region.dtype, np.floating) and not np.isfinite(region).all():
+        bad = int((~np.isfinite(region)).sum())
+        raise InputError(
+            f"'{name}' has {bad} NaN or infinite pixel(s) in the region of interest; the model "
+            "cannot segment them. Replace them (e.g. with the background value) or choose "
+            "another region"
+        )
+    lo, hi = region.min(), region.max()
+    if lo == hi:
+        raise InputError(
+            f"the region of interest of '{name}' is constant (every pixel is {lo!r}): there is "
+            "nothing to segment. Check the image layer, the slice and the region"
+        )
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Run torch on ``n`` intra-op threads inside the block (set per calling thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
+def _sampling_job(state: ReviewState, session, request: _Sampling):
+    """Encode the ROI (unless the session holds it already), then decode ``n`` samples.
+
+    Yields ``("stage", text)``, ``("encoded", Encoded)`` and ``("progress", done)``; returns a
+    :class:`_Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
+    for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
+    """
+    from napari_probunet.session import image_signature, pixel_disagreement
+
+    region = request.plane.read(request.roi)
+    _check_region(region, request.layer_name)
+    signature = image_signature(region)
+    plane_signature = image_signature(request.plane.read())
+    with state.lock:
+        if not (session.has_image and session.image_signature == signature):
+            yield ("stage", "Encoding the image…")
+            with _torch_threads(ENCODE_THREADS):
+                session.set_image(region)
+            yield ("encoded", Encoded(
+                layer_name=request.layer_name, slice_index=request.plane.index,
+                roi=request.roi, image_signature=signature, image=region))
+        mu, sigma = session.prior()
+    n, seed = request.n, request.seed
+    eps = np.random.default_rng(seed).standard_normal((n, mu.shape[0])).astype(np.float32)
+    z = (mu + sigma * eps).astype(np.float32)
+    h, w = request.roi[2], request.roi[3]
+    labels = np.empty((n, h, w), np.uint8)
+    chunk = max(1, min(n, CHUNK_PIXELS // max(1, h * w)))
+    yield ("stage", "Sampling…")
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        with state.lock, _torch_threads(DECODE_THREADS):
+            if session.image_signature != signature:
+                raise UserError("the encoded image changed while sampling; click Sample again")
+            labels[start:stop] = session.decode(z[start:stop])
+        yield ("progress", stop)
+    uncertainty = pixel_disagreement(labels, session.config.num_classes)
+    return _Sampled(request, labels, z, uncertainty, signature, plane_signature)
+
+
+def _model_job(state: ReviewState, source, device: str):
+    """Load a model file (or move a loaded model) and make a session on ``device``."""
+    from napari_probunet.modelfile import load_model
+    from napari_probunet.session import Session
+
+    if isinstance(source, (str, os.PathLike)):
+        model = load_model(source, device="cpu")
+        return model, Session(model, device)
+    with state.lock:  # the model object is shared with the current session: move it safely
+        return source, Session(source, device)
+
+
+# ----------------------------------------------------------------------------- dialogs
+
+
+def _ask_yes_no(parent, title: str, text: str) -> bool:
+    answer = QMessageBox.question(
+        parent, title, text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def _ask_save_path(parent, default: str) -> str | None:
+    path, chosen = QFileDialog.getSaveFileName(
+        parent, "Export the correction", default, ";;".join(EXPORT_FILTERS),
+        options=QFileDialog.Option.DontConfirmOverwrite,  # the widget asks itself
+    )
+    if not path:
+        return None
+    if export.mask_suffix(path) not in export.SUFFIXES:
+        path += EXPORT_FILTERS.get(chosen, ".tif")
+    return path
+
+
+def _ask_model_path(parent, folder: str) -> str | None:
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Open a Probabilistic U-Net model file", folder,
+        "Model files (*.safetensors);;All files (*)")
+    return path or None
+
+
+# ----------------------------------------------------------------------------- the widget
+
+
+class ReviewWidget(QWidget):
+    """Dock widget of the review workflow (SPEC.md, "Clinician workflow", steps 1-3, 5, 6).
+
+    Public methods, used by the buttons and callable from scripts, tests and other widgets:
+    :meth:`load_model_file`, :meth:`load_bundled_model`, :meth:`set_device`, :meth:`sample`,
+    :meth:`cancel`, :meth:`show_hypothesis`, :meth:`next_hypothesis`,
+    :meth:`previous_hypothesis`, :meth:`use_as_best_fit`, :meth:`set_click_roi`,
+    :meth:`export`, :meth:`autosave_now`, :meth:`cleanup`.
+
+    Dialogs are attributes so that scripts and tests can answer them:
+    ``confirm(title, text) -> bool``, ``ask_save_path(default) -> str | None`` and
+    ``ask_model_path(folder) -> str | None``.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None, *,
+                 load_default: bool = True):
+        super().__init__(parent)
+        # napari hands plugins a proxy of the viewer; the per-viewer state is keyed by the
+        # viewer itself, so that the explorer widget finds the same state
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.state = get_state(self.viewer)
+        self.confirm: Callable[[str, str], bool] = lambda title, text: _ask_yes_no(self, title, text)
+        self.ask_save_path: Callable[[str], str | None] = lambda d: _ask_save_path(self, d)
+        self.ask_model_path: Callable[[str], str | None] = lambda d: _ask_model_path(self, d)
+        self.recovery_dir: str | os.PathLike | None = None  # None: export.recovery_dir()
+
+        self._sampling_worker = None
+        self._sampling_request: _Sampling | None = None
+        self._model_worker = None
+        self._sample_when_ready = False
+        self._current = 0
+        self._hypothesis_layers: list[Labels] = []  # ours, also while state's list is cleared
+        self._pending: list[tuple[Labels, Labels | None]] = []  # layers still to add
+        self._uncertainty_layer: Image | None = None
+        self._roi_layer: Shapes | None = None
+        self._click_roi: tuple[str, tuple[int, ...], tuple[int, int, int, int]] | None = None
+        self._plane_signature: str | None = None
+        self._model_error: str | None = None
+        self.last_sampling_seconds: float | None = None
+        self._declined_recovery: set[str] = set()
+        self._last_autosaved: np.ndarray | None = None
+        self._autosave_failed = False
+        self._saved_at: str | None = None  # time of the last autosave of the correction
+        self._emitting = False
+        self._disconnectors: list[Callable[[], None]] = []
+        self._closed = False
+
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(AUTOSAVE_MS)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+
+        self._build()
+        self._connect()
+        self._bind_keys()
+        self._adopt_state()
+        self._refresh_layer_choices()
+        if self.state.session is not None:
+            self._show_model()
+        elif load_default:
+            self.load_bundled_model()
+        else:
+            self._show_model()
+
+    def _adopt_state(self) -> None:
+        """Pick up what the viewer's state already holds (the widget closed and reopened)."""
+        st = self.state
+        if st.hypotheses is not None and len(st.hypothesis_layers) == len(st.hypotheses.labels):
+            self._hypothesis_layers = list(st.hypothesis_layers)
+            self._uncertainty_layer = st.uncertainty_layer
+            self._plane_signature = self._hypothesis_layers[0].metadata.get("plane_signature")
+            self._update_navigation()
+        correction = st.correction_layer
+        if correction is not None and correction in self.viewer.layers:
+            correction.events.paint.connect(self._on_correction_edited)
+            correction.events.set_data.connect(self._on_correction_edited)
+            self._update_correction_label()
+            self._update_buttons()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        # the groups sit in a scroll area: in a short dock (e.g. under the explorer) the
+        # widget scrolls instead of squeezing its rows
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        content.setMinimumWidth(300)
+        scroll.setWidget(content)
+        scroll.setMinimumHeight(300)
+        outer.addWidget(scroll)
+        root = QVBoxLayout(content)
+        root.setContentsMargins(6, 6, 6, 6)
+
+        # Model
+        box = QGroupBox("Model")
+        lay = QVBoxLayout(box)
+        self.model_label = QLabel("No model loaded")
+        self.model_label.setWordWrap(True)
+        self.model_label.setTextFormat(Qt.TextFormat.RichText)
+        lay.addWidget(self.model_label)
+        row = QHBoxLayout()
+        self.open_model_button = QPushButton("Open model…")
+        self.open_model_button.setToolTip("Load a Probabilistic U-Net model file (.safetensors)")
+        self.bundled_button = QPushButton("Bundled model")
+        self.bundled_button.setToolTip("Use the model that ships with napari-probunet")
+        row.addWidget(self.open_model_button)
+        row.addWidget(self.bundled_button)
+        lay.addLayout(row)
+        form = QFormLayout()
+        self.device_combo = QComboBox()
+        self.device_combo.setToolTip("Where the model runs; auto picks CUDA, then MPS, then CPU. "
+                                     "Remembered between sessions.")
+        form.addRow("Device", self.device_combo)
+        lay.addLayout(form)
+        root.addWidget(box)
+
+        # Input
+        box = QGroupBox("Input")
+        form = QFormLayout(box)
+        self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The image to segment: 2D grey or RGB, or the current slice "
+                                    "of a 3D/4D stack")
+        self.image_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        form.addRow("Image", self.image_combo)
+        self.roi_combo = QComboBox()
+        self.roi_combo.addItems(ROI_LABELS)
+        self.roi_combo.setToolTip("Region the model looks at. 'Click on the lesion' centres a crop "
+                                  "of the model's input size on a click in the viewer.")
+        form.addRow("Region", self.roi_combo)
+        self.shapes_combo = QComboBox()
+        self.shapes_combo.setToolTip("Shapes layer with the rectangle (its selected shape, or the "
+                                     "last one drawn)")
+        self.shapes_label = QLabel("Shapes")
+        form.addRow(self.shapes_label, self.shapes_combo)
+        self.sample_on_click = QCheckBox("Sample on click")
+        self.sample_on_click.setChecked(True)
+        self.sample_on_click.setToolTip("Start sampling as soon as the lesion is clicked")
+        form.addRow("", self.sample_on_click)
+        self.roi_label = QLabel()
+        self.roi_label.setWordWrap(True)
+        form.addRow("", self.roi_label)
+        root.addWidget(box)
+
+        # Sampling
+        box = QGroupBox("Sampling")
+        lay = QVBoxLayout(box)
+        form = QFormLayout()
+        self.n_spin = QSpinBox()
+        self.n_spin.setRange(1, 100)
+        self.n_spin.setValue(16)
+        self.n_spin.setToolTip("How many hypotheses to draw from the model (1-100)")
+        form.addRow("Hypotheses", self.n_spin)
+        row = QHBoxLayout()
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setValue(0)
+        self.seed_spin.setToolTip("Random seed: the same seed, image and model give the same "
+                                  "hypotheses")
+        self.new_seed_button = QPushButton("New seed")
+        self.new_seed_button.setToolTip("Pick a random seed")
+        row.addWidget(self.seed_spin, 1)
+        row.addWidget(self.new_seed_button)
+        form.addRow("Seed", row)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.sample_button = QPushButton("Sample")
+        self.sample_button.setToolTip("Draw the hypotheses for the image region")
+        self.sample_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop sampling; the previous hypotheses stay")
+        row.addWidget(self.sample_button, 1)
+        row.addWidget(self.cancel_button)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("Ready")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        lay.addWidget(self.progress)
+        row = QHBoxLayout()
+        self.previous_button = QPushButton("◀")
+        self.previous_button.setToolTip(f"Previous hypothesis (key: {KEY_PREVIOUS})")
+        self.next_button = QPushButton("▶")
+        self.next_button.setToolTip(f"Next hypothesis (key: {KEY_NEXT})")
+        for b in (self.previous_button, self.next_button):
+            b.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+            b.setFixedWidth(34)
+        self.hypothesis_label = QLabel("No hypotheses yet")
+        self.hypothesis_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hypothesis_label.setToolTip("The hypothesis shown, and its area in pixels")
+        row.addWidget(self.previous_button)
+        row.addWidget(self.hypothesis_label, 1)
+        row.addWidget(self.next_button)
+        lay.addLayout(row)
+        root.addWidget(box)
+
+        # Best fit & export
+        box = QGroupBox("Best fit && export")
+        lay = QVBoxLayout(box)
+        self.best_fit_button = QPushButton("Use as best fit")
+        self.best_fit_button.setToolTip(
+            f"Copy the shown hypothesis into an editable '<image> correction' layer, ready for "
+            f"the brush (key: {KEY_ACCEPT})")
+        lay.addWidget(self.best_fit_button)
+        self.correction_label = QLabel("No correction yet")
+        self.correction_label.setWordWrap(True)
+        lay.addWidget(self.correction_label)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the correction (TIFF, PNG, NPY or NIfTI) with a JSON "
+                                      "record of the model, image, hypothesis and edits")
+        lay.addWidget(self.export_button)
+        root.addWidget(box)
+        root.addStretch(1)
+
+        self._fill_devices()
+        self._on_roi_mode_changed()
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ wiring
+    def _connect(self) -> None:
+        self.open_model_button.clicked.connect(self._on_open_model_clicked)
+        self.bundled_button.clicked.connect(self.load_bundled_model)
+        self.device_combo.activated.connect(self._on_device_chosen)
+        self.roi_combo.currentIndexChanged.connect(self._on_roi_mode_changed)
+        self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
+        self.new_seed_button.clicked.connect(self._new_seed)
+        self.sample_button.clicked.connect(lambda: self.sample())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.previous_button.clicked.connect(self.previous_hypothesis)
+        self.next_button.clicked.connect(self.next_hypothesis)
+        # (lambdas: `clicked` would pass its `checked` flag as the first argument)
+        self.best_fit_button.clicked.connect(lambda: self.use_as_best_fit())
+        self.export_button.clicked.connect(lambda: self.export())
+
+        def hook(emitter, callback):
+            emitter.connect(callback)
+            self._disconnectors.append(lambda: emitter.disconnect(callback))
+
+        layers = self.viewer.layers
+        hook(layers.events.inserted, self._on_layer_inserted)
+        hook(layers.events.removed, self._on_layer_removed)
+        hook(layers.events.moved, self._refresh_layer_choices)
+        hook(layers.selection.events.active, self._on_active_layer)
+        for layer in layers:
+            hook(layer.events.name, self._refresh_layer_choices)
+        hook(self.state.best_fit_requested, self._on_best_fit_requested)
+        hook(self.state.current_hypothesis_changed, self._on_current_changed_elsewhere)
+        hook(self.state.model_changed, self._on_model_changed_elsewhere)
+        # when napari deletes the Qt widget without closing it, still let go of the viewer
+        disconnectors = self._disconnectors
+        self.destroyed.connect(lambda *_: _run_all(disconnectors))
+
+    def _bind_keys(self) -> None:
+        self._keys = {KEY_NEXT: self._key_next, KEY_PREVIOUS: self._key_previous,
+                      KEY_ACCEPT: self._key_accept}
+        for key, func in self._keys.items():
+            self.viewer.bind_key(key, func, overwrite=True)
+
+        viewer, keys = self.viewer, dict(self._keys)
+
+        def unbind():
+            for key, func in keys.items():
+                current = viewer.keymap.get(_keybinding(key))
+                if current == func:
+                    viewer.bind_key(key, None)
+
+        self._disconnectors.append(unbind)
+
+    def cleanup(self) -> None:
+        """Stop workers and timers, unbind the keys and disconnect from the viewer (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with suppress(RuntimeError):
+            if self._autosave_timer.isActive():
+                self._autosave_timer.stop()
+                self.autosave_now()
+        for worker in (self._sampling_worker,):
+            if worker is not None:
+                worker.quit()
+        self._set_click_callback(False)
+        _run_all(self._disconnectors)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        self.cleanup()
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ model
+    def _fill_devices(self) -> None:
+        from napari_probunet.device import available_devices
+
+        devices = available_devices()
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        self.device_combo.addItem(f"auto ({devices[0]})", "auto")
+        for d in devices:
+            self.device_combo.addItem(d, d)
+        remembered = str(_settings().value("device", "auto"))
+        i = self.device_combo.findData(remembered)
+        if i < 0:
+            show_info(f"The device used last time ({remembered}) is not available here; "
+                      "using auto.")
+            i = 0
+        self.device_combo.setCurrentIndex(i)
+        self.device_combo.blockSignals(False)
+
+    @property
+    def device(self) -> str:
+        """The chosen device: ``"auto"``, ``"cuda"``, ``"mps"`` or ``"cpu"``."""
+        return self.device_combo.currentData() or "auto"
+
+    @property
+    def busy(self) -> bool:
+        """A model is loading, sampling runs, or hypothesis layers are still being added."""
+        return (self._sampling_worker is not None or self._model_worker is not None
+                or bool(self._pending))
+
+    def load_bundled_model(self) -> None:
+        """Load the model that ships with the package (off the GUI thread)."""
+        from napari_probunet.modelfile import DEFAULT_MODEL
+
+        if not DEFAULT_MODEL.exists():
+            message = (f"The bundled model is not installed ({DEFAULT_MODEL.name} is missing "
+                       "from the package). Open a model file with 'Open model…', or reinstall "
+                       "napari-probunet.")
+            self._model_error = message
+            self._show_model()
+            show_warning(message)
+            return
+        self._start_model_job(str(DEFAULT_MODEL))
+
+    def load_model_file(self, path: str | os.PathLike) -> None:
+        """Load a model file (``.safetensors``) off the GUI thread; errors become notifications."""
+        self._start_model_job(os.fspath(Path(path).expanduser()))
+
+    def set_device(self, device: str) -> None:
+        """Run the model on ``device`` (``auto``, ``cuda``, ``mps`` or ``cpu``), if available."""
+        i = self.device_combo.findData(device)
+        if i < 0:
+            show_error(f"Device {device!r} is not available on this machine "
+                       f"(available: {', '.join(self._device_names())}).")
+            return
+        self.device_combo.setCurrentIndex(i)
+        self._on_device_chosen(i)
+
+    def _device_names(self) -> list[str]:
+        return [self.device_combo.itemData(i) for i in range(self.device_combo.count())]
+
+    def _on_open_model_clicked(self) -> None:
+        folder = str(_settings().value("model_folder", str(Path.home())))
+        path = self.ask_model_path(folder)
+        if path:
+            _settings().setValue("model_folder", str(Path(path).expanduser().parent))
+            self.load_model_file(path)
+
+    def _on_device_chosen(self, _index: int) -> None:
+        _settings().setValue("device", self.device)
+        if self.state.model is not None and not self.busy:
+            self._start_model_job(self.state.model)
+        elif self.busy:
+            show_info("The new device is used from the next model load (the model is busy).")
+
+    def _start_model_job(self, source) -> None:
+        if self._sampling_worker is not None:
+            show_warning("Sampling is running: wait for it to finish or click Cancel, then "
+                         "change the model or device.")
+            return
+        if self._model_worker is not None:
+            show_warning("A model is already loading; wait a moment.")
+            return
+        self._model_error = None
+        name = Path(source).name if isinstance(source, (str, os.PathLike)) else "the model"
+        self.model_label.setText(f"Loading {name}…")
+        worker = create_worker(_model_job, self.state, source, self.device,
+                               _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_model_loaded)
+        worker.errored.connect(self._on_model_failed)
+        worker.finished.connect(self._on_model_job_finished)
+        self._model_worker = worker
+        self._update_buttons()
+        worker.start()
+
+    def _on_model_loaded(self, result) -> None:
+        model, session = result
+        st = self.state
+        with st.lock:
+            st.model, st.session = model, session
+            st.model_path = model.source_path
+            st.device = self.device
+            st.encoded = None
+            st.hypotheses = None
+            st.hypothesis_layers = []
+        self._show_model()
+        self._emit(st.model_changed)
+
+    def _on_model_failed(self, exc: BaseException) -> None:
+        self._model_error = str(exc) if isinstance(exc, UserError) else (
+            f"could not load the model ({type(exc).__name__}: {exc})")
+        if not isinstance(exc, UserError):
+            log.error("model loading failed", exc_info=exc)
+        kept = " The previous model stays loaded." if self.state.model is not None else ""
+        show_error(f"Model not loaded: {self._model_error}.{kept}")
+        self._sample_when_ready = False
+        self._show_model()
+
+    def _on_model_job_finished(self) -> None:
+        self._model_worker = None
+        self._update_buttons()
+        if self._sample_when_ready:
+            self._sample_when_ready = False
+            if self.state.session is not None:
+                self.sample()
+
+    def _on_model_changed_elsewhere(self) -> None:
+        if not self._emitting:
+            self._show_model()
+
+    def _show_model(self) -> None:
+        model = self.state.model
+        error = getattr(self, "_model_error", None)
+        if model is None:
+            text = "<b>No model loaded</b>"
+            if error:
+                text += f"<br><span style='color:#e06c5a'>{_html(error)}</span>"
+            self.model_label.setText(text)
+            self.model_label.setToolTip("")
+        else:
+            from napari_probunet.modelfile import DEFAULT_MODEL
+
+            cfg = model.config
+            path = Path(model.source_path) if model.source_path else None
+            name = path.name if path else "model built in code"
+            if path is not None and path.resolve() == DEFAULT_MODEL.resolve():
+                name = f"bundled model ({path.name})"
+            device = self.state.session.device if self.state.session else "?"
+            classes = ", ".join(cfg.class_names)
+            self.model_label.setText(
+                f"<b>{_html(name)}</b><br>{cfg.num_classes} classes ({_html(classes)})"
+                f" · input {cfg.input_size}×{cfg.input_size} · latent {cfg.latent_dim}"
+                f"<br>running on <b>{device}</b>")
+            prov = (getattr(model, "metadata", None) or {}).get("provenance") or {}
+            tip = [f"sha256: {model.source_sha256}" if model.source_sha256 else "not from a file"]
+            tip += [f"{k}: {v}" for k, v in prov.items() if isinstance(v, (str, int, float))]
+            self.model_label.setToolTip("\n".join(tip))
+        self._update_buttons()
+        self._show_roi()
+
+    # ------------------------------------------------------------------ input
+    def _image_layers(self) -> list[Image]:
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer.metadata.get("kind") != "uncertainty"]
+
+    def image_layer(self) -> Image | None:
+        """The image layer chosen in the widget (``None`` if there is none)."""
+        name = self.image_combo.currentText()
+        for layer in self._image_layers():
+            if layer.name == name:
+                return layer
+        return None
+
+    def _on_layer_inserted(self, event) -> None:
+        layer = event.value
+        layer.events.name.connect(self._refresh_layer_choices)
+        self._disconnectors.append(lambda: layer.events.name.disconnect(self._refresh_layer_choices))
+        self._refresh_layer_choices()
+
+    def _refresh_layer_choices(self, *_) -> None:
+        if self._closed:
+            return
+        for combo, layers in ((self.image_combo, self._image_layers()),
+                              (self.shapes_combo, [la for la in self.viewer.layers
+                                                   if isinstance(la, Shapes)])):
+            names = [la.name for la in layers]
+            current = combo.currentText()
+            if names == [combo.itemText(i) for i in range(combo.count())]:
+                continue
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+            elif names:
+                active = self.viewer.layers.selection.active
+                combo.setCurrentText(active.name if active in layers else names[-1])
+            combo.blockSignals(False)
+        self._show_roi()
+        self._update_buttons()
+
+    def _on_image_chosen(self, *_) -> None:
+        self._show_roi()
+        self._update_buttons()
+
+    def _on_roi_mode_changed(self, *_) -> None:
+        mode = self.roi_mode
+        rect, click = mode == "rectangle", mode == "click"
+        self.shapes_label.setVisible(rect)
+        self.shapes_combo.setVisible(rect)
+        self.sample_on_click.setVisible(click)
+        self._set_click_callback(click)
+        if rect and not any(isinstance(la, Shapes) for la in self.viewer.layers):
+            layer = self._ensure_roi_layer()
+            if layer is not None:
+                self.viewer.layers.selection.active = layer
+                layer.mode = "add_rectangle"
+                show_info("Draw a rectangle around the lesion in the 'ROI' layer, then click "
+                          "Sample.")
+        roi_layer = self._roi_layer
+        if roi_layer is not None and roi_layer in self.viewer.layers \
+                and roi_layer.visible != (mode != "whole"):  # (setting it resets the tool)
+            roi_layer.visible = mode != "whole"
+        self._show_roi()
+
+    @property
+    def roi_mode(self) -> str:
+        """``"whole"``, ``"rectangle"`` or ``"click"``."""
+        return ROI_MODES[max(0, self.roi_combo.currentIndex())]
+
+    def set_roi_mode(self, mode: str) -> None:
+        """Choose the region of interest: ``"whole"``, ``"rectangle"`` or ``"click"``."""
+        self.roi_combo.setCurrentIndex(ROI_MODES.index(mode))
+
+    def _roi_side(self) -> int:
+        model = self.state.model
+        return int(model.config.input_size) if model is not None else FALLBACK_ROI
+
+    def _resolve_roi(self, layer, plane: Plane):
+        """The ROI for the chosen mode, or raise a UserError that says what to do."""
+        mode = self.roi_mode
+        h, w = plane.shape
+        if mode == "whole":
+            if h * w > WHOLE_IMAGE_LIMIT:
+                self.set_roi_mode("click")
+                raise UserError(
+                    f"'{layer.name}' is {h}x{w} pixels, too large to segment whole. The region "
+                    "is now 'Click on the lesion': click the lesion in the viewer (or draw a "
+                    "rectangle)")
+            return (0, 0, h, w)
+        if mode == "click":
+            if self._click_roi is None or self._click_roi[:2] != (layer.name, plane.index):
+                raise UserError("Click on the lesion in the viewer first (the region is "
+                                "'Click on the lesion')")
+            return self._click_roi[2]
+        shapes = self._shapes_layer()
+        if shapes is None or len(shapes.data) == 0:
+            raise UserError("Draw a rectangle around the lesion in a Shapes layer first (the "
+                            "region is 'Rectangle')")
+        selected = sorted(shapes.selected_data)
+        vertices = shapes.data[selected[-1] if selected else -1]
+        world = np.array([shapes.data_to_world(v) for v in vertices])
+        data = np.array([layer.world_to_data(p) for p in world])
+        roi = bounding_roi(data, plane.shape)
+        if roi is None:
+            raise UserError(f"the rectangle in '{shapes.name}' lies outside '{layer.name}'")
+        if roi[2] * roi[3] > WHOLE_IMAGE_LIMIT:
+            raise UserError(f"the rectangle covers {roi[2]}x{roi[3]} pixels, too many; draw a "
+                            "smaller one around the lesion or click on it")
+        return roi
+
+    def _shapes_layer(self) -> Shapes | None:
+        name = self.shapes_combo.currentText()
+        for layer in self.viewer.layers:
+            if isinstance(layer, Shapes) and layer.name == name:
+                return layer
+        return None
+
+    def _show_roi(self) -> None:
+        mode = self.roi_mode
+        layer = self.image_layer()
+        if layer is None:
+            self.roi_label.setText("Open or choose an image layer (File → Open Sample has "
+                                   "synthetic lesions).")
+            return
+        if mode == "whole":
+            shape = layer.data.shape if not layer.multiscale else layer.level_shapes[0]
+            dims = shape[layer.ndim - 2:layer.ndim]
+            self.roi_label.setText(f"The whole image ({dims[0]}×{dims[1]} pixels).")
+        elif mode == "click":
+            if self._click_roi is not None and self._click_roi[0] == layer.name:
+                r0, c0, h, w = self._click_roi[2]
+                self.roi_label.setText(f"{h}×{w} pixels at row {r0}, column {c0}. Click again "
+                                       "to move it.")
+            else:
+                side = self._roi_side()
+                self.roi_label.setText(f"Click on the lesion in the viewer: a {side}×{side} "
+                                       "crop is centred on the click.")
+        else:
+            self.roi_label.setText("The selected (or last) shape of the Shapes layer; its "
+                                   "bounding box is used.")
+
+    def _set_click_callback(self, on: bool) -> None:
+        callbacks = self.viewer.mouse_drag_callbacks
+        if on and self._on_mouse_press not in callbacks:
+            callbacks.append(self._on_mouse_press)
+        elif not on and self._on_mouse_press in callbacks:
+            callbacks.remove(self._on_mouse_press)
+
+    def _on_mouse_press(self, viewer, event):
+        """Mouse callback in click mode: a click (not a drag, not while painting) sets the ROI."""
+        if getattr(event, "button", 1) != 1 or getattr(event, "modifiers", ()):
+            return
+        active = viewer.layers.selection.active
+        if active is not None and getattr(active, "mode", "pan_zoom") not in ("pan_zoom",):
+            return  # the user is painting or drawing: not a click for the ROI
+        start, pos0 = tuple(event.position), getattr(event, "pos", None)
+        yield
+        while event.type == "mouse_move":
+            pos = getattr(event, "pos", None)
+            if pos is not None and pos0 is not None and np.hypot(*(np.subtract(pos, pos0))) > 4:
+                return  # a drag (pan): leave it to napari
+            yield
+        self.set_click_roi(start)
+
+    def set_click_roi(self, world_position) -> tuple[int, int, int, int] | None:
+        """Centre the ROI (a crop of the model's input size) on a point given in world coordinates.
+
+        Returns the ROI ``(row, col, height, width)`` in the image's data pixels; samples right
+        away when "Sample on click" is ticked.
+        """
+        layer = self.image_layer()
+        if layer is None:
+            show_warning("There is no image layer to click on: open an image first.")
+            return None
+        try:
+            plane = current_plane(layer, self.viewer)
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        pos = np.asarray(layer.world_to_data(world_position), float)
+        row, col = pos[-2], pos[-1]
+        h, w = plane.shape
+        if not (-0.5 <= row < h - 0.5 and -0.5 <= col < w - 0.5):
+            show_info(f"That click is outside '{layer.name}'; click on the lesion.")
+            return None
+        roi = centred_roi(row, col, self._roi_side(), plane.shape)
+        self._click_roi = (layer.name, plane.index, roi)
+        self._draw_roi(layer, plane, roi)
+        self._show_roi()
+        if self.sample_on_click.isChecked() and self.state.session is not None:
+            if self._sampling_worker is None:
+                self.sample()
+            else:
+                show_info("Sampling is running; the new region is used on the next Sample.")
+        return roi
+
+    def _ensure_roi_layer(self, layer=None, plane: Plane | None = None) -> Shapes | None:
+        layer = layer or self.image_layer()
+        if layer is None:
+            return None
+        roi_layer = self._roi_layer
+        kwargs = placement(layer, plane, (0, 0)) if plane is not None else {
+            "scale": layer.scale, "translate": layer.translate}
+        if roi_layer is None or roi_layer not in self.viewer.layers or roi_layer.ndim != layer.ndim:
+            roi_layer = Shapes(name="ROI", ndim=layer.ndim, edge_color="yellow",
+                               face_color="transparent", edge_width=max(1, self._roi_side() // 64),
+                               metadata={"kind": "roi"}, **kwargs)
+            self.viewer.layers.append(roi_layer)
+            self._roi_layer = roi_layer
+        else:
+            roi_layer.scale, roi_layer.translate = kwargs["scale"], kwargs["translate"]
+        return roi_layer
+
+    def _draw_roi(self, layer, plane: Plane, roi) -> None:
+        active = self.viewer.layers.selection.active
+        roi_layer = self._ensure_roi_layer(layer, plane)
+        r0, c0, h, w = roi
+        corners = np.array([[r0 - 0.5, c0 - 0.5], [r0 - 0.5, c0 + w - 0.5],
+                            [r0 + h - 0.5, c0 + w - 0.5], [r0 + h - 0.5, c0 - 0.5]])
+        # in the ROI layer's data coordinates: the plane's own (it has the image's transform)
+        lead = np.zeros((4, len(plane.index)))
+        roi_layer.data = [np.hstack([lead, corners])]
+        roi_layer.shape_type = ["rectangle"]
+        if not roi_layer.visible:
+            roi_layer.visible = True
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active  # keep the user's tool
+
+    # ------------------------------------------------------------------ sampling
+    def _new_seed(self) -> None:
+        self.seed_spin.setValue(int(np.random.default_rng().integers(0, 2**31 - 1)))
+
+    def sample(self) -> bool:
+        """Start sampling (the Sample button). Returns whether a worker was started."""
+        if self._sampling_worker is not None:
+            show_warning("Sampling is already running: wait for it to finish or click Cancel.")
+            return False
+        if self._model_worker is not None:
+            self._sample_when_ready = True
+            show_info("The model is still loading; sampling starts as soon as it is ready.")
+            return False
+        session = self.state.session
+        if session is None:
+            show_error("No model is loaded: " + (getattr(self, "_model_error", None)
+                                                 or "click 'Open model…' to choose a model file."))
+            return False
+        layer = self.image_layer()
+        if layer is None:
+            show_error("There is no image layer to segment: open an image (File → Open, or "
+                       "File → Open Sample → napari-probunet) and choose it under Input.")
+            return False
+        try:
+            plane = current_plane(layer, self.viewer)
+            roi = self._resolve_roi(layer, plane)
+        except UserError as exc:
+            show_warning(str(exc))
+            return False
+        request = _Sampling(plane=plane, roi=roi, n=int(self.n_spin.value()),
+                            seed=int(self.seed_spin.value()),
+                            placement=placement(layer, plane, roi), layer_name=layer.name)
+        worker = create_worker(_sampling_job, self.state, session, request,
+                               _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_sampling_yielded)
+        worker.returned.connect(self._on_sampled)
+        worker.errored.connect(self._on_sampling_failed)
+        worker.aborted.connect(self._on_sampling_aborted)
+        worker.finished.connect(self._on_sampling_finished)
+        self._sampling_worker, self._sampling_request = worker, request
+        self._t_sample = time.perf_counter()
+        self.progress.setRange(0, request.n)
+        self.progress.setValue(0)
+        self.progress.setFormat("Preparing…")
+        self._update_buttons()
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop sampling (the Cancel button); the previous hypotheses stay."""
+        if self._sampling_worker is not None:
+            self.progress.setFormat("Cancelling…")
+            self._sampling_worker.quit()
+
+    def _on_sampling_yielded(self, message) -> None:
+        kind, value = message
+        if kind == "stage":
+            self.progress.setFormat(value)
+        elif kind == "progress":
+            self.progress.setValue(value)
+            self.progress.setFormat("%v / %m hypotheses")
+        elif kind == "encoded":
+            st = self.state
+            st.encoded = value
+            st.hypotheses = None
+            st.hypothesis_layers = []
+            self._emit(st.image_encoded)
+
+    def _on_sampled(self, result: _Sampled) -> None:
+        request = result.request
+        layer = request.plane.layer
+        if layer not in self.viewer.layers:
+            show_warning(f"The image layer '{request.layer_name}' was removed while sampling; "
+                         "the hypotheses were discarded.")
+            return
+        from napari_probunet.session import Hypotheses
+
+        self._show_hypotheses(result)
+        st = self.state
+        st.hypotheses = Hypotheses(labels=result.labels, z=result.z, seed=request.seed)
+        st.hypothesis_layers = list(self._hypothesis_layers)
+        st.uncertainty_layer = self._uncertainty_layer
+        self._plane_signature = result.plane_signature
+        self._current = 0
+        self._emit(st.hypotheses_changed)
+        self._emit(st.current_hypothesis_changed, 0)
+        self._update_navigation()
+        self.last_sampling_seconds = time.perf_counter() - self._t_sample
+        self.progress.setFormat(f"{request.n} hypotheses in {self.last_sampling_seconds:.2f} s")
+        self._offer_restore(result.plane_signature, request)
+
+    def _on_sampling_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, UserError):
+            show_error(str(exc))
+        else:
+            log.error("sampling failed", exc_info=exc)
+            show_error(f"Sampling failed ({type(exc).__name__}: {exc}). The previous hypotheses "
+                       "are unchanged.")
+        self.progress.setFormat("Failed")
+
+    def _on_sampling_aborted(self) -> None:
+        self.progress.setFormat("Cancelled")
+        show_info("Sampling cancelled; the previous hypotheses are unchanged.")
+
+    def _on_sampling_finished(self) -> None:
+        self._sampling_worker = None
+        self._sampling_request = None
+        self._update_buttons()
+
+    def _model_sha(self) -> str | None:
+        session = self.state.session
+        return session.model_sha256 if session is not None else None
+
+    def _model_name(self) -> str | None:
+        model = self.state.model
+        return Path(model.source_path).name if model is not None and model.source_path else None
+
+    def _show_hypotheses(self, result: _Sampled) -> None:
+        """Put the hypotheses and the uncertainty map into layers, reusing the previous ones."""
+        request = result.request
+        plane, roi, n = request.plane, request.roi, request.n
+        viewer = self.viewer
+        self._current = 0
+        num_classes = self.state.model.config.num_classes if self.state.model else 2
+        width = max(2, len(str(n)))
+        base = {
+            "seed": request.seed, "n_samples": n, "roi": list(roi),
+            "image_layer": request.layer_name, "slice_index": list(plane.index),
+            "plane_shape": list(plane.shape), "image_signature": result.image_signature,
+            "plane_signature": result.plane_signature, "model_sha256": self._model_sha(),
+            "model_name": self._model_name(),
+        }
+        old = [la for la in self._hypothesis_layers if la in viewer.layers]
+        shape = embed(result.labels[0], plane).shape
+        # reuse the previous layers (a new ROI size just changes their data): fewer layers to
+        # build, and fewer to remove (see remove_layers)
+        reuse = [la for la in old if la.data.ndim == len(shape)][:n]
+        drop = [la for la in old if la not in reuse]
+        new_layers: list[Labels] = []
+        layers: list[Labels] = []
+        unc_name = f"{request.layer_name} uncertainty"
+        unc_meta = dict(base, kind="uncertainty")
+        unc = self._uncertainty_layer
+        unc_data = embed(result.uncertainty, plane)
+        new_unc = None
+        for i in range(n):
+            name = f"{request.layer_name} hypothesis {i + 1:0{width}d}"
+            # a copy: brush edits on a hypothesis layer must not change state.hypotheses
+            data = embed(result.labels[i].copy(), plane)
+            meta = dict(base, kind="hypothesis", index=i, z=[float(v) for v in result.z[i]])
+            if i < len(reuse):
+                la = reuse[i]
+                la.metadata = meta
+                la.data = data
+                _update_layer(la, name, i == 0, request.placement)
+            else:
+                la = Labels(data, name=name, visible=i == 0, opacity=0.6, metadata=meta,
+                            colormap=_colormap(num_classes, HYPOTHESIS_COLOURS),
+                            **request.placement)
+                new_layers.append(la)
+            layers.append(la)
+        if unc is not None and unc in viewer.layers and unc.data.ndim == unc_data.ndim:
+            unc.data = unc_data
+            unc.metadata = unc_meta
+            _update_layer(unc, unc_name, unc.visible, request.placement)
+        else:
+            if unc is not None and unc in viewer.layers:
+                drop.append(unc)
+            new_unc = Image(unc_data, name=unc_name, colormap="magma", blending="additive",
+                            opacity=0.7, metadata=unc_meta,
+                            contrast_limits=(0.0, max(1e-6, 1 - 1 / num_classes)),
+                            **request.placement)
+        self._pending.clear()
+        if drop:
+            with _no_activation(viewer.layers):
+                remove_layers(viewer, drop)
+        with _no_activation(viewer.layers):
+            if new_unc is not None:
+                viewer.layers.append(new_unc)
+        # New hypothesis layers join the viewer a few per event-loop turn: napari builds
+        # Qt controls and vispy overlays for every Labels layer (about 0.1-0.3 s each here),
+        # so the shown hypothesis and the uncertainty map appear at once and the hidden ones
+        # follow while the viewer stays responsive. Hypothesis k goes right below k-1.
+        previous = {la: (layers[i - 1] if i else None) for i, la in enumerate(layers)}
+        self._pending = [(la, previous[la]) for la in new_layers]
+        self._hypothesis_layers = layers
+        self._uncertainty_layer = new_unc if new_unc is not None else unc
+        self._add_pending_layers()
+
+    def _add_pending_layers(self) -> None:
+        """Add queued hypothesis layers for about 40 ms (at least one), then yield to Qt."""
+        if self._closed:
+            return
+        viewer = self.viewer
+        start = time.perf_counter()
+        with _no_activation(viewer.layers):
+            while self._pending:
+                layer, previous = self._pending.pop(0)
+                if layer not in self._hypothesis_layers or layer in viewer.layers:
+                    continue
+                if previous is not None and previous in viewer.layers:
+                    viewer.layers.insert(viewer.layers.index(previous), layer)
+                else:
+                    viewer.layers.append(layer)
+                if time.perf_counter() - start > 0.04:
+                    break
+        self._keep_correction_on_top()
+        if self._pending:
+            QTimer.singleShot(0, self._add_pending_layers)
+        else:
+            self._update_navigation()
+
+    def _keep_correction_on_top(self) -> None:
+        viewer = self.viewer
+        correction = self.state.correction_layer
+        if correction is not None and correction in viewer.layers:
+            i = viewer.layers.index(correction)
+            if i != len(viewer.layers) - 1:
+                viewer.layers.move(i, len(viewer.layers))
+
+    # ------------------------------------------------------------------ navigation
+    @property
+    def current_hypothesis(self) -> int:
+        """The hypothesis shown (0-based)."""
+        return self._current
+
+    def show_hypothesis(self, index: int, notify: bool = True) -> None:
+        """Show hypothesis ``index`` (0-based, wraps around) and hide the others.
+
+        ``notify`` emits ``state.current_hypothesis_changed`` (off when the change came from
+        another widget through that signal).
+        """
+        hyp = self.state.hypotheses
+        if hyp is None or not self._hypothesis_layers:
+            show_info("No hypotheses yet: click Sample first.")
+            return
+        n = len(self._hypothesis_layers)
+        self._current = int(index) % n
+        for i, layer in enumerate(self._hypothesis_layers):
+            if layer in self.viewer.layers:
+                layer.visible = i == self._current
+        self._update_navigation()
+        if notify:
+            self._emit(self.state.current_hypothesis_changed, self._current)
+
+    def next_hypothesis(self) -> None:
+        """Show the next hypothesis (key ``.``)."""
+        self.show_hypothesis(self._current + 1)
+
+    def previous_hypothesis(self) -> None:
+        """Show the previous hypothesis (key ``,``)."""
+        self.show_hypothesis(self._current - 1)
+
+    def _key_next(self, viewer=None) -> None:
+        self.next_hypothesis()
+
+    def _key_previous(self, viewer=None) -> None:
+        self.previous_hypothesis()
+
+    def _key_accept(self, viewer=None) -> None:
+        self.use_as_best_fit()
+
+    def _on_current_changed_elsewhere(self, index: int) -> None:
+        if not self._emitting and self._hypothesis_layers:
+            self.show_hypothesis(index, notify=False)
+
+    def _on_active_layer(self, event=None) -> None:
+        active = self.viewer.layers.selection.active
+        if active is not None and active in self._hypothesis_layers:
+            i = self._hypothesis_layers.index(active)
+            if i != self._current:
+                self._current = i
+                self._update_navigation()
+                self._emit(self.state.current_hypothesis_changed, i)
+
+    def _update_navigation(self) -> None:
+        n = len(self._hypothesis_layers)
+        hyp = self.state.hypotheses
+        if hyp is None or n == 0 or len(hyp.labels) != n or not 0 <= self._current < n:
+            self.hypothesis_label.setText("No hypotheses yet")
+        else:
+            layer = self._hypothesis_layers[self._current]
+            area = int(np.count_nonzero(self.state.hypotheses.labels[self._current]))
+            self.hypothesis_label.setText(
+                f"Hypothesis {self._current + 1}/{n} · {area} px"
+                + ("" if layer in self.viewer.layers else " (layer deleted)"))
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ best fit
+    def use_as_best_fit(self, index: int | None = None) -> None:
+        """Make hypothesis ``index`` (default: the one shown) the editable correction."""
+        hyp = self.state.hypotheses
+        if hyp is None:
+            show_warning("No hypotheses yet: click Sample first, then pick the best one.")
+            return
+        i = self._current if index is None else int(index)
+        if not 0 <= i < len(hyp.labels):
+            show_error(f"There is no hypothesis {i + 1} (there are {len(hyp.labels)}).")
+            return
+        if i != self._current:
+            self._current = i
+            self._update_navigation()
+            self._emit(self.state.current_hypothesis_changed, i)
+        self.state.best_fit_requested.emit(
+            Choice(source="hypothesis", index=i, z=np.array(hyp.z[i]), labels=hyp.labels[i].copy()))
+
+    def _on_best_fit_requested(self, choice: Choice) -> None:
+        """Create (or replace) ``<image> correction`` from a hypothesis or an explorer point."""
+        enc = self.state.encoded
+        if enc is None:
+            show_error("No image region is encoded: click Sample first.")
+            return
+        labels = np.asarray(choice.labels)
+        if labels.shape != (enc.roi[2], enc.roi[3]):
+            show_error(f"The chosen map is {labels.shape[0]}x{labels.shape[1]} but the encoded "
+                       f"region is {enc.roi[2]}x{enc.roi[3]}; sample again and retry.")
+            return
+        layer = self._find_image(enc.layer_name)
+        if layer is None:
+            show_error(f"The image layer '{enc.layer_name}' is gone; the correction needs it to "
+                       "be placed. Open the image again and sample.")
+            return
+        plane = Plane(layer=layer, index=tuple(enc.slice_index),
+                      shape=current_plane_shape(layer))
+        label = (f"hypothesis {choice.index + 1}" if choice.source == "hypothesis"
+                 else "the explorer's point")
+        existing = self._correction_for(enc.layer_name)
+        if existing is not None:
+            edited = export.pixels_changed(as_2d(existing.data),
+                                           existing.metadata.get("source_labels"))
+            if edited and not self.confirm(
+                    "Replace the correction?",
+                    f"'{existing.name}' has {edited} pixel(s) edited by hand. Replace it with "
+                    f"{label}? The edits are lost unless you export them first."):
+                show_info("The correction was kept.")
+                return
+        hyp = self.state.hypotheses
+        meta = {
+            "kind": "correction", "source": choice.source, "index": choice.index,
+            "z": [float(v) for v in np.asarray(choice.z).ravel()],
+            "seed": hyp.seed if (hyp is not None and choice.source == "hypothesis") else None,
+            "n_samples": len(hyp.labels) if hyp is not None else None,
+            "roi": list(enc.roi), "image_layer": enc.layer_name,
+            "slice_index": list(enc.slice_index), "plane_shape": list(plane.shape),
+            "image_signature": enc.image_signature,
+            "plane_signature": self._plane_signature or enc.image_signature,
+            "model_sha256": self._model_sha(), "model_name": self._model_name(),
+            "class_names": list(self.state.model.config.class_names) if self.state.model else None,
+            "scale": [float(s) for s in layer.scale[-2:]],
+            "translate": [float(t) for t in layer.translate[-2:]],
+            "source_labels": labels.copy(),
+        }
+        self._make_correction(layer, plane, enc.roi, labels.copy(), meta, existing)
+        self.state.choice = choice
+        show_info(f"{label.capitalize()} is now '{enc.layer_name} correction': edit it with the "
+                  "brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
+
+    def _make_correction(self, layer, plane: Plane, roi, labels2d: np.ndarray,
+                         meta: dict[str, Any], existing: Labels | None) -> Labels:
+        viewer = self.viewer
+        kwargs = placement(layer, plane, roi)
+        data = embed(labels2d, plane)
+        name = f"{meta['image_layer']} correction"
+        num_classes = self.state.model.config.num_classes if self.state.model else 2
+        self._disconnect_correction()
+        if existing is not None and existing in viewer.layers and existing.data.shape == data.shape:
+            correction = existing
+            correction.metadata = meta
+            correction.data = data
+            correction.scale, correction.translate = kwargs["scale"], kwargs["translate"]
+            correction.visible = True
+        else:
+            if existing is not None and existing in viewer.layers:
+                viewer.layers.remove(existing)
+            correction = Labels(data, name=name, opacity=0.7, metadata=meta,
+                                colormap=_colormap(max(num_classes, 2), CORRECTION_COLOURS),
+                                **kwargs)
+            viewer.layers.append(correction)
+        for la in self._hypothesis_layers:
+            if la in viewer.layers:
+                la.visible = False
+        viewer.layers.selection.active = correction
+        correction.selected_label = 1
+        correction.brush_size = max(1, min(labels2d.shape) // 16)
+        correction.mode = "paint"
+        self.state.correction_layer = correction
+        self._last_autosaved = labels2d.copy()
+        self._saved_at = None
+        correction.events.paint.connect(self._on_correction_edited)
+        correction.events.set_data.connect(self._on_correction_edited)
+        self._update_correction_label()
+        self._update_buttons()
+        return correction
+
+    def _disconnect_correction(self) -> None:
+        old = self.state.correction_layer
+        if old is not None:
+            with suppress(Exception):
+                old.events.paint.disconnect(self._on_correction_edited)
+                old.events.set_data.disconnect(self._on_correction_edited)
+
+    def _correction_for(self, image_name: str) -> Labels | None:
+        layer = self.state.correction_layer
+        if layer is not None and layer in self.viewer.layers \
+                and layer.metadata.get("image_layer") == image_name:
+            return layer
+        return None
+
+    def _find_image(self, name: str):
+        for layer in self._image_layers():
+            if layer.name == name:
+                return layer
+        return None
+
+    def _update_correction_label(self, saved: str | None = None) -> None:
+        layer = self.state.correction_layer
+        if layer is None or layer not in self.viewer.layers:
+            self.correction_label.setText("No correction yet")
+            return
+        meta = layer.metadata
+        source = (f"hypothesis {meta['index'] + 1}" if meta.get("source") == "hypothesis"
+                  else "an explorer point")
+        edited = export.pixels_changed(as_2d(layer.data), meta.get("source_labels"))
+        text = f"'{layer.name}' from {source} · {edited or 0} pixel(s) edited"
+        if saved:
+            text += f" · autosaved {saved}"
+        self.correction_label.setText(text)
+
+    # ------------------------------------------------------------------ autosave and restore
+    def _on_correction_edited(self, event=None) -> None:
+        if not self._closed:
+            self._autosave_timer.start()
+            self._update_correction_label(saved=self._saved_at)
+
+    def autosave_now(self) -> Path | None:
+        """Write the correction to its recovery file now (normally 2 s after the last edit)."""
+        layer = self.state.correction_layer
+        if layer is None or layer not in self.viewer.layers:
+            return None
+        data = as_2d(layer.data)
+        if self._last_autosaved is not None and np.array_equal(data, self._last_autosaved):
+            with suppress(RuntimeError):
+                self._update_correction_label()
+            return None
+        meta = layer.metadata
+        info = {k: v for k, v in meta.items() if k != "source_labels"}
+        try:
+            path = export.save_recovery(meta["plane_signature"], data, info,
+                                        source_labels=meta.get("source_labels"),
+                                        folder=self.recovery_dir)
+        except (OSError, KeyError, ValueError) as exc:
+            if not self._autosave_failed:
+                show_warning(f"Autosave failed ({exc}); your edits are still in napari. Export "
+                             "them to keep them.")
+            self._autosave_failed = True
+            return None
+        self._autosave_failed = False
+        self._last_autosaved = data.copy()
+        self._saved_at = time.strftime("%H:%M:%S")
+        with suppress(RuntimeError):
+            self._update_correction_label(saved=self._saved_at)
+        return path
+
+    def _offer_restore(self, plane_signature: str, request: _Sampling) -> None:
+        if plane_signature in self._declined_recovery or self._correction_for(request.layer_name):
+            return
+        found = export.load_recovery(plane_signature, self.recovery_dir)
+        if found is None:
+            return
+        correction, source, info = found
+        roi = tuple(info.get("roi") or ())
+        if len(roi) != 4 or correction.shape != (roi[2], roi[3]):
+            return
+        edited = export.pixels_changed(correction, source)
+        what = (f"hypothesis {info['index'] + 1}" if info.get("source") == "hypothesis"
+                else "an explorer point")
+        if not self.confirm(
+                "Restore the autosaved correction?",
+                f"A correction of this image was autosaved on {info.get('saved', '?')} (from "
+                f"{what}, {edited if edited is not None else '?'} pixel(s) edited by hand). "
+                "Restore it?"):
+            self._declined_recovery.add(plane_signature)
+            show_info("The autosaved correction was not restored; it stays in "
+                      f"{export.recovery_path(plane_signature, self.recovery_dir).parent}.")
+            return
+        layer = request.plane.layer
+        meta = dict(info, kind="correction", image_layer=request.layer_name,
+                    source_labels=source if source is not None else correction.copy())
+        meta.pop("saved", None)
+        self._make_correction(layer, request.plane, roi, correction, meta, None)
+        self._last_autosaved = correction.copy()
+        z = np.asarray(info.get("z") or [], np.float32)
+        self.state.choice = Choice(source=info.get("source", "hypothesis"),
+                                   index=info.get("index"), z=z,
+                                   labels=meta["source_labels"])
+        show_info(f"Restored the autosaved correction as '{request.layer_name} correction'.")
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | os.PathLike | None = None) -> Path | None:
+        """Export the correction (the Export… button). Returns the mask's path, or ``None``."""
+        layer = self.state.correction_layer
+        if layer is None or layer not in self.viewer.layers:
+            show_warning("There is no correction to export yet: pick a hypothesis with 'Use as "
+                         "best fit' first.")
+            return None
+        meta = layer.metadata
+        asked = path is None
+        if asked:
+            folder = str(_settings().value("export_folder", str(Path.home())))
+            stem = f"{meta.get('image_layer', 'image')}_correction".replace(" ", "_")
+            path = self.ask_save_path(str(Path(folder) / f"{stem}.tif"))
+            if not path:
+                return None
+        path = Path(path).expanduser()
+        crop = as_2d(layer.data)
+        mask, record = export.layer_mask_and_record(crop, meta, name=layer.name)
+        json_path = export.record_path(path)
+        exists = [p.name for p in (path, json_path) if p.exists()]
+        if exists and not self.confirm(
+                "Replace the existing file?",
+                f"{' and '.join(exists)} already exist(s) in {path.parent}. Replace?"):
+            show_info("Nothing was exported (the existing file is kept).")
+            return None
+        try:
+            written, record_file = export.export_correction(
+                mask, path, record, overwrite=bool(exists), scale=meta.get("scale"))
+        except UserError as exc:
+            show_error(str(exc))
+            return None
+        if asked:
+            _settings().setValue("export_folder", str(path.parent))
+        with suppress(KeyError, OSError, ValueError):
+            if np.array_equal(crop, as_2d(layer.data)):
+                export.discard_recovery(meta["plane_signature"], self.recovery_dir)
+                self._last_autosaved = crop.copy()
+        show_info(f"Saved {written.name} and {record_file.name} in {written.parent}.")
+        self._update_correction_label()
+        return written
+
+    # ------------------------------------------------------------------ odds and ends
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        with suppress(Exception):
+            layer.events.name.disconnect(self._refresh_layer_choices)
+        request = self._sampling_request
+        if request is not None and layer is request.plane.layer and self._sampling_worker:
+            self._sampling_worker.quit()
+            show_warning(f"The image layer '{layer.name}' was removed while sampling; sampling "
+                         "was stopped.")
+        if layer is self.state.correction_layer:
+            if self._autosave_timer.isActive():
+                self._autosave_timer.stop()
+            # keep the last edits in the recovery file: deleting a layer is easily a slip
+            self._save_removed_correction(layer)
+            self._disconnect_correction()
+            self.state.correction_layer = None
+            self._update_correction_label()
+        if layer is self._roi_layer:
+            self._roi_layer = None
+        self._refresh_layer_choices()
+        self._update_navigation()
+
+    def _save_removed_correction(self, layer) -> None:
+        data = as_2d(layer.data)
+        if self._last_autosaved is not None and np.array_equal(data, self._last_autosaved):
+            return
+        meta = layer.metadata
+        with suppress(OSError, KeyError, ValueError):
+            export.save_recovery(meta["plane_signature"], data,
+                                 {k: v for k, v in meta.items() if k != "source_labels"},
+                                 source_labels=meta.get("source_labels"), folder=self.recovery_dir)
+            show_info("The deleted correction was autosaved; sample the same image again to "
+                      "restore it.")
+
+    def _update_buttons(self) -> None:
+        if self._closed:
+            return
+        running = self._sampling_worker is not None
+        has_model = self.state.session is not None
+        self.cancel_button.setEnabled(running)
+        self.sample_button.setText("Sampling…" if running else "Sample")
+        self.open_model_button.setEnabled(self._model_worker is None)
+        self.bundled_button.setEnabled(self._model_worker is None)
+        has_hyp = self.state.hypotheses is not None and bool(self._hypothesis_layers)
+        for b in (self.previous_button, self.next_button, self.best_fit_button):
+            b.setEnabled(has_hyp)
+        correction = self.state.correction_layer
+        self.export_button.setEnabled(correction is not None and correction in self.viewer.layers)
+        self.sample_button.setToolTip("Draw the hypotheses for the image region" if has_model
+                                      else "Load a model first")
+
+    def _emit(self, signal, *args) -> None:
+        self._emitting = True
+        try:
+            signal.emit(*args)
+        finally:
+            self._emitting = False
+
+
+def _update_layer(layer, name: str, visible: bool, place: dict[str, Any]) -> None:
+    """Rename, show/hide and move a reused layer, touching only what changes (each setter
+    makes napari recompute extents and redraw)."""
+    if layer.name != name:
+        layer.name = name
+    if layer.visible != visible:
+        layer.visible = visible
+    if not np.allclose(layer.scale, place["scale"]):
+        layer.scale = place["scale"]
+    if not np.allclose(layer.translate, place["translate"]):
+        layer.translate = place["translate"]
+    nd = len(place["scale"])
+    rotate = np.asarray(place.get("rotate", np.eye(nd)))
+    if not np.allclose(layer.rotate, rotate):
+        layer.rotate = rotate
+    shear = place.get("shear")
+    if shear is not None or np.any(np.asarray(layer.shear) != 0):
+        layer.shear = shear if shear is not None else np.zeros_like(np.asarray(layer.shear))
+    affine = place.get("affine")
+    target = np.eye(nd + 1) if affine is None else affine.affine_matrix
+    if not np.allclose(layer.affine.affine_matrix, target):
+        layer.affine = target
+
+
+def current_plane_shape(layer) -> tuple[int, int]:
+    """Rows and columns of an image layer's planes."""
+    shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+    return int(shape[layer.ndim - 2]), int(shape[layer.ndim - 1])
+
+
+def _keybinding(key: str):
+    from app_model.types import KeyBinding
+
+    return KeyBinding.from_str(key)
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    while callbacks:
+        callback = callbacks.pop()
+        with suppress(Exception):
+            callback()
+
+
+def _html(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

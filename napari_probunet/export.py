@@ -1,0 +1,434 @@
+"""Writing a corrected mask to disk with the record of where it came from (no Qt, no torch).
+
+Used by the review widget's "Export…" button, by napari's File → Save (the ``_writer``
+contribution) and by scripts:
+
+>>> from napari_probunet.export import export_correction        # doctest: +SKIP
+>>> export_correction(mask, "case12_lesion.tif", record)        # doctest: +SKIP
+(PosixPath('case12_lesion.tif'), PosixPath('case12_lesion.tif.json'))
+
+Conventions
+-----------
+- **What is written**: the label map of the whole 2D image plane (same rows and columns as the
+  image the clinician reviewed), zero outside the region of interest. The ROI is in the record,
+  so the crop the model saw is ``mask[row:row + height, col:col + width]``.
+- **Formats** by file suffix: ``.tif``/``.tiff`` (tifffile, zlib-compressed), ``.png`` (8-bit;
+  a binary mask is stored as 0/255 so that it is visible in any viewer, ``"png_foreground"``
+  in the record says so; the package's readers map it back to 0/1), ``.npy`` and
+  ``.nii``/``.nii.gz`` (nibabel; the array as is, rows first, the pixel spacing in the header).
+  Label values are class indices (``0`` = background) everywhere else.
+- **The record** ``<mask path>.json`` (e.g. ``case12_lesion.tif.json``): see
+  :func:`correction_record`.
+- **Safety**: both files are written to temporary files in the target folder and renamed over
+  the targets (``os.replace``), so a crash never leaves a half-written mask; an existing mask
+  or record is never replaced unless ``overwrite=True``; a failed write raises
+  :class:`~napari_probunet.errors.UserError` saying what happened and that nothing was written.
+
+Recovery files (autosave) live here too: :func:`save_recovery`, :func:`load_recovery`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import os
+import tempfile
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_probunet.errors import UserError
+
+#: file types :func:`export_correction` writes, by suffix
+SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz")
+RECORD_VERSION = 1
+RECORD_KIND = "napari-probunet correction"
+
+
+class ExportExistsError(UserError):
+    """The target file (or its record) exists and ``overwrite`` was not given."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def mask_suffix(path: str | os.PathLike) -> str:
+    """The export format suffix of ``path`` (``.nii.gz`` counts as one), lower case."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def record_path(path: str | os.PathLike) -> Path:
+    """Where the JSON record of a mask file goes: ``<path>.json``."""
+    return Path(f"{os.fspath(path)}.json")
+
+
+def paste_into_plane(crop: np.ndarray, roi, plane_shape) -> np.ndarray:
+    """The ROI ``crop`` ``(h, w)`` placed into a zero ``plane_shape`` array at ``roi``.
+
+    ``roi`` is ``(row, col, height, width)`` in the plane's pixels.
+    """
+    r0, c0, h, w = (int(v) for v in roi)
+    crop = np.asarray(crop)
+    if crop.shape != (h, w):
+        raise UserError(f"the mask has shape {crop.shape} but the region of interest is {h}x{w}")
+    full = np.zeros(tuple(int(s) for s in plane_shape), dtype=crop.dtype)
+    if r0 < 0 or c0 < 0 or r0 + h > full.shape[0] or c0 + w > full.shape[1]:
+        raise UserError(f"the region of interest {tuple(roi)} lies outside the image {full.shape}")
+    full[r0:r0 + h, c0:c0 + w] = crop
+    return full
+
+
+# ----------------------------------------------------------------------------- record
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the packages that made a correction (without importing torch or napari)."""
+    from napari_probunet import __version__
+
+    def version(dist: str) -> str | None:
+        try:
+            return _metadata.version(dist)
+        except _metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "napari_probunet": __version__,
+        "torch": version("torch"),
+        "napari": version("napari"),
+        "numpy": np.__version__,
+    }
+
+
+def now_iso() -> str:
+    """The current local time, ISO 8601 with its UTC offset, to the second."""
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def pixels_changed(correction: np.ndarray, source_labels: np.ndarray | None) -> int | None:
+    """How many pixels differ between the correction and the map it started from."""
+    if source_labels is None:
+        return None
+    a, b = np.asarray(correction), np.asarray(source_labels)
+    if a.shape != b.shape:
+        return None
+    return int(np.count_nonzero(a != b))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def correction_record(
+    correction: np.ndarray,
+    *,
+    source_labels: np.ndarray | None = None,
+    choice_source: str | None = None,
+    index: int | None = None,
+    z=None,
+    seed: int | None = None,
+    n_samples: int | None = None,
+    roi=None,
+    plane_shape=None,
+    image_signature: str | None = None,
+    plane_signature: str | None = None,
+    image_layer: str | None = None,
+    slice_index=(),
+    scale=None,
+    translate=None,
+    model_sha256: str | None = None,
+    model_name: str | None = None,
+    class_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """The provenance record of a correction (a JSON-able dict).
+
+    ``correction`` and ``source_labels`` are the ROI crops (``(h, w)``): the edited map and the
+    hypothesis (or explorer decode) it started from; ``pixels_changed_by_hand`` counts where they
+    differ. ``index`` is 0-based (``session.sample(n, seed).labels[index]``); the record also
+    gives the 1-based number of the layer name (``hypothesis 03`` is index 2).
+    """
+    roi_d = None
+    if roi is not None:
+        r0, c0, h, w = (int(v) for v in roi)
+        roi_d = {"row": r0, "col": c0, "height": h, "width": w}
+    choice: dict[str, Any] = {"source": choice_source}
+    if choice_source == "hypothesis":
+        choice.update({"hypothesis": None if index is None else int(index) + 1,
+                       "index": None if index is None else int(index),
+                       "seed": seed, "n_samples": n_samples})
+    choice["z"] = None if z is None else [float(v) for v in np.asarray(z).ravel()]
+    return _jsonable({
+        "record_version": RECORD_VERSION,
+        "kind": RECORD_KIND,
+        "image": {
+            "layer": image_layer,
+            "signature": image_signature,  # of the ROI pixels the model saw
+            "plane_signature": plane_signature,  # of the whole 2D plane
+            "plane_shape": None if plane_shape is None else [int(s) for s in plane_shape],
+            "slice_index": [int(i) for i in (slice_index or ())],
+            "scale": scale,
+            "translate": translate,
+        },
+        "roi": roi_d,
+        "model": {"file": model_name, "sha256": model_sha256},
+        "choice": choice,
+        "pixels_changed_by_hand": pixels_changed(correction, source_labels),
+        "labels": {str(i): n for i, n in enumerate(class_names)} if class_names else None,
+        "foreground_pixels": int(np.count_nonzero(np.asarray(correction))),
+        "versions": versions(),
+        "created": now_iso(),
+    })
+
+
+def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | None = None):
+    """What to write for a Labels layer, and its record: ``(mask, record)``.
+
+    A correction or hypothesis layer of the review widget (``metadata["kind"]``) holds its ROI
+    crop; the mask is then the whole image plane with the crop pasted at the ROI, and the record
+    is built from the layer's metadata (source, hypothesis, z, seed, model, image signature,
+    ROI, and for a correction the pixels edited by hand). Any other Labels layer is written as
+    it is, with a record of what is known (its name, shape, versions, time).
+    """
+    meta = metadata or {}
+    arr = np.asarray(data)
+    kind = meta.get("kind")
+    roi, plane_shape = meta.get("roi"), meta.get("plane_shape")
+    if kind in ("correction", "hypothesis") and roi and plane_shape:
+        crop = arr.reshape(arr.shape[-2:]) if all(s == 1 for s in arr.shape[:-2]) else arr
+        record = correction_record(
+            crop,
+            source_labels=meta.get("source_labels") if kind == "correction" else None,
+            choice_source=meta.get("source", "hypothesis"),
+            index=meta.get("index"), z=meta.get("z"), seed=meta.get("seed"),
+            n_samples=meta.get("n_samples"), roi=roi, plane_shape=plane_shape,
+            image_signature=meta.get("image_signature"),
+            plane_signature=meta.get("plane_signature"), image_layer=meta.get("image_layer"),
+            slice_index=meta.get("slice_index") or (), scale=meta.get("scale"),
+            translate=meta.get("translate"), model_sha256=meta.get("model_sha256"),
+            model_name=meta.get("model_name"), class_names=meta.get("class_names"),
+        )
+        record["layer"] = name
+        return paste_into_plane(crop, roi, plane_shape), record
+    record = correction_record(arr)
+    record.update(layer=name, extent="layer", roi=None)
+    return arr, record
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_array(mask: np.ndarray, path: Path, suffix: str, scale=None) -> dict[str, Any]:
+    """Write ``mask`` to ``path`` in the format of ``suffix``; return notes for the record."""
+    notes: dict[str, Any] = {}
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, mask, compression="zlib")
+    elif suffix == ".png":
+        from PIL import Image
+
+        if mask.ndim != 2:
+            raise UserError(f"PNG holds 2D images only; this mask has shape {mask.shape}")
+        if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
+            raise UserError("PNG holds labels 0..255 only; export this mask as TIFF or NPY")
+        out = mask.astype(np.uint8)
+        if out.max(initial=0) <= 1:
+            out = out * np.uint8(255)
+            notes["png_foreground"] = 255
+        Image.fromarray(np.ascontiguousarray(out)).save(path, format="PNG")
+    elif suffix == ".npy":
+        with open(path, "wb") as f:
+            np.save(f, mask, allow_pickle=False)
+    elif suffix in (".nii", ".nii.gz"):
+        import nibabel
+
+        affine = np.eye(4)
+        if scale is not None:
+            for i, s in enumerate(list(scale)[-mask.ndim:][:3]):
+                affine[i, i] = float(s)
+        image = nibabel.Nifti1Image(np.asarray(mask), affine)
+        image.header.set_data_dtype(mask.dtype)
+        nibabel.save(image, str(path))
+    else:  # pragma: no cover - checked by the caller
+        raise UserError(f"unsupported file type {suffix!r}")
+    return notes
+
+
+def _write_failed(path: Path, exc: OSError) -> UserError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "the folder is read-only or you may not write there"
+    elif exc.errno == errno.ENOSPC:
+        hint = "the disk is full"
+    elif exc.errno == errno.ENOENT:
+        hint = "the folder does not exist"
+    else:
+        hint = "the file could not be written"
+    return UserError(
+        f"could not save {path.name} in {path.parent}: {reason} ({hint}). Nothing was written; "
+        "the correction is unchanged in napari. Choose another folder and export again."
+    )
+
+
+def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any],
+                      overwrite: bool = False, scale=None) -> tuple[Path, Path]:
+    """Write ``mask`` to ``path`` and ``record`` (plus file details) to ``<path>.json``, atomically.
+
+    Returns the paths of the mask and of the record. Raises :class:`ExportExistsError` if either
+    exists and ``overwrite`` is false, and :class:`UserError` for an unsupported suffix, a mask
+    the format cannot hold or a failed write (read-only folder, full disk); nothing is left
+    behind then.
+    """
+    path = Path(path).expanduser()
+    suffix = mask_suffix(path)
+    if suffix not in SUFFIXES:
+        raise UserError(
+            f"cannot export to {path.name!r}: choose a file ending in {', '.join(SUFFIXES)}"
+        )
+    mask = np.asarray(mask)
+    if mask.dtype == np.bool_:
+        mask = mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise UserError(f"a label mask must hold integers, not {mask.dtype}")
+    if mask.ndim < 2 or mask.size == 0:
+        raise UserError(f"nothing to export: the mask has shape {mask.shape}")
+    json_path = record_path(path)
+    if not overwrite:
+        existing = [p.name for p in (path, json_path) if p.exists()]
+        if existing:
+            raise ExportExistsError(
+                f"{' and '.join(existing)} already exist(s) in {path.parent}; choose another "
+                "name or confirm that it may be replaced"
+            )
+    if not path.parent.is_dir():
+        raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
+
+    tmp_mask = tmp_json = None
+    try:
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
+                                        dir=path.parent)
+            os.close(fd)
+            tmp_mask = Path(name)
+            notes = _write_array(mask, tmp_mask, suffix, scale=scale)
+            full = dict(record)
+            full["mask"] = {
+                "file": path.name,
+                "format": suffix.lstrip("."),
+                "shape": list(mask.shape),
+                "dtype": str(mask.dtype),
+                # the whole image plane (the widget) or the layer's own array (other layers)
+                "extent": full.pop("extent", "image plane"),
+                **notes,
+            }
+            full.setdefault("versions", versions())
+            full.setdefault("created", now_iso())
+            full["exported"] = now_iso()
+            fd, name = tempfile.mkstemp(prefix=f".{json_path.name}.", suffix=".tmp",
+                                        dir=path.parent)
+            tmp_json = Path(name)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(_jsonable(full), f, indent=2)
+                f.write("\n")
+            os.replace(tmp_mask, path)
+            tmp_mask = None
+            os.replace(tmp_json, json_path)
+            tmp_json = None
+        except OSError as exc:
+            raise _write_failed(path, exc) from exc
+    finally:
+        for tmp in (tmp_mask, tmp_json):
+            if tmp is not None:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+    return path, json_path
+
+
+# ----------------------------------------------------------------------------- recovery
+
+
+def recovery_dir() -> Path:
+    """The folder for autosaved corrections.
+
+    ``$NAPARI_PROBUNET_RECOVERY_DIR`` if set, else ``<user cache>/napari-probunet/recovery``
+    (platformdirs, e.g. ``~/.cache/napari-probunet/recovery`` on Linux).
+    """
+    env = os.environ.get("NAPARI_PROBUNET_RECOVERY_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-probunet")) / "recovery"
+
+
+def recovery_path(plane_signature: str, folder: str | os.PathLike | None = None) -> Path:
+    """The recovery file of the image plane with this signature."""
+    key = plane_signature.split(":")[-1][:40]
+    if not key.isalnum():
+        raise ValueError(f"not an image signature: {plane_signature!r}")
+    return Path(folder or recovery_dir()) / f"{key}.npz"
+
+
+def save_recovery(plane_signature: str, correction: np.ndarray, info: dict[str, Any],
+                  source_labels: np.ndarray | None = None,
+                  folder: str | os.PathLike | None = None) -> Path:
+    """Autosave a correction (the ROI crop) and what is needed to rebuild it, atomically."""
+    target = recovery_path(plane_signature, folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(info, saved=now_iso(), plane_signature=plane_signature)
+    arrays = {"correction": np.asarray(correction),
+              "info": np.array(json.dumps(_jsonable(info)))}
+    if source_labels is not None:
+        arrays["source_labels"] = np.asarray(source_labels)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(name, target)
+    finally:
+        if os.path.exists(name):
+            os.unlink(name)
+    return target
+
+
+def load_recovery(plane_signature: str, folder: str | os.PathLike | None = None):
+    """``(correction, source_labels or None, info)`` autosaved for this plane, or ``None``.
+
+    A damaged recovery file counts as none (it is left in place for inspection).
+    """
+    path = recovery_path(plane_signature, folder)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            correction = np.array(data["correction"])
+            source = np.array(data["source_labels"]) if "source_labels" in data else None
+            info = json.loads(str(data["info"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return correction, source, info
+
+
+def discard_recovery(plane_signature: str, folder: str | os.PathLike | None = None) -> None:
+    """Delete the recovery file of this plane, if any."""
+    try:
+        recovery_path(plane_signature, folder).unlink()
+    except FileNotFoundError:
+        pass

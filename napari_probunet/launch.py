@@ -1,0 +1,330 @@
+"""Open napari ready for a review: ``python -m napari_probunet.launch``.
+
+Opens a viewer with the review widget (Plugins → Probabilistic U-Net) and the latent-space
+explorer docked, a synthetic lesion from File → Open Sample, and the bundled model (loaded in
+the background). Options::
+
+    --sample lesion|lesion_faint|lesion_large   the sample image (default: lesion)
+    --model FILE                                a model file instead of the bundled one
+    --screenshot PATH                           sample 16 hypotheses, save a screenshot, quit
+    --screenshots FOLDER                        the user guide's pictures (review-*.png), quit
+    --bench                                     time click-to-layers on a 256x256 image, quit
+
+Screenshots and the benchmark need a display; headless, run them under a virtual one::
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python -m napari_probunet.launch --screenshots docs/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PLUGIN = "napari-probunet"
+REVIEW = "Probabilistic U-Net"
+EXPLORER = "Latent-space explorer"
+SAMPLES = ("lesion", "lesion_faint", "lesion_large")
+WINDOW = (1400, 900)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _app():
+    from qtpy.QtWidgets import QApplication
+
+    return QApplication.instance()
+
+
+def wait_until(predicate, timeout: float = 120.0, what: str = "napari") -> None:
+    """Run Qt's event loop until ``predicate()`` is true (scripts only; widgets use workers)."""
+    app = _app()
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def settle(seconds: float = 0.3) -> None:
+    """Let napari finish drawing (repaints are queued events)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _app().processEvents()
+        time.sleep(0.01)
+
+
+def open_review(viewer, explorer: bool = True, scripted: bool = False):
+    """Dock the review widget (and the explorer when installed); return the review widget.
+
+    ``scripted`` (screenshots, benchmark): autosaves go to a temporary folder, not the user's,
+    and the widget's questions are answered "no", so no dialog waits for a click.
+    """
+    dock, review = viewer.window.add_plugin_dock_widget(PLUGIN, REVIEW)
+    if scripted:
+        review.recovery_dir = tempfile.mkdtemp(prefix="probunet-recovery-")
+        review.confirm = lambda title, text: False
+    if explorer:
+        try:
+            # a tab beside the review: each gets the window's full height (drag the tab out
+            # to see both at once)
+            viewer.window.add_plugin_dock_widget(PLUGIN, EXPLORER, tabify=True)
+        except Exception as exc:  # the explorer may not be there (yet): the review still works
+            print(f"(latent-space explorer not docked: {exc})", file=sys.stderr)
+        else:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, dock.raise_)  # the review's tab in front, once docking is done
+    return review
+
+
+def load_model(review, model: str | None) -> None:
+    """Wait for the bundled model, or load ``model`` instead; raise if none could be loaded."""
+    wait_until(lambda: not review.busy, what="the bundled model")
+    if model:
+        review.load_model_file(model)
+        wait_until(lambda: not review.busy, what=f"the model {model}")
+    if review.state.session is None:
+        raise SystemExit("no model could be loaded: " + (review._model_error or "see above"))
+
+
+def sample(review, n: int = 16, seed: int = 0) -> None:
+    review.n_spin.setValue(n)
+    review.seed_spin.setValue(seed)
+    review.sample_button.click()
+    wait_until(lambda: not review.busy, what="sampling")
+
+
+def _make_viewer(show: bool = True):
+    import napari
+
+    viewer = napari.Viewer(show=show, title="napari-probunet")
+    viewer.window.resize(*WINDOW)
+    return viewer
+
+
+# ----------------------------------------------------------------------------- screenshots
+
+
+def screenshot(viewer, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settle()
+    viewer.screenshot(str(path), canvas_only=False)
+    return path
+
+
+def take_main_screenshot(path: str | Path, sample_name: str = "lesion",
+                         model: str | None = None) -> Path:
+    """The review right after sampling 16 hypotheses of a sample (``--screenshot``)."""
+    viewer = _make_viewer()
+    review = open_review(viewer, scripted=True)
+    viewer.open_sample(PLUGIN, sample_name)
+    load_model(review, model)
+    sample(review)
+    out = screenshot(viewer, path)
+    viewer.close()
+    return out
+
+
+def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list[Path]:
+    """The pictures of docs/user-guide.md (``--screenshots``): re-run after a model update.
+
+    The review widget alone is docked, so that the image gets the room; the explorer's
+    pictures are made by its own script.
+    """
+    import numpy as np
+
+    folder = Path(folder)
+    out = []
+    viewer = _make_viewer()
+    review = open_review(viewer, explorer=False, scripted=True)
+    viewer.open_sample(PLUGIN, "lesion")
+    load_model(review, model)
+    viewer.layers.selection.active = viewer.layers["lesion"]
+    out.append(screenshot(viewer, folder / "review-start.png"))
+
+    sample(review)
+    viewer.layers.selection.active = viewer.layers["lesion"]
+    out.append(screenshot(viewer, folder / "review-main.png"))
+
+    # the hypothesis that differs most from the first one, to show what cycling reveals
+    labels = review.state.hypotheses.labels
+    differs = [int(np.count_nonzero(labels[i] != labels[0])) for i in range(len(labels))]
+    review.show_hypothesis(int(np.argmax(differs)))
+    out.append(screenshot(viewer, folder / "review-cycle.png"))
+
+    # the middle-sized hypothesis as the best fit, with a brush stroke that adds a bulge
+    areas = labels.reshape(len(labels), -1).sum(axis=1)
+    review.use_as_best_fit(int(np.argsort(areas)[len(areas) // 2]))
+    correction = review.state.correction_layer
+    viewer.layers["lesion uncertainty"].visible = False
+    mask = correction.data > 0
+    if mask.any():
+        rows, cols = np.nonzero(mask)
+        r = int(np.median(rows))
+        edge = int(cols[rows == r].max())  # the lesion's right border on its middle row
+        correction.brush_size = 3
+        for c in range(edge - 1, edge + 4):
+            correction.paint((r, c), 1, refresh=True)
+    settle(0.3)
+    out.append(screenshot(viewer, folder / "review-best-fit.png"))
+    review.grab().save(str(folder / "review-widget.png"))
+    out.append(folder / "review-widget.png")
+    viewer.close()
+
+    # the large slice: click on the lesion
+    from napari_probunet._sample_data import LARGE_OFFSET
+
+    viewer = _make_viewer()
+    review = open_review(viewer, explorer=False, scripted=True)
+    viewer.open_sample(PLUGIN, "lesion_large")
+    load_model(review, model)
+    review.set_roi_mode("click")
+    settle()
+    image = viewer.layers["CT slice"]
+    review.set_click_roi(image.data_to_world((LARGE_OFFSET[0] + 32, LARGE_OFFSET[1] + 32)))
+    wait_until(lambda: not review.busy, what="sampling")
+    viewer.layers.selection.active = image
+    out.append(screenshot(viewer, folder / "review-roi.png"))
+    viewer.close()
+    return out
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def _bench_model(model: str | None) -> str:
+    """The model to time: ``model``, else the bundled one, else the default architecture with
+    random weights (the timing does not depend on the weights)."""
+    from napari_probunet.modelfile import DEFAULT_MODEL
+
+    if model:
+        return model
+    if DEFAULT_MODEL.exists():
+        return str(DEFAULT_MODEL)
+    from napari_probunet.config import ModelConfig
+    from napari_probunet.model import ProbUNet
+    from napari_probunet.modelfile import save_model
+
+    path = Path(tempfile.mkdtemp(prefix="probunet-bench-")) / "default_architecture.safetensors"
+    save_model(ProbUNet(ModelConfig(channels=(16, 32, 64, 128), input_size=64)), path,
+               {"note": "random weights, for timing only"})
+    return str(path)
+
+
+def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
+    """Time the click on Sample to the layers on screen, 256x256 image, whole-image ROI, CPU.
+
+    Three figures (medians over ``repeats``): ``first`` a new image (encode, decode, the
+    uncertainty map and the shown hypothesis drawn; the hidden ones follow), ``all_layers``
+    until every hypothesis layer is in the layer list, ``resample`` a new seed on the same
+    image (no encoding, layers reused).
+    """
+    import torch
+
+    from napari_probunet._sample_data import sample_lesion_large
+
+    base = sample_lesion_large()[0][0]
+    model_path = _bench_model(model)
+    first, all_layers, resample = [], [], []
+    for k in range(repeats):
+        # a fresh viewer each time: the first click on a new image, as a user meets it
+        viewer = _make_viewer()
+        review = open_review(viewer, explorer=False, scripted=True)
+        # CPU for this run only (set_device would also remember it for the user)
+        review.device_combo.blockSignals(True)
+        review.device_combo.setCurrentIndex(review.device_combo.findData("cpu"))
+        review.device_combo.blockSignals(False)
+        load_model(review, model_path)
+        done = []
+        review.state.hypotheses_changed.connect(lambda done=done: done.append(1))
+
+        def click(review=review, done=done) -> tuple[float, float]:
+            done.clear()
+            t0 = time.perf_counter()
+            review.sample_button.click()
+            wait_until(lambda: bool(done), what="sampling")
+            _app().processEvents()  # the queued repaint: the layers are on screen
+            t_first = time.perf_counter() - t0
+            wait_until(lambda: not review.busy, what="the layers")
+            _app().processEvents()
+            return t_first, time.perf_counter() - t0
+
+        viewer.add_image(base, name="CT slice")
+        review.n_spin.setValue(n)
+        review.seed_spin.setValue(k)
+        settle(0.3)
+        t_first, t_all = click()
+        first.append(t_first)
+        all_layers.append(t_all)
+        settle(0.2)
+        review.seed_spin.setValue(1000 + k)
+        resample.append(click()[0])
+        viewer.close()
+    return {
+        "n": n, "image": "256x256", "device": "cpu", "repeats": repeats,
+        "first_s": round(statistics.median(first), 3),
+        "all_layers_s": round(statistics.median(all_layers), 3),
+        "resample_s": round(statistics.median(resample), 3),
+        "first_all_s": [round(t, 3) for t in first],
+        "resample_all_s": [round(t, 3) for t in resample],
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m napari_probunet.launch",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", choices=SAMPLES, default="lesion",
+                        help="the sample image to open (default: lesion)")
+    parser.add_argument("--model", help="model file (default: the bundled model)")
+    parser.add_argument("--no-explorer", action="store_true", help="dock the review widget only")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--screenshot", metavar="PATH", help="sample 16, save a screenshot, quit")
+    what.add_argument("--screenshots", metavar="FOLDER",
+                      help="save the user guide's pictures (review-*.png) and quit")
+    what.add_argument("--bench", action="store_true",
+                      help="time click-to-layers (16 hypotheses, 256x256, CPU) and quit")
+    parser.add_argument("--repeats", type=int, default=5, help="benchmark repetitions")
+    args = parser.parse_args(argv)
+
+    if args.screenshot:
+        print(take_main_screenshot(args.screenshot, args.sample, args.model))
+        return 0
+    if args.screenshots:
+        for path in take_guide_screenshots(args.screenshots, args.model):
+            print(path)
+        return 0
+    if args.bench:
+        print(json.dumps(bench(repeats=args.repeats, model=args.model), indent=2))
+        return 0
+
+    import napari
+
+    viewer = _make_viewer()
+    review = open_review(viewer, explorer=not args.no_explorer)
+    viewer.open_sample(PLUGIN, args.sample)
+    if args.sample == "lesion_large":
+        review.set_roi_mode("click")
+    if args.model:
+        # the bundled model is loading in the background: open the chosen one after it
+        wait_until(lambda: not review.busy, what="the bundled model")
+        review.load_model_file(args.model)
+    napari.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
