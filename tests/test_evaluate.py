@@ -17,17 +17,6 @@ from napari_probunet.evaluate import evaluate_model, format_report, image_seed, 
 LESIONS = "synthetic:lesions?n=6&size=32"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on one thread: two torch threads beside a busy process ran 10-30x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lesion_result():
     cases, _ = open_data(LESIONS)
