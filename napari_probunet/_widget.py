@@ -452,6 +452,14 @@ class ReviewWidget(QWidget):
         self._emitting = False
         self._disconnectors: list[Callable[[], None]] = []
         self._closed = False
+        # the shared record (model, seed, ...) of the bundle whose hypotheses are adopted
+        self._bundle_record: dict[str, Any] | None = None
+        self._bundle_signature: str | None = None  # image signature of a bundle to adopt
+
+        self._bundle_timer = QTimer(self)  # adopt a bundle once all its layers are in
+        self._bundle_timer.setSingleShot(True)
+        self._bundle_timer.setInterval(0)
+        self._bundle_timer.timeout.connect(self._on_bundle_timer)
 
         self._autosave_timer = QTimer(self)
         self._autosave_timer.setSingleShot(True)
@@ -463,6 +471,8 @@ class ReviewWidget(QWidget):
         self._bind_keys()
         self._adopt_state()
         self._refresh_layer_choices()
+        if self.state.hypotheses is None:
+            self.adopt_bundle_layers()  # a bundle opened before the widget
         if self.state.session is not None:
             self._show_model()
         elif load_default:
@@ -473,10 +483,14 @@ class ReviewWidget(QWidget):
     def _adopt_state(self) -> None:
         """Pick up what the viewer's state already holds (the widget closed and reopened)."""
         st = self.state
-        if st.hypotheses is not None and len(st.hypothesis_layers) == len(st.hypotheses.labels):
+        if st.hypotheses is not None and st.hypothesis_layers \
+                and len(st.hypothesis_layers) == len(st.hypotheses.labels):
             self._hypothesis_layers = list(st.hypothesis_layers)
             self._uncertainty_layer = st.uncertainty_layer
-            self._plane_signature = self._hypothesis_layers[0].metadata.get("plane_signature")
+            meta = self._hypothesis_layers[0].metadata
+            self._plane_signature = meta.get("plane_signature")
+            if _is_bundle_layer(self._hypothesis_layers[0]):
+                self._bundle_record = dict(meta)
             self._update_navigation()
         correction = st.correction_layer
         if correction is not None and correction in self.viewer.layers:
@@ -691,6 +705,8 @@ class ReviewWidget(QWidget):
         for worker in (self._sampling_worker,):
             if worker is not None:
                 worker.quit()
+        with suppress(RuntimeError):
+            self._bundle_timer.stop()
         self._set_click_callback(False)
         _run_all(self._disconnectors)
 
@@ -805,6 +821,8 @@ class ReviewWidget(QWidget):
             st.hypothesis_layers = []
         self._show_model()
         self._emit(st.model_changed)
+        if self._bundle_record is not None:  # keep the opened bundle's hypotheses
+            self.adopt_bundle_layers(self._bundle_record.get("image_signature"), notify=False)
 
     def _on_model_failed(self, exc: BaseException) -> None:
         self._model_error = str(exc) if isinstance(exc, UserError) else (
@@ -876,6 +894,100 @@ class ReviewWidget(QWidget):
         layer.events.name.connect(self._refresh_layer_choices)
         self._disconnectors.append(lambda: layer.events.name.disconnect(self._refresh_layer_choices))
         self._refresh_layer_choices()
+        if _is_bundle_layer(layer) and not self._closed:
+            # napari adds a bundle's layers one by one: adopt them once all are in
+            self._bundle_signature = layer.metadata.get("image_signature")
+            self._bundle_timer.start()
+
+    def _on_bundle_timer(self) -> None:
+        signature, self._bundle_signature = self._bundle_signature, None
+        if signature is not None and not self._closed:
+            self.adopt_bundle_layers(signature)
+
+    def adopt_bundle_layers(self, image_signature: str | None = None, *,
+                            notify: bool = True) -> bool:
+        """Make the layers of an opened hypothesis bundle (``*.probunet.zip``) the review's
+        hypotheses, ready to cycle, pick as the best fit, edit and export with no model run.
+
+        ``image_signature`` picks the bundle (default: the last bundle image in the layer
+        list). Called when a bundle's layers are inserted. If the loaded model is the one that
+        wrote the bundle, the image is also encoded into its session (for the explorer);
+        otherwise the session is left alone. Returns whether a bundle was adopted.
+        """
+        from napari_probunet._reader import collect_layers
+        from napari_probunet.session import Hypotheses
+
+        if self._closed:
+            return False
+        if self._sampling_worker is not None:
+            show_info("The opened bundle's hypotheses are not adopted while sampling runs.")
+            return False
+        viewer = self.viewer
+        if image_signature is None:
+            images = [la for la in viewer.layers
+                      if _is_bundle_layer(la) and la.metadata.get("kind") == "image"]
+            if not images:
+                return False
+            image_signature = images[-1].metadata.get("image_signature")
+        found = collect_layers(viewer.layers, image_signature)
+        hyps = [la for la in found.hypotheses if _is_bundle_layer(la)]
+        image = found.image
+        if image is None or not hyps:
+            return False
+        meta = dict(hyps[0].metadata)
+        indices = [la.metadata.get("index") for la in hyps]
+        if indices != list(range(len(hyps))) or len(hyps) != meta.get("n_samples", len(hyps)):
+            show_warning(f"The bundle of '{image.name}' lacks some hypothesis layers; open it "
+                         "again to review its hypotheses.")
+            return False
+        labels = np.stack([as_2d(la.data) for la in hyps]).astype(np.uint8, copy=False)
+        z = np.array([la.metadata.get("z") or [] for la in hyps], np.float32)
+        roi = tuple(int(v) for v in meta.get("roi") or (0, 0, *labels.shape[1:]))
+        if (roi[2], roi[3]) != labels.shape[1:]:
+            show_warning(f"The bundle of '{image.name}' does not fit its region; not adopted.")
+            return False
+        st = self.state
+        encoded = Encoded(layer_name=image.name, slice_index=(), roi=roi,
+                          image_signature=image_signature, image=np.asarray(image.data))
+        in_session = False
+        session = st.session
+        sha = meta.get("model_sha256")
+        if session is not None and sha and session.model_sha256 == sha:
+            try:
+                with st.lock:
+                    if not (session.has_image and session.image_signature == image_signature):
+                        session.set_image(encoded.image)
+                in_session = True
+            except Exception as exc:  # noqa: BLE001 (the review works without it)
+                log.warning("could not encode the bundle's image: %s", exc)
+        with st.lock:
+            st.encoded = encoded
+            st.hypotheses = Hypotheses(labels=labels, z=z, seed=int(meta.get("seed") or 0))
+            st.hypothesis_layers = list(hyps)
+            st.uncertainty_layer = found.uncertainty
+        self._hypothesis_layers = list(hyps)
+        self._uncertainty_layer = found.uncertainty
+        self._plane_signature = meta.get("plane_signature") or image_signature
+        self._bundle_record = meta
+        self._current = 0
+        for i, la in enumerate(hyps):
+            if la.visible != (i == 0):
+                la.visible = i == 0
+        if self.image_combo.findText(image.name) >= 0:
+            self.image_combo.setCurrentText(image.name)
+        if meta.get("seed") is not None:
+            self.seed_spin.setValue(int(meta["seed"]))
+        self.n_spin.setValue(len(hyps))
+        if in_session:
+            self._emit(st.image_encoded)
+        self._emit(st.hypotheses_changed)
+        self._emit(st.current_hypothesis_changed, 0)
+        self._update_navigation()
+        self.progress.setFormat(f"{len(hyps)} hypotheses from the bundle")
+        if notify:
+            case = meta.get("case_id") or image.name
+            show_info(f"Opened bundle {case}: {len(hyps)} hypotheses ready (no model run)")
+        return True
 
     def _refresh_layer_choices(self, *_) -> None:
         if self._closed:
@@ -1149,6 +1261,7 @@ class ReviewWidget(QWidget):
             self.progress.setValue(value)
             self.progress.setFormat("%v / %m hypotheses")
         elif kind == "encoded":
+            self._bundle_record = None
             st = self.state
             st.encoded = value
             st.hypotheses = None
@@ -1165,6 +1278,7 @@ class ReviewWidget(QWidget):
         from napari_probunet.session import Hypotheses
 
         self._show_hypotheses(result)
+        self._bundle_record = None
         st = self.state
         st.hypotheses = Hypotheses(labels=result.labels, z=result.z, seed=request.seed)
         st.hypothesis_layers = list(self._hypothesis_layers)
@@ -1424,6 +1538,14 @@ class ReviewWidget(QWidget):
                 show_info("The correction was kept.")
                 return
         hyp = self.state.hypotheses
+        # hypotheses from an opened bundle carry their own model record (there may be no model)
+        bundle = self._bundle_record if choice.source == "hypothesis" else None
+        model_sha = bundle.get("model_sha256") if bundle else self._model_sha()
+        model_name = bundle.get("model_name") if bundle else self._model_name()
+        class_names = (list(self.state.model.config.class_names) if self.state.model
+                       else None)
+        if bundle and bundle.get("class_names"):
+            class_names = list(bundle["class_names"])
         meta = {
             "kind": "correction", "source": choice.source, "index": choice.index,
             "z": [float(v) for v in np.asarray(choice.z).ravel()],
@@ -1433,8 +1555,8 @@ class ReviewWidget(QWidget):
             "slice_index": list(enc.slice_index), "plane_shape": list(plane.shape),
             "image_signature": enc.image_signature,
             "plane_signature": self._plane_signature or enc.image_signature,
-            "model_sha256": self._model_sha(), "model_name": self._model_name(),
-            "class_names": list(self.state.model.config.class_names) if self.state.model else None,
+            "model_sha256": model_sha, "model_name": model_name,
+            "class_names": class_names,
             "scale": [float(s) for s in layer.scale[-2:]],
             "translate": [float(t) for t in layer.translate[-2:]],
             "source_labels": labels.copy(),
@@ -1450,7 +1572,8 @@ class ReviewWidget(QWidget):
         kwargs = placement(layer, plane, roi)
         data = embed(labels2d, plane)
         name = f"{meta['image_layer']} correction"
-        num_classes = self.state.model.config.num_classes if self.state.model else 2
+        num_classes = self.state.model.config.num_classes if self.state.model else max(
+            2, len(meta.get("class_names") or ()))
         self._disconnect_correction()
         if existing is not None and existing in viewer.layers and existing.data.shape == data.shape:
             correction = existing
@@ -1708,6 +1831,12 @@ def _update_layer(layer, name: str, visible: bool, place: dict[str, Any]) -> Non
     target = np.eye(nd + 1) if affine is None else affine.affine_matrix
     if not np.allclose(layer.affine.affine_matrix, target):
         layer.affine = target
+
+
+def _is_bundle_layer(layer) -> bool:
+    """A layer that the bundle reader made (its metadata names the bundle format)."""
+    meta = getattr(layer, "metadata", None) or {}
+    return meta.get("bundle_format_version") is not None and "image_signature" in meta
 
 
 def current_plane_shape(layer) -> tuple[int, int]:
