@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
@@ -85,6 +86,8 @@ ENCODE_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 DECODE_THREADS = 1
 ROI_MODES = ("whole", "rectangle", "click")
 ROI_LABELS = ("Whole image", "Rectangle (Shapes layer)", "Click on the lesion")
+#: the "Slices" choice for a 3D/4D stack
+SLICE_LABELS = ("Current slice", "All slices")
 #: colours of label values 1, 2, ... (hypotheses, correction)
 HYPOTHESIS_COLOURS = [(0.25, 0.8, 1.0), (0.6, 1.0, 0.3), (1.0, 0.45, 0.8), (0.7, 0.55, 1.0)]
 CORRECTION_COLOURS = [(1.0, 0.72, 0.1), (1.0, 0.35, 0.2), (0.95, 0.95, 0.3), (1.0, 0.5, 0.6)]
@@ -275,6 +278,13 @@ class _Sampling:
     seed: int
     placement: dict[str, Any]
     layer_name: str
+    #: "All slices": every slice along the stack axis (the last leading axis, the one just
+    #: before the rows and columns; any other leading axes stay at the current index)
+    all_slices: bool = False
+    #: set by Cancel in an "All slices" run: the job stops between slices and keeps those done
+    stop: threading.Event | None = None
+    #: placement of the stack (leading axes as in ``plane`` but the stack axis from 0)
+    stack_placement: dict[str, Any] | None = None
 
 
 @dataclass
@@ -285,6 +295,12 @@ class _Sampled:
     uncertainty: np.ndarray  # (h, w) float32
     image_signature: str
     plane_signature: str
+    # "All slices" only: the stack of each hypothesis and of the uncertainty, the latents of
+    # each slice (None for a blank slice or one not reached before Cancel), the slices done
+    stack_labels: np.ndarray | None = None  # (n, K, h, w) uint8
+    stack_uncertainty: np.ndarray | None = None  # (K, h, w) float32
+    z_per_slice: list | None = None
+    slices_done: int = 0
 
 
 def _check_region(region: np.ndarray, name: str) -> None:
@@ -358,6 +374,89 @@ def _sampling_job(state: ReviewState, session, request: _Sampling):
         yield ("progress", stop)
     uncertainty = pixel_disagreement(labels, session.config.num_classes)
     return _Sampled(request, labels, z, uncertainty, signature, plane_signature)
+
+
+def _decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed: int):
+    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed``: (labels, z)."""
+    from napari_probunet.session import image_signature
+
+    signature = image_signature(region)
+    with state.lock:
+        if not (session.has_image and session.image_signature == signature):
+            with _torch_threads(ENCODE_THREADS):
+                session.set_image(region)
+        mu, sigma = session.prior()
+    eps = np.random.default_rng(seed).standard_normal((n, mu.shape[0])).astype(np.float32)
+    z = (mu + sigma * eps).astype(np.float32)
+    h, w = region.shape[:2]
+    labels = np.empty((n, h, w), np.uint8)
+    chunk = max(1, min(n, CHUNK_PIXELS // max(1, h * w)))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        with state.lock, _torch_threads(DECODE_THREADS):
+            if session.image_signature != signature:
+                raise UserError("the encoded image changed while sampling; click Sample again")
+            labels[start:stop] = session.decode(z[start:stop])
+    return labels, z, signature
+
+
+def _stack_job(state: ReviewState, session, request: _Sampling):
+    """"All slices": sample every slice of the stack axis (the axis just before the rows and
+    columns), the current slice first, then the others in order, each with the same seed.
+
+    Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice) and
+    ``("slice", (done, total))``; returns a :class:`_Sampled` whose ``labels``/``z`` are the
+    current slice's and whose ``stack_*`` hold the whole stack. A blank (constant) slice other
+    than the current one gets empty labels and ``None`` latents. ``request.stop`` (Cancel)
+    ends the run between slices: the slices done are kept, the others stay empty. Finally the
+    session holds the current slice's encoding again.
+    """
+    from napari_probunet.session import image_signature, pixel_disagreement
+
+    plane, roi, n, seed = request.plane, request.roi, request.n, request.seed
+    lead, k0 = plane.index[:-1], plane.index[-1]
+    total = int(plane._array().shape[len(lead)])
+    h, w = roi[2], roi[3]
+    num_classes = session.config.num_classes
+    stack_labels = np.zeros((n, total, h, w), np.uint8)
+    stack_unc = np.zeros((total, h, w), np.float32)
+    z_per_slice: list = [None] * total
+    current_region = plane.read(roi)
+    _check_region(current_region, request.layer_name)
+    plane_signature = image_signature(plane.read())
+    order = [k0] + [k for k in range(total) if k != k0]
+    done = 0
+    current = None
+    for k in order:
+        if done and request.stop is not None and request.stop.is_set():
+            break
+        yield ("stage", f"Slice {done + 1} / {total}…")
+        region = current_region if k == k0 else Plane(plane.layer, lead + (k,), plane.shape).read(roi)
+        if k != k0:
+            try:
+                _check_region(region, request.layer_name)
+            except InputError:
+                region = None  # a blank slice: empty labels, no latents
+        if region is not None:
+            labels, z, signature = _decode_region(state, session, region, n, seed)
+            stack_labels[:, k] = labels
+            stack_unc[k] = pixel_disagreement(labels, num_classes)
+            z_per_slice[k] = [[float(v) for v in row] for row in z]
+            if k == k0:
+                current = (labels, z, signature)
+                yield ("encoded", Encoded(layer_name=request.layer_name, slice_index=plane.index,
+                                          roi=roi, image_signature=signature,
+                                          image=current_region))
+        done += 1
+        yield ("slice", (done, total))
+    labels, z, signature = current
+    if session.image_signature != signature:  # give the session back the current slice
+        yield ("stage", "Encoding the current slice…")
+        with state.lock, _torch_threads(ENCODE_THREADS):
+            session.set_image(current_region)
+    return _Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
+                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
+                    z_per_slice=z_per_slice, slices_done=done)
 
 
 def _model_job(state: ReviewState, source, device: str):
@@ -558,6 +657,13 @@ class ReviewWidget(QWidget):
                                      "last one drawn)")
         self.shapes_label = QLabel("Shapes")
         form.addRow(self.shapes_label, self.shapes_combo)
+        self.slices_combo = QComboBox()
+        self.slices_combo.addItems(SLICE_LABELS)
+        self.slices_combo.setToolTip(
+            "For a 3D/4D stack: sample the slice on screen, or every slice of the axis just "
+            "before the rows and columns (other axes stay at the current index)")
+        self.slices_combo.setEnabled(False)
+        form.addRow("Slices", self.slices_combo)
         self.sample_on_click = QCheckBox("Sample on click")
         self.sample_on_click.setChecked(True)
         self.sample_on_click.setToolTip("Start sampling as soon as the lesion is clicked")
@@ -1015,6 +1121,14 @@ class ReviewWidget(QWidget):
         self._show_roi()
         self._update_buttons()
 
+    @property
+    def all_slices(self) -> bool:
+        """Whether Sample runs over all slices (only for a stack: non-RGB ndim >= 3)."""
+        return self.slices_combo.isEnabled() and self.slices_combo.currentIndex() == 1
+
+    def set_all_slices(self, on: bool) -> None:
+        self.slices_combo.setCurrentIndex(1 if on else 0)
+
     def _on_roi_mode_changed(self, *_) -> None:
         mode = self.roi_mode
         rect, click = mode == "rectangle", mode == "click"
@@ -1231,7 +1345,13 @@ class ReviewWidget(QWidget):
         request = _Sampling(plane=plane, roi=roi, n=int(self.n_spin.value()),
                             seed=int(self.seed_spin.value()),
                             placement=placement(layer, plane, roi), layer_name=layer.name)
-        worker = create_worker(_sampling_job, self.state, session, request,
+        job = _sampling_job
+        if self.all_slices and plane.index:
+            first = Plane(layer, plane.index[:-1] + (0,), plane.shape)
+            request.all_slices, request.stop = True, threading.Event()
+            request.stack_placement = placement(layer, first, roi)
+            job = _stack_job
+        worker = create_worker(job, self.state, session, request,
                                _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_sampling_yielded)
         worker.returned.connect(self._on_sampled)
@@ -1251,7 +1371,11 @@ class ReviewWidget(QWidget):
         """Stop sampling (the Cancel button); the previous hypotheses stay."""
         if self._sampling_worker is not None:
             self.progress.setFormat("Cancelling…")
-            self._sampling_worker.quit()
+            request = self._sampling_request
+            if request is not None and request.stop is not None:
+                request.stop.set()  # all slices: stop after this slice, keep those done
+            else:
+                self._sampling_worker.quit()
 
     def _on_sampling_yielded(self, message) -> None:
         kind, value = message
@@ -1260,6 +1384,11 @@ class ReviewWidget(QWidget):
         elif kind == "progress":
             self.progress.setValue(value)
             self.progress.setFormat("%v / %m hypotheses")
+        elif kind == "slice":
+            done, total = value
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+            self.progress.setFormat(f"slice {done} / {total}")
         elif kind == "encoded":
             self._bundle_record = None
             st = self.state
@@ -1289,7 +1418,15 @@ class ReviewWidget(QWidget):
         self._emit(st.current_hypothesis_changed, 0)
         self._update_navigation()
         self.last_sampling_seconds = time.perf_counter() - self._t_sample
-        self.progress.setFormat(f"{request.n} hypotheses in {self.last_sampling_seconds:.2f} s")
+        if result.stack_labels is not None:
+            total = result.stack_labels.shape[1]
+            self.progress.setRange(0, total)
+            self.progress.setValue(result.slices_done)
+            self.progress.setFormat(f"{request.n} hypotheses × slice {result.slices_done} / "
+                                    f"{total} in {self.last_sampling_seconds:.2f} s")
+        else:
+            self.progress.setFormat(
+                f"{request.n} hypotheses in {self.last_sampling_seconds:.2f} s")
         self._offer_restore(result.plane_signature, request)
 
     def _on_sampling_failed(self, exc: BaseException) -> None:
@@ -1333,8 +1470,25 @@ class ReviewWidget(QWidget):
             "plane_signature": result.plane_signature, "model_sha256": self._model_sha(),
             "model_name": self._model_name(),
         }
+        stack = result.stack_labels is not None
+        place = request.stack_placement if stack else request.placement
+        if stack:
+            lead = (1,) * (len(plane.index) - 1)
+            base.update(slices="all", stack_axis=len(plane.index) - 1,
+                        slices_done=result.slices_done, z_per_slice=None)
+
+            def to_layer(i):
+                return result.stack_labels[i].reshape(lead + result.stack_labels.shape[1:])
+
+            unc_data = result.stack_uncertainty.reshape(lead + result.stack_uncertainty.shape)
+        else:
+            def to_layer(i):
+                # a copy: brush edits on a hypothesis layer must not change state.hypotheses
+                return embed(result.labels[i].copy(), plane)
+
+            unc_data = embed(result.uncertainty, plane)
         old = [la for la in self._hypothesis_layers if la in viewer.layers]
-        shape = embed(result.labels[0], plane).shape
+        shape = to_layer(0).shape
         # reuse the previous layers (a new ROI size just changes their data): fewer layers to
         # build, and fewer to remove (see remove_layers)
         reuse = [la for la in old if la.data.ndim == len(shape)][:n]
@@ -1344,35 +1498,35 @@ class ReviewWidget(QWidget):
         unc_name = f"{request.layer_name} uncertainty"
         unc_meta = dict(base, kind="uncertainty")
         unc = self._uncertainty_layer
-        unc_data = embed(result.uncertainty, plane)
         new_unc = None
         for i in range(n):
             name = f"{request.layer_name} hypothesis {i + 1:0{width}d}"
-            # a copy: brush edits on a hypothesis layer must not change state.hypotheses
-            data = embed(result.labels[i].copy(), plane)
+            data = to_layer(i)
             meta = dict(base, kind="hypothesis", index=i, z=[float(v) for v in result.z[i]])
+            if stack:
+                meta["z_per_slice"] = [None if zs is None else zs[i] for zs in result.z_per_slice]
             if i < len(reuse):
                 la = reuse[i]
                 la.metadata = meta
                 la.data = data
-                _update_layer(la, name, i == 0, request.placement)
+                _update_layer(la, name, i == 0, place)
             else:
                 la = Labels(data, name=name, visible=i == 0, opacity=0.6, metadata=meta,
                             colormap=_colormap(num_classes, HYPOTHESIS_COLOURS),
-                            **request.placement)
+                            **place)
                 new_layers.append(la)
             layers.append(la)
         if unc is not None and unc in viewer.layers and unc.data.ndim == unc_data.ndim:
             unc.data = unc_data
             unc.metadata = unc_meta
-            _update_layer(unc, unc_name, unc.visible, request.placement)
+            _update_layer(unc, unc_name, unc.visible, place)
         else:
             if unc is not None and unc in viewer.layers:
                 drop.append(unc)
             new_unc = Image(unc_data, name=unc_name, colormap="magma", blending="additive",
                             opacity=0.7, metadata=unc_meta,
                             contrast_limits=(0.0, max(1e-6, 1 - 1 / num_classes)),
-                            **request.placement)
+                            **place)
         self._pending.clear()
         if drop:
             with _no_activation(viewer.layers):
@@ -1789,6 +1943,8 @@ class ReviewWidget(QWidget):
             return
         running = self._sampling_worker is not None
         has_model = self.state.session is not None
+        image = self.image_layer()
+        self.slices_combo.setEnabled(image is not None and image.ndim >= 3)
         self.cancel_button.setEnabled(running)
         self.sample_button.setText("Sampling…" if running else "Sample")
         self.open_model_button.setEnabled(self._model_worker is None)

@@ -1,0 +1,130 @@
+"""The review widget's "All slices" option: every slice of a 3D stack in one run."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_probunet import _widget
+from napari_probunet._testing import two_mode_case
+from napari_probunet._widget import ReviewWidget
+from napari_probunet.modelfile import load_model
+from napari_probunet.session import Session
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path, monkeypatch):
+    from qtpy.QtCore import QSettings
+
+    path = str(tmp_path / "settings.ini")
+    monkeypatch.setattr("napari_probunet._widget._settings",
+                        lambda: QSettings(path, QSettings.Format.IniFormat))
+    monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path / "recovery"))
+
+
+@pytest.fixture
+def review(make_napari_viewer, qtbot, two_mode_model_file):
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer, load_default=False)
+    viewer.window.add_dock_widget(widget, name="Probabilistic U-Net")
+    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    widget.load_model_file(two_mode_model_file)
+    wait_idle(qtbot, widget)
+    assert widget.state.session is not None
+    yield viewer, widget
+    wait_idle(qtbot, widget)
+
+
+def wait_idle(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def make_stack():
+    image, _ = two_mode_case()
+    stack = np.stack([image, image * 0.8, np.zeros_like(image), image * 1.2]).astype(np.float32)
+    return stack  # slice 2 is blank
+
+
+def test_all_slices_samples_every_slice(review, qtbot, two_mode_model_file):
+    viewer, widget = review
+    stack = make_stack()
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    assert widget.slices_combo.isEnabled()
+    widget.set_all_slices(True)
+    widget.n_spin.setValue(16)
+    widget.seed_spin.setValue(7)
+    assert widget.sample()
+    wait_idle(qtbot, widget)
+    layers = [viewer.layers[f"stack hypothesis {i:02d}"] for i in range(1, 17)]
+    assert all(la.data.shape == (4, 32, 32) for la in layers)
+    unc = viewer.layers["stack uncertainty"]
+    assert unc.data.shape == (4, 32, 32)
+    assert widget.progress.value() == 4 and widget.progress.maximum() == 4
+
+    direct = Session(load_model(two_mode_model_file), "cpu")
+    for k in range(4):
+        if k == 2:  # the blank slice is left empty
+            assert all(not la.data[k].any() for la in layers)
+            assert layers[0].metadata["z_per_slice"][k] is None
+            continue
+        direct.set_image(stack[k])
+        hyp = direct.sample(16, 7)
+        for i, la in enumerate(layers):
+            np.testing.assert_array_equal(la.data[k], hyp.labels[i])
+            np.testing.assert_allclose(la.metadata["z_per_slice"][k], hyp.z[i], rtol=1e-5)
+    meta = layers[0].metadata
+    assert meta["seed"] == 7 and meta["slices"] == "all" and meta["slices_done"] == 4
+    # the state is the current slice's (cycling, best fit, export work on it)
+    st = widget.state
+    assert st.encoded.slice_index == (1,)
+    np.testing.assert_array_equal(st.hypotheses.labels, np.stack([la.data[1] for la in layers]))
+    assert st.session.image_signature == st.encoded.image_signature
+    widget.next_hypothesis()
+    assert layers[1].visible and not layers[0].visible
+
+
+def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
+    """Cancel stops between slices: the slices done (the current one first) are kept."""
+    viewer, widget = review
+    decoded, clicked = [], threading.Event()
+    original = _widget._decode_region
+
+    def held(*args, **kwargs):  # hold the worker after the first slice until Cancel is clicked
+        out = original(*args, **kwargs)
+        decoded.append(1)
+        if len(decoded) == 1:
+            clicked.wait(20)
+        return out
+
+    monkeypatch.setattr(_widget, "_decode_region", held)
+    viewer.add_image(make_stack(), name="stack")
+    viewer.dims.set_current_step(0, 0)
+    widget.set_all_slices(True)
+    widget.n_spin.setValue(4)
+    assert widget.sample()
+    qtbot.waitUntil(lambda: len(decoded) == 1, timeout=20_000)
+    qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)
+    clicked.set()
+    wait_idle(qtbot, widget)
+    layers = [viewer.layers[f"stack hypothesis {i:02d}"] for i in range(1, 5)]
+    assert all(la.data.shape == (4, 32, 32) for la in layers)
+    done = layers[0].metadata["slices_done"]
+    assert done == 1  # the current slice is always done first; Cancel stops after it
+    assert [z is not None for z in layers[0].metadata["z_per_slice"]] == [True, False, False, False]
+    np.testing.assert_array_equal(np.stack([la.data[0] for la in layers]),
+                                  widget.state.hypotheses.labels)
+    assert all(not la.data[done:].any() for la in layers)
+    assert widget.state.hypotheses is not None and widget.state.encoded.slice_index == (0,)
+
+
+def test_option_disabled_for_a_2d_image(review):
+    viewer, widget = review
+    viewer.add_image(two_mode_case()[0], name="flat")
+    widget.image_combo.setCurrentText("flat")
+    assert not widget.slices_combo.isEnabled()
+    widget.set_all_slices(True)
+    assert not widget.all_slices
