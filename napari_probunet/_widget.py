@@ -357,20 +357,10 @@ def _sampling_job(state: ReviewState, session, request: _Sampling):
             yield ("encoded", Encoded(
                 layer_name=request.layer_name, slice_index=request.plane.index,
                 roi=request.roi, image_signature=signature, image=region))
-        mu, sigma = session.prior()
-    n, seed = request.n, request.seed
-    eps = np.random.default_rng(seed).standard_normal((n, mu.shape[0])).astype(np.float32)
-    z = (mu + sigma * eps).astype(np.float32)
-    h, w = request.roi[2], request.roi[3]
-    labels = np.empty((n, h, w), np.uint8)
-    chunk = max(1, min(n, CHUNK_PIXELS // max(1, h * w)))
+        z = session.draw_latents(request.n, request.seed)
+    labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
     yield ("stage", "Sampling…")
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        with state.lock, _torch_threads(DECODE_THREADS):
-            if session.image_signature != signature:
-                raise UserError("the encoded image changed while sampling; click Sample again")
-            labels[start:stop] = session.decode(z[start:stop])
+    for stop in _decode_in_chunks(state, session, z, signature, labels):
         yield ("progress", stop)
     uncertainty = pixel_disagreement(labels, session.config.num_classes)
     return _Sampled(request, labels, z, uncertainty, signature, plane_signature)
@@ -385,19 +375,26 @@ def _decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed
         if not (session.has_image and session.image_signature == signature):
             with _torch_threads(ENCODE_THREADS):
                 session.set_image(region)
-        mu, sigma = session.prior()
-    eps = np.random.default_rng(seed).standard_normal((n, mu.shape[0])).astype(np.float32)
-    z = (mu + sigma * eps).astype(np.float32)
-    h, w = region.shape[:2]
-    labels = np.empty((n, h, w), np.uint8)
-    chunk = max(1, min(n, CHUNK_PIXELS // max(1, h * w)))
+        z = session.draw_latents(n, seed)
+    labels = np.empty((n, *region.shape[:2]), np.uint8)
+    for _ in _decode_in_chunks(state, session, z, signature, labels):
+        pass
+    return labels, z, signature
+
+
+def _decode_in_chunks(state: ReviewState, session, z: np.ndarray, signature: str,
+                      labels: np.ndarray):
+    """Decode ``z`` into ``labels`` a chunk at a time (yielding how many are done), checking
+    that the session still holds the image ``signature`` (another widget may re-encode)."""
+    n = len(z)
+    chunk = max(1, min(n, CHUNK_PIXELS // max(1, labels.shape[1] * labels.shape[2])))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         with state.lock, _torch_threads(DECODE_THREADS):
             if session.image_signature != signature:
                 raise UserError("the encoded image changed while sampling; click Sample again")
             labels[start:stop] = session.decode(z[start:stop])
-    return labels, z, signature
+        yield stop
 
 
 def _stack_job(state: ReviewState, session, request: _Sampling):

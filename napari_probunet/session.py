@@ -273,15 +273,23 @@ class Session:
         The normal draws come from NumPy's generator for ``seed``, so the first k of
         ``sample(n, seed)`` equal ``sample(k, seed)`` on any device.
         """
+        z = torch.from_numpy(self.draw_latents(n, seed)).to(self.device)
+        labels, probs = self._decode_batch(z, return_probs)
+        lab, pr = self._to_maps(labels, probs)
+        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr)
+
+    def draw_latents(self, n: int, seed: int = 0) -> np.ndarray:
+        """The ``(n, d)`` float32 latents ``sample(n, seed)`` decodes: ``mu + sigma * eps``.
+
+        Callers that decode in pieces (with progress, or cancellable) use this so their
+        hypotheses equal :meth:`sample`'s for the same seed.
+        """
         self._require_image()
         if int(n) < 1:
             raise InputError(f"the number of samples must be at least 1, got {n}")
         eps = np.random.default_rng(seed).standard_normal((int(n), self.config.latent_dim))
-        eps_t = torch.from_numpy(eps.astype(np.float32)).to(self.device)
-        z = self._prior_mu + self._prior_sigma * eps_t
-        labels, probs = self._decode_batch(z, return_probs)
-        lab, pr = self._to_maps(labels, probs)
-        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr)
+        mu, sigma = self.prior()
+        return (mu + sigma * eps.astype(np.float32)).astype(np.float32)
 
     @torch.inference_mode()
     def decode(self, z: np.ndarray, return_probs: bool = False):
