@@ -98,17 +98,19 @@ class GECO:
     def lagrange_multiplier(self) -> float:
         return math.exp(self.log_lambda)
 
-    def loss(self, out: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, out: dict[str, torch.Tensor], y: torch.Tensor,
+             anchor: float = 0.0) -> dict[str, torch.Tensor]:
         """Like :func:`elbo_loss`, but weighted by the multiplier, which is then updated.
 
-        The returned ``loss`` is divided by the number of pixels times lambda's scale so that its
-        gradient magnitude is comparable to the ELBO's; only its gradient matters.
+        The returned ``loss`` is ``KL + anchor * prior_anchor + lambda * (CE - target * pixels)``
+        per image (batch mean): with lambda = 1 its gradient is the ELBO's, so lambda is the
+        inverse of an effective beta. Only its gradient matters.
         """
-        terms = elbo_loss(out, y, beta=1.0)
+        terms = elbo_loss(out, y, beta=1.0, anchor=anchor)
         constraint = terms["ce_per_pixel"] - self.target
         lam = self.lagrange_multiplier
         n_pixels = y[0].numel()
-        terms["loss"] = terms["kl"] + lam * n_pixels * constraint
+        terms["loss"] = terms["kl"] + anchor * terms["anchor"] + lam * n_pixels * constraint
         c = float(constraint.detach())
         self.constraint_ema = c if self.constraint_ema is None else self.ema * self.constraint_ema + (1 - self.ema) * c
         self.log_lambda = min(max(self.log_lambda + self.rate * self.constraint_ema / max(self.target, 1e-8),

@@ -48,6 +48,14 @@ class TrainConfig:
     grad_clip: float = 100.0  # max gradient norm (guards against exploding KL)
     loss: str = "elbo"  # "elbo" (fixed beta, see model config) or "geco"
     geco_target: float = 0.05  # GECO: target mean per-pixel cross-entropy (nats)
+    # GECO: lambda's floor. 1 keeps the effective beta (1 / lambda) at most 1: GECO then works as
+    # an adaptive KL warm-up that hands over to the plain ELBO once the target is met.
+    geco_min_lambda: float = 1e-3
+    # KL warm-up: the weight of KL(q || p) rises linearly from beta_start x beta to the model's
+    # beta over the first beta_warmup_steps (0 = off, the original's setting). Lets the posterior
+    # learn to encode every ambiguity before the KL term squeezes the unused ones shut.
+    beta_warmup_steps: int = 0
+    beta_start: float = 0.0
     amp: str = "auto"  # "auto" (bf16 on CPU/CUDA), "bf16", "fp16" (CUDA), "none"
     channels_last: bool = True
     augment: bool = True
@@ -97,6 +105,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         if step >= m * cfg.steps:
             factor *= cfg.lr_gamma
     return cfg.lr * factor
+
+
+def beta_at(step: int, cfg: TrainConfig, beta: float) -> float:
+    """The KL weight at ``step``: ``beta`` after the warm-up, a linear ramp from
+    ``cfg.beta_start * beta`` during it."""
+    if step >= cfg.beta_warmup_steps:
+        return beta
+    frac = step / cfg.beta_warmup_steps
+    return beta * (cfg.beta_start + (1.0 - cfg.beta_start) * frac)
 
 
 class BatchSampler:
@@ -240,9 +257,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    geco = GECO(target=cfg.geco_target) if cfg.loss == "geco" else None
+    geco = GECO(target=cfg.geco_target, min_lambda=cfg.geco_min_lambda) if cfg.loss == "geco" else None
     if cfg.loss not in ("elbo", "geco"):
         raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
+    if cfg.beta_warmup_steps < 0 or not 0.0 <= cfg.beta_start <= 1.0:
+        raise UserError(f"beta_warmup_steps must be >= 0 and beta_start in [0, 1] "
+                        f"(got {cfg.beta_warmup_steps} and {cfg.beta_start})")
 
     cases = open_cases(cfg.data)
     val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
@@ -312,7 +332,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
             x = x.contiguous(memory_format=torch.channels_last)
         with amp_ctx:
             outputs = train_model(x, y)
-        terms = geco.loss(outputs, y) if geco else elbo_loss(outputs, y, beta=model_cfg.beta, anchor=model_cfg.prior_anchor)
+        beta = beta_at(step, cfg, model_cfg.beta)
+        terms = geco.loss(outputs, y, anchor=model_cfg.prior_anchor) if geco else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor)
         loss = terms["loss"]
         finite = torch.isfinite(loss).float()
         if distributed:  # every rank must agree to skip
@@ -343,6 +364,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
                    **{k: acc[k] / max(acc["n"], 1) for k in ("loss", "ce", "kl")}}
             if geco:
                 row["lambda"] = geco.lagrange_multiplier
+            elif cfg.beta_warmup_steps:
+                row["beta"] = beta
             acc = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
             if do_val and is_main:
                 row.update(validate(model, val_cases, cfg.val_samples, cfg.seed, str(device)))

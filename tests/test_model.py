@@ -117,6 +117,22 @@ def test_geco_multiplier_follows_the_constraint():
     assert restored.lagrange_multiplier == geco.lagrange_multiplier
 
 
+def test_geco_as_adaptive_warmup_keeps_the_elbo_and_the_anchor():
+    zeros = torch.zeros(1, 2)
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    good = {"logits": torch.stack([torch.full((8, 8), 10.0), torch.zeros(8, 8)])[None],
+            "prior_mu": torch.full((1, 2), 3.0), "prior_logsigma": zeros,
+            "posterior_mu": zeros, "posterior_logsigma": zeros}
+    geco = GECO(target=0.1, rate=0.05, ema=0.9, min_lambda=1.0)
+    for _ in range(200):
+        terms = geco.loss(good, y, anchor=0.5)
+    assert geco.lagrange_multiplier == pytest.approx(1.0)  # floor: effective beta never above 1
+    # with lambda at 1 the loss differs from the anchored ELBO only by the constant target term
+    elbo = elbo_loss(good, y, beta=1.0, anchor=0.5)
+    assert float(terms["anchor"]) == pytest.approx(9.0)  # KL(N(3, 1) || N(0, 1)) over 2 dims
+    assert float(terms["loss"]) == pytest.approx(float(elbo["loss"]) - 0.1 * 64, rel=1e-5)
+
+
 def test_preprocessing_fixed_and_percentile():
     img = np.array([[0, 128], [255, 64]], np.uint8)
     fixed = Preprocessing().apply(img)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ import torch
 from napari_probunet import cli
 from napari_probunet.errors import UserError
 from napari_probunet.modelfile import load_model
-from napari_probunet.train import TrainConfig, load_recipe, lr_at, train
+from napari_probunet.train import TrainConfig, beta_at, load_recipe, lr_at, train
 
 RECIPE = """
 [model]
@@ -88,6 +89,28 @@ def test_learning_rate_schedule():
     assert lr_at(20, cfg) == 1.0
     assert lr_at(60, cfg) == pytest.approx(0.1)
     assert lr_at(90, cfg) == pytest.approx(0.01)
+
+
+def test_kl_warmup_schedule():
+    cfg = TrainConfig(beta_warmup_steps=100, beta_start=0.2)
+    assert beta_at(0, cfg, 1.0) == pytest.approx(0.2)
+    assert beta_at(50, cfg, 1.0) == pytest.approx(0.6)
+    assert beta_at(50, cfg, 2.0) == pytest.approx(1.2)
+    assert beta_at(100, cfg, 1.0) == 1.0 and beta_at(5000, cfg, 1.0) == 1.0
+    assert beta_at(0, TrainConfig(), 1.0) == 1.0  # off by default: the original's fixed beta
+
+
+def test_kl_warmup_is_logged_and_checked(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    cfg.beta_warmup_steps, cfg.beta_start = 4, 0.0
+    train(model_cfg, cfg, tmp_path / "warm", progress=False)
+    with open(tmp_path / "warm" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    betas = [float(r["beta"]) for r in rows]
+    assert betas == sorted(betas) and betas[0] < 1.0 and betas[-1] == 1.0
+    cfg.beta_start = 1.5
+    with pytest.raises(UserError, match="beta_start"):
+        train(model_cfg, cfg, tmp_path / "bad", progress=False)
 
 
 def test_bad_recipes_are_explained(tmp_path):
