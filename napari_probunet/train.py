@@ -56,6 +56,11 @@ class TrainConfig:
     # learn to encode every ambiguity before the KL term squeezes the unused ones shut.
     beta_warmup_steps: int = 0
     beta_start: float = 0.0
+    # std of the initial weights that map the posterior net's pooled features to its mean
+    # (0 = the model's own small init, 1e-3, so that q starts as a near-standard normal).
+    # Larger values start q informative about every part of the mask, so the decoder can begin
+    # to use each ambiguity at once instead of discovering them one after another.
+    posterior_init_std: float = 0.0
     amp: str = "auto"  # "auto" (bf16 on CPU/CUDA), "bf16", "fp16" (CUDA), "none"
     channels_last: bool = True
     augment: bool = True
@@ -254,6 +259,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = ProbUNet(model_cfg).to(device)
+    if cfg.posterior_init_std > 0:  # before any resume, which overwrites it
+        with torch.no_grad():
+            mu_rows = model.posterior.to_params.weight[: model_cfg.latent_dim]
+            mu_rows.normal_(0.0, cfg.posterior_init_std)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -113,6 +113,22 @@ def test_kl_warmup_is_logged_and_checked(recipe, tmp_path):
         train(model_cfg, cfg, tmp_path / "bad", progress=False)
 
 
+def test_posterior_init_std_starts_q_informative(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    cfg.steps, cfg.lr = 1, 1e-12  # one negligible step: the weights stay as initialised
+    means = []
+    for std in (0.0, 0.5):
+        cfg.posterior_init_std = std
+        train(model_cfg, cfg, tmp_path / f"init{std}", progress=False)
+        model = load_model(tmp_path / f"init{std}" / "last.safetensors")
+        x = torch.rand(4, 1, 32, 32)
+        y = torch.randint(0, 2, (4, 32, 32))
+        with torch.no_grad():
+            mu, _ = model.posterior_params(x, y)
+        means.append(float(mu.abs().mean()))
+    assert means[0] < 1e-2 < means[1]  # default: q starts near N(0, I); larger init: informative
+
+
 def test_bad_recipes_are_explained(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nstesp = 3\n")
