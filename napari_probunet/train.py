@@ -51,11 +51,13 @@ class TrainConfig:
     # GECO: lambda's floor. 1 keeps the effective beta (1 / lambda) at most 1: GECO then works as
     # an adaptive KL warm-up that hands over to the plain ELBO once the target is met.
     geco_min_lambda: float = 1e-3
-    # KL warm-up: the weight of KL(q || p) rises linearly from beta_start x beta to the model's
-    # beta over the first beta_warmup_steps (0 = off, the original's setting). Lets the posterior
-    # learn to encode every ambiguity before the KL term squeezes the unused ones shut.
+    # KL warm-up: the weight of KL(q || p) stays at beta_start x beta for beta_hold_steps, then
+    # rises linearly to the model's beta over beta_warmup_steps (0 = off, the original's
+    # setting). Lets the posterior learn to encode every ambiguity before the KL term squeezes
+    # the ones the decoder does not use yet shut.
     beta_warmup_steps: int = 0
     beta_start: float = 0.0
+    beta_hold_steps: int = 0
     # std of the initial weights that map the posterior net's pooled features to its mean
     # (0 = the model's own small init, 1e-3, so that q starts as a near-standard normal).
     # Larger values start q informative about every part of the mask, so the decoder can begin
@@ -113,11 +115,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def beta_at(step: int, cfg: TrainConfig, beta: float) -> float:
-    """The KL weight at ``step``: ``beta`` after the warm-up, a linear ramp from
-    ``cfg.beta_start * beta`` during it."""
-    if step >= cfg.beta_warmup_steps:
+    """The KL weight at ``step``: ``cfg.beta_start * beta`` for ``cfg.beta_hold_steps``, then a
+    linear ramp to ``beta`` over ``cfg.beta_warmup_steps``, then ``beta``."""
+    if cfg.beta_hold_steps + cfg.beta_warmup_steps == 0:
         return beta
-    frac = step / cfg.beta_warmup_steps
+    ramp = step - cfg.beta_hold_steps
+    if ramp >= cfg.beta_warmup_steps:
+        return beta
+    frac = max(ramp, 0) / cfg.beta_warmup_steps if cfg.beta_warmup_steps else 0.0
     return beta * (cfg.beta_start + (1.0 - cfg.beta_start) * frac)
 
 
@@ -269,9 +274,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     geco = GECO(target=cfg.geco_target, min_lambda=cfg.geco_min_lambda) if cfg.loss == "geco" else None
     if cfg.loss not in ("elbo", "geco"):
         raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
-    if cfg.beta_warmup_steps < 0 or not 0.0 <= cfg.beta_start <= 1.0:
-        raise UserError(f"beta_warmup_steps must be >= 0 and beta_start in [0, 1] "
-                        f"(got {cfg.beta_warmup_steps} and {cfg.beta_start})")
+    if min(cfg.beta_warmup_steps, cfg.beta_hold_steps) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
+        raise UserError(f"beta_warmup_steps and beta_hold_steps must be >= 0 and beta_start in "
+                        f"[0, 1] (got {cfg.beta_warmup_steps}, {cfg.beta_hold_steps} and "
+                        f"{cfg.beta_start})")
 
     cases = open_cases(cfg.data)
     val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
@@ -373,7 +379,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
                    **{k: acc[k] / max(acc["n"], 1) for k in ("loss", "ce", "kl")}}
             if geco:
                 row["lambda"] = geco.lagrange_multiplier
-            elif cfg.beta_warmup_steps:
+            elif cfg.beta_warmup_steps or cfg.beta_hold_steps:
                 row["beta"] = beta
             acc = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
             if do_val and is_main:

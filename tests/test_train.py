@@ -98,6 +98,10 @@ def test_kl_warmup_schedule():
     assert beta_at(50, cfg, 2.0) == pytest.approx(1.2)
     assert beta_at(100, cfg, 1.0) == 1.0 and beta_at(5000, cfg, 1.0) == 1.0
     assert beta_at(0, TrainConfig(), 1.0) == 1.0  # off by default: the original's fixed beta
+    held = TrainConfig(beta_hold_steps=10, beta_warmup_steps=10, beta_start=0.0)
+    assert [beta_at(s, held, 1.0) for s in (0, 9, 10, 15, 20)] == [0.0, 0.0, 0.0, 0.5, 1.0]
+    assert beta_at(3, TrainConfig(beta_hold_steps=5, beta_start=0.1), 1.0) == pytest.approx(0.1)
+    assert beta_at(5, TrainConfig(beta_hold_steps=5, beta_start=0.1), 1.0) == 1.0
 
 
 def test_kl_warmup_is_logged_and_checked(recipe, tmp_path):
