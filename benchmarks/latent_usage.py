@@ -42,15 +42,13 @@ def latent_usage(model, cases) -> dict[str, np.ndarray]:
             q_mu, _ = model.posterior_params(x.expand(len(y), -1, -1, -1), y)
             for name, z in (("posterior", q_mu), ("prior", enc.prior_mu.expand(len(y), -1))):
                 pred = model.fcomb(feats, z).argmax(1)
-                for c in range(k):
-                    sel = y == c
-                    hits[name][c] += float((pred[sel] == c).sum())
+                hits[name] += np.bincount(y[pred == y].numpy(), minlength=k)[:k]
         total += np.bincount(masks.ravel(), minlength=k)[:k]
+    flips = getattr(cases[0].truth, "flip_classes", None) or []
     out = {}
     with np.errstate(invalid="ignore"):
         for name, h in hits.items():
             out[name] = h / total
-            flips = getattr(cases[0].truth, "flip_classes", None) or []
             # per flipping object, both labels together: 1 = the flip is encoded
             out[f"{name}_objects"] = np.array([(h[a] + h[b]) / (total[a] + total[b])
                                                for a, b in flips])
@@ -64,12 +62,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)
-    usage = latent_usage(model, open_cases(args.data))
+    cases = open_cases(args.data)
+    usage = latent_usage(model, cases)
     names = model.config.class_names
     print(f"{'class':<16}{'from posterior':>16}{'from prior mean':>17}")
     for c, name in enumerate(names):
         print(f"{name:<16}{usage['posterior'][c]:>16.3f}{usage['prior'][c]:>17.3f}")
-    flips = getattr(open_cases(args.data)[0].truth, "flip_classes", None) or []
+    flips = getattr(cases[0].truth, "flip_classes", None) or []
     if flips:
         print("\nflipping objects, both labels (1 = the latent encodes the flip):")
         for (a, _), post, prior in zip(flips, usage["posterior_objects"], usage["prior_objects"]):

@@ -117,12 +117,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def beta_at(step: int, cfg: TrainConfig, beta: float) -> float:
     """The KL weight at ``step``: ``cfg.beta_start * beta`` for ``cfg.beta_hold_steps``, then a
     linear ramp to ``beta`` over ``cfg.beta_warmup_steps``, then ``beta``."""
-    if cfg.beta_hold_steps + cfg.beta_warmup_steps == 0:
-        return beta
     ramp = step - cfg.beta_hold_steps
     if ramp >= cfg.beta_warmup_steps:
         return beta
-    frac = max(ramp, 0) / cfg.beta_warmup_steps if cfg.beta_warmup_steps else 0.0
+    frac = ramp / cfg.beta_warmup_steps if ramp > 0 else 0.0
     return beta * (cfg.beta_start + (1.0 - cfg.beta_start) * frac)
 
 
