@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import zipfile
@@ -345,25 +344,17 @@ def test_threads_follow_the_idle_cores(monkeypatch):
             batch._threads_arg(bad)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_splits_the_cases_between_two_processes(study, model_file, tmp_path, capsys):
     (study / "broken.png").write_bytes(b"not a png")
     spec = "synthetic:lesions?n=5&seed=2&size=32"
     out, single = tmp_path / "out", tmp_path / "single"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    for _attempt in range(3):  # another program may grab the free port before torchrun does
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               f"--master_port={_free_port()}", "-m", "napari_probunet.cli", "sample",
-               str(study), spec, "--model", str(model_file), "--out", str(out), "-n", "3"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        log = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        if "address already in use" not in log.lower():
-            break
+    # --standalone: the launcher binds its rendezvous store to a free port itself and keeps it
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_probunet.cli", "sample",
+           str(study), spec, "--model", str(model_file), "--out", str(out), "-n", "3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    log = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode != 0, log  # one case failed
     assert proc.stdout.count("probunet sample: 12 done, 0 skipped, 1 failed of 13") == 1, log
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,16 +154,12 @@ def test_cli_flags_override_the_recipe(recipe, tmp_path, capsys):
     assert summary["steps"] == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_end_with_identical_weights(recipe, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "napari_probunet.cli",
+    # --standalone: the launcher binds its rendezvous store to a free port itself and keeps it
+    # (picking a free port here and handing it over would race with other programs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_probunet.cli",
            "train", "--config", str(recipe), "--out", str(tmp_path / "ddp"), "--steps", "4",
            "--device", "cpu", "--quiet"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
