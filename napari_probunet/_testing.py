@@ -68,3 +68,8 @@ def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: fl
         torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
         opt.step()
     return model.eval()
+
+
+def wait_idle(qtbot, widget, timeout: int = 60_000) -> None:
+    """Wait (processing Qt events) until the review widget's background job is done."""
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)

@@ -43,3 +43,41 @@ def tiny():
     from napari_probunet._testing import tiny_model
 
     return tiny_model(seed=0)
+
+
+# ----------------------------------------------------------------------------- GUI
+
+
+@pytest.fixture
+def isolated_settings(tmp_path, monkeypatch):
+    """Remembered settings and autosaves go to the test's folder, not the user's.
+
+    GUI test modules opt in with ``pytestmark = pytest.mark.usefixtures("isolated_settings")``.
+    """
+    from qtpy.QtCore import QSettings
+
+    from napari_probunet import _widget
+
+    ini = str(tmp_path / "settings.ini")
+    monkeypatch.setattr(_widget, "_settings", lambda: QSettings(ini, QSettings.Format.IniFormat))
+    monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path / "recovery"))
+
+
+@pytest.fixture
+def review(make_napari_viewer, qtbot, two_mode_model_file, isolated_settings):
+    """``(viewer, widget)``: the review widget docked, the tiny model opened through the widget.
+
+    Any question the widget asks fails the test unless the test answers it itself.
+    """
+    from napari_probunet._testing import wait_idle
+    from napari_probunet._widget import ReviewWidget
+
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer, load_default=False)
+    viewer.window.add_dock_widget(widget, name="Probabilistic U-Net")
+    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    widget.load_model_file(two_mode_model_file)
+    wait_idle(qtbot, widget)
+    assert widget.state.session is not None
+    yield viewer, widget
+    wait_idle(qtbot, widget)

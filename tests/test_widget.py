@@ -19,13 +19,13 @@ import pytest
 import tifffile
 from app_model.types import KeyBinding
 from napari.utils.notifications import NotificationSeverity, notification_manager
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import Qt
 
 import napari_probunet
 from napari_probunet import _widget, export
 from napari_probunet._sample_data import LARGE_OFFSET, sample_lesion, sample_lesion_large
 from napari_probunet._state import Choice
-from napari_probunet._testing import two_mode_case
+from napari_probunet._testing import two_mode_case, wait_idle
 from napari_probunet._widget import ReviewWidget
 from napari_probunet.modelfile import file_sha256
 from napari_probunet.session import image_signature, pixel_disagreement
@@ -33,12 +33,7 @@ from napari_probunet.session import image_signature, pixel_disagreement
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path, monkeypatch):
-    """Remembered settings and autosaves go to the test's folder, not the user's."""
-    ini = str(tmp_path / "settings.ini")
-    monkeypatch.setattr(_widget, "_settings", lambda: QSettings(ini, QSettings.Format.IniFormat))
-    monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path / "recovery"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 
 
 @pytest.fixture
@@ -53,25 +48,14 @@ def said(notes, text: str, severity=None) -> bool:
 
 
 @pytest.fixture
-def review(make_napari_viewer, qtbot, two_mode_model_file):
-    """A viewer with the review widget docked and the tiny model opened through the widget."""
-    viewer = make_napari_viewer()
-    widget = ReviewWidget(viewer, load_default=False)
-    viewer.window.add_dock_widget(widget, name="Probabilistic U-Net")
-    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
-    widget.load_model_file(two_mode_model_file)
-    wait_idle(qtbot, widget)
-    assert widget.state.session is not None
+def review(review):
+    """conftest's docked widget with the tiny model; draws 4 hypotheses instead of 16."""
+    viewer, widget = review
     assert widget.n_spin.value() == 16 and widget.seed_spin.value() == 0  # the defaults
     # napari builds controls and overlays for each Labels layer (~0.1-0.3 s here): tests that
     # are not about the count draw 4 hypotheses; the workflow test draws the default 16
     widget.n_spin.setValue(4)
-    yield viewer, widget
-    wait_idle(qtbot, widget)
-
-
-def wait_idle(qtbot, widget, timeout=30_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+    return viewer, widget
 
 
 def press(viewer, key: str) -> None:

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 from napari.utils.notifications import notification_manager
-from qtpy.QtCore import QSettings
 
-from napari_probunet import _widget
 from napari_probunet._testing import tiny_model
 from napari_probunet._widget import ReviewWidget
 from napari_probunet.bundle import read_bundle
@@ -22,11 +20,7 @@ from napari_probunet.modelfile import file_sha256, save_model
 NAME = "lesions-s0-00000"
 
 
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path, monkeypatch):
-    ini = str(tmp_path / "settings.ini")
-    monkeypatch.setattr(_widget, "_settings", lambda: QSettings(ini, QSettings.Format.IniFormat))
-    monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path / "recovery"))
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 
 
 @pytest.fixture(scope="module")

@@ -9,37 +9,11 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_probunet import _widget
-from napari_probunet._testing import two_mode_case
-from napari_probunet._widget import ReviewWidget
+from napari_probunet._testing import two_mode_case, wait_idle
 from napari_probunet.modelfile import load_model
 from napari_probunet.session import Session
 
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path, monkeypatch):
-    from qtpy.QtCore import QSettings
-
-    path = str(tmp_path / "settings.ini")
-    monkeypatch.setattr("napari_probunet._widget._settings",
-                        lambda: QSettings(path, QSettings.Format.IniFormat))
-    monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path / "recovery"))
-
-
-@pytest.fixture
-def review(make_napari_viewer, qtbot, two_mode_model_file):
-    viewer = make_napari_viewer()
-    widget = ReviewWidget(viewer, load_default=False)
-    viewer.window.add_dock_widget(widget, name="Probabilistic U-Net")
-    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
-    widget.load_model_file(two_mode_model_file)
-    wait_idle(qtbot, widget)
-    assert widget.state.session is not None
-    yield viewer, widget
-    wait_idle(qtbot, widget)
-
-
-def wait_idle(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 
 
 def make_stack():
