@@ -59,7 +59,15 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     except Exception as exc:
         raise ModelFileError(f"cannot read training checkpoint {path}: {exc}") from exc
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(model_sd)
+    try:
+        model.load_state_dict(model_sd)
+    except RuntimeError as exc:  # missing keys or shape mismatches: another architecture
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+        raise ModelFileError(
+            f"{path} holds a model of another architecture than the one configured now "
+            f"({detail[:200]}); train into another folder, or start over with --no-resume"
+        ) from exc
     if optimizer is not None:
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():

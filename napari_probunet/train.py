@@ -225,6 +225,21 @@ def _save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def changed_settings(config_json: Path, now: dict) -> list[str]:
+    """The training settings that differ from those a run folder's ``config.json`` recorded.
+
+    A resumed run follows the settings it is given (the schedules are functions of the step), so
+    changing e.g. ``beta_hold_steps`` between legs is allowed; this says so ("key: old -> new").
+    """
+    try:
+        before = json.loads(Path(config_json).read_text())["train_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    now = json.loads(json.dumps(now))  # tuples -> lists, as recorded
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in sorted(now)
+            if k in before and before[k] != now[k]]
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = True,
           progress: bool = True, export_to: str | None = None, recipe_name: str | None = None,
           stop_at: int | None = None, time_limit_s: float | None = None) -> dict[str, Any]:
@@ -276,6 +291,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
         raise UserError(f"beta_warmup_steps and beta_hold_steps must be >= 0 and beta_start in "
                         f"[0, 1] (got {cfg.beta_warmup_steps}, {cfg.beta_hold_steps} and "
                         f"{cfg.beta_start})")
+    for name in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every"):
+        value = getattr(cfg, name)
+        if value < 1:
+            hint = ("; to skip validation leave val_data empty, to validate only at the end "
+                    "set val_every to steps") if name == "val_every" else ""
+            raise UserError(f"{name} must be at least 1 (got {value}){hint}")
 
     cases = open_cases(cfg.data)
     val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
@@ -294,6 +315,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
             geco.load_state_dict(state["geco"])
         if is_main:
             print(f"resuming from step {step} ({ckpt})", file=sys.stderr)
+            for change in changed_settings(out / "config.json", asdict(cfg)):
+                print(f"  changed since the last leg: {change}", file=sys.stderr)
     train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     amp_ctx, amp_used = _amp_context(cfg.amp, device.type)
     meta = {"recipe": recipe_name, "train_config": asdict(cfg), "amp": amp_used, "world_size": world}

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,40 @@ def test_resume_is_exact(recipe, tmp_path):
     b = _weights(tmp_path / "resumed" / "last.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_resume_with_changed_settings_says_what_changed(recipe, tmp_path, capsys):
+    model_cfg, cfg = load_recipe(recipe)
+    train(model_cfg, cfg, tmp_path / "run", progress=False, stop_at=2)
+    capsys.readouterr()
+    longer = replace(cfg, steps=8, beta_hold_steps=5)
+    summary = train(model_cfg, longer, tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert summary["steps"] == 8
+    assert "resuming from step 2" in err
+    assert f"beta_hold_steps: {cfg.beta_hold_steps!r} -> 5" in err
+    assert f"steps: {cfg.steps!r} -> 8" in err
+    assert "lr:" not in err  # unchanged settings are not listed
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train_config"]
+    assert recorded["beta_hold_steps"] == 5  # the new leg's settings are the recorded ones
+
+
+@pytest.mark.parametrize("name", ["steps", "batch_size", "log_every", "val_every", "checkpoint_every"])
+def test_counts_below_one_are_refused_with_the_setting_named(recipe, tmp_path, name):
+    model_cfg, cfg = load_recipe(recipe)
+    with pytest.raises(UserError, match=f"{name} must be at least 1 \\(got 0\\)"):
+        train(model_cfg, replace(cfg, **{name: 0}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_resuming_with_another_architecture_is_refused_with_a_way_out(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    train(model_cfg, replace(cfg, steps=2), tmp_path / "run", progress=False)
+    wider = replace(model_cfg, channels=tuple(2 * c for c in model_cfg.channels))
+    with pytest.raises(UserError, match="another architecture.*size mismatch.*--no-resume"):
+        train(wider, replace(cfg, steps=3), tmp_path / "run", progress=False)
+    summary = train(wider, replace(cfg, steps=3), tmp_path / "run", progress=False, resume=False)
+    assert summary["steps"] == 3
 
 
 def test_learning_rate_schedule():
