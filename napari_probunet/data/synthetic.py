@@ -199,7 +199,7 @@ def parse_synthetic_spec(spec: str) -> dict:
         hint = difflib.get_close_matches(kind, KINDS, n=1)
         raise DataError(
             f"unknown synthetic kind {kind!r} in {spec!r}"
-            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + (f"; did you mean {hint[0]!r}?" if hint else ".")
             + f" Known kinds: {', '.join(KINDS)}."
         )
     out: dict = {"kind": kind, "n": 100, "seed": 0, "size": 64, "graders": 4}
@@ -216,7 +216,7 @@ def parse_synthetic_spec(spec: str) -> dict:
             hint = difflib.get_close_matches(key, _SPEC_KEYS, n=1)
             raise DataError(
                 f"unknown option {key!r} in {spec!r}"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + (f"; did you mean {hint[0]!r}?" if hint else ".")
                 + f" Known options: {', '.join(_SPEC_KEYS)}."
             )
         try:
