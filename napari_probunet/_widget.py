@@ -20,6 +20,9 @@ the ROI) with the ROI in the JSON record; see :mod:`napari_probunet.export`.
 Layers: ``<image> hypothesis 01`` ... (only one shown at a time; ``.``/``,`` cycle),
 ``<image> uncertainty`` (per-pixel disagreement of the samples), ``<image> correction`` (the
 editable best fit) and ``ROI`` (the region shown as a rectangle).
+
+The plane and ROI geometry is in :mod:`napari_probunet._roi`, the background sampling jobs in
+:mod:`napari_probunet._jobs`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,25 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet import export
-from napari_probunet._state import Choice, Encoded, ReviewState, get_state
-from napari_probunet.errors import InputError, UserError
+from napari_probunet._jobs import (
+    _model_job,
+    _Sampled,
+    _Sampling,
+    _sampling_job,
+    _stack_job,
+)
+from napari_probunet._roi import (
+    Plane,
+    as_2d,
+    bounding_roi,
+    centred_roi,
+    current_plane,
+    current_plane_shape,
+    embed,
+    placement,
+)
+from napari_probunet._state import Choice, Encoded, get_state
+from napari_probunet.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +94,6 @@ WHOLE_IMAGE_LIMIT = 1024 * 1024
 FALLBACK_ROI = 128
 #: autosave the correction this long after the last edit
 AUTOSAVE_MS = 2000
-#: pixel-samples decoded per worker step (progress and Cancel granularity)
-CHUNK_PIXELS = 1 << 18
-#: torch threads of the sampling worker: half the cores (at most 4) to encode, one to decode.
-#: Decoding is small matrix products that do not gain from threads; and torch's threads spin
-#: when cores are busy: on the 2-core test machine under load, 2 threads made encoding a
-#: 256x256 image 4-6x slower than 1 (1.5-2.0 s vs 0.3-0.4 s) and 16 decodes 3-10x slower.
-#: Leaving a core free also keeps napari's own work (adding the layers) fast.
-ENCODE_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
-DECODE_THREADS = 1
 ROI_MODES = ("whole", "rectangle", "click")
 ROI_LABELS = ("Whole image", "Rectangle (Shapes layer)", "Click on the lesion")
 #: the "Slices" choice for a 3D/4D stack
@@ -102,115 +112,6 @@ EXPORT_FILTERS = {
 def _settings() -> QSettings:
     """Where the widget remembers the device and folders (replaced in tests)."""
     return QSettings("napari-probunet", "review")
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class Plane:
-    """The 2D plane of an image layer under review.
-
-    ``index`` holds the data indices of the leading (non-spatial) axes of a stack (``()`` for a
-    2D image), ``shape`` the plane's rows and columns.
-    """
-
-    layer: Any
-    index: tuple[int, ...]
-    shape: tuple[int, int]
-
-    def _array(self):
-        data = self.layer.data
-        return data[0] if self.layer.multiscale else data
-
-    def read(self, roi=None) -> np.ndarray:
-        """The plane's pixels (``(H, W)`` or ``(H, W, C)``), or those of ``roi`` only."""
-        key = self.index
-        if roi is not None:
-            r0, c0, h, w = roi
-            key = key + (slice(r0, r0 + h), slice(c0, c0 + w))
-        return np.asarray(self._array()[key])
-
-
-def current_plane(layer, viewer) -> Plane:
-    """The plane of ``layer`` shown in ``viewer`` now (the current slice of a 3D/4D stack)."""
-    nd = layer.ndim  # spatial axes (an RGB layer's colour axis is not one)
-    if nd < 2:
-        raise InputError(f"'{layer.name}' is not an image with rows and columns (it has {nd} axis)")
-    if nd > 2 and viewer.dims.ndisplay == 3:
-        raise InputError(
-            f"'{layer.name}' is shown in 3D. The review works on one 2D slice: switch the viewer "
-            "to 2D (the 2D/3D button or Ctrl+Y) and choose the slice with the slider"
-        )
-    world_nd = viewer.dims.ndim
-    if set(viewer.dims.displayed) != {world_nd - 2, world_nd - 1}:
-        raise InputError(
-            "the viewer shows the image's axes rolled or transposed; the review needs the last "
-            "two axes (rows and columns) on screen: use the 'roll' button back to the start"
-        )
-    shape = tuple(int(s) for s in layer.level_shapes[0][:nd]) if layer.multiscale else tuple(
-        int(s) for s in layer.data.shape[:nd])
-    index: tuple[int, ...] = ()
-    if nd > 2:
-        pos = np.asarray(layer.world_to_data(viewer.dims.point))[: nd - 2]
-        index = tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pos, shape[:-2]))
-    return Plane(layer=layer, index=index, shape=(shape[-2], shape[-1]))
-
-
-def centred_roi(row: float, col: float, size: int, shape: tuple[int, int]):
-    """A ``size`` x ``size`` ROI ``(row, col, height, width)`` centred on a point, inside ``shape``."""
-    rois = []
-    for centre, extent in ((row, shape[0]), (col, shape[1])):
-        side = min(int(size), int(extent))
-        start = int(round(centre - side / 2))
-        rois.append((int(np.clip(start, 0, extent - side)), side))
-    (r0, h), (c0, w) = rois
-    return (r0, c0, h, w)
-
-
-def bounding_roi(points: np.ndarray, shape: tuple[int, int]):
-    """The ROI of the pixels inside a polygon's bounding box (points in plane data coordinates)."""
-    pts = np.asarray(points, float)[:, -2:]
-    lo = np.floor(pts.min(axis=0) + 0.5).astype(int)  # pixel i covers [i - 0.5, i + 0.5)
-    hi = np.ceil(pts.max(axis=0) - 0.5).astype(int)
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, np.array(shape) - 1)
-    if np.any(hi < lo):
-        return None
-    return (int(lo[0]), int(lo[1]), int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
-
-
-def placement(layer, plane: Plane, roi) -> dict[str, Any]:
-    """Layer keyword arguments that put an ROI-sized array exactly over the image's ROI."""
-    from napari.utils.transforms import Affine
-
-    offset = np.array([*plane.index, roi[0], roi[1]], float)
-    linear = Affine(scale=layer.scale, rotate=layer.rotate, shear=layer.shear).linear_matrix
-    kwargs: dict[str, Any] = {
-        "scale": tuple(float(s) for s in layer.scale),
-        "translate": tuple(float(t) for t in np.asarray(layer.translate) + linear @ offset),
-    }
-    if not np.allclose(layer.rotate, np.eye(layer.ndim)):
-        kwargs["rotate"] = np.asarray(layer.rotate)
-    if np.any(np.asarray(layer.shear) != 0):
-        kwargs["shear"] = np.asarray(layer.shear)
-    if not np.allclose(layer.affine.affine_matrix, np.eye(layer.ndim + 1)):
-        kwargs["affine"] = layer.affine
-    units = getattr(layer, "units", None)
-    if units is not None:
-        kwargs["units"] = units
-    return kwargs
-
-
-def embed(plane2d: np.ndarray, plane: Plane) -> np.ndarray:
-    """A 2D map with a length-1 axis for each leading axis of the plane's stack."""
-    return plane2d.reshape((1,) * len(plane.index) + plane2d.shape)
-
-
-def as_2d(data) -> np.ndarray:
-    """The 2D map of an ROI layer's data (drops the length-1 leading axes)."""
-    a = np.asarray(data)
-    return a.reshape(a.shape[-2:])
 
 
 def _colormap(num_classes: int, colours):
@@ -262,210 +163,6 @@ def remove_layers(viewer, layers) -> None:
     selection.update([la for la in keep if la in viewer.layers])
     if active is not None and active in viewer.layers:
         selection.active = active
-
-
-# ----------------------------------------------------------------------------- worker jobs
-# Plain functions run in napari thread workers: no Qt, no napari layers touched.
-
-
-@dataclass
-class _Sampling:
-    """What one click on Sample asks for (built on the GUI thread)."""
-
-    plane: Plane
-    roi: tuple[int, int, int, int]
-    n: int
-    seed: int
-    placement: dict[str, Any]
-    layer_name: str
-    #: "All slices": every slice along the stack axis (the last leading axis, the one just
-    #: before the rows and columns; any other leading axes stay at the current index)
-    all_slices: bool = False
-    #: set by Cancel in an "All slices" run: the job stops between slices and keeps those done
-    stop: threading.Event | None = None
-    #: placement of the stack (leading axes as in ``plane`` but the stack axis from 0)
-    stack_placement: dict[str, Any] | None = None
-
-
-@dataclass
-class _Sampled:
-    request: _Sampling
-    labels: np.ndarray  # (n, h, w) uint8
-    z: np.ndarray  # (n, d) float32
-    uncertainty: np.ndarray  # (h, w) float32
-    image_signature: str
-    plane_signature: str
-    # "All slices" only: the stack of each hypothesis and of the uncertainty, the latents of
-    # each slice (None for a blank slice or one not reached before Cancel), the slices done
-    stack_labels: np.ndarray | None = None  # (n, K, h, w) uint8
-    stack_uncertainty: np.ndarray | None = None  # (K, h, w) float32
-    z_per_slice: list | None = None
-    slices_done: int = 0
-
-
-def _check_region(region: np.ndarray, name: str) -> None:
-    if region.size == 0:
-        raise InputError(f"the region of interest of '{name}' is empty")
-    if np.issubdtype(region.dtype, np.floating) and not np.isfinite(region).all():
-        bad = int((~np.isfinite(region)).sum())
-        raise InputError(
-            f"'{name}' has {bad} NaN or infinite pixel(s) in the region of interest; the model "
-            "cannot segment them. Replace them (e.g. with the background value) or choose "
-            "another region"
-        )
-    lo, hi = region.min(), region.max()
-    if lo == hi:
-        raise InputError(
-            f"the region of interest of '{name}' is constant (every pixel is {lo!r}): there is "
-            "nothing to segment. Check the image layer, the slice and the region"
-        )
-
-
-@contextmanager
-def _torch_threads(n: int):
-    """Run torch on ``n`` intra-op threads inside the block (set per calling thread)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n != before:
-            torch.set_num_threads(before)
-
-
-def _sampling_job(state: ReviewState, session, request: _Sampling):
-    """Encode the ROI (unless the session holds it already), then decode ``n`` samples.
-
-    Yields ``("stage", text)``, ``("encoded", Encoded)`` and ``("progress", done)``; returns a
-    :class:`_Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
-    for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
-    """
-    from napari_probunet.session import image_signature, pixel_disagreement
-
-    region = request.plane.read(request.roi)
-    _check_region(region, request.layer_name)
-    signature = image_signature(region)
-    plane_signature = image_signature(request.plane.read())
-    with state.lock:
-        if not (session.has_image and session.image_signature == signature):
-            yield ("stage", "Encoding the image…")
-            with _torch_threads(ENCODE_THREADS):
-                session.set_image(region)
-            yield ("encoded", Encoded(
-                layer_name=request.layer_name, slice_index=request.plane.index,
-                roi=request.roi, image_signature=signature, image=region))
-        z = session.draw_latents(request.n, request.seed)
-    labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
-    yield ("stage", "Sampling…")
-    for stop in _decode_in_chunks(state, session, z, signature, labels):
-        yield ("progress", stop)
-    uncertainty = pixel_disagreement(labels, session.config.num_classes)
-    return _Sampled(request, labels, z, uncertainty, signature, plane_signature)
-
-
-def _decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed: int):
-    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed``: (labels, z)."""
-    from napari_probunet.session import image_signature
-
-    signature = image_signature(region)
-    with state.lock:
-        if not (session.has_image and session.image_signature == signature):
-            with _torch_threads(ENCODE_THREADS):
-                session.set_image(region)
-        z = session.draw_latents(n, seed)
-    labels = np.empty((n, *region.shape[:2]), np.uint8)
-    for _ in _decode_in_chunks(state, session, z, signature, labels):
-        pass
-    return labels, z, signature
-
-
-def _decode_in_chunks(state: ReviewState, session, z: np.ndarray, signature: str,
-                      labels: np.ndarray):
-    """Decode ``z`` into ``labels`` a chunk at a time (yielding how many are done), checking
-    that the session still holds the image ``signature`` (another widget may re-encode)."""
-    n = len(z)
-    chunk = max(1, min(n, CHUNK_PIXELS // max(1, labels.shape[1] * labels.shape[2])))
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        with state.lock, _torch_threads(DECODE_THREADS):
-            if session.image_signature != signature:
-                raise UserError("the encoded image changed while sampling; click Sample again")
-            labels[start:stop] = session.decode(z[start:stop])
-        yield stop
-
-
-def _stack_job(state: ReviewState, session, request: _Sampling):
-    """"All slices": sample every slice of the stack axis (the axis just before the rows and
-    columns), the current slice first, then the others in order, each with the same seed.
-
-    Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice) and
-    ``("slice", (done, total))``; returns a :class:`_Sampled` whose ``labels``/``z`` are the
-    current slice's and whose ``stack_*`` hold the whole stack. A blank (constant) slice other
-    than the current one gets empty labels and ``None`` latents. ``request.stop`` (Cancel)
-    ends the run between slices: the slices done are kept, the others stay empty. Finally the
-    session holds the current slice's encoding again.
-    """
-    from napari_probunet.session import image_signature, pixel_disagreement
-
-    plane, roi, n, seed = request.plane, request.roi, request.n, request.seed
-    lead, k0 = plane.index[:-1], plane.index[-1]
-    total = int(plane._array().shape[len(lead)])
-    h, w = roi[2], roi[3]
-    num_classes = session.config.num_classes
-    stack_labels = np.zeros((n, total, h, w), np.uint8)
-    stack_unc = np.zeros((total, h, w), np.float32)
-    z_per_slice: list = [None] * total
-    current_region = plane.read(roi)
-    _check_region(current_region, request.layer_name)
-    plane_signature = image_signature(plane.read())
-    order = [k0] + [k for k in range(total) if k != k0]
-    done = 0
-    current = None
-    for k in order:
-        if done and request.stop is not None and request.stop.is_set():
-            break
-        yield ("stage", f"Slice {done + 1} / {total}…")
-        region = current_region if k == k0 else Plane(plane.layer, lead + (k,), plane.shape).read(roi)
-        if k != k0:
-            try:
-                _check_region(region, request.layer_name)
-            except InputError:
-                region = None  # a blank slice: empty labels, no latents
-        if region is not None:
-            labels, z, signature = _decode_region(state, session, region, n, seed)
-            stack_labels[:, k] = labels
-            stack_unc[k] = pixel_disagreement(labels, num_classes)
-            z_per_slice[k] = [[float(v) for v in row] for row in z]
-            if k == k0:
-                current = (labels, z, signature)
-                yield ("encoded", Encoded(layer_name=request.layer_name, slice_index=plane.index,
-                                          roi=roi, image_signature=signature,
-                                          image=current_region))
-        done += 1
-        yield ("slice", (done, total))
-    labels, z, signature = current
-    if session.image_signature != signature:  # give the session back the current slice
-        yield ("stage", "Encoding the current slice…")
-        with state.lock, _torch_threads(ENCODE_THREADS):
-            session.set_image(current_region)
-    return _Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
-                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
-                    z_per_slice=z_per_slice, slices_done=done)
-
-
-def _model_job(state: ReviewState, source, device: str):
-    """Load a model file (or move a loaded model) and make a session on ``device``."""
-    from napari_probunet.modelfile import load_model
-    from napari_probunet.session import Session
-
-    if isinstance(source, (str, os.PathLike)):
-        model = load_model(source, device="cpu")
-        return model, Session(model, device)
-    with state.lock:  # the model object is shared with the current session: move it safely
-        return source, Session(source, device)
 
 
 # ----------------------------------------------------------------------------- dialogs
@@ -1990,12 +1687,6 @@ def _is_bundle_layer(layer) -> bool:
     """A layer that the bundle reader made (its metadata names the bundle format)."""
     meta = getattr(layer, "metadata", None) or {}
     return meta.get("bundle_format_version") is not None and "image_signature" in meta
-
-
-def current_plane_shape(layer) -> tuple[int, int]:
-    """Rows and columns of an image layer's planes."""
-    shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
-    return int(shape[layer.ndim - 2]), int(shape[layer.ndim - 1])
 
 
 def _keybinding(key: str):

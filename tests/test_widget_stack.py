@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_probunet import _widget
+from napari_probunet import _jobs
 from napari_probunet._testing import two_mode_case, wait_idle
 from napari_probunet.modelfile import load_model
 from napari_probunet.session import Session
@@ -65,7 +65,7 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
     """Cancel stops between slices: the slices done (the current one first) are kept."""
     viewer, widget = review
     decoded, clicked = [], threading.Event()
-    original = _widget._decode_region
+    original = _jobs._decode_region
 
     def held(*args, **kwargs):  # hold the worker after the first slice until Cancel is clicked
         out = original(*args, **kwargs)
@@ -74,7 +74,7 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
             clicked.wait(20)
         return out
 
-    monkeypatch.setattr(_widget, "_decode_region", held)
+    monkeypatch.setattr(_jobs, "_decode_region", held)
     viewer.add_image(make_stack(), name="stack")
     viewer.dims.set_current_step(0, 0)
     widget.set_all_slices(True)

@@ -1,0 +1,230 @@
+"""The review widget's background jobs: sample one slice, or every slice of a stack.
+
+Plain generator functions run in napari thread workers: no Qt, no napari layers touched. They
+yield progress messages and return the result for the GUI thread to show. Every access to the
+shared :class:`~napari_probunet.session.Session` happens under the review state's lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_probunet._roi import Plane
+from napari_probunet._state import Encoded, ReviewState
+from napari_probunet.errors import InputError, UserError
+
+#: pixel-samples decoded per worker step (progress and Cancel granularity)
+CHUNK_PIXELS = 1 << 18
+#: torch threads of the sampling worker: half the cores (at most 4) to encode, one to decode.
+#: Decoding is small matrix products that do not gain from threads; and torch's threads spin
+#: when cores are busy: on the 2-core test machine under load, 2 threads made encoding a
+#: 256x256 image 4-6x slower than 1 (1.5-2.0 s vs 0.3-0.4 s) and 16 decodes 3-10x slower.
+#: Leaving a core free also keeps napari's own work (adding the layers) fast.
+ENCODE_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
+DECODE_THREADS = 1
+
+
+@dataclass
+class _Sampling:
+    """What one click on Sample asks for (built on the GUI thread)."""
+
+    plane: Plane
+    roi: tuple[int, int, int, int]
+    n: int
+    seed: int
+    placement: dict[str, Any]
+    layer_name: str
+    #: "All slices": every slice along the stack axis (the last leading axis, the one just
+    #: before the rows and columns; any other leading axes stay at the current index)
+    all_slices: bool = False
+    #: set by Cancel in an "All slices" run: the job stops between slices and keeps those done
+    stop: threading.Event | None = None
+    #: placement of the stack (leading axes as in ``plane`` but the stack axis from 0)
+    stack_placement: dict[str, Any] | None = None
+
+
+@dataclass
+class _Sampled:
+    request: _Sampling
+    labels: np.ndarray  # (n, h, w) uint8
+    z: np.ndarray  # (n, d) float32
+    uncertainty: np.ndarray  # (h, w) float32
+    image_signature: str
+    plane_signature: str
+    # "All slices" only: the stack of each hypothesis and of the uncertainty, the latents of
+    # each slice (None for a blank slice or one not reached before Cancel), the slices done
+    stack_labels: np.ndarray | None = None  # (n, K, h, w) uint8
+    stack_uncertainty: np.ndarray | None = None  # (K, h, w) float32
+    z_per_slice: list | None = None
+    slices_done: int = 0
+
+
+def _check_region(region: np.ndarray, name: str) -> None:
+    if region.size == 0:
+        raise InputError(f"the region of interest of '{name}' is empty")
+    if np.issubdtype(region.dtype, np.floating) and not np.isfinite(region).all():
+        bad = int((~np.isfinite(region)).sum())
+        raise InputError(
+            f"'{name}' has {bad} NaN or infinite pixel(s) in the region of interest; the model "
+            "cannot segment them. Replace them (e.g. with the background value) or choose "
+            "another region"
+        )
+    lo, hi = region.min(), region.max()
+    if lo == hi:
+        raise InputError(
+            f"the region of interest of '{name}' is constant (every pixel is {lo!r}): there is "
+            "nothing to segment. Check the image layer, the slice and the region"
+        )
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Run torch on ``n`` intra-op threads inside the block (set per calling thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
+def _sampling_job(state: ReviewState, session, request: _Sampling):
+    """Encode the ROI (unless the session holds it already), then decode ``n`` samples.
+
+    Yields ``("stage", text)``, ``("encoded", Encoded)`` and ``("progress", done)``; returns a
+    :class:`_Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
+    for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
+    """
+    from napari_probunet.session import image_signature, pixel_disagreement
+
+    region = request.plane.read(request.roi)
+    _check_region(region, request.layer_name)
+    signature = image_signature(region)
+    plane_signature = image_signature(request.plane.read())
+    with state.lock:
+        if not (session.has_image and session.image_signature == signature):
+            yield ("stage", "Encoding the image…")
+            with _torch_threads(ENCODE_THREADS):
+                session.set_image(region)
+            yield ("encoded", Encoded(
+                layer_name=request.layer_name, slice_index=request.plane.index,
+                roi=request.roi, image_signature=signature, image=region))
+        z = session.draw_latents(request.n, request.seed)
+    labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
+    yield ("stage", "Sampling…")
+    for stop in _decode_in_chunks(state, session, z, signature, labels):
+        yield ("progress", stop)
+    uncertainty = pixel_disagreement(labels, session.config.num_classes)
+    return _Sampled(request, labels, z, uncertainty, signature, plane_signature)
+
+
+def _decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed: int):
+    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed``: (labels, z)."""
+    from napari_probunet.session import image_signature
+
+    signature = image_signature(region)
+    with state.lock:
+        if not (session.has_image and session.image_signature == signature):
+            with _torch_threads(ENCODE_THREADS):
+                session.set_image(region)
+        z = session.draw_latents(n, seed)
+    labels = np.empty((n, *region.shape[:2]), np.uint8)
+    for _ in _decode_in_chunks(state, session, z, signature, labels):
+        pass
+    return labels, z, signature
+
+
+def _decode_in_chunks(state: ReviewState, session, z: np.ndarray, signature: str,
+                      labels: np.ndarray):
+    """Decode ``z`` into ``labels`` a chunk at a time (yielding how many are done), checking
+    that the session still holds the image ``signature`` (another widget may re-encode)."""
+    n = len(z)
+    chunk = max(1, min(n, CHUNK_PIXELS // max(1, labels.shape[1] * labels.shape[2])))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        with state.lock, _torch_threads(DECODE_THREADS):
+            if session.image_signature != signature:
+                raise UserError("the encoded image changed while sampling; click Sample again")
+            labels[start:stop] = session.decode(z[start:stop])
+        yield stop
+
+
+def _stack_job(state: ReviewState, session, request: _Sampling):
+    """"All slices": sample every slice of the stack axis (the axis just before the rows and
+    columns), the current slice first, then the others in order, each with the same seed.
+
+    Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice) and
+    ``("slice", (done, total))``; returns a :class:`_Sampled` whose ``labels``/``z`` are the
+    current slice's and whose ``stack_*`` hold the whole stack. A blank (constant) slice other
+    than the current one gets empty labels and ``None`` latents. ``request.stop`` (Cancel)
+    ends the run between slices: the slices done are kept, the others stay empty. Finally the
+    session holds the current slice's encoding again.
+    """
+    from napari_probunet.session import image_signature, pixel_disagreement
+
+    plane, roi, n, seed = request.plane, request.roi, request.n, request.seed
+    lead, k0 = plane.index[:-1], plane.index[-1]
+    total = int(plane._array().shape[len(lead)])
+    h, w = roi[2], roi[3]
+    num_classes = session.config.num_classes
+    stack_labels = np.zeros((n, total, h, w), np.uint8)
+    stack_unc = np.zeros((total, h, w), np.float32)
+    z_per_slice: list = [None] * total
+    current_region = plane.read(roi)
+    _check_region(current_region, request.layer_name)
+    plane_signature = image_signature(plane.read())
+    order = [k0] + [k for k in range(total) if k != k0]
+    done = 0
+    current = None
+    for k in order:
+        if done and request.stop is not None and request.stop.is_set():
+            break
+        yield ("stage", f"Slice {done + 1} / {total}…")
+        region = current_region if k == k0 else Plane(plane.layer, lead + (k,), plane.shape).read(roi)
+        if k != k0:
+            try:
+                _check_region(region, request.layer_name)
+            except InputError:
+                region = None  # a blank slice: empty labels, no latents
+        if region is not None:
+            labels, z, signature = _decode_region(state, session, region, n, seed)
+            stack_labels[:, k] = labels
+            stack_unc[k] = pixel_disagreement(labels, num_classes)
+            z_per_slice[k] = [[float(v) for v in row] for row in z]
+            if k == k0:
+                current = (labels, z, signature)
+                yield ("encoded", Encoded(layer_name=request.layer_name, slice_index=plane.index,
+                                          roi=roi, image_signature=signature,
+                                          image=current_region))
+        done += 1
+        yield ("slice", (done, total))
+    labels, z, signature = current
+    if session.image_signature != signature:  # give the session back the current slice
+        yield ("stage", "Encoding the current slice…")
+        with state.lock, _torch_threads(ENCODE_THREADS):
+            session.set_image(current_region)
+    return _Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
+                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
+                    z_per_slice=z_per_slice, slices_done=done)
+
+
+def _model_job(state: ReviewState, source, device: str):
+    """Load a model file (or move a loaded model) and make a session on ``device``."""
+    from napari_probunet.modelfile import load_model
+    from napari_probunet.session import Session
+
+    if isinstance(source, (str, os.PathLike)):
+        model = load_model(source, device="cpu")
+        return model, Session(model, device)
+    with state.lock:  # the model object is shared with the current session: move it safely
+        return source, Session(source, device)
