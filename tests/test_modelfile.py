@@ -66,6 +66,34 @@ def test_pickle_checkpoint_is_refused_and_not_executed(tmp_path):
     assert not marker.exists()
 
 
+def _saved_with_header_length(model, path, mask: int, low: int) -> bytes:
+    """Save ``model``, padding its provenance so that the header length ``n`` has
+    ``n & mask == low``; return the file's first 8 bytes."""
+    def save(pad: int) -> int:
+        save_model(model, path, {"note": "x" * pad})
+        return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+    n0 = save(0)
+    target = n0 + (low - n0) % (mask + 1)  # the next length with the wanted low bits
+    for pad in range(max(0, target - n0 - 24), target - n0 + 24):  # one more byte per "x"
+        if save(pad) & mask == low:
+            return path.read_bytes()[:8]
+    raise AssertionError("no padding gave the wanted header length")
+
+
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_a_model_whose_header_length_starts_like_a_pickle_still_loads(tiny, tmp_path, first_bytes):
+    """The header length's first byte(s) can be 0x80 or "PK" by chance (1 file in 256 for 0x80)."""
+    path = tmp_path / "m.safetensors"
+    low = int.from_bytes(first_bytes, "little")
+    mask = 0xFF if len(first_bytes) == 1 else 0xFFFF
+    head = _saved_with_header_length(tiny, path, mask, low)
+    assert head.startswith(first_bytes)
+    loaded = load_model(path)
+    for k, v in tiny.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+
+
 def test_truncated_and_foreign_files_are_refused(tmp_path, tiny):
     good = tmp_path / "m.safetensors"
     save_model(tiny, good)

@@ -117,6 +117,28 @@ def test_resuming_with_another_architecture_is_refused_with_a_way_out(recipe, tm
     assert summary["steps"] == 3
 
 
+SHIPPED_RECIPES = sorted((Path(__file__).resolve().parents[1] / "napari_probunet" / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipes_load_and_train_two_steps(path, tmp_path):
+    """Every committed recipe parses, its schedule fits in its steps, and it trains (2 steps)."""
+    model_cfg, cfg = load_recipe(path)
+    assert cfg.beta_hold_steps + cfg.beta_warmup_steps < cfg.steps
+    assert all(0 < m < 1 for m in cfg.lr_milestones)
+    if not cfg.data.startswith("synthetic:"):
+        data_dir = Path(cfg.data.split("#")[0])
+        if not data_dir.is_absolute():
+            data_dir = Path(__file__).resolve().parents[1] / data_dir
+        if not data_dir.exists():
+            pytest.skip(f"{data_dir} not present")
+        cfg = replace(cfg, data=str(data_dir) + cfg.data[len(cfg.data.split("#")[0]):], val_data="")
+    short = replace(cfg, steps=2, val_data="", log_every=1, checkpoint_every=2, threads=1)
+    summary = train(model_cfg, short, tmp_path / path.stem, progress=False)
+    assert summary["steps"] == 2
+    assert load_model(tmp_path / path.stem / "last.safetensors").config.num_classes == model_cfg.num_classes
+
+
 def test_learning_rate_schedule():
     cfg = TrainConfig(lr=1.0, steps=100, warmup_steps=10, lr_milestones=[0.5, 0.8], lr_gamma=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1)
