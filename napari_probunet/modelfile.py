@@ -62,7 +62,8 @@ def _check_header(path: Path) -> dict[str, Any]:
         # a safetensors file starts with its header's length (8 bytes, little-endian) and the
         # header's "{"; that length may well begin with byte 0x80 or "PK", so a file framed
         # like safetensors is never taken for a pickle (about 1 model file in 256 was)
-        framed = len(head) == 9 and struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:] == b"{"
+        n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
+        framed = n is not None and n <= size - 8 and head[8:] == b"{"
         # pickle protocol 2-5 ("\x80" + protocol) or torch.save's zip container
         pickled = head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
         if pickled and not framed:
@@ -71,9 +72,8 @@ def _check_header(path: Path) -> dict[str, Any]:
                 "never unpickles files, since unpickling can run arbitrary code; load it yourself "
                 "in trusted code and save it with napari_probunet.modelfile.save_model"
             )
-        if len(head) < 8:
+        if n is None:
             raise ModelFileError(f"{path.name} is empty or truncated ({size} bytes); it is not a model file")
-        (n,) = struct.unpack("<Q", head[:8])
         f.seek(8)
         if n > size - 8 or n > 100_000_000:
             raise ModelFileError(
