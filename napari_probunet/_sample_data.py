@@ -1,4 +1,14 @@
-"""Sample images for File → Open Sample: synthetic lung lesions with their graders' masks.
+"""Sample images for File → Open Sample: real CT slices of lung nodules and synthetic lesions,
+each with its graders' masks.
+
+**Real CT** (``lidc_nodule``, ``lidc_nodule_2of4``, ``lidc_nodule_1of4``): three 128x128 axial
+CT crops of the LIDC-IDRI set (CC BY 3.0: Armato III et al., Medical Physics 38(2), 2011) with
+the masks of its 4 radiologists, stored in ``samples/lidc_test_slices.npz``. They are slices of
+the bundled LIDC model's *test* patients (the model never saw them) and were picked by the
+radiologists' masks alone (``benchmarks/make_lidc_samples.py``): 4, 2 and 1 of the 4
+radiologists marked the nodule.
+
+**Synthetic**:
 
 Every sample is one image layer plus the masks of its four graders as hidden Labels layers
 (``grader 1`` ... ``grader 4``), so the latent-space explorer has real annotations to place.
@@ -7,10 +17,13 @@ The images come from the package's fixed ``lesions`` recipe
 visible lesion on which the graders disagree. The image metadata carries the known truth (the
 recipe's mode probabilities), for teaching and checking.
 
-Only NumPy and SciPy are imported here: opening a sample never loads torch.
+Only NumPy, SciPy (and napari's colormap class) are imported here: opening a sample never
+loads torch.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -49,6 +62,58 @@ def _case_layers(image: np.ndarray, masks: np.ndarray, name: str, truth, source:
             "metadata": {"kind": "grader", "grader": r + 1, "source": source},
         }, "labels"))
     return layers
+
+
+#: the real CT samples: key -> (index in lidc_test_slices.npz, layer name)
+LIDC_SAMPLES = {"lidc_nodule": (0, "CT nodule (4 of 4 radiologists)"),
+                "lidc_nodule_2of4": (1, "CT nodule (2 of 4 radiologists)"),
+                "lidc_nodule_1of4": (2, "CT nodule (1 of 4 radiologists)")}
+LIDC_FILE = Path(__file__).parent / "samples" / "lidc_test_slices.npz"
+#: the radiologists' outline colours, one per rater, told apart when overlaid
+RATER_COLOURS = ("#e6194b", "#ffe119", "#42d4f4", "#f032e6")
+
+
+def _lidc_layers(key: str) -> list:
+    index, name = LIDC_SAMPLES[key]
+    with np.load(LIDC_FILE) as z:
+        image, masks, case_id = z["images"][index], z["masks"][index], str(z["ids"][index])
+    source = f"LIDC-IDRI slices (CC BY 3.0), {case_id}"
+    meta = {"source": source, "modality": "CT",
+            "intensity": "8-bit, each crop's own range stretched to 0..255",
+            "note": "a test patient of the bundled LIDC model: never used in training"}
+    layers = [(image, {"name": name, "colormap": "gray", "contrast_limits": (0, 255),
+                       "metadata": meta}, "image")]
+    for r, mask in enumerate(masks):
+        layers.append((mask.astype(np.uint8), {
+            "name": f"radiologist {r + 1}" + ("" if mask.any() else " (drew nothing)"),
+            "visible": False,
+            "opacity": 0.7,
+            "colormap": _one_colour(RATER_COLOURS[r]),
+            "metadata": {"kind": "grader", "grader": r + 1, "source": source},
+        }, "labels"))
+    return layers
+
+
+def _one_colour(colour: str):
+    """Label 1 in ``colour`` (each radiologist their own, so overlaid outlines stay apart)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: colour})
+
+
+def sample_lidc_nodule() -> list:
+    """A real 128x128 CT crop of a lung nodule outlined by all 4 radiologists, who disagree."""
+    return _lidc_layers("lidc_nodule")
+
+
+def sample_lidc_nodule_2of4() -> list:
+    """A real CT crop of a nodule that only 2 of the 4 radiologists marked."""
+    return _lidc_layers("lidc_nodule_2of4")
+
+
+def sample_lidc_nodule_1of4() -> list:
+    """A real CT crop of a nodule that only 1 of the 4 radiologists marked."""
+    return _lidc_layers("lidc_nodule_1of4")
 
 
 def sample_lesion() -> list:

@@ -203,7 +203,8 @@ class ReviewWidget(QWidget):
     """Dock widget of the review workflow (SPEC.md, "Clinician workflow", steps 1-3, 5, 6).
 
     Public methods, used by the buttons and callable from scripts, tests and other widgets:
-    :meth:`load_model_file`, :meth:`load_bundled_model`, :meth:`set_device`, :meth:`sample`,
+    :meth:`load_model_file`, :meth:`load_bundled_model` (``"default"``, ``"lidc"``,
+    ``"lesions"``), :meth:`set_device`, :meth:`sample`,
     :meth:`cancel`, :meth:`show_hypothesis`, :meth:`next_hypothesis`,
     :meth:`previous_hypothesis`, :meth:`use_as_best_fit`, :meth:`set_click_roi`,
     :meth:`export`, :meth:`autosave_now`, :meth:`cleanup`.
@@ -237,6 +238,7 @@ class ReviewWidget(QWidget):
         self._click_roi: tuple[str, tuple[int, ...], tuple[int, int, int, int]] | None = None
         self._plane_signature: str | None = None
         self._model_error: str | None = None
+        self._domain_warned: tuple | None = None
         self.last_sampling_seconds: float | None = None
         self._declined_recovery: set[str] = set()
         self._last_autosaved: np.ndarray | None = None
@@ -318,13 +320,20 @@ class ReviewWidget(QWidget):
         self.model_label.setTextFormat(Qt.TextFormat.RichText)
         lay.addWidget(self.model_label)
         row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The models that ship with napari-probunet; a model file "
+                                    "opened with 'Open model…' is listed too")
+        self._fill_model_combo()
         self.open_model_button = QPushButton("Open model…")
         self.open_model_button.setToolTip("Load a Probabilistic U-Net model file (.safetensors)")
-        self.bundled_button = QPushButton("Bundled model")
-        self.bundled_button.setToolTip("Use the model that ships with napari-probunet")
+        row.addWidget(self.model_combo, 1)
         row.addWidget(self.open_model_button)
-        row.addWidget(self.bundled_button)
         lay.addLayout(row)
+        self.domain_label = QLabel("")
+        self.domain_label.setWordWrap(True)
+        self.domain_label.setTextFormat(Qt.TextFormat.RichText)
+        self.domain_label.setVisible(False)
+        lay.addWidget(self.domain_label)
         form = QFormLayout()
         self.device_combo = QComboBox()
         self.device_combo.setToolTip("Where the model runs; auto picks CUDA, then MPS, then CPU. "
@@ -446,7 +455,7 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:
         self.open_model_button.clicked.connect(self._on_open_model_clicked)
-        self.bundled_button.clicked.connect(self.load_bundled_model)
+        self.model_combo.activated.connect(self._on_model_chosen)
         self.device_combo.activated.connect(self._on_device_chosen)
         self.roi_combo.currentIndexChanged.connect(self._on_roi_mode_changed)
         self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
@@ -544,19 +553,65 @@ class ReviewWidget(QWidget):
         return (self._sampling_worker is not None or self._model_worker is not None
                 or bool(self._pending))
 
-    def load_bundled_model(self) -> None:
-        """Load the model that ships with the package (off the GUI thread)."""
-        from napari_probunet.modelfile import DEFAULT_MODEL
+    def load_bundled_model(self, name: str = "default") -> None:
+        """Load a model that ships with the package (``"default"``, ``"lidc"``, ``"lesions"``)
+        off the GUI thread."""
+        from napari_probunet.modelfile import BUNDLED_MODELS, bundled_model
 
-        if not DEFAULT_MODEL.exists():
-            message = (f"The bundled model is not installed ({DEFAULT_MODEL.name} is missing "
+        bundled = bundled_model(name)
+        if bundled is None:
+            show_error(f"There is no bundled model called {name!r} (bundled: "
+                       f"{', '.join(m.name for m in BUNDLED_MODELS)}).")
+            return
+        if not bundled.path.exists():
+            message = (f"The bundled model is not installed ({bundled.path.name} is missing "
                        "from the package). Open a model file with 'Open model…', or reinstall "
                        "napari-probunet.")
             self._model_error = message
             self._show_model()
             show_warning(message)
             return
-        self._start_model_job(str(DEFAULT_MODEL))
+        self._start_model_job(str(bundled.path))
+
+    def _fill_model_combo(self, custom: str | None = None) -> None:
+        """Bundled models by their plain names, then the opened model file, if any."""
+        from napari_probunet.modelfile import BUNDLED_MODELS
+
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for m in BUNDLED_MODELS:
+            if m.path.exists():
+                self.model_combo.addItem(m.title, m.name)
+        if custom:
+            self.model_combo.addItem(f"File: {Path(custom).name}", custom)
+            self.model_combo.setItemData(self.model_combo.count() - 1, custom,
+                                         Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.blockSignals(False)
+
+    def _sync_model_combo(self) -> None:
+        """Show the loaded model in the model choice."""
+        from napari_probunet.modelfile import bundled_model_of
+
+        model = self.state.model
+        path = getattr(model, "source_path", None) if model is not None else None
+        bundled = bundled_model_of(path)
+        self._fill_model_combo(None if bundled is not None or path is None else path)
+        key = bundled.name if bundled is not None else path
+        i = self.model_combo.findData(key) if key is not None else -1
+        self.model_combo.blockSignals(True)
+        self.model_combo.setCurrentIndex(i)
+        self.model_combo.blockSignals(False)
+
+    def _on_model_chosen(self, index: int) -> None:
+        key = self.model_combo.itemData(index)
+        if not key:
+            return
+        from napari_probunet.modelfile import bundled_model
+
+        if bundled_model(str(key)) is not None:
+            self.load_bundled_model(str(key))
+        else:
+            self.load_model_file(str(key))
 
     def load_model_file(self, path: str | os.PathLike) -> None:
         """Load a model file (``.safetensors``) off the GUI thread; errors become notifications."""
@@ -656,25 +711,59 @@ class ReviewWidget(QWidget):
             self.model_label.setText(text)
             self.model_label.setToolTip("")
         else:
-            from napari_probunet.modelfile import DEFAULT_MODEL
+            from napari_probunet.domain import Domain
+            from napari_probunet.modelfile import bundled_model_of
 
             cfg = model.config
             path = Path(model.source_path) if model.source_path else None
             name = path.name if path else "model built in code"
-            if path is not None and path.resolve() == DEFAULT_MODEL.resolve():
-                name = f"bundled model ({path.name})"
+            bundled = bundled_model_of(path)
+            if bundled is not None:
+                name = f"{bundled.title} (bundled model)"
             device = self.state.session.device if self.state.session else "?"
             classes = ", ".join(cfg.class_names)
+            kind = " · <b>deterministic</b> (one map)" if cfg.deterministic else ""
+            domain = Domain.from_dict(cfg.domain)
+            trained = ""
+            if domain is not None and domain.description:
+                trained = f"<br>Trained on: {_html(domain.description)}"
+                if domain.intensity:
+                    trained += f"<br>Input: {_html(domain.intensity)}"
+            elif domain is None:
+                trained = "<br>Trained on: not recorded in this model file"
             self.model_label.setText(
                 f"<b>{_html(name)}</b><br>{cfg.num_classes} classes ({_html(classes)})"
-                f" · input {cfg.input_size}×{cfg.input_size} · latent {cfg.latent_dim}"
-                f"<br>running on <b>{device}</b>")
+                f" · input {cfg.input_size}×{cfg.input_size} · latent {cfg.latent_dim}{kind}"
+                f"{trained}<br>running on <b>{device}</b>")
             prov = (getattr(model, "metadata", None) or {}).get("provenance") or {}
             tip = [f"sha256: {model.source_sha256}" if model.source_sha256 else "not from a file"]
             tip += [f"{k}: {v}" for k, v in prov.items() if isinstance(v, (str, int, float))]
             self.model_label.setToolTip("\n".join(tip))
+        self._sync_model_combo()
         self._update_buttons()
         self._show_roi()
+
+    def _check_domain(self, image: np.ndarray) -> None:
+        """Warn, without blocking, when the image given to the model looks unlike what it was
+        trained on (napari_probunet.domain): in the Model box and, once per image, as a
+        notification."""
+        from napari_probunet.domain import check_image
+
+        session = self.state.session
+        if session is None:
+            return
+        found = check_image(session.config, image).warnings
+        if not found:
+            self.domain_label.setVisible(False)
+            self.domain_label.setText("")
+            return
+        text = "; ".join(found)
+        self.domain_label.setText(f"<span style='color:#e5a445'>⚠ This image: {_html(text)}</span>")
+        self.domain_label.setVisible(True)
+        key = (id(session), text)
+        if key != self._domain_warned:  # once per model and finding, not on every slice
+            self._domain_warned = key
+            show_warning(f"This image may be outside what the model knows: {text}")
 
     # ------------------------------------------------------------------ input
     def _image_layers(self) -> list[Image]:
@@ -1090,6 +1179,8 @@ class ReviewWidget(QWidget):
             st.hypotheses = None
             st.hypothesis_layers = []
             self._emit(st.image_encoded)
+            if value.image is not None:
+                self._check_domain(value.image)
 
     def _on_sampled(self, result: _Sampled) -> None:
         request = result.request
@@ -1642,7 +1733,7 @@ class ReviewWidget(QWidget):
         self.cancel_button.setEnabled(running)
         self.sample_button.setText("Sampling…" if running else "Sample")
         self.open_model_button.setEnabled(self._model_worker is None)
-        self.bundled_button.setEnabled(self._model_worker is None)
+        self.model_combo.setEnabled(self._model_worker is None)
         has_hyp = self.state.hypotheses is not None and bool(self._hypothesis_layers)
         for b in (self.previous_button, self.next_button, self.best_fit_button):
             b.setEnabled(has_hyp)

@@ -789,7 +789,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
              "folders, LIDC pickles or 'synthetic:lesions?n=..' specs",
     )
     parser.add_argument("--model", default="default",
-                        help="model file (.safetensors) or 'default' for the bundled model")
+                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
+                        "lesions (synthetic demo), default")
     parser.add_argument("--out", required=True, type=Path, help="folder for the bundles")
     parser.add_argument("-n", "--n", "--samples", dest="n", type=int, default=16,
                         help="hypotheses per case (default 16); under torchrun write -n or "
@@ -868,9 +869,12 @@ def _remove_stale_temporaries(out: Path, items: Sequence[Item]) -> None:
 
 
 def _model_record(model, path_arg: str) -> dict[str, Any]:
+    from napari_probunet.modelfile import bundled_model_of
+
     cfg = model.config
+    bundled = bundled_model_of(model.source_path)
     return {
-        "name": "default" if str(path_arg) == "default" else Path(model.source_path).name,
+        "name": bundled.name if bundled is not None else Path(model.source_path).name,
         "sha256": model.source_sha256,
         "path": str(Path(model.source_path).resolve()),
         "latent_dim": cfg.latent_dim,

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("napari_probunet.batch", "prepare hypothesis bundles for many cases"),
     "assess": ("napari_probunet.assess", "score annotations under a model (KL, IoU) to CSV"),
     "info": ("napari_probunet.modelfile", "show what a model file contains"),
+    "domain": ("napari_probunet.domain", "measure and record what a model's training images look like"),
 }
 
 

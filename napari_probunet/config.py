@@ -88,6 +88,12 @@ class ModelConfig:
     input_size: side of the square crops the model was trained on; the plugin's region of
         interest follows it. (128 in the original's LIDC setting.)
     preprocessing: see :class:`Preprocessing`.
+    deterministic: a plain U-Net of the same size instead (the baseline of ``probunet
+        evaluate``'s model cards): no prior or posterior net, fcomb always sees z = 0, the loss
+        is the cross-entropy alone. Every "sample" is the same map. Not in the original.
+    domain: what the model expects and was trained on (:class:`napari_probunet.domain.Domain`
+        as a dict: modality, intensity convention, training-data statistics); empty for a
+        model that says nothing. The plugin shows it and warns when an image looks foreign.
     """
 
     in_channels: int = 1
@@ -104,6 +110,8 @@ class ModelConfig:
     posterior_mask_shift: float = -0.5
     input_size: int = 128
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    deterministic: bool = False
+    domain: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)

@@ -171,7 +171,11 @@ def evaluate_model(
     Returns:
         A JSON-ready dict. Always: ``ged{n}``, ``hm_iou{n}``, ``sample_diversity{n}``,
         ``deterministic_ged{n}``, ``deterministic_hm_iou{n}``, ``grader_diversity``,
-        ``prior_sigma_{mean,min,max}``, ``empty_sample_fraction``, ``n_images``; multi-class:
+        ``prior_sigma_{mean,min,max}``, ``empty_sample_fraction`` (samples with no
+        foreground) and ``empty_grader_fraction`` (graders' masks with none),
+        ``by_graders_marking`` (the same per number of graders who drew something: ``"0"`` ..
+        ``"R"``, each with ``n_images``, ``ged{n}``, ``hm_iou{n}``, ``deterministic_ged{n}``,
+        ``empty_samples``, ``empty_graders``), ``n_images``; multi-class:
         ``per_class_iou{n}`` (and ``deterministic_``); with known truth: ``oracle_*``,
         ``mode_freq_max_abs_err`` (largest n) and ``mode_freq_max_abs_err{n}``,
         ``consistency``, ``ece``, ``reliability``, ``mode_freq``/``mode_prob``, flip rates.
@@ -197,6 +201,8 @@ def evaluate_model(
         )
     stats = {m: _MethodStats() for m in METHODS}
     sigmas, empty, n_drawn, grader_div = [], 0, 0, []
+    empty_graders, n_graders = 0, 0
+    by_marked: dict[int, dict[str, list[float]]] = {}  # graders who drew something -> per image
     image_rows: list[dict[str, Any]] = []
 
     from tqdm import tqdm
@@ -247,8 +253,20 @@ def evaluate_model(
         gd = 1.0 - iou[np.ix_(g, g)]
         grader_div.append(float(gd.sum() / (r * (r - 1))) if r > 1 else math.nan)
         sigmas.append(sigma)
-        empty += int(np.count_nonzero(samples.reshape(n_max, -1).max(axis=1) == 0))
+        empty_here = int(np.count_nonzero(samples.reshape(n_max, -1).max(axis=1) == 0))
+        empty += empty_here
         n_drawn += n_max
+        drawn = masks.reshape(r, -1).max(axis=1) > 0
+        empty_graders += int(r - drawn.sum())
+        n_graders += r
+        group = by_marked.setdefault(int(drawn.sum()), {})
+        group.setdefault("empty_samples", []).append(empty_here / n_max)
+        group.setdefault("empty_graders", []).append(1.0 - drawn.mean())
+        for n in counts:
+            group.setdefault(f"ged{n}", []).append(stats["model"].ged[n][-1])
+            group.setdefault(f"hm_iou{n}", []).append(stats["model"].hm_iou[n][-1])
+            group.setdefault(f"deterministic_ged{n}", []).append(
+                stats["deterministic"].ged[n][-1])
         if per_image:
             image_rows.append({
                 "case_id": case.case_id,
@@ -282,6 +300,12 @@ def evaluate_model(
     lo, hi = config.logsigma_bounds
     out["prior_sigma_bounds"] = [math.exp(lo), math.exp(hi)]
     out["empty_sample_fraction"] = empty / n_drawn
+    out["empty_grader_fraction"] = empty_graders / n_graders
+    out["by_graders_marking"] = {
+        str(k): {"n_images": len(v["empty_samples"]),
+                 **{key: float(np.mean(vals)) for key, vals in v.items()}}
+        for k, v in sorted(by_marked.items())
+    }
     if use_truth:
         out["mode_names"] = list(cases[0].truth.names)
         for n in counts:
@@ -423,8 +447,28 @@ def format_report(result: dict[str, Any]) -> str:
         f"prior sigma mean {_fmt(result['prior_sigma_mean'])}, min {_fmt(result['prior_sigma_min'])}, "
         f"max {_fmt(result['prior_sigma_max'])} (bounds {_fmt(result['prior_sigma_bounds'][0], 4)}"
         f"..{_fmt(result['prior_sigma_bounds'][1], 2)}); empty samples "
-        f"{_fmt(result['empty_sample_fraction'])}; grader diversity {_fmt(result['grader_diversity'])}"
+        f"{_fmt(result['empty_sample_fraction'])} (graders' masks empty: "
+        f"{_fmt(result.get('empty_grader_fraction'))}); grader diversity "
+        f"{_fmt(result['grader_diversity'])}"
     )
+    groups = result.get("by_graders_marking") or {}
+    if len(groups) > 1:
+        n = counts[0]
+        lines += ["", f"by graders who drew something   images  GED({n})  HM-IoU({n})  "
+                  f"determ. GED({n})  empty samples  empty masks"]
+        for k, g in groups.items():
+            lines.append(
+                f"  {k:>2} graders{'':<20}{g['n_images']:>7}{_fmt(g.get(f'ged{n}')):>9}"
+                f"{_fmt(g.get(f'hm_iou{n}')):>13}{_fmt(g.get(f'deterministic_ged{n}')):>17}"
+                f"{_fmt(g.get('empty_samples')):>15}{_fmt(g.get('empty_graders')):>13}")
+    baseline = result.get("baseline")
+    if baseline:
+        lines += ["", f"baseline {baseline.get('model')}:"]
+        for n in counts:
+            lines.append(f"  GED({n}) {_fmt(baseline.get(f'ged{n}'))}   HM-IoU({n}) "
+                         f"{_fmt(baseline.get(f'hm_iou{n}'))}   (model: {_fmt(result.get(f'ged{n}'))}, "
+                         f"{_fmt(result.get(f'hm_iou{n}'))})")
+        lines.append(f"  empty samples {_fmt(baseline.get('empty_sample_fraction'))}")
     per_class = result.get(f"per_class_iou{counts[0]}")
     if per_class:
         lines += ["", f"per-class IoU({counts[0]}, Hungarian-matched pairs)"]
@@ -489,7 +533,8 @@ def open_data(spec: str):
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default",
-                        help="model file, or 'default' for the bundled model (default)")
+                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
+                        "lesions (synthetic demo), default")
     parser.add_argument("--data", required=True,
                         help="a multi-rater folder, or synthetic:KIND?n=N&seed=S[&size=H]")
     parser.add_argument("--samples", type=int, nargs="+", default=list(DEFAULT_SAMPLES),
@@ -507,6 +552,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: torch's choice; 1 is often faster "
                         "for small models on a busy machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--baseline", metavar="MODEL",
+                        help="also evaluate this model (e.g. a trained deterministic U-Net, "
+                        "recipes/lidc_unet.toml) on the same data and report it beside")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -528,6 +576,11 @@ def run(args: argparse.Namespace) -> int:
                             device=args.device, progress=not args.quiet, n_bins=args.bins,
                             per_image=args.per_image)
     result = {"model": str(args.model), "data": spec, **result}
+    if args.baseline:
+        base = evaluate_model(load_model(args.baseline, device="cpu"), cases,
+                              n_samples=args.samples, seed=args.seed, device=args.device,
+                              progress=not args.quiet, n_bins=args.bins)
+        result["baseline"] = {"model": str(args.baseline), **base}
     text = json.dumps(result, indent=2, allow_nan=False)
     if args.out:
         out = Path(args.out)

@@ -1,11 +1,11 @@
 """Open napari ready for a review: ``python -m napari_probunet.launch``.
 
 Opens a viewer with the review widget (Plugins → Probabilistic U-Net) and the latent-space
-explorer docked, a synthetic lesion from File → Open Sample, and the bundled model (loaded in
-the background). Options::
+explorer docked, a sample from File → Open Sample (a real CT nodule for the LIDC model), and the
+default bundled model (loaded in the background). Options::
 
-    --sample lesion|lesion_faint|lesion_large   the sample image (default: lesion)
-    --model FILE                                a model file instead of the bundled one
+    --sample lidc_nodule|lidc_nodule_2of4|lidc_nodule_1of4|lesion|lesion_faint|lesion_large
+    --model FILE|lidc|lesions                   a model file or another bundled model
     --screenshot PATH                           sample 16 hypotheses, save a screenshot, quit
     --screenshots FOLDER                        the user guide's pictures (review-*.png), quit
     --bench                                     time click-to-layers on a 256x256 image, quit
@@ -29,7 +29,16 @@ from pathlib import Path
 PLUGIN = "napari-probunet"
 REVIEW = "Probabilistic U-Net"
 EXPLORER = "Latent-space explorer"
-SAMPLES = ("lesion", "lesion_faint", "lesion_large")
+SAMPLES = ("lidc_nodule", "lidc_nodule_2of4", "lidc_nodule_1of4", "lesion", "lesion_faint",
+           "lesion_large")
+
+
+def default_sample() -> str:
+    """The sample that suits the default model: a real CT nodule for the LIDC model, else the
+    synthetic lesion."""
+    from napari_probunet.modelfile import DEFAULT_MODEL_NAME
+
+    return "lidc_nodule" if DEFAULT_MODEL_NAME == "lidc" else "lesion"
 WINDOW = (1400, 900)
 
 
@@ -287,9 +296,11 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m napari_probunet.launch",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sample", choices=SAMPLES, default="lesion",
-                        help="the sample image to open (default: lesion)")
-    parser.add_argument("--model", help="model file (default: the bundled model)")
+    parser.add_argument("--sample", choices=SAMPLES, default=None,
+                        help="the sample image to open (default: a real CT nodule with the LIDC "
+                        "model, the synthetic lesion with the synthetic model)")
+    parser.add_argument("--model", help="model file, or a bundled model: lidc, lesions "
+                        "(default: the default bundled model)")
     parser.add_argument("--no-explorer", action="store_true", help="dock the review widget only")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--screenshot", metavar="PATH", help="sample 16, save a screenshot, quit")
@@ -299,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
                       help="time click-to-layers (16 hypotheses, 256x256, CPU) and quit")
     parser.add_argument("--repeats", type=int, default=5, help="benchmark repetitions")
     args = parser.parse_args(argv)
+    if args.sample is None:
+        from napari_probunet.modelfile import bundled_model
+
+        chosen = bundled_model(args.model) if args.model else None
+        args.sample = ("lesion" if chosen is not None and chosen.name == "lesions"
+                       else "lidc_nodule" if chosen is not None else default_sample())
 
     if args.screenshot:
         print(take_main_screenshot(args.screenshot, args.sample, args.model))
@@ -319,9 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample == "lesion_large":
         review.set_roi_mode("click")
     if args.model:
-        # the bundled model is loading in the background: open the chosen one after it
+        from napari_probunet.modelfile import bundled_model
+
+        # the default model is loading in the background: open the chosen one after it
         wait_until(lambda: not review.busy, what="the bundled model")
-        review.load_model_file(args.model)
+        if bundled_model(args.model) is not None:
+            review.load_bundled_model(args.model)
+        else:
+            review.load_model_file(args.model)
     napari.run()
     return 0
 

@@ -169,20 +169,30 @@ class ProbUNet(nn.Module):
         self.config = config or ModelConfig()
         cfg = self.config
         self.unet = UNet(cfg)
-        self.prior = GaussianEncoder(cfg, cfg.in_channels)
-        self.posterior = GaussianEncoder(cfg, cfg.in_channels + cfg.num_classes)
+        # a deterministic U-Net (the baseline) has no prior or posterior net: z is always 0
+        self.prior = None if cfg.deterministic else GaussianEncoder(cfg, cfg.in_channels)
+        self.posterior = (None if cfg.deterministic
+                          else GaussianEncoder(cfg, cfg.in_channels + cfg.num_classes))
         self.fcomb = Fcomb(cfg)
         self.source_path: str | None = None
         self.source_sha256: str | None = None
         self.metadata: dict = {}
 
+    def _point_mass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A deterministic model's "Gaussian": mean 0, sigma at its lower bound (0.0025 by
+        default), so every sample decodes to the same map."""
+        mu = x.new_zeros(x.shape[0], self.config.latent_dim, dtype=torch.float32)
+        return mu, torch.full_like(mu, self.config.logsigma_bounds[0])
+
     def encode(self, x: torch.Tensor) -> Encoded:
         """Run the U-Net and the prior once: x ``(b, in_channels, h, w)``."""
-        mu, logsigma = self.prior(x)
+        mu, logsigma = self._point_mass(x) if self.prior is None else self.prior(x)
         return Encoded(self.unet(x), mu, logsigma)
 
     def posterior_params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x, y): x ``(b, in_channels, h, w)``, y ``(b, h, w)`` integer labels -> mu, log_sigma."""
+        if self.posterior is None:
+            return self._point_mass(x)
         onehot = F.one_hot(y.long(), self.config.num_classes).permute(0, 3, 1, 2).to(x.dtype)
         return self.posterior(torch.cat([x, onehot + self.config.posterior_mask_shift], dim=1))
 
@@ -192,6 +202,11 @@ class ProbUNet(nn.Module):
         Returns ``logits (b, classes, h, w)``, ``z (b, d)`` and the two Gaussians' parameters;
         :func:`napari_probunet.losses.elbo_loss` turns them into the loss.
         """
+        if self.config.deterministic:  # a plain U-Net: z = 0, no KL and no prior anchor
+            zeros = x.new_zeros(x.shape[0], self.config.latent_dim, dtype=torch.float32)
+            return {"logits": self.fcomb(self.unet(x), zeros.to(x.dtype)), "z": zeros,
+                    "prior_mu": zeros, "prior_logsigma": zeros,
+                    "posterior_mu": zeros, "posterior_logsigma": zeros}
         enc = self.encode(x)
         q_mu, q_logsigma = self.posterior_params(x, y)
         z = q_mu + torch.exp(q_logsigma) * torch.randn_like(q_mu)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,51 @@ from napari_probunet.errors import ModelFileError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "probunet"
-DEFAULT_MODEL = Path(__file__).parent / "models" / "default.safetensors"
+MODELS_DIR = Path(__file__).parent / "models"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model file that ships with the package, addressed by ``name`` everywhere (command line
+    ``--model NAME``, :func:`load_model`, the widget's model choice, which shows ``title``)."""
+
+    name: str
+    file: str
+    title: str
+
+    @property
+    def path(self) -> Path:
+        return MODELS_DIR / self.file
+
+
+#: the bundled models, in the order the widget lists them
+BUNDLED_MODELS: tuple[BundledModel, ...] = (
+    BundledModel("lidc", "lidc.safetensors", "Lung nodule, CT (LIDC-IDRI, 4 radiologists)"),
+    BundledModel("lesions", "lesions.safetensors", "Synthetic demo lesion"),
+)
+#: what ``"default"`` means: the real-data model (docs/model-card-lidc.md)
+DEFAULT_MODEL_NAME = "lesions"
+
+
+def bundled_model(name: str) -> BundledModel | None:
+    """The bundled model called ``name`` (``"default"`` included), or ``None``."""
+    if name == "default":
+        name = DEFAULT_MODEL_NAME
+    return next((m for m in BUNDLED_MODELS if m.name == name), None)
+
+
+def bundled_model_of(path: str | os.PathLike | None) -> BundledModel | None:
+    """The bundled model whose file ``path`` is, or ``None`` (any other file)."""
+    if path is None:
+        return None
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return None
+    return next((m for m in BUNDLED_MODELS if m.path.resolve() == resolved), None)
+
+
+DEFAULT_MODEL = bundled_model("default").path
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -38,17 +83,21 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
-    """``"default"`` is the bundled model; anything else is a path that must exist."""
-    if str(path) == "default":
-        if not DEFAULT_MODEL.exists():
+    """A bundled model's name (``"lidc"``, ``"lesions"``, or ``"default"``, which is
+    :data:`DEFAULT_MODEL_NAME`) or a path that must exist. A file named like a bundled model is
+    reached with a path such as ``./lidc``."""
+    bundled = bundled_model(str(path)) if isinstance(path, str) else None
+    if bundled is not None:
+        if not bundled.path.exists():
             raise ModelFileError(
-                f"the bundled default model is missing ({DEFAULT_MODEL}); reinstall "
+                f"the bundled model {bundled.name!r} is missing ({bundled.path}); reinstall "
                 "napari-probunet or pass a model file"
             )
-        return DEFAULT_MODEL
+        return bundled.path
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelFileError(f"model file not found: {p}")
+        names = ", ".join(["default", *(m.name for m in BUNDLED_MODELS)])
+        raise ModelFileError(f"model file not found: {p} (bundled models: {names})")
     if p.is_dir():
         raise ModelFileError(f"{p} is a folder; pass the .safetensors model file inside it")
     return p
@@ -117,7 +166,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
-    """Load a model file (``"default"`` = the bundled one) as an eval-mode :class:`ProbUNet`."""
+    """Load a model file or a bundled model by name (``"default"``, ``"lidc"``, ``"lesions"``)
+    as an eval-mode :class:`ProbUNet`."""
     import torch
     from safetensors.torch import load_file
 
@@ -191,7 +241,9 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
 # -- `probunet info` ---------------------------------------------------------------------------
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default="default", help="model file (default: the bundled model)")
+    parser.add_argument("model", nargs="?", default="default",
+                        help="model file, or a bundled model: lidc, lesions, default (= "
+                        f"{DEFAULT_MODEL_NAME})")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
@@ -203,11 +255,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     cfg = meta.get("config", {})
+    bundled = bundled_model_of(p)
+    if bundled is not None:
+        print(f"bundled      {bundled.name}: {bundled.title}")
     print(f"model file   {p}")
     print(f"sha256       {info['sha256']}")
     print(f"size         {info['bytes'] / 1e6:.2f} MB, format {meta['format_version']}")
     for key in ("class_names", "channels", "latent_dim", "input_size", "beta", "preprocessing"):
         print(f"{key:<12} {cfg.get(key)}")
+    if cfg.get("deterministic"):
+        print("kind         deterministic U-Net (baseline): every sample is the same map")
+    domain = cfg.get("domain") or {}
+    for key in ("modality", "description", "intensity", "training_data"):
+        if domain.get(key):
+            print(f"{key:<12} {domain[key]}")
+    if domain.get("reference"):
+        print(f"domain check {len(domain['reference'])} reference images, threshold "
+              f"{domain.get('threshold', 0):.2f} (napari_probunet.domain)")
     for key, value in (meta.get("provenance") or {}).items():
         print(f"{key:<12} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return 0

@@ -132,7 +132,15 @@ class Session:
 
     def __init__(self, model: ProbUNet, device: str = "auto", max_pixels: int = 2048 * 2048):
         self.device = resolve_device(device)
+        # a model being trained (validation) keeps its memory format: changing it would change
+        # the training's arithmetic (exact resume, identical weights on every rank)
+        in_training = model.training
         self.model = model.to(self.device).eval()
+        self.channels_last = self.device.type == "cpu" and not in_training
+        if self.channels_last:
+            # oneDNN's convolutions run on NHWC without reordering every layer's input: the
+            # encode takes ~15-20% less time on AVX2 and on AVX-512 CPUs (docs/performance.md)
+            self.model.to(memory_format=torch.channels_last)
         self.config = model.config
         self.max_pixels = max_pixels
         self._split_weights()
@@ -190,7 +198,10 @@ class Session:
         if ph or pw:
             mode = "reflect" if (h > ph and w > pw) else "edge"
             x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode=mode)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
@@ -199,8 +210,9 @@ class Session:
         x = self.preprocess(image)
         h, w = np.shape(image)[:2]
         enc = self.model.encode(x)
-        feats = enc.features[0, :, :h, :w]  # crop the padding: (c_F, H, W)
-        base = feats.reshape(feats.shape[0], -1).t() @ self._w_f + self._b0  # (P, c_h)
+        feats = enc.features[0, :, :h, :w].permute(1, 2, 0)  # crop the padding: (H, W, c_F)
+        # pixel-major (P, c_F): a free view when F is channels-last and nothing was cropped
+        base = feats.reshape(-1, feats.shape[-1]) @ self._w_f + self._b0  # (P, c_h)
         self._base = base.contiguous()
         self._prior_mu = enc.prior_mu[0].float()
         self._prior_sigma = torch.exp(enc.prior_logsigma[0]).float()

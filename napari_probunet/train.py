@@ -63,7 +63,9 @@ class TrainConfig:
     # Larger values start q informative about every part of the mask, so the decoder can begin
     # to use each ambiguity at once instead of discovering them one after another.
     posterior_init_std: float = 0.0
-    amp: str = "auto"  # "auto" (bf16 on CPU/CUDA), "bf16", "fp16" (CUDA), "none"
+    # "auto": bf16 where the hardware computes it natively (CPUs with AVX-512 BF16 or AMX, GPUs
+    # with bf16), else float32; "bf16", "fp16" (CUDA only) or "none" force a choice
+    amp: str = "auto"
     channels_last: bool = True
     augment: bool = True
     seed: int = 0
@@ -195,7 +197,11 @@ def _amp_context(amp: str, device_type: str):
     import torch
 
     if amp == "auto":
-        amp = "bf16" if device_type in ("cpu", "cuda") else "none"
+        from napari_probunet.device import auto_precision
+
+        amp, _ = auto_precision(device_type)
+    if amp not in ("none", "bf16", "fp16"):
+        raise UserError(f"unknown amp {amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
     if amp == "none":
         return contextlib.nullcontext(), "none"
     if amp == "fp16" and device_type != "cuda":
@@ -277,7 +283,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = ProbUNet(model_cfg).to(device)
-    if cfg.posterior_init_std > 0:  # before any resume, which overwrites it
+    if cfg.posterior_init_std > 0 and model.posterior is not None:  # before any resume, which overwrites it
         with torch.no_grad():
             mu_rows = model.posterior.to_params.weight[: model_cfg.latent_dim]
             mu_rows.normal_(0.0, cfg.posterior_init_std)
@@ -303,6 +309,17 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     if len(cases) == 0:
         raise UserError(f"no training cases in {cfg.data}")
     sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment)
+    if not (model_cfg.domain or {}).get("reference"):
+        # record what the training images look like, so that the model file can warn about
+        # images unlike them (napari_probunet.domain); a fixed seed gives the same on a resume
+        from napari_probunet.domain import fit_model_domain
+
+        try:
+            model_cfg.domain = fit_model_domain(model_cfg, cases, seed=cfg.seed,
+                                                training_data=cfg.data)
+        except ValueError as exc:  # too few images for a reference: the model still trains
+            if is_main:
+                print(f"note: the model's domain check is not recorded ({exc})", file=sys.stderr)
 
     step, best, history = 0, math.inf, []
     ckpt = out / "checkpoint.safetensors"
@@ -319,6 +336,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
                 print(f"  changed since the last leg: {change}", file=sys.stderr)
     train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     amp_ctx, amp_used = _amp_context(cfg.amp, device.type)
+    if is_main:
+        from napari_probunet.device import auto_precision
+
+        why = auto_precision(device.type)[1] if cfg.amp == "auto" else "set by the recipe"
+        print(f"precision: {'float32' if amp_used == 'none' else amp_used} on {device.type} "
+              f"(amp = {cfg.amp!r}: {why})", file=sys.stderr)
     meta = {"recipe": recipe_name, "train_config": asdict(cfg), "amp": amp_used, "world_size": world}
     if is_main:
         (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), **meta}, indent=2))

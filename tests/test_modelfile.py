@@ -160,3 +160,36 @@ def test_cli_version_and_help(capsys):
     assert exc.value.code == 0 and __version__ in capsys.readouterr().out
     assert cli.main([]) == 0
     assert "evaluate" in capsys.readouterr().out
+
+
+def test_bundled_models_are_addressed_by_name(tmp_path, monkeypatch, capsys):
+    from napari_probunet import modelfile
+
+    names = [m.name for m in modelfile.BUNDLED_MODELS]
+    assert names == ["lidc", "lesions"]
+    assert modelfile.bundled_model("default").name == modelfile.DEFAULT_MODEL_NAME
+    for m in modelfile.BUNDLED_MODELS:
+        if m.path.exists():
+            assert modelfile.resolve_model_path(m.name) == m.path
+            assert modelfile.bundled_model_of(m.path) == m
+            assert load_model(m.name).source_path == str(m.path)
+    assert modelfile.bundled_model_of(tmp_path / "x.safetensors") is None
+    with pytest.raises(ModelFileError, match="bundled models: default, lidc, lesions"):
+        modelfile.resolve_model_path("lidcc")
+    # a missing bundled file is named, with a way out
+    monkeypatch.setattr(modelfile, "MODELS_DIR", tmp_path)
+    with pytest.raises(ModelFileError, match="bundled model 'lidc' is missing.*reinstall"):
+        modelfile.resolve_model_path("lidc")
+
+
+def test_info_names_the_bundled_model_and_its_domain(capsys):
+    from napari_probunet import modelfile
+
+    assert cli.main(["info", "lesions"]) == 0
+    out = capsys.readouterr().out
+    assert "bundled      lesions: Synthetic demo lesion" in out
+    lidc = modelfile.bundled_model("lidc")
+    if lidc.path.exists():
+        assert cli.main(["info", "lidc"]) == 0
+        out = capsys.readouterr().out
+        assert "Lung nodule, CT (LIDC-IDRI, 4 radiologists)" in out and "modality     CT" in out

@@ -47,8 +47,12 @@ def test_wheel_ships_manifest_entry_point_and_default_model(wheel):
         text = zf.read(ep).decode()
     assert "[napari.manifest]" in text and "napari_probunet:napari.yaml" in text
     assert "probunet = napari_probunet.cli:main" in text
-    if (ROOT / "napari_probunet" / "models" / "default.safetensors").exists():
-        assert "napari_probunet/models/default.safetensors" in names
+    from napari_probunet.modelfile import BUNDLED_MODELS
+
+    for bundled in BUNDLED_MODELS:
+        if bundled.path.exists():
+            assert f"napari_probunet/models/{bundled.file}" in names
+    assert "napari_probunet/samples/lidc_test_slices.npz" in names
 
 
 def test_wheel_install_validates_in_a_scratch_environment(wheel, tmp_path):

@@ -1,5 +1,5 @@
-"""File → Open Sample: synthetic lesions with their graders, in napari's sample-data format,
-without importing torch."""
+"""File → Open Sample: real CT nodules and synthetic lesions with their graders, in napari's
+sample-data format, without importing torch."""
 
 from __future__ import annotations
 
@@ -56,3 +56,24 @@ def test_opening_a_sample_does_not_import_torch():
             "s.sample_lesion(); s.sample_lesion_large(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("key", list(_sample_data.LIDC_SAMPLES))
+def test_real_ct_samples_are_test_patients_with_four_radiologists(key):
+    layers = getattr(_sample_data, f"sample_{key}")()
+    assert [kind for _, _, kind in layers] == ["image"] + ["labels"] * 4
+    image, kwargs, _ = layers[0]
+    assert image.shape == (128, 128) and image.dtype == np.uint8
+    assert image.min() == 0 and image.max() == 255  # the data's per-crop stretch
+    assert "CC BY 3.0" in kwargs["metadata"]["source"]
+    patient = kwargs["metadata"]["source"].split(", ")[-1].split("/")[0]
+    test_patients = (_sample_data.Path(__file__).resolve().parents[1] / "docs"
+                     / "lidc-test-patients.txt").read_text().split()
+    assert patient in test_patients  # never trained on
+    masks = np.stack([m for m, _, _ in layers[1:]])
+    marked = int(masks.reshape(4, -1).any(axis=1).sum())
+    assert marked == {"lidc_nodule": 4, "lidc_nodule_2of4": 2, "lidc_nodule_1of4": 1}[key]
+    colours = [kw["colormap"].color_dict[1].tolist() for _, kw, _ in layers[1:]]
+    assert len({tuple(c) for c in colours}) == 4  # one colour per radiologist
+    for r, (_, kw, _) in enumerate(layers[1:], start=1):
+        assert kw["name"].startswith(f"radiologist {r}") and kw["visible"] is False

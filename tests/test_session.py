@@ -155,3 +155,29 @@ def test_import_is_light():
     code = "import sys, napari_probunet, napari_probunet.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_inference_runs_channels_last_on_cpu_and_training_models_are_left_alone():
+    """Channels-last convolutions are faster on CPUs (docs/performance.md); a model being
+    trained (validated mid-run) keeps its memory format, or its arithmetic would change."""
+    import torch
+
+    from napari_probunet._testing import tiny_model
+
+    image = np.random.default_rng(3).random((32, 32)).astype(np.float32)
+    model = tiny_model()
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        reference = model.unet(torch.from_numpy(image)[None, None] - 0.5)
+    s = Session(model, "cpu")
+    assert s.channels_last
+    assert model.unet.encoder.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    s.set_image(image)
+    with torch.no_grad():
+        torch.testing.assert_close(model.unet(s._x.clone()), reference, rtol=1e-4, atol=1e-5)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, plain[k], rtol=0, atol=0)
+    training = tiny_model().train()
+    s2 = Session(training, "cpu")
+    assert not s2.channels_last
+    assert training.unet.encoder.blocks[0][0].weight.is_contiguous()

@@ -226,3 +226,60 @@ def test_two_processes_end_with_identical_weights(recipe, tmp_path):
     checksums = summary["rank_weight_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert (tmp_path / "ddp" / "checkpoint.safetensors").exists()
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, recipe, tmp_path, capsys):
+    """amp = "auto": bf16 on a CPU with native bf16, float32 on one without (AVX2 only, where
+    emulated bf16 trains ten times slower); the log says which and why."""
+    from napari_probunet import device
+    from napari_probunet.train import _amp_context
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    assert device.auto_precision("cpu")[0] == "none"
+    assert _amp_context("auto", "cpu")[1] == "none"
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
+    assert device.auto_precision("cpu")[0] == "bf16"
+    assert _amp_context("auto", "cpu")[1] == "bf16"
+    assert _amp_context("none", "cpu")[1] == "none"  # an explicit choice stands
+    with pytest.raises(UserError, match="unknown amp"):
+        _amp_context("fp8", "cpu")
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    model_cfg, cfg = load_recipe(recipe)
+    train(model_cfg, replace(cfg, amp="auto", steps=1, val_data=""), tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert "precision: float32 on cpu (amp = 'auto': the CPU has no native bfloat16" in err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["amp"] == "none"
+
+
+def test_cpu_bf16_probe_answers_on_this_machine():
+    from napari_probunet.device import cpu_bf16_native
+
+    assert cpu_bf16_native() in (True, False)
+
+
+def test_a_deterministic_unet_trains_without_kl_and_samples_one_map(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    model_cfg = replace(model_cfg, deterministic=True)
+    train(model_cfg, replace(cfg, val_data=""), tmp_path / "unet", progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "unet" / "log.csv")))
+    assert all(float(r["kl"]) == 0.0 for r in rows)
+    model = load_model(tmp_path / "unet" / "last.safetensors")
+    assert model.config.deterministic and model.prior is None and model.posterior is None
+    assert not any(k.startswith(("prior.", "posterior.")) for k in model.state_dict())
+    from napari_probunet.data.synthetic import SyntheticDataset
+    from napari_probunet.session import Session
+
+    session = Session(model, "cpu")
+    session.set_image(SyntheticDataset("lesions", 1, seed=0, size=32)[0].image)
+    labels = session.sample(8, seed=1).labels
+    assert all((labels[i] == labels[0]).all() for i in range(8))
+
+
+def test_training_records_the_models_domain(recipe, tmp_path):
+    model_cfg, cfg = load_recipe(recipe)
+    model_cfg.domain = {"modality": "synthetic", "description": "synthetic lesions"}
+    train(model_cfg, replace(cfg, steps=1, val_data=""), tmp_path / "run", progress=False)
+    domain = load_model(tmp_path / "run" / "last.safetensors").config.domain
+    assert domain["modality"] == "synthetic" and domain["description"] == "synthetic lesions"
+    assert domain["reference"] and domain["threshold"] > 0
+    assert domain["training_data"] == cfg.data

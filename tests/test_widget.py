@@ -456,7 +456,7 @@ def test_incompatible_model_files_keep_the_loaded_model(review, qtbot, notes, tm
 def test_missing_bundled_model_says_so(make_napari_viewer, monkeypatch, tmp_path, notes):
     import napari_probunet.modelfile as modelfile
 
-    monkeypatch.setattr(modelfile, "DEFAULT_MODEL", tmp_path / "default.safetensors")
+    monkeypatch.setattr(modelfile, "MODELS_DIR", tmp_path)  # no bundled model files there
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
     assert said(notes, "The bundled model is not installed", NotificationSeverity.WARNING)
@@ -468,10 +468,14 @@ def test_missing_bundled_model_says_so(make_napari_viewer, monkeypatch, tmp_path
 
 
 def test_bundled_model_loads_off_the_gui_thread(make_napari_viewer, qtbot, monkeypatch,
-                                                 two_mode_model_file):
+                                                 two_mode_model_file, tmp_path):
+    import shutil
+
     import napari_probunet.modelfile as modelfile
 
-    monkeypatch.setattr(modelfile, "DEFAULT_MODEL", two_mode_model_file)
+    shutil.copyfile(two_mode_model_file, tmp_path / "lesions.safetensors")
+    monkeypatch.setattr(modelfile, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(modelfile, "DEFAULT_MODEL_NAME", "lesions")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
     assert widget._model_worker is not None  # loading in a napari thread worker
@@ -479,7 +483,8 @@ def test_bundled_model_loads_off_the_gui_thread(make_napari_viewer, qtbot, monke
     viewer.add_image(two_mode_case()[0], name="case")
     assert not widget.sample()  # queued until the model is there
     wait_idle(qtbot, widget)
-    assert "bundled model" in widget.model_label.text()
+    assert "Synthetic demo lesion (bundled model)" in widget.model_label.text()
+    assert widget.model_combo.currentText() == "Synthetic demo lesion"
     assert widget.state.hypotheses is not None  # the queued sampling ran
 
 
@@ -679,3 +684,56 @@ def test_placement_follows_any_image_transform():
     assert centred_roi(10, 10, 64, (32, 48)) == (0, 0, 32, 48)  # a small image: all of it
     assert bounding_roi(np.array([[1.5, 2.5], [9.5, 20.5]]), (32, 32)) == (2, 3, 8, 18)
     assert bounding_roi(np.array([[-9.0, -9.0], [-5.0, -5.0]]), (32, 32)) is None
+
+
+def test_model_choice_lists_bundled_models_by_plain_name_and_opened_files(
+        review, qtbot, tmp_path, two_mode_model_file):
+    from napari_probunet.modelfile import BUNDLED_MODELS
+
+    viewer, widget = review
+    titles = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    shipped = [m.title for m in BUNDLED_MODELS if m.path.exists()]
+    assert titles[:len(shipped)] == shipped
+    assert "Synthetic demo lesion" in titles
+    # the test's model file is listed as a file, selected
+    assert widget.model_combo.currentText() == f"File: {two_mode_model_file.name}"
+    # choosing a bundled model loads it off the GUI thread and shows what it was trained on
+    i = widget.model_combo.findData("lesions")
+    widget.model_combo.setCurrentIndex(i)
+    widget.model_combo.activated.emit(i)
+    wait_idle(qtbot, widget)
+    assert widget.state.model.config.input_size == 64
+    text = widget.model_label.text()
+    assert "Synthetic demo lesion (bundled model)" in text
+    assert "Trained on: synthetic CT-like lesion crops" in text
+    assert widget.model_combo.currentText() == "Synthetic demo lesion"
+    assert widget.model_combo.findData(str(two_mode_model_file)) == -1  # no stale file entry
+
+
+def test_an_image_unlike_the_training_data_is_warned_about_not_blocked(
+        review, qtbot, notes):
+    """The synthetic model, given a photograph (colour, larger than its input): sampling runs,
+    and the Model box and a notification say why its hypotheses may mean little."""
+    import skimage.data
+
+    viewer, widget = review
+    widget.load_bundled_model("lesions")
+    wait_idle(qtbot, widget)
+    viewer.add_image(skimage.data.astronaut()[:200, :200], name="photo", rgb=True)
+    widget.set_roi_mode("whole")
+    widget.n_spin.setValue(2)
+    assert widget.sample()
+    wait_idle(qtbot, widget)
+    assert widget.state.hypotheses is not None  # not blocked
+    assert widget.domain_label.isVisible() or not widget.isVisible()
+    text = widget.domain_label.text()
+    assert "colour image" in text and "200x200 pixels" in text
+    assert said(notes, "outside what the model knows", NotificationSeverity.WARNING)
+    # an image like its training data clears the warning
+    from napari_probunet.data.synthetic import SyntheticDataset
+
+    viewer.add_image(SyntheticDataset("lesions", 1, seed=3, size=64)[0].image, name="synthetic")
+    widget.image_combo.setCurrentText("synthetic")
+    assert widget.sample()
+    wait_idle(qtbot, widget)
+    assert widget.domain_label.text() == ""

@@ -64,6 +64,8 @@ class Case:
         truth: the known mode distribution (synthetic data only).
         grader_modes: ``(R,)`` int mode index of each grader into ``truth`` (synthetic only).
         source: the file or folder the case was read from, for messages.
+        ids: where the data has them, its own ids of the case, e.g. ``{"patient": ...,
+            "nodule": ..., "slice": ...}`` for LIDC-IDRI slices.
     """
 
     image: np.ndarray
@@ -73,6 +75,7 @@ class Case:
     truth: ModeTruth | None = None
     grader_modes: np.ndarray | None = None
     source: str | None = None
+    ids: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         where = self.source or f"case {self.case_id!r}"

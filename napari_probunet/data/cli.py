@@ -4,11 +4,14 @@
     probunet data info data/lesions
     probunet data info "synthetic:flips?n=500&seed=1"
     probunet data info ../shared/data/lidc-crops --json
+    probunet data info "../shared/data/lidc-idri-slices#fractions=0.75,0.05,0.2&seed=0&by=patient"
 
 ``synth`` writes a generic multi-rater folder (see :func:`write_multirater_folder`) with the
 known truth per case and a ``dataset.json`` describing the recipe, seed and versions; it
-refuses a non-empty folder unless ``--overwrite``. ``info`` prints counts, sizes, graders,
-intensity range, how often graders drew nothing and, for synthetic data, per-mode statistics.
+refuses a non-empty folder unless ``--overwrite``. ``info`` prints counts (with patients and
+nodules where the data has them), sizes, graders, intensity range, how often graders drew
+nothing and, for synthetic data, per-mode statistics; given a split without ``part=`` it prints
+the cases, patients and nodules of every part.
 """
 
 from __future__ import annotations
@@ -99,6 +102,14 @@ def _synth(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- info
 
 
+def _id_counts(cases: Sequence[Case]) -> dict:
+    """Patients and nodules, where the data carries such ids (LIDC-IDRI slices)."""
+    if hasattr(cases, "ids_of"):
+        return {"patients": len(set(cases.ids_of("patient"))),
+                "nodules": len(set(cases.ids_of("nodule")))}
+    return {}
+
+
 def summarize(cases: Sequence[Case]) -> dict:
     """Dataset statistics as a JSON-friendly dict (one pass over ``cases``)."""
     shapes: Counter = Counter()
@@ -137,6 +148,7 @@ def summarize(cases: Sequence[Case]) -> dict:
                 flip_probs = truth.flip_probs
     summary: dict = {
         "cases": n,
+        **_id_counts(cases),
         "image_shapes": {"x".join(map(str, s)): c for s, c in sorted(shapes.items())},
         "graders_per_case": {str(k): v for k, v in sorted(graders.items())},
         "intensity_range": [lo, hi] if n else None,
@@ -164,17 +176,52 @@ def summarize(cases: Sequence[Case]) -> dict:
     return summary
 
 
+def split_table(source: str) -> dict:
+    """``SOURCE#fractions=..&seed=..&by=..`` (no ``part=``): cases, patients and nodules of each
+    part of that split, read from the ids only."""
+    from napari_probunet.data.readers import SPLIT_PARTS, _parse_split, open_cases, split_cases
+
+    base, fragment = source.split("#", 1)
+    _, fractions, seed, by = _parse_split("part=train&" + fragment)
+    cases = open_cases(base)
+    parts = split_cases(cases, fractions, seed, by=by)
+    table = {}
+    for name, part in zip(SPLIT_PARTS, parts):
+        if hasattr(part, "ids_of"):
+            row = {"cases": len(part), **_id_counts(part)}
+        else:
+            groups = {c.group_id for c in part if c.group_id is not None}
+            row = {"cases": len(part), "groups": len(groups)}
+        table[name] = row
+    return {"source": base, "split": {"fractions": list(fractions), "seed": seed, "by": by},
+            "parts": table}
+
+
 def _info(args: argparse.Namespace) -> int:
     from napari_probunet.data.readers import open_cases
 
+    source = str(args.source)
+    if "#" in source and "part=" not in source.split("#", 1)[1]:
+        table = split_table(source)
+        if args.json:
+            json.dump(table, sys.stdout, indent=1)
+            print()
+            return 0
+        sp = table["split"]
+        print(f"{table['source']}: split by {sp['by']}, fractions {sp['fractions']}, seed {sp['seed']}")
+        for name, row in table["parts"].items():
+            extra = "".join(f", {row[k]} {k}" for k in ("patients", "nodules", "groups") if k in row)
+            print(f"  {name:<6} {row['cases']} cases{extra}")
+        return 0
     cases = open_cases(args.source)
-    summary = {"source": str(args.source), **summarize(cases)}
+    summary = {"source": source, **summarize(cases)}
     if args.json:
         json.dump(summary, sys.stdout, indent=1)
         print()
         return 0
     s = summary
-    print(f"{s['source']}: {s['cases']} cases")
+    ids = "".join(f", {s[k]} {k}" for k in ("patients", "nodules") if k in s)
+    print(f"{s['source']}: {s['cases']} cases{ids}")
     print(f"  image shapes:     {s['image_shapes']}")
     print(f"  graders per case: {s['graders_per_case']}")
     lo, hi = s["intensity_range"]

@@ -552,15 +552,19 @@ def _looks_deepmind(root: Path) -> bool:
 SPLIT_PARTS = ("train", "val", "test")
 
 
-def _parse_split(fragment: str) -> tuple[str, tuple[float, ...], int]:
-    """``part=train&fractions=0.8,0.1,0.1&seed=0`` -> (part, fractions, seed)."""
+SPLIT_UNITS = ("group", "patient", "nodule", "case")
+
+
+def _parse_split(fragment: str) -> tuple[str, tuple[float, ...], int, str]:
+    """``part=train&fractions=0.8,0.1,0.1&seed=0&by=patient`` -> (part, fractions, seed, by)."""
     fields = dict(item.split("=", 1) for item in fragment.split("&") if "=" in item)
-    unknown = set(fields) - {"part", "fractions", "seed"}
+    unknown = set(fields) - {"part", "fractions", "seed", "by"}
     part = fields.get("part", "")
-    if unknown or part not in SPLIT_PARTS:
+    by = fields.get("by", "group")
+    if unknown or part not in SPLIT_PARTS or by not in SPLIT_UNITS:
         raise DataError(
             f"bad split '#{fragment}': use '#part=train|val|test' with optional "
-            "'&fractions=0.8,0.1,0.1&seed=0'"
+            "'&fractions=0.8,0.1,0.1&seed=0&by=patient' (by: group, patient, nodule or case)"
         )
     try:
         fractions = tuple(float(f) for f in fields.get("fractions", "0.8,0.1,0.1").split(","))
@@ -569,7 +573,27 @@ def _parse_split(fragment: str) -> tuple[str, tuple[float, ...], int]:
         raise DataError(f"bad split '#{fragment}': {exc}") from exc
     if len(fractions) != 3:
         raise DataError(f"bad split '#{fragment}': give three fractions (train, val, test)")
-    return part, fractions, seed
+    return part, fractions, seed, by
+
+
+def split_groups(cases: Sequence[Case], by: str = "group") -> list[str | None]:
+    """The id that keeps cases together in a split: ``by="group"`` (or ``"patient"``) the
+    ``group_id``, ``"nodule"`` the nodule id where the data has one, ``"case"`` none."""
+    if by not in SPLIT_UNITS:
+        raise DataError(f"unknown split unit {by!r}: use one of {', '.join(SPLIT_UNITS)}.")
+    if by == "case":
+        return [None] * len(cases)
+    if by == "nodule":
+        if hasattr(cases, "ids_of"):
+            return list(cases.ids_of("nodule"))
+        return [(case.ids or {}).get("nodule", case.group_id) for case in cases]
+    group_ids = getattr(cases, "group_ids", None)
+    if group_ids is None:
+        group_ids = [case.group_id for case in cases]
+    if by == "patient" and len(group_ids) and all(g is None for g in group_ids):
+        raise DataError("split by=patient: this data carries no patient ids; use by=case, or "
+                        "give each case a group_id (case.json) first.")
+    return list(group_ids)
 
 
 def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case]:
@@ -577,15 +601,18 @@ def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case
 
     Folders are detected as DeepMind's LIDC layout (``z-*_c*.png`` files), a folder of LIDC
     pickles (only ``*.pkl``/``*.pickle`` files and no case folders), or else the generic
-    multi-rater layout. A suffix ``#part=train`` (or ``val``, ``test``; optional
-    ``&fractions=0.8,0.1,0.1&seed=0``) selects one part of a deterministic split by group
-    (:func:`split_cases`), so training and evaluation can name the same held-out cases.
+    multi-rater layout; a folder or ``.zip`` in the LIDC-IDRI-slices layout is read by
+    :func:`~napari_probunet.data.lidc_slices.read_lidc_slices` (decoded once, then cached). A
+    suffix ``#part=train`` (or ``val``, ``test``; optional ``&fractions=0.8,0.1,0.1&seed=0`` and
+    ``&by=patient|nodule|case``, default the group id, which is the patient where the data has
+    one) selects one part of a deterministic split (:func:`split_cases`), so training and
+    evaluation can name the same held-out cases.
     """
     text = os.fspath(spec)
     if "#" in text:
         base, fragment = text.split("#", 1)
-        part, fractions, seed = _parse_split(fragment)
-        parts = split_cases(open_cases(base, on_error=on_error), fractions, seed)
+        part, fractions, seed, by = _parse_split(fragment)
+        parts = split_cases(open_cases(base, on_error=on_error), fractions, seed, by=by)
         return parts[SPLIT_PARTS.index(part)]
     if text.lower().startswith("synthetic:"):
         from napari_probunet.data.synthetic import SyntheticDataset, parse_synthetic_spec
@@ -600,7 +627,16 @@ def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case
             f"{text}: no such file or folder. Give a folder of cases, a .pkl/.pickle file or "
             f"a spec like 'synthetic:lesions?n=200&seed=0'.{hint}"
         )
+    from napari_probunet.data.lidc_slices import looks_like_lidc_slices, read_lidc_slices
+
+    if looks_like_lidc_slices(path):
+        return read_lidc_slices(path, on_error=on_error)
     if path.is_file():
+        if path.suffix.lower() == ".zip":
+            raise DataError(
+                f"{path}: this zip is not in the LIDC-IDRI-slices layout (no "
+                "LIDC-IDRI-<patient>/nodule-<k>/images/slice-<i>.png inside); unpack other "
+                "datasets and give their folder.")
         if path.suffix.lower() in _PICKLE_SUFFIXES:
             return read_lidc_pickle(path, on_error=on_error)
         raise DataError(
@@ -623,24 +659,23 @@ def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case
 
 
 def split_indices(
-    cases: Sequence[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+    cases: Sequence[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+    by: str = "group",
 ) -> tuple[list[int], ...]:
     """Split case indices into ``len(fractions)`` parts, keeping each group together.
 
-    Groups are ``group_id`` where set, else each case alone. Groups are shuffled with
-    ``seed`` and dealt, one at a time, to the part furthest below its target count, so the
-    parts approach ``fractions`` of the cases without ever sharing a group. Indices within a
-    part are ascending. ``cases`` may provide ``group_ids`` (as :class:`SyntheticDataset`
-    does) to avoid loading every case.
+    Groups are given by ``by`` (:func:`split_groups`: the ``group_id`` -- the patient -- by
+    default; a case without one is its own group). Groups are shuffled with ``seed`` and dealt,
+    one at a time, to the part furthest below its target count of cases, so the parts approach
+    ``fractions`` of the cases without ever sharing a group. Indices within a part are
+    ascending. Ids are read without loading cases where the data offers them (``group_ids``).
     """
     fractions = [float(f) for f in fractions]
     if not fractions or any(f < 0 or not math.isfinite(f) for f in fractions) or not math.isclose(
         sum(fractions), 1.0, abs_tol=1e-6
     ):
         raise DataError(f"split fractions must be >= 0 and sum to 1, got {fractions}.")
-    group_ids = getattr(cases, "group_ids", None)
-    if group_ids is None:
-        group_ids = [case.group_id for case in cases]
+    group_ids = split_groups(cases, by)
     members: dict[str, list[int]] = {}
     for i, gid in enumerate(group_ids):
         members.setdefault(f"g:{gid}" if gid is not None else f"i:{i}", []).append(i)
@@ -655,10 +690,18 @@ def split_indices(
 
 
 def split_cases(
-    cases: Sequence[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> tuple[list[Case], ...]:
-    """Split cases into ``len(fractions)`` lists by group (see :func:`split_indices`)."""
-    return tuple([cases[i] for i in part] for part in split_indices(cases, fractions, seed))
+    cases: Sequence[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+    by: str = "group",
+) -> tuple[Sequence[Case], ...]:
+    """Split cases into ``len(fractions)`` parts by group (see :func:`split_indices`).
+
+    A data set with a ``subset`` method (the memory-mapped LIDC slices) gives views of itself;
+    anything else gives lists of cases.
+    """
+    parts = split_indices(cases, fractions, seed, by=by)
+    if hasattr(cases, "subset"):
+        return tuple(cases.subset(part) for part in parts)
+    return tuple([cases[i] for i in part] for part in parts)
 
 
 # ----------------------------------------------------------------------------- writing
