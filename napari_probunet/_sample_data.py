@@ -65,9 +65,9 @@ def _case_layers(image: np.ndarray, masks: np.ndarray, name: str, truth, source:
 
 
 #: the real CT samples: key -> (index in lidc_test_slices.npz, layer name)
-LIDC_SAMPLES = {"lidc_nodule": (0, "CT nodule (4 of 4 radiologists)"),
-                "lidc_nodule_2of4": (1, "CT nodule (2 of 4 radiologists)"),
-                "lidc_nodule_1of4": (2, "CT nodule (1 of 4 radiologists)")}
+LIDC_SAMPLES = {"lidc_nodule": (0, "CT nodule 4of4"),
+                "lidc_nodule_2of4": (1, "CT nodule 2of4"),
+                "lidc_nodule_1of4": (2, "CT nodule 1of4")}
 LIDC_FILE = Path(__file__).parent / "samples" / "lidc_test_slices.npz"
 #: the radiologists' outline colours, one per rater, told apart when overlaid
 RATER_COLOURS = ("#e6194b", "#ffe119", "#42d4f4", "#f032e6")

@@ -35,7 +35,6 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -254,6 +253,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import suppress
+
     from napari_probunet.data.readers import open_cases
     from napari_probunet.modelfile import load_model
 
@@ -263,8 +264,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--quantile must be in [0.5, 1), got {args.quantile}")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
-    if args.out and Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a folder; give a file name such as scores.csv")
+    from napari_probunet.cli import check_writable
+
+    out = check_writable(args.out, "scores.csv")  # before any work: fail fast, nothing lost
     cases = open_cases(args.data)
     if args.limit is not None:
         cases = [cases[i] for i in range(min(args.limit, len(cases)))]
@@ -274,12 +276,18 @@ def run(args: argparse.Namespace) -> int:
     rows = assess_cases(model, cases, device=args.device, n_reference=args.reference_samples,
                         quantile=args.quantile, seed=args.seed, progress=not args.quiet)
     text = to_csv(rows, model.config.latent_dim)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            tmp.replace(out)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink()
+            sys.stdout.write(text)  # the scores are not lost
+            raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the scores "
+                            "were printed above instead") from None
     else:
         sys.stdout.write(text)
     if not args.quiet:

@@ -53,8 +53,8 @@ SUMMARY_VERSION = 1
 SUMMARY_NAME = "summary.json"
 #: how a case's seed is derived (also written into every manifest and summary)
 SEED_RULE = (
-    "seed = int.from_bytes(sha256(f'{run_seed}:{case_id}'.encode()).digest()[:4], 'big') "
-    "& 0x7FFFFFFF"
+    "seed = int.from_bytes(sha256(f'{run_seed}:{case_id}'.encode('utf-8', 'surrogateescape'))"
+    ".digest()[:4], 'big') & 0x7FFFFFFF"
 )
 #: how long a rank waits for the others at the final gather (ranks finish at different times)
 DIST_TIMEOUT = timedelta(hours=24)
@@ -71,8 +71,27 @@ def case_seed(run_seed: int, case_id: str) -> int:
 
     31 bits, so it can be typed into the review widget's seed box to redraw the same set.
     """
-    digest = hashlib.sha256(f"{int(run_seed)}:{case_id}".encode()).digest()
+    digest = hashlib.sha256(id_bytes(f"{int(run_seed)}:{case_id}")).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def id_bytes(text: str) -> bytes:
+    """A case id as bytes, for hashing: UTF-8, and a file name's undecodable bytes as they are.
+
+    Python reads a file name that is not valid UTF-8 (``b"scan\\xff.npy"``) as a string with
+    lone surrogates (``"scan\\udcff.npy"``); ``surrogateescape`` turns them back into the
+    file's own bytes (as ``os.fsencode`` does), so such a case gets a seed instead of a crash.
+    Any other lone surrogate is kept as its UTF-8-style bytes (``surrogatepass``).
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def readable(text: str) -> str:
+    """``text`` fit to print or log: a file name's undecodable bytes shown as ``\\xff``."""
+    return id_bytes(str(text)).decode("utf-8", "backslashreplace")
 
 
 # ----------------------------------------------------------------------------- slices
@@ -132,7 +151,7 @@ class Plan:
         Sources are left out: nodes may mount the same study under different paths."""
         h = hashlib.sha256()
         for it in self.items:
-            h.update(f"{it.case_id}\0{it.name}\0{it.slice_index}\n".encode())
+            h.update(id_bytes(f"{it.case_id}\0{it.name}\0{it.slice_index}\n"))
         return h.hexdigest()
 
 
@@ -766,9 +785,9 @@ def print_summary(summary: dict[str, Any], file=None) -> None:
         file=file,
     )
     for f in summary["failures"]:
-        print(f"  FAILED {f['case_id']}: {f['reason']}", file=file)
+        print(f"  FAILED {readable(f['case_id'])}: {readable(f['reason'])}", file=file)
     for p in summary["problems"]:
-        print(f"  PROBLEM: {p}", file=file)
+        print(f"  PROBLEM: {readable(p)}", file=file)
     print(f"summary: {Path(summary['out']) / SUMMARY_NAME}", file=file)
 
 
@@ -911,7 +930,8 @@ def run(args: argparse.Namespace) -> int:
         mine = plan.items[ranks.rank::ranks.world]
         if ranks.rank == 0:
             for f in plan.failures:
-                print(f"probunet sample: FAILED {f['case_id']}: {f['reason']}", file=sys.stderr)
+                print(f"probunet sample: FAILED {readable(f['case_id'])}: "
+                      f"{readable(f['reason'])}", file=sys.stderr)
         _remove_stale_temporaries(out, mine)
         tty = sys.stderr.isatty()
         bar = tqdm(total=len(mine), unit="case", file=sys.stderr, dynamic_ncols=True,
@@ -925,7 +945,8 @@ def run(args: argparse.Namespace) -> int:
                 counts[r["status"]] += 1
                 if r["status"] == "failed":
                     prefix = f"[rank {ranks.rank}] " if ranks.distributed else ""
-                    tqdm.write(f"{prefix}FAILED {r['case_id']}: {r['reason']}", file=sys.stderr)
+                    tqdm.write(f"{prefix}FAILED {readable(r['case_id'])}: "
+                               f"{readable(r['reason'])}", file=sys.stderr)
                 bar.set_postfix(counts, refresh=False)
                 bar.update(1)
         gathered = ranks.gather_json({"rank": ranks.rank, "plan_digest": plan.digest(),

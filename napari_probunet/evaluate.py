@@ -558,12 +558,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import os
+    from contextlib import suppress
 
     from napari_probunet.modelfile import load_model
 
     if args.bins < 1:
         raise UserError("--bins must be at least 1")
+    from napari_probunet.cli import check_writable
+
+    out = check_writable(args.out, "result.json")  # before any work: fail fast, nothing lost
     if args.threads is not None:
         if args.threads < 1:
             raise UserError("--threads must be at least 1")
@@ -572,22 +576,29 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cases, spec = open_data(args.data)
     model = load_model(args.model, device="cpu")
+    baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast
     result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
                             device=args.device, progress=not args.quiet, n_bins=args.bins,
                             per_image=args.per_image)
     result = {"model": str(args.model), "data": spec, **result}
-    if args.baseline:
-        base = evaluate_model(load_model(args.baseline, device="cpu"), cases,
+    if baseline is not None:
+        base = evaluate_model(baseline, cases,
                               n_samples=args.samples, seed=args.seed, device=args.device,
                               progress=not args.quiet, n_bins=args.bins)
         result["baseline"] = {"model": str(args.baseline), **base}
     text = json.dumps(result, indent=2, allow_nan=False)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text + "\n")
+            tmp.replace(out)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink()
+            print(text)  # the evaluation is not lost
+            raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the result "
+                            "was printed above instead") from None
     if args.json:
         for note in result.get("notes", []):
             print(f"probunet evaluate: note: {note}", file=sys.stderr)

@@ -19,10 +19,17 @@ Conventions
   Label values are class indices (``0`` = background) everywhere else.
 - **The record** ``<mask path>.json`` (e.g. ``case12_lesion.tif.json``): see
   :func:`correction_record`.
-- **Safety**: both files are written to temporary files in the target folder and renamed over
-  the targets (``os.replace``), so a crash never leaves a half-written mask; an existing mask
-  or record is never replaced unless ``overwrite=True``; a failed write raises
-  :class:`~napari_probunet.errors.UserError` saying what happened and that nothing was written.
+- **Safety**: both files are written to hidden temporary files in the target folder, flushed
+  to disk (``fsync``), then committed, so a crash never leaves a half-written mask. Without
+  ``overwrite`` the commit is a hard link of the finished file onto the target, which fails if
+  the target exists, so two exports racing for one name never replace each other (where the
+  file system has no hard links, a file created with ``O_EXCL`` is filled instead). With
+  ``overwrite`` the files are renamed over the targets (``os.replace``). All or nothing: if the
+  record cannot be committed after the mask, the new mask is removed again (the old one put
+  back), and a failed write raises :class:`~napari_probunet.errors.UserError` saying what
+  happened and that nothing was written. Temporary files that a killed export left behind
+  (``.NAME.*.tmp.EXT``) are removed by the next export into that folder once they are an hour
+  old. Exports get the ordinary mode of a new file (``0666`` less the umask).
 
 Recovery files (autosave) live here too: :func:`save_recovery`, :func:`load_recovery`.
 """
@@ -33,7 +40,13 @@ import datetime as _dt
 import errno
 import json
 import os
+import re
+import secrets
+import shutil
+import stat
 import tempfile
+import time
+from contextlib import suppress
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -46,6 +59,10 @@ from napari_probunet.errors import UserError
 SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz")
 RECORD_VERSION = 1
 RECORD_KIND = "napari-probunet correction"
+#: a hidden temporary file of an export older than this (seconds) was left by a killed export
+STALE_TEMP_SECONDS = 3600.0
+#: ``.<target>.<8 random characters>.tmp[<suffix>]``: the temporary files of an export
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(?P<ext>\.[A-Za-z.]+)?$")
 
 
 class ExportExistsError(UserError):
@@ -285,14 +302,155 @@ def _write_failed(path: Path, exc: OSError) -> UserError:
     )
 
 
+def _exists_error(names: list[str], folder: Path) -> ExportExistsError:
+    return ExportExistsError(
+        f"{' and '.join(names)} already exist(s) in {folder}; choose another name or confirm "
+        "that it may be replaced"
+    )
+
+
+def _ordinary_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process's umask."""
+    with suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:  # Linux: read the umask without changing it (thread-safe)
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the commit's new directory entries durable (POSIX; nothing to do on Windows)."""
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _is_export_temporary(name: str) -> bool:
+    """``.case.tif.a1b2c3d4.tmp.tif`` (a mask), ``.case.tif.json.a1b2c3d4.tmp`` (a record)."""
+    m = _TEMP_RE.match(name)
+    if m is None:
+        return False
+    target, ext = m["target"], (m["ext"] or "").lower()
+    if ext:
+        return ext in SUFFIXES and mask_suffix(target) == ext
+    return target.lower().endswith(".json") and mask_suffix(target[:-5]) in SUFFIXES
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
+    """Delete the hidden temporary files of exports into ``folder`` that are older than
+    :data:`STALE_TEMP_SECONDS` (left by an export that was killed); return what was deleted.
+
+    Younger ones may belong to an export under way in another process and are left alone.
+    """
+    cutoff = (time.time() if now is None else now) - STALE_TEMP_SECONDS
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and _is_export_temporary(entry.name)):
+            continue
+        with suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+#: what ``os.link`` fails with where the file system has no hard links (FAT, SMB, FUSE, ...)
+_NO_HARD_LINKS = {errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS,
+                  errno.EXDEV, errno.EMLINK, errno.EINVAL}
+
+
+def _link_no_clobber(tmp: Path, target: Path) -> None:
+    """Make the finished ``tmp`` appear as ``target`` unless ``target`` exists.
+
+    A hard link never replaces a file, so the check and the commit are one step (a separate
+    existence check would let a concurrent export slip in between). On file systems without
+    hard links (FAT, some network shares) a file created with ``O_EXCL`` is filled instead.
+    Raises :class:`FileExistsError` if ``target`` exists.
+    """
+    try:
+        os.link(tmp, target)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out, open(tmp, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(target)
+        raise
+
+
+def _backup(path: Path, suffix: str) -> Path | None:
+    """A hidden second name (or copy) of the file at ``path`` to put back if the export fails."""
+    if not path.exists():
+        return None
+    backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        os.link(path, backup)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        shutil.copy2(path, backup)
+    return backup
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _take_back(path: Path, written: tuple[int, int] | None, backup: Path | None) -> str | None:
+    """Undo the commit of the mask at ``path``: put the old one back or remove the new one.
+
+    Returns None when done, else why it could not be done."""
+    try:
+        if backup is not None:
+            os.replace(backup, path)
+        elif written is not None and _identity(path) == written:
+            os.unlink(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any],
                       overwrite: bool = False, scale=None) -> tuple[Path, Path]:
     """Write ``mask`` to ``path`` and ``record`` (plus file details) to ``<path>.json``, atomically.
 
     Returns the paths of the mask and of the record. Raises :class:`ExportExistsError` if either
-    exists and ``overwrite`` is false, and :class:`UserError` for an unsupported suffix, a mask
+    exists and ``overwrite`` is false (checked again at the commit, so a concurrent export of
+    the same name cannot be replaced), and :class:`UserError` for an unsupported suffix, a mask
     the format cannot hold or a failed write (read-only folder, full disk); nothing is left
-    behind then.
+    behind then (see the module's "Safety").
     """
     path = Path(path).expanduser()
     suffix = mask_suffix(path)
@@ -311,21 +469,22 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     if not overwrite:
         existing = [p.name for p in (path, json_path) if p.exists()]
         if existing:
-            raise ExportExistsError(
-                f"{' and '.join(existing)} already exist(s) in {path.parent}; choose another "
-                "name or confirm that it may be replaced"
-            )
+            raise _exists_error(existing, path.parent)
     if not path.parent.is_dir():
         raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
+    remove_stale_temporaries(path.parent)
 
-    tmp_mask = tmp_json = None
+    tmp_mask = tmp_json = backup = None
     try:
         try:
+            mode = _ordinary_mode()
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
                                         dir=path.parent)
             os.close(fd)
             tmp_mask = Path(name)
             notes = _write_array(mask, tmp_mask, suffix, scale=scale)
+            _fsync(tmp_mask)
+            os.chmod(tmp_mask, mode)  # mkstemp's files are private (0600)
             full = dict(record)
             full["mask"] = {
                 "file": path.name,
@@ -345,19 +504,50 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(_jsonable(full), f, indent=2)
                 f.write("\n")
-            os.replace(tmp_mask, path)
-            tmp_mask = None
-            os.replace(tmp_json, json_path)
-            tmp_json = None
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp_json, mode)
+
+            # commit: the mask, then its record; if the record fails, take the mask back
+            if overwrite:
+                backup = _backup(path, suffix)
+                os.replace(tmp_mask, path)
+                tmp_mask = None
+            else:
+                try:
+                    _link_no_clobber(tmp_mask, path)
+                except FileExistsError:
+                    raise _exists_error([path.name], path.parent) from None
+            written = _identity(path)
+            try:
+                if overwrite:
+                    os.replace(tmp_json, json_path)
+                    tmp_json = None
+                else:
+                    try:
+                        _link_no_clobber(tmp_json, json_path)
+                    except FileExistsError:
+                        raise _exists_error([json_path.name], path.parent) from None
+            except BaseException as exc:
+                problem = _take_back(path, written, backup)
+                kept, backup = backup, None  # put back, or (if that failed) the only old copy
+                if problem is not None and isinstance(exc, OSError):
+                    old = f" The previous {path.name} is in {kept.name}." if kept else ""
+                    raise UserError(
+                        f"could not save {json_path.name} in {path.parent}: "
+                        f"{exc.strerror or exc}, and the new {path.name} could not be taken "
+                        f"back ({problem}): it is there without its record.{old} Export "
+                        "again, or delete it."
+                    ) from exc
+                raise
+            _fsync_folder(path.parent)
         except OSError as exc:
             raise _write_failed(path, exc) from exc
     finally:
-        for tmp in (tmp_mask, tmp_json):
+        for tmp in (tmp_mask, tmp_json, backup):
             if tmp is not None:
-                try:
+                with suppress(OSError):
                     tmp.unlink()
-                except OSError:
-                    pass
     return path, json_path
 
 
@@ -401,6 +591,8 @@ def save_recovery(plane_signature: str, correction: np.ndarray, info: dict[str, 
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # a crash after the rename must not leave an empty file
         os.replace(name, target)
     finally:
         if os.path.exists(name):
@@ -411,17 +603,25 @@ def save_recovery(plane_signature: str, correction: np.ndarray, info: dict[str, 
 def load_recovery(plane_signature: str, folder: str | os.PathLike | None = None):
     """``(correction, source_labels or None, info)`` autosaved for this plane, or ``None``.
 
-    A damaged recovery file counts as none (it is left in place for inspection).
+    A damaged recovery file (empty, cut short by a crash, bit-flipped, not what it should
+    hold) counts as none and is left in place for inspection: this never raises for it.
     """
     path = recovery_path(plane_signature, folder)
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not set(data.files) <= {"correction", "source_labels", "info"}:
+                return None  # a damaged member name: something is missing
             correction = np.array(data["correction"])
             source = np.array(data["source_labels"]) if "source_labels" in data else None
             info = json.loads(str(data["info"]))
-    except (OSError, ValueError, KeyError):
+    except Exception:  # a damaged .npz: BadZipFile, EOFError, TypeError, zlib.error, ...
+        return None
+    labels = (correction.ndim == 2 and correction.dtype.kind in "biu"
+              and (source is None or (source.shape == correction.shape
+                                      and source.dtype.kind in "biu")))
+    if not labels or not isinstance(info, dict):
         return None
     return correction, source, info
 

@@ -95,10 +95,16 @@ def open_review(viewer, explorer: bool = True, scripted: bool = False):
 
 
 def load_model(review, model: str | None) -> None:
-    """Wait for the bundled model, or load ``model`` instead; raise if none could be loaded."""
+    """Wait for the default model, or load ``model`` (a file or a bundled model's name)
+    instead; raise if none could be loaded."""
+    from napari_probunet.modelfile import bundled_model
+
     wait_until(lambda: not review.busy, what="the bundled model")
     if model:
-        review.load_model_file(model)
+        if bundled_model(model) is not None:
+            review.load_bundled_model(model)
+        else:
+            review.load_model_file(model)
         wait_until(lambda: not review.busy, what=f"the model {model}")
     if review.state.session is None:
         raise SystemExit("no model could be loaded: " + (review._model_error or "see above"))
@@ -130,7 +136,7 @@ def screenshot(viewer, path: str | Path) -> Path:
     return path
 
 
-def take_main_screenshot(path: str | Path, sample_name: str = "lesion",
+def take_main_screenshot(path: str | Path, sample_name: str = "lidc_nodule",
                          model: str | None = None) -> Path:
     """The review right after sampling 16 hypotheses of a sample (``--screenshot``)."""
     viewer = _make_viewer()
@@ -155,13 +161,14 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     out = []
     viewer = _make_viewer()
     review = open_review(viewer, explorer=False, scripted=True)
-    viewer.open_sample(PLUGIN, "lesion")
+    viewer.open_sample(PLUGIN, "lidc_nodule")
+    image = viewer.layers[0]
     load_model(review, model)
-    viewer.layers.selection.active = viewer.layers["lesion"]
+    viewer.layers.selection.active = image
     out.append(screenshot(viewer, folder / "review-start.png"))
 
     sample(review)
-    viewer.layers.selection.active = viewer.layers["lesion"]
+    viewer.layers.selection.active = image
     out.append(screenshot(viewer, folder / "review-main.png"))
 
     # the hypothesis that differs most from the first one, to show what cycling reveals
@@ -174,7 +181,7 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     areas = labels.reshape(len(labels), -1).sum(axis=1)
     review.use_as_best_fit(int(np.argsort(areas)[len(areas) // 2]))
     correction = review.state.correction_layer
-    viewer.layers["lesion uncertainty"].visible = False
+    viewer.layers[f"{image.name} uncertainty"].visible = False
     mask = correction.data > 0
     if mask.any():
         rows, cols = np.nonzero(mask)
@@ -189,13 +196,13 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     out.append(folder / "review-widget.png")
     viewer.close()
 
-    # the large slice: click on the lesion
+    # the large (synthetic) slice and the synthetic model: click on the lesion
     from napari_probunet._sample_data import LARGE_OFFSET
 
     viewer = _make_viewer()
     review = open_review(viewer, explorer=False, scripted=True)
     viewer.open_sample(PLUGIN, "lesion_large")
-    load_model(review, model)
+    load_model(review, "lesions")
     review.set_roi_mode("click")
     settle()
     image = viewer.layers["CT slice"]

@@ -165,6 +165,39 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return _check_header(resolve_model_path(path))
 
 
+#: no trained network has a weight this large; a file that does was damaged or scaled by mistake
+MAX_ABS_WEIGHT = 1e12
+
+
+def _check_weights(name: str, tensors: dict[str, Any]) -> None:
+    """Refuse NaN, infinite or absurdly large weights, naming the first such tensor.
+
+    Such a model still runs, but every hypothesis comes out background with no uncertainty,
+    which reads as "no lesion, all hypotheses agree".
+    """
+    import torch
+
+    for key, t in tensors.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ModelFileError(
+                f"{name}: tensor {key!r} holds {bad} of {t.numel()} values that are NaN or "
+                "infinite, so the model would answer nonsense; the training diverged or the "
+                "file is damaged: use an earlier checkpoint, retrain, or copy the file again"
+            )
+        largest = float(t.abs().max())
+        if largest > MAX_ABS_WEIGHT:
+            raise ModelFileError(
+                f"{name}: tensor {key!r} holds a weight of magnitude {largest:.3g} (more than "
+                f"{MAX_ABS_WEIGHT:.0e}; no trained model has such weights), so the model would "
+                "answer nonsense; the file is damaged or was scaled by mistake: use an earlier "
+                "checkpoint, retrain, or copy the file again"
+            )
+
+
 def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
     """Load a model file or a bundled model by name (``"default"``, ``"lidc"``, ``"lesions"``)
     as an eval-mode :class:`ProbUNet`."""
@@ -203,6 +236,7 @@ def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
             ) if s
         )
         raise ModelFileError(f"{p.name}: weights do not match its configuration ({detail})")
+    _check_weights(p.name, tensors)
     with torch.no_grad():
         model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     model.eval()
@@ -228,6 +262,8 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        with open(tmp, "rb+") as fh:  # on disk before the rename: a crash leaves old or new
+            os.fsync(fh.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not the private temp file's mode
@@ -251,6 +287,15 @@ def run(args: argparse.Namespace) -> int:
     p = resolve_model_path(args.model)
     meta = _check_header(p)
     info = {"file": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size, **meta}
+    try:  # the same check as loading: a file with NaN weights is named as broken here too
+        from safetensors.torch import load_file
+
+        _check_weights(p.name, load_file(str(p), device="cpu"))
+        info["weights"] = "finite"
+    except ModelFileError as exc:
+        info["weights"] = f"BROKEN: {exc}"
+    except Exception as exc:  # safetensors' own errors: unreadable tensors
+        info["weights"] = f"BROKEN: cannot be read ({exc})"
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -261,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model file   {p}")
     print(f"sha256       {info['sha256']}")
     print(f"size         {info['bytes'] / 1e6:.2f} MB, format {meta['format_version']}")
+    print(f"weights      {info['weights']}")
     for key in ("class_names", "channels", "latent_dim", "input_size", "beta", "preprocessing"):
         print(f"{key:<12} {cfg.get(key)}")
     if cfg.get("deterministic"):

@@ -213,9 +213,23 @@ class Session:
         feats = enc.features[0, :, :h, :w].permute(1, 2, 0)  # crop the padding: (H, W, c_F)
         # pixel-major (P, c_F): a free view when F is channels-last and nothing was cropped
         base = feats.reshape(-1, feats.shape[-1]) @ self._w_f + self._b0  # (P, c_h)
+        prior_mu = enc.prior_mu[0].float()
+        prior_sigma = torch.exp(enc.prior_logsigma[0]).float()
+        # a damaged model (or an image far outside its range) overflows to NaN/inf; decoded,
+        # that is "background everywhere, all hypotheses agree": refuse it, never show it
+        broken = [what for what, t in (("encoded features", feats), ("encoded features", base),
+                                       ("prior mean", prior_mu), ("prior sigma", prior_sigma))
+                  if not bool(torch.isfinite(t).all())]
+        if broken:
+            raise InputError(
+                f"the model's {' and '.join(dict.fromkeys(broken))} for this image are not "
+                "finite numbers (NaN or infinity), so its hypotheses would be meaningless; the "
+                "model file is probably damaged (open another model) or the image is far "
+                "outside the intensity range the model was trained on"
+            )
         self._base = base.contiguous()
-        self._prior_mu = enc.prior_mu[0].float()
-        self._prior_sigma = torch.exp(enc.prior_logsigma[0]).float()
+        self._prior_mu = prior_mu
+        self._prior_sigma = prior_sigma
         self._x = x
         self._image_shape = (h, w)
         self.image_signature = image_signature(np.asarray(image))

@@ -174,21 +174,27 @@ class BatchSampler:
 
 def validate(model, cases, n_samples: int, seed: int, device: str) -> dict[str, float]:
     """GED and Hungarian-matched IoU with ``n_samples`` samples on ``cases`` (eval mode)."""
+    from napari_probunet.errors import InputError
     from napari_probunet.metrics import ged, hungarian_iou
     from napari_probunet.session import Session
 
     was_training = model.training
     session = Session(model, device=device)
-    geds, hms = [], []
+    geds, hms, sigma_max = [], [], []
     for i, case in enumerate(cases):
-        session.set_image(case.image)
+        try:
+            session.set_image(case.image)
+        except InputError:  # non-finite encodings: the run has diverged; say so in the log
+            geds.append(math.nan)
+            hms.append(math.nan)
+            continue
         hyp = session.sample(n_samples, seed=seed + i)
         geds.append(ged(hyp.labels, case.masks, model.config.num_classes))
         hms.append(hungarian_iou(hyp.labels, case.masks, model.config.num_classes))
-    _, sigma = session.prior()
+        sigma_max.append(float(session.prior()[1].max()))
     model.train(was_training)
     return {"val_ged16": float(np.mean(geds)), "val_hm_iou16": float(np.mean(hms)),
-            "val_prior_sigma_max": float(sigma.max())}
+            "val_prior_sigma_max": max(sigma_max) if sigma_max else math.nan}
 
 
 def _amp_context(amp: str, device_type: str):

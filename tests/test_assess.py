@@ -227,3 +227,33 @@ def test_cli_explains_bad_input(model_file, tmp_path, capsys):
                "--reference-samples", "0", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "case" in err and "classes" in err
+
+
+def test_cli_refuses_an_unwritable_out_before_any_work(model_file, tmp_path, capsys,
+                                                       monkeypatch):
+    """Scoring a whole study must not end in a PermissionError: --out is checked first."""
+    monkeypatch.setattr(assess, "assess_cases",
+                        lambda *a, **k: pytest.fail("assessed before checking --out"))
+    (tmp_path / "afile").write_text("")
+    outs = [tmp_path / "afile" / "scores.csv"]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        try:  # root may write anywhere: the read-only folder counts only where it is enforced
+            (locked / "probe").write_text("")
+            (locked / "probe").unlink()
+        except OSError:
+            outs.append(locked / "scores.csv")
+        for out in outs:
+            rc = main(["assess", "--model", str(model_file), "--data",
+                       "synthetic:lesions?n=1&size=32", "--out", str(out), "--quiet"])
+            err = capsys.readouterr().err
+            assert rc == 2, out
+            assert err.startswith(f"probunet assess: error: cannot write --out {out}")
+            assert err.count("\n") == 1 and "Traceback" not in err
+    finally:
+        locked.chmod(0o700)
+    rc = main(["assess", "--model", str(model_file), "--data", "synthetic:nope",
+               "--out", str(tmp_path / "new" / "deep" / "scores.csv")])
+    assert rc == 2 and not (tmp_path / "new").exists()

@@ -266,6 +266,38 @@ def test_failing_cases_are_reported_and_the_others_finish(study, model_file, tmp
     assert len(list(out.glob("*.probunet.zip"))) == 7
 
 
+def test_a_file_name_that_is_not_utf8_does_not_abort_the_batch(model_file, tmp_path, capsys):
+    """A name with the byte 0xff (a Latin-1 scan copied from an old PACS export) is sampled with
+    a seed from its own bytes; a broken one is reported readably; the rest finish."""
+    study = tmp_path / "study"
+    study.mkdir()
+    np.save(study / "ok.npy", _lesion((32, 32)))
+    try:
+        with open(os.fsencode(study) + b"/scan\xff.npy", "wb") as f:
+            np.save(f, _lesion((32, 32), 0.05))
+        with open(os.fsencode(study) + b"/broken\xff.png", "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n truncated")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out"
+    rc, stdout, stderr = sample(capsys, study, "--model", model_file, "--out", out, "--n", 2)
+    assert rc == 1  # the broken image, nothing else
+    assert "Traceback" not in stderr and "UnicodeEncodeError" not in stdout + stderr
+    summary = summary_of(out)
+    assert summary["counts"] == {"done": 2, "skipped": 0, "failed": 1, "total": 3}
+    assert (out / "ok.probunet.zip").exists()
+    scan = [c for c in summary["cases"] if c["case_id"] == os.fsdecode(b"scan\xff")]
+    assert scan and scan[0]["status"] == "done"
+    digest = hashlib.sha256(b"0:scan\xff").digest()
+    assert scan[0]["seed"] == int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    m = bundles.read_bundle(out / scan[0]["bundle"]).manifest
+    assert m["case_id"] == os.fsdecode(b"scan\xff") and m["seed"] == scan[0]["seed"]
+    assert "FAILED broken\\xff:" in stdout and "FAILED broken\\xff:" in stderr
+    # a rerun recognises the finished bundles
+    rc, stdout, _ = sample(capsys, study, "--model", model_file, "--out", out, "--n", 2)
+    assert summary_of(out)["counts"]["skipped"] == 2
+
+
 def test_an_interrupted_write_leaves_the_previous_bundle_intact(study, model_file, tmp_path,
                                                                 capsys, monkeypatch):
     out = tmp_path / "out"

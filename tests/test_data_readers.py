@@ -450,3 +450,53 @@ def test_split_suffix_selects_disjoint_deterministic_parts():
     assert [c.case_id for c in again] == ids[1]
     with pytest.raises(DataError, match="part=train"):
         open_cases(f"{spec}#part=holdout")
+
+
+def _build_on_global(module: str, name: str, state: bytes) -> bytes:
+    """A protocol-2 pickle: push the global ``module.name``, then BUILD it with ``state``."""
+    return b"\x80\x02" + f"c{module}\n{name}\n".encode() + state + b"b."
+
+
+def _slot_state(key: str) -> bytes:
+    """``(None, {key: int})``: BUILD's "slot state", applied with setattr."""
+    return b"N}" + b"X" + len(key).to_bytes(4, "little") + key.encode() + b"cbuiltins\nint\ns\x86"
+
+
+@pytest.mark.parametrize("module, name", [
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("builtins", "dict"),
+])
+@pytest.mark.parametrize("state", ["slot __init__", "slot __defaults__", "dict state"])
+def test_build_cannot_change_the_unpicklers_own_stand_ins(tmp_path, module, name, state):
+    """A pickle that BUILDs a global (``setattr(stand_in, '__init__', int)``) is refused and
+    changes nothing: a legitimate pickle loaded afterwards in the same process still loads."""
+    from napari_probunet.data.safe_pickle import safe_load_path
+
+    if state == "dict state":
+        raw = b"}X\x01\x00\x00\x00xK\x01s"  # {'x': 1}: BUILD writes it into __dict__
+    else:
+        raw = _slot_state(state.split()[1])
+    (tmp_path / "evil.pkl").write_bytes(_build_on_global(module, name, raw))
+    with pytest.raises(DataError, match="evil.pkl: (refused to load the pickle|not a readable)"):
+        safe_load_path(tmp_path / "evil.pkl")
+    legit = {"x": np.float64(0.7), "n": np.int16(3), "a": np.arange(6).reshape(2, 3)}
+    for protocol in (2, 4, 5):
+        (tmp_path / "good.pkl").write_bytes(pickle.dumps(legit, protocol=protocol))
+        back = safe_load_path(tmp_path / "good.pkl")
+        assert back["x"] == 0.7 and back["n"] == 3 and back["n"].dtype == np.int16
+        np.testing.assert_array_equal(back["a"], legit["a"])
+
+
+def test_build_on_an_object_the_stand_ins_made_is_refused(tmp_path):
+    from napari_probunet.data.safe_pickle import safe_load_path
+
+    scalar = pickle.dumps(np.float64(0.5), protocol=2)[:-1]  # without the final STOP
+    (tmp_path / "x.pkl").write_bytes(scalar + _slot_state("__class__") + b"b.")
+    with pytest.raises(DataError, match="applies state .BUILD. to a numpy scalar"):
+        safe_load_path(tmp_path / "x.pkl")
+    (tmp_path / "t.pkl").write_bytes(b"\x80\x02cbuiltins\nint\n.")  # a builtin type as a value
+    assert safe_load_path(tmp_path / "t.pkl") is int

@@ -113,3 +113,22 @@ def test_probunet_domain_records_a_models_domain(tmp_path, capsys):
 def test_fitting_needs_enough_images():
     with pytest.raises(ValueError, match="at least"):
         fit_domain([np.zeros((8, 8))] * 5)
+
+
+def test_a_crop_in_hounsfield_units_gives_the_same_hypotheses_as_its_8_bit_version():
+    """The LIDC model's convention (each crop's range stretched to the input range) makes the
+    window irrelevant: HU in, the same hypotheses out, and no domain warning either way."""
+    from napari_probunet.session import Session
+
+    rng = np.random.default_rng(7)
+    eight_bit = ct_like(rng).round().astype(np.uint8)
+    hu = eight_bit.astype(np.float32) / 255 * 1350.0 - 1024.0  # a linear HU scale
+    model = tiny_model(preprocessing=Preprocessing(mode="percentile", p_low=0, p_high=100,
+                                                   scale_integers=False))
+    s = Session(model, "cpu")
+    s.set_image(eight_bit)
+    a = s.sample(12, seed=4)
+    s.set_image(hu)
+    b = s.sample(12, seed=4)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.z, b.z, atol=1e-5)

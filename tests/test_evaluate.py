@@ -167,3 +167,45 @@ def test_cli_table_on_screen(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "GED(4)" in text and "oracle" in text and "reliability" in text
     assert cli.main(["evaluate", "--model", str(path), "--data", "synthetic:nope"]) == 2
+
+
+def _unwritable_outs(tmp_path):
+    """--out values that cannot be written: under a file, and in a read-only folder (where the
+    file system enforces it: root may write anywhere)."""
+    (tmp_path / "afile").write_text("")
+    outs = [tmp_path / "afile" / "result.json"]
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        (locked / "probe").write_text("")
+        (locked / "probe").unlink()
+    except OSError:
+        outs.append(locked / "result.json")
+    return outs
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """Hours of evaluation must not end in a PermissionError: --out is checked first."""
+    from napari_probunet import evaluate
+    from napari_probunet.modelfile import save_model
+
+    path = tmp_path / "tiny.safetensors"
+    save_model(_testing.tiny_model(), path)
+    monkeypatch.setattr(evaluate, "evaluate_model",
+                        lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    try:
+        for out in _unwritable_outs(tmp_path):
+            code = cli.main(["evaluate", "--model", str(path), "--data",
+                             "synthetic:lesions?n=1&size=32", "--samples", "4", "--quiet",
+                             "--out", str(out)])
+            err = capsys.readouterr().err
+            assert code == 2, out
+            assert err.startswith(f"probunet evaluate: error: cannot write --out {out}")
+            assert err.count("\n") == 1 and "Traceback" not in err
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    # a folder that does not exist yet is fine, and is not left behind when the run fails
+    code = cli.main(["evaluate", "--model", str(path), "--data", "synthetic:nope",
+                     "--out", str(tmp_path / "new" / "deep" / "result.json")])
+    assert code == 2 and not (tmp_path / "new").exists()

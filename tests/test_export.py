@@ -188,3 +188,181 @@ def test_recovery_folder_default_and_override(monkeypatch, tmp_path):
     assert export.recovery_dir() == tmp_path
     monkeypatch.delenv("NAPARI_PROBUNET_RECOVERY_DIR")
     assert export.recovery_dir().parts[-2:] == ("napari-probunet", "recovery")
+
+
+def test_a_concurrent_export_of_the_same_name_is_never_replaced(tmp_path, correction,
+                                                                monkeypatch):
+    """Two clinicians (or two napari windows) export the same name: the one that finishes
+    second is told the name is taken; the first one's mask and record stay as written."""
+    edited, source = correction
+    target = tmp_path / "mask.npy"
+    theirs = np.full_like(edited, 7)
+    real_write = export._write_array
+    calls = []
+
+    def the_other_export_finishes_meanwhile(mask, path, suffix, scale=None):
+        calls.append(path)
+        if len(calls) == 1:  # our long write is under way; the other export commits first
+            export.export_correction(theirs, target, {"by": "the other export"})
+        return real_write(mask, path, suffix, scale=scale)
+
+    monkeypatch.setattr(export, "_write_array", the_other_export_finishes_meanwhile)
+    with pytest.raises(export.ExportExistsError, match="mask.npy already exist"):
+        export.export_correction(edited, target, make_record(edited, source))
+    np.testing.assert_array_equal(np.load(target), theirs)
+    assert json.loads(export.record_path(target).read_text())["by"] == "the other export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.npy", "mask.npy.json"]
+
+
+def test_a_record_that_appears_meanwhile_takes_the_new_mask_back(tmp_path, correction,
+                                                                 monkeypatch):
+    edited, source = correction
+    target = tmp_path / "mask.tif"
+    real_write = export._write_array
+
+    def a_record_appears(mask, path, suffix, scale=None):
+        export.record_path(target).write_text('{"by": "someone else"}')
+        return real_write(mask, path, suffix, scale=scale)
+
+    monkeypatch.setattr(export, "_write_array", a_record_appears)
+    with pytest.raises(export.ExportExistsError, match="mask.tif.json already exist"):
+        export.export_correction(edited, target, make_record(edited, source))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif.json"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_record_that_cannot_be_committed_leaves_nothing_new(tmp_path, correction, monkeypatch,
+                                                              overwrite):
+    """The mask is committed, then its record fails: "Nothing was written" must be true, so the
+    new mask is removed again (and with overwrite the previous mask and record are kept)."""
+    edited, source = correction
+    target = tmp_path / "mask.tif"
+    if overwrite:
+        export.export_correction(np.zeros_like(edited), target, {"old": True})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    commit = "replace" if overwrite else "link"
+    real = getattr(os, commit)
+
+    def record_fails(src, dst, *args, **kwargs):
+        if os.fspath(dst).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, commit, record_fails)
+    with pytest.raises(UserError, match="the disk is full") as info:
+        export.export_correction(edited, target, make_record(edited, source), overwrite=overwrite)
+    assert "Nothing was written" in str(info.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_without_hard_links_an_exclusive_create_still_never_clobbers(tmp_path, correction,
+                                                                     monkeypatch):
+    """FAT drives and some network shares have no hard links: O_EXCL does the same job."""
+    edited, source = correction
+
+    def no_hard_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    path, record_file = export.export_correction(edited, tmp_path / "mask.npy",
+                                                 make_record(edited, source))
+    np.testing.assert_array_equal(np.load(path), edited)
+    assert json.loads(record_file.read_text())["mask"]["file"] == "mask.npy"
+    real_write = export._write_array
+
+    def the_other_export_finishes_meanwhile(mask, p, suffix, scale=None):
+        (tmp_path / "b.npy").write_bytes(b"theirs")
+        return real_write(mask, p, suffix, scale=scale)
+
+    monkeypatch.setattr(export, "_write_array", the_other_export_finishes_meanwhile)
+    with pytest.raises(export.ExportExistsError):
+        export.export_correction(edited, tmp_path / "b.npy", make_record(edited, source))
+    assert (tmp_path / "b.npy").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npy", "mask.npy", "mask.npy.json"]
+
+
+def test_the_temporary_files_are_on_disk_before_the_commit(tmp_path, correction, monkeypatch):
+    edited, source = correction
+    events = []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "link", lambda a, b: (events.append("link"), real_link(a, b))[1])
+    export.export_correction(edited, tmp_path / "mask.png", make_record(edited, source))
+    assert events[:3] == ["fsync", "fsync", "link"]  # mask and record flushed, then committed
+
+
+def test_stale_temporary_files_of_a_killed_export_are_cleaned_up(tmp_path, correction):
+    edited, source = correction
+    old = datetime.now().timestamp() - 2 * 3600
+    stale = [".mask.tif.k2j3h4_x.tmp.tif", ".mask.tif.json.abcd1234.tmp",
+             ".scan.nii.gz.0a1b2c3d.tmp.nii.gz"]
+    kept = [".DS_Store", ".notes.txt.abcd1234.tmp", ".cache.abcd1234.tmp", "visible.tmp.tif"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (old, old))
+    young = ".other.png.zz9_8yx7.tmp.png"  # perhaps another export under way: left alone
+    (tmp_path / young).write_bytes(b"x")
+    export.export_correction(edited, tmp_path / "new.npy", make_record(edited, source))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*kept, young, "new.npy", "new.npy.json"])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=["022", "002", "077"])
+def test_exports_get_the_ordinary_mode_of_a_new_file(tmp_path, correction, umask):
+    edited, source = correction
+    before = os.umask(umask)
+    try:
+        files = export.export_correction(edited, tmp_path / "mask.tif",
+                                         make_record(edited, source))
+    finally:
+        os.umask(before)
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
+
+
+@pytest.fixture
+def recovery_file(tmp_path, correction):
+    edited, source = correction
+    signature = "sha256:" + "f" * 64
+    path = export.save_recovery(signature, edited, {"index": 2, "roi": list(ROI)},
+                                source_labels=source, folder=tmp_path)
+    return signature, path, path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "cut_before_the_end", "bit_flipped",
+                                    "not_labels"])
+def test_a_damaged_recovery_file_counts_as_none(tmp_path, recovery_file, damage):
+    """What a crash or a bad disk leaves must not break restore: load_recovery says None."""
+    signature, path, good = recovery_file
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "cut_before_the_end":
+        path.write_bytes(good[:-10])
+    elif damage == "bit_flipped":
+        data = bytearray(good)
+        data[good.index(b"\x93NUMPY") + 140] ^= 0x10  # in the correction's pixels
+        path.write_bytes(bytes(data))
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, correction=np.zeros((2, 3, 4)), info=np.array("[1, 2]"))
+    assert export.load_recovery(signature, tmp_path) is None
+    assert path.exists()  # left for inspection
+
+
+def test_no_truncation_or_bit_flip_of_a_recovery_file_raises(tmp_path, recovery_file,
+                                                             correction):
+    signature, path, good = recovery_file
+    edited, _ = correction
+    damaged = [good[:n] for n in range(0, len(good), 5)]
+    for k in range(0, len(good), 3):
+        data = bytearray(good)
+        data[k] ^= 1 << (k % 8)
+        damaged.append(bytes(data))
+    for data in damaged:
+        path.write_bytes(data)
+        found = export.load_recovery(signature, tmp_path)  # never raises
+        if found is not None:  # a flip in a field the reader does not check
+            np.testing.assert_array_equal(found[0], edited)

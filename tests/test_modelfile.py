@@ -193,3 +193,40 @@ def test_info_names_the_bundled_model_and_its_domain(capsys):
         assert cli.main(["info", "lidc"]) == 0
         out = capsys.readouterr().out
         assert "Lung nodule, CT (LIDC-IDRI, 4 radiologists)" in out and "modality     CT" in out
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "scaled_1e30"])
+def test_non_finite_or_absurd_weights_are_refused_at_load(tmp_path, damage, capsys):
+    """A diverged or damaged model runs and answers "background everywhere, all hypotheses
+    agree": it must not load at all, and the message names the tensor and the way out."""
+    model = tiny_model(0)
+    with torch.no_grad():
+        if damage == "nan":
+            model.prior.to_params.bias[1] = float("nan")
+        elif damage == "inf":
+            model.fcomb.logits.weight.view(-1)[0] = float("inf")
+        else:
+            for p in model.parameters():
+                p.mul_(1e30)
+    path = tmp_path / f"{damage}.safetensors"
+    save_model(model, path)
+    with pytest.raises(ModelFileError) as exc:
+        load_model(path)
+    text = str(exc.value)
+    expected = {"nan": "'prior.to_params.bias'", "inf": "'fcomb.logits.weight'"}.get(damage)
+    assert expected is None or expected in text
+    assert "tensor '" in text and "earlier checkpoint" in text
+    assert ("NaN or infinite" if damage != "scaled_1e30" else "magnitude") in text
+    image = tmp_path / "image.npy"
+    np.save(image, two_mode_case()[0])
+    assert cli.main(["sample", str(image), "--model", str(path), "--out",
+                     str(tmp_path / "out")]) == 2
+    assert "tensor '" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_healthy_model_still_loads_after_the_weight_check(tmp_path, tiny):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny, path)
+    assert load_model(path).config == tiny.config
+    assert load_model("default").config.latent_dim > 0

@@ -181,3 +181,33 @@ def test_inference_runs_channels_last_on_cpu_and_training_models_are_left_alone(
     s2 = Session(training, "cpu")
     assert not s2.channels_last
     assert training.unet.encoder.blocks[0][0].weight.is_contiguous()
+
+
+def test_non_finite_encodings_are_refused_never_shown_as_background():
+    """Weights that overflow (here scaled by 1e30, or NaN in the prior) give NaN features or
+    a NaN prior: every hypothesis would be background with zero disagreement. set_image
+    refuses with a clear message and leaves no image set."""
+    image, _ = two_mode_case()
+    scaled = tiny_model(0)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(1e30)
+    s = Session(scaled, "cpu")
+    with pytest.raises(InputError, match="not finite numbers .*model file is probably damaged"):
+        s.set_image(image)
+    assert not s.has_image
+    with pytest.raises(InputError, match="no image is set"):
+        s.sample(4)
+
+    nan_prior = tiny_model(0)
+    with torch.no_grad():
+        nan_prior.prior.to_params.bias[0] = float("nan")
+    s = Session(nan_prior, "cpu")
+    with pytest.raises(InputError, match="prior mean") as exc:
+        s.set_image(image)
+    assert "encoded features" not in str(exc.value)
+    assert not s.has_image
+
+    healthy = Session(tiny_model(0), "cpu")  # the check lets a healthy model through
+    healthy.set_image(image)
+    assert healthy.sample(2, seed=0).labels.shape == (2, *image.shape[:2])

@@ -14,6 +14,12 @@ restricted unpickler that resolves only the globals plain data needs:
 
 Anything else raises :class:`DataError` naming the refused global, before it is ever called.
 
+No global is handed to the unpickler as it is: it gets a sealed stand-in that calls it. The
+BUILD opcode sets attributes on whatever object is on the stack, a class or function included
+(``setattr(cls, "__init__", int)`` through "slot state"), and such a change would outlast the
+load and break every later one; a stand-in refuses BUILD and any attribute change, and so do
+the objects the numpy stand-ins make (their state is recorded as data, never set).
+
 Even the numpy globals are not handed to numpy as they are: ``numpy.ndarray(shape, 'O',
 buffer)`` turns bytes into object pointers and crashes the interpreter. The numpy names
 resolve to stand-ins that only record their arguments; once the stream is read, arrays are
@@ -49,11 +55,55 @@ class _Refused(DataError):
 # ----------------------------------------------------------------------------- stand-ins
 
 
-class _NdarrayClass:
-    """Stands for ``numpy.ndarray``: only valid as the subtype argument of ``_reconstruct``."""
+class _Global:
+    """What :meth:`RestrictedUnpickler.find_class` returns for an allowed global.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise _Refused("the pickle calls numpy.ndarray(...) directly, which plain arrays never do")
+    Calling it calls ``make``. It has no ``__dict__`` and refuses BUILD (``__setstate__``)
+    and attribute changes, so a pickle cannot change it (or anything behind it) for the
+    loads that follow. ``value`` is what the global stands for where a pickle stores it as
+    a value rather than calling it (a builtin type), or None where that is refused (numpy).
+    """
+
+    __slots__ = ("name", "make", "value")
+
+    def __init__(self, name: str, make: Any, value: Any = None) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "make", make)
+        object.__setattr__(self, "value", value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.make(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Refused(
+            f"the pickle tries to change {self.name} itself (BUILD on a global), which plain "
+            "data never does"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _Refused(f"the pickle tries to set {name!r} on {self.name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise _Refused(f"the pickle tries to delete {name!r} from {self.name}")
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.name}>"
+
+
+class _NoState:
+    """Base of the stand-ins numpy never applies state to: BUILD on them is refused."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Refused(
+            f"the pickle applies state (BUILD) to {self.what}, which plain numpy data never does"
+        )
+
+
+def _ndarray_called(*args: Any, **kwargs: Any) -> None:
+    raise _Refused("the pickle calls numpy.ndarray(...) directly, which plain arrays never do")
+
+
+_NDARRAY = _Global("numpy.ndarray", _ndarray_called)  # only the subtype argument of _reconstruct
 
 
 class _DtypeStub:
@@ -63,7 +113,7 @@ class _DtypeStub:
         self.obj, self.state = obj, None
 
     def __setstate__(self, state: Any) -> None:
-        self.state = state
+        self.state = state  # recorded as data; checked by _dtype()
 
 
 class _ArrayStub:
@@ -73,41 +123,52 @@ class _ArrayStub:
         self.state: Any = None
 
     def __setstate__(self, state: Any) -> None:
-        self.state = state
+        self.state = state  # recorded as data; checked by _Rebuilder._array()
 
 
-class _BufferArrayStub:
+class _BufferArrayStub(_NoState):
     """Stands for ``_frombuffer(buffer, dtype, shape, order)`` (protocol 5)."""
+
+    what = "an array made from a buffer"
 
     def __init__(self, buffer: Any, dtype: Any, shape: Any, order: Any) -> None:
         self.buffer, self.dtype, self.shape, self.order = buffer, dtype, shape, order
 
 
-class _ScalarStub:
+class _ScalarStub(_NoState):
     """Stands for ``scalar(dtype, data)`` (a numpy scalar)."""
+
+    what = "a numpy scalar"
 
     def __init__(self, dtype: Any, data: Any = None) -> None:
         self.dtype, self.data = dtype, data
 
 
 def _reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _ArrayStub:
-    if subtype is not _NdarrayClass:
+    if subtype is not _NDARRAY:
         raise _Refused("the pickle reconstructs an array of a type other than numpy.ndarray")
     return _ArrayStub()
 
 
-_TABLE: dict[tuple[str, str], Any] = {("builtins", n): getattr(builtins, n) for n in _BUILTINS}
+_TABLE: dict[tuple[str, str], _Global] = {
+    ("builtins", n): _Global(f"builtins.{n}", getattr(builtins, n), getattr(builtins, n))
+    for n in _BUILTINS
+}
 _TABLE.update({
-    ("__builtin__", "set"): set,  # Python 2 spellings, seen in old pickles
-    ("__builtin__", "frozenset"): frozenset,
-    ("_codecs", "encode"): codecs.encode,
-    ("numpy", "ndarray"): _NdarrayClass,
-    ("numpy", "dtype"): _DtypeStub,
+    # Python 2 spellings, seen in old pickles
+    ("__builtin__", "set"): _Global("__builtin__.set", set, set),
+    ("__builtin__", "frozenset"): _Global("__builtin__.frozenset", frozenset, frozenset),
+    ("_codecs", "encode"): _Global("_codecs.encode", codecs.encode, codecs.encode),
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _Global("numpy.dtype", _DtypeStub),
 })
 for _package in ("numpy.core", "numpy._core"):
-    _TABLE[(f"{_package}.multiarray", "_reconstruct")] = _reconstruct
-    _TABLE[(f"{_package}.multiarray", "scalar")] = _ScalarStub
-    _TABLE[(f"{_package}.numeric", "_frombuffer")] = _BufferArrayStub
+    _TABLE[(f"{_package}.multiarray", "_reconstruct")] = _Global(
+        f"{_package}.multiarray._reconstruct", _reconstruct)
+    _TABLE[(f"{_package}.multiarray", "scalar")] = _Global(
+        f"{_package}.multiarray.scalar", _ScalarStub)
+    _TABLE[(f"{_package}.numeric", "_frombuffer")] = _Global(
+        f"{_package}.numeric._frombuffer", _BufferArrayStub)
 
 
 # ----------------------------------------------------------------------------- rebuilding
@@ -197,8 +258,10 @@ class _Rebuilder:
             out = _from_bytes(obj.data, dt, (), False)[()]
         elif isinstance(obj, (_DtypeStub,)):
             out = _dtype(obj)
-        elif obj is _NdarrayClass:
-            raise _Refused("the pickle refers to numpy.ndarray outside an array")
+        elif isinstance(obj, _Global):
+            if obj.value is None:
+                raise _Refused(f"the pickle refers to {obj.name} outside an array")
+            out = obj.value  # a builtin type stored as a value
         else:
             out = obj  # str, bytes, numbers, None, bool: plain values
         self._done[key] = out
