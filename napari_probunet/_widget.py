@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 KEY_NEXT = "."
 KEY_PREVIOUS = ","
 KEY_ACCEPT = "Shift-Enter"
+KEY_SAMPLE = "Control-Enter"
+KEY_EXPORT = "Control-Shift-E"
 #: whole-image sampling is refused above this many pixels (use an ROI)
 WHOLE_IMAGE_LIMIT = 1024 * 1024
 #: ROI side when no model is loaded yet (the model's config.input_size otherwise)
@@ -367,9 +369,9 @@ class ReviewWidget(QWidget):
             "before the rows and columns (other axes stay at the current index)")
         self.slices_combo.setEnabled(False)
         form.addRow("Slices", self.slices_combo)
-        self.sample_on_click = QCheckBox("Sample on click")
+        self.sample_on_click = QCheckBox("Run on click")
         self.sample_on_click.setChecked(True)
-        self.sample_on_click.setToolTip("Start sampling as soon as the lesion is clicked")
+        self.sample_on_click.setToolTip("Draw the hypotheses as soon as you click the lesion")
         form.addRow("", self.sample_on_click)
         self.roi_label = QLabel()
         self.roi_label.setWordWrap(True)
@@ -399,7 +401,7 @@ class ReviewWidget(QWidget):
         lay.addLayout(form)
         row = QHBoxLayout()
         self.sample_button = QPushButton("Sample")
-        self.sample_button.setToolTip("Draw the hypotheses for the image region")
+        self.sample_button.setToolTip(f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})")
         self.sample_button.setDefault(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -443,7 +445,8 @@ class ReviewWidget(QWidget):
         lay.addWidget(self.correction_label)
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save the correction (TIFF, PNG, NPY or NIfTI) with a JSON "
-                                      "record of the model, image, hypothesis and edits")
+                                      "record of the model, image, hypothesis and edits "
+                                      f"(key: {KEY_EXPORT})")
         lay.addWidget(self.export_button)
         root.addWidget(box)
         root.addStretch(1)
@@ -488,7 +491,8 @@ class ReviewWidget(QWidget):
 
     def _bind_keys(self) -> None:
         self._keys = {KEY_NEXT: self._key_next, KEY_PREVIOUS: self._key_previous,
-                      KEY_ACCEPT: self._key_accept}
+                      KEY_ACCEPT: self._key_accept, KEY_SAMPLE: self._key_sample,
+                      KEY_EXPORT: self._key_export}
         for key, func in self._keys.items():
             self.viewer.bind_key(key, func, overwrite=True)
 
@@ -1402,6 +1406,12 @@ class ReviewWidget(QWidget):
     def _key_accept(self, viewer=None) -> None:
         self.use_as_best_fit()
 
+    def _key_sample(self, viewer=None) -> None:
+        self.sample()
+
+    def _key_export(self, viewer=None) -> None:
+        self.export()
+
     def _on_current_changed_elsewhere(self, index: int) -> None:
         if not self._emitting and self._hypothesis_layers:
             self.show_hypothesis(index, notify=False)
@@ -1502,6 +1512,9 @@ class ReviewWidget(QWidget):
         }
         self._make_correction(layer, plane, enc.roi, labels.copy(), meta, existing)
         self.state.choice = choice
+        unc = self._uncertainty_layer
+        if unc is not None and unc in self.viewer.layers:
+            unc.visible = False  # it would wash out the correction's colour; one click brings it back
         show_info(f"{label.capitalize()} is now '{enc.layer_name} correction': edit it with the "
                   "brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
 
@@ -1739,8 +1752,8 @@ class ReviewWidget(QWidget):
             b.setEnabled(has_hyp)
         correction = self.state.correction_layer
         self.export_button.setEnabled(correction is not None and correction in self.viewer.layers)
-        self.sample_button.setToolTip("Draw the hypotheses for the image region" if has_model
-                                      else "Load a model first")
+        self.sample_button.setToolTip(f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})"
+                                      if has_model else "Load a model first")
 
     def _emit(self, signal, *args) -> None:
         self._emitting = True

@@ -153,6 +153,7 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
     assert state.correction_layer is correction and viewer.layers.selection.active is correction
     assert correction.mode == "paint" and correction.selected_label == 1
     assert not any(layer.visible for layer in layers)
+    assert not uncertainty.visible  # it would wash out the correction's colour
     np.testing.assert_array_equal(correction.data, hyp.labels[2])
     assert state.choice.source == "hypothesis" and state.choice.index == 2
 
@@ -171,7 +172,8 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
     # export through the button, then read the files back
     target = tmp_path / "lesion_correction.tif"
     widget.ask_save_path = lambda default: str(target)
-    qtbot.mouseClick(widget.export_button, Qt.MouseButton.LeftButton)
+    assert "(key: Control-Shift-E)" in widget.export_button.toolTip()
+    press(viewer, "Control-Shift-E")  # the Export… button's shortcut
     assert said(notes, "Saved lesion_correction.tif and lesion_correction.tif.json")
     np.testing.assert_array_equal(tifffile.imread(target), correction.data)
     record = json.loads((tmp_path / "lesion_correction.tif.json").read_text())
@@ -190,6 +192,17 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
     assert record["versions"]["torch"] and record["versions"]["napari"]
     assert datetime.fromisoformat(record["created"]).tzinfo is not None
     assert correction in viewer.layers  # exporting leaves the correction in place
+
+
+def test_sample_has_a_shortcut_and_the_click_option_says_what_it_does(review, qtbot):
+    viewer, widget = review
+    viewer.open_sample("napari-probunet", "lesion")
+    widget.n_spin.setValue(3)
+    assert widget.sample_on_click.text() == "Run on click"  # not a second "Sample"
+    assert "(key: Control-Enter)" in widget.sample_button.toolTip()
+    press(viewer, "Control-Enter")
+    wait_idle(qtbot, widget)
+    assert widget.state.hypotheses is not None and len(widget.state.hypotheses.labels) == 3
 
 
 def test_resampling_replaces_the_previous_set(review, qtbot):
@@ -609,7 +622,7 @@ def test_closing_the_widget_unbinds_its_shortcuts(review, qtbot):
     assert KeyBinding.from_str(".") in viewer.keymap
     viewer.window.remove_dock_widget(widget)
     widget.close()
-    for key in (".", ",", "Shift-Enter"):
+    for key in (".", ",", "Shift-Enter", "Control-Enter", "Control-Shift-E"):
         assert KeyBinding.from_str(key) not in viewer.keymap
     assert widget._on_mouse_press not in viewer.mouse_drag_callbacks
 
