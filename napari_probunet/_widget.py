@@ -241,6 +241,7 @@ class ReviewWidget(QWidget):
         self._plane_signature: str | None = None
         self._model_error: str | None = None
         self._domain_warned: tuple | None = None
+        self._region_suggested: set[str] = set()  # images switched to the click region once
         self.last_sampling_seconds: float | None = None
         self._declined_recovery: set[str] = set()
         self._last_autosaved: np.ndarray | None = None
@@ -679,6 +680,7 @@ class ReviewWidget(QWidget):
             st.hypotheses = None
             st.hypothesis_layers = []
         self._show_model()
+        self._suggest_region()  # the input size may differ from the last model's
         self._emit(st.model_changed)
         if self._bundle_record is not None:  # keep the opened bundle's hypotheses
             self.adopt_bundle_layers(self._bundle_record.get("image_signature"), notify=False)
@@ -901,12 +903,37 @@ class ReviewWidget(QWidget):
                 active = self.viewer.layers.selection.active
                 combo.setCurrentText(active.name if active in layers else names[-1])
             combo.blockSignals(False)
+        self._suggest_region()
         self._show_roi()
         self._update_buttons()
 
     def _on_image_chosen(self, *_) -> None:
+        self._suggest_region()
         self._show_roi()
         self._update_buttons()
+
+    def _suggest_region(self) -> None:
+        """A newly chosen image much larger than the model's input (more than twice its side)
+        starts in 'Click on the lesion': the model was trained on crops of its input size, and
+        the whole image would be segmented at once. Once per image, so that choosing 'Whole
+        image' again sticks."""
+        from napari_probunet.domain import SIZE_FACTOR
+
+        layer = self.image_layer()
+        if layer is None or self.roi_mode != "whole" or layer.name in self._region_suggested:
+            return
+        try:
+            h, w = current_plane_shape(layer)
+        except Exception:  # an unusual layer: the ROI line explains what is wrong
+            return
+        side = self._roi_side()
+        if max(h, w) <= SIZE_FACTOR * side:
+            return
+        self._region_suggested.add(layer.name)
+        self.set_roi_mode("click")
+        show_info(f"'{layer.name}' is {w}x{h} pixels, much larger than the model's {side}x{side} "
+                  "input: the region is now 'Click on the lesion' (click it in the viewer). "
+                  "Choose 'Whole image' to segment it all at once.")
 
     @property
     def all_slices(self) -> bool:

@@ -205,6 +205,26 @@ def test_sample_has_a_shortcut_and_the_click_option_says_what_it_does(review, qt
     assert widget.state.hypotheses is not None and len(widget.state.hypotheses.labels) == 3
 
 
+def test_a_large_image_opened_from_the_menu_starts_in_click_mode(review, qtbot, notes):
+    """File > Open Sample > the 256x256 slice: 'Whole image' would segment the whole body."""
+    viewer, widget = review
+    widget.load_bundled_model("lesions")  # 64x64 input
+    wait_idle(qtbot, widget)
+    assert widget.roi_mode == "whole"
+    viewer.open_sample("napari-probunet", "lesion_large")
+    assert widget.roi_mode == "click"
+    assert said(notes, "much larger than the model's 64x64 input")
+    # the user's choice sticks: no second switch for the same image
+    widget.set_roi_mode("whole")
+    widget._refresh_layer_choices()
+    widget._on_image_chosen()
+    assert widget.roi_mode == "whole"
+    # a crop of the model's size keeps the whole image
+    viewer.open_sample("napari-probunet", "lesion")
+    widget.image_combo.setCurrentText("lesion")
+    assert widget.roi_mode == "whole"
+
+
 def test_resampling_replaces_the_previous_set(review, qtbot):
     viewer, widget = review
     image, _ = two_mode_case()
@@ -362,6 +382,7 @@ def test_current_slice_of_a_4d_stack_and_rgb(review, qtbot, notes):
 def test_cancel_keeps_the_previous_hypotheses(review, qtbot, notes):
     viewer, widget = review
     viewer.add_image(sample_lesion_large()[0][0], name="CT slice")
+    widget.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
     widget.n_spin.setValue(100)
     assert widget.sample()
     qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)
@@ -374,6 +395,7 @@ def test_cancel_keeps_the_previous_hypotheses(review, qtbot, notes):
 def test_second_click_while_sampling_is_refused(review, qtbot, notes):
     viewer, widget = review
     viewer.add_image(sample_lesion_large()[0][0], name="CT slice")
+    widget.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
     assert widget.sample()
     # the worker's end is handled by the Qt event loop, which has not run yet: still running
     qtbot.mouseClick(widget.sample_button, Qt.MouseButton.LeftButton)
@@ -386,6 +408,7 @@ def test_second_click_while_sampling_is_refused(review, qtbot, notes):
 def test_image_deleted_while_sampling(review, qtbot, notes):
     viewer, widget = review
     viewer.add_image(sample_lesion_large()[0][0], name="CT slice")
+    widget.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
     widget.n_spin.setValue(100)
     assert widget.sample()
     viewer.layers.remove("CT slice")
@@ -440,6 +463,9 @@ def test_bad_images_are_explained(review, qtbot, notes):
 
     viewer.add_image(np.zeros((1100, 1100), np.float32), name="huge")
     widget.image_combo.setCurrentText("huge")
+    assert widget.roi_mode == "click"  # chosen for a large image
+    assert said(notes, "much larger than the model's")
+    widget.set_roi_mode("whole")
     assert not widget.sample()
     assert said(notes, "too large to segment whole", NotificationSeverity.WARNING)
     assert widget.roi_mode == "click"
