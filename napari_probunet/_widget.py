@@ -1383,6 +1383,25 @@ class ReviewWidget(QWidget):
         else:
             self._update_navigation()
 
+    def _add_now(self, layer) -> None:
+        """Add a queued hypothesis layer at once (the one the user asked to see)."""
+        for k, (queued, _) in enumerate(self._pending):
+            if queued is layer:
+                del self._pending[k]
+                viewer = self.viewer
+                # right below the nearest earlier hypothesis already there, so that the
+                # list stays in order when the ones in between arrive
+                ours = self._hypothesis_layers
+                earlier = next((la for la in reversed(ours[:ours.index(layer)])
+                                if la in viewer.layers), None)
+                with _no_activation(viewer.layers):
+                    if earlier is not None:
+                        viewer.layers.insert(viewer.layers.index(earlier), layer)
+                    else:
+                        viewer.layers.append(layer)
+                self._keep_correction_on_top()
+                return
+
     def _keep_correction_on_top(self) -> None:
         viewer = self.viewer
         correction = self.state.correction_layer
@@ -1410,8 +1429,9 @@ class ReviewWidget(QWidget):
         n = len(self._hypothesis_layers)
         self._current = int(index) % n
         for i, layer in enumerate(self._hypothesis_layers):
-            if layer in self.viewer.layers:
-                layer.visible = i == self._current
+            # layers still queued too: they join the viewer with the right visibility
+            layer.visible = i == self._current
+        self._add_now(self._hypothesis_layers[self._current])
         self._update_navigation()
         if notify:
             self._emit(self.state.current_hypothesis_changed, self._current)
@@ -1460,9 +1480,10 @@ class ReviewWidget(QWidget):
         else:
             layer = self._hypothesis_layers[self._current]
             area = int(np.count_nonzero(self.state.hypotheses.labels[self._current]))
-            self.hypothesis_label.setText(
-                f"Hypothesis {self._current + 1}/{n} · {area} px"
-                + ("" if layer in self.viewer.layers else " (layer deleted)"))
+            queued = any(layer is q for q, _ in self._pending)
+            where = ("" if layer in self.viewer.layers
+                     else " (layer being added)" if queued else " (layer deleted)")
+            self.hypothesis_label.setText(f"Hypothesis {self._current + 1}/{n} · {area} px{where}")
         self._update_buttons()
 
     # ------------------------------------------------------------------ best fit

@@ -225,6 +225,30 @@ def test_a_large_image_opened_from_the_menu_starts_in_click_mode(review, qtbot, 
     assert widget.roi_mode == "whole"
 
 
+def test_cycling_while_layers_are_still_being_added_shows_the_chosen_one(review, qtbot):
+    """Press '.' five times as soon as the first hypothesis is on screen: the sixth is shown
+    at once (not "layer deleted", not nothing), and stays the only visible one."""
+    viewer, widget = review
+    viewer.open_sample("napari-probunet", "lesion")
+    widget.n_spin.setValue(40)
+    assert widget.sample()
+    qtbot.waitUntil(lambda: widget.state.hypotheses is not None and bool(widget._pending),
+                    timeout=60000)
+    for _ in range(5):
+        press(viewer, ".")
+    sixth = widget._hypothesis_layers[5]
+    assert sixth in viewer.layers and sixth.visible
+    assert "Hypothesis 6/40" in widget.hypothesis_label.text()
+    assert "deleted" not in widget.hypothesis_label.text()
+    wait_idle(qtbot, widget)
+    layers = hypothesis_layers(viewer, "lesion", 40)
+    assert [layer.visible for layer in layers] == [i == 5 for i in range(40)]
+    order = [viewer.layers.index(layer) for layer in layers]
+    assert order == sorted(order, reverse=True)  # hypothesis k right below k-1, as always
+    assert widget.hypothesis_label.text().startswith("Hypothesis 6/40")
+    assert "(layer" not in widget.hypothesis_label.text()
+
+
 def test_resampling_replaces_the_previous_set(review, qtbot):
     viewer, widget = review
     image, _ = two_mode_case()
