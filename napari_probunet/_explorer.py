@@ -804,8 +804,8 @@ class ExplorerWidget(QWidget):
                 tip = err
             else:
                 coords = plane.coords(a.mu) if plane is not None else np.zeros(2)
-                flag = {("kl",): "unusual (KL)", ("fit",): "poor fit",
-                        ("kl", "fit"): "unusual, poor fit"}.get(a.reasons, "")
+                flag = {("kl",): "look again: unlikely", ("fit",): "look again: not redrawn",
+                        ("kl", "fit"): "look again: unlikely, not redrawn"}.get(a.reasons, "")
                 cells = [a.name, f"{a.kl:.2f}", f"{a.iou:.2f}",
                          *[f"{c:+.2f}" for c in coords[: len(ax)]], flag or "\u2014"]
                 tip = ("posterior mean / \u03c3: (" + ", ".join(f"{x:+.2f}" for x in a.u) + ")\n"
@@ -827,16 +827,21 @@ class ExplorerWidget(QWidget):
         self._assess_errors.update(failed)
         self._fill_table()
         self._update_markers()
-        from napari_probunet.assess import FIT_IOU
+        from napari_probunet.assess import FIT_IOU, KL_MARGIN, MIN_FIT_IOU
 
+        fit = (f" or IoU < {ref.iou_threshold:.2f}" if ref.fit_assessed
+               else "; fit not judged here (the model redraws its own samples poorly)")
         self.rule_label.setText(
-            f"Flagged: KL > {ref.kl_threshold:.2f} nats or IoU < {ref.iou_threshold:.2f} "
-            f"(from {len(ref.kl)} of the model's own samples of this image)")
+            f"'Look again' when KL > {ref.kl_threshold:.2f} nats{fit} (from {len(ref.kl)} of "
+            "the model's own samples of this image). A hint, not a verdict.")
         self.rule_label.setToolTip(
-            f"An annotation is flagged when the model finds it less likely (KL to the prior) "
-            f"than {ref.quantile:.0%} of its own samples of this image, or reconstructs it "
-            f"worse (IoU at the posterior mean) than {ref.quantile:.0%} of them and below "
-            f"{FIT_IOU:.1f}. See docs/explorer.md.")
+            f"An annotation is marked when the model finds it less likely (KL to the prior) "
+            f"than {ref.quantile:.0%} of its own samples of this image, by more than "
+            f"{KL_MARGIN:.0f} nat, or reconstructs it worse (IoU at the posterior mean) than "
+            f"{ref.quantile:.0%} of them and below {FIT_IOU:.1f}. Where the model cannot "
+            f"redraw its own samples (their IoU below {MIN_FIT_IOU:.2f}), fit is not judged. "
+            "A mark says the model finds the annotation unusual, not that it is wrong: the "
+            "model can be the one that is wrong. See docs/explorer.md.")
 
     def _on_annotation_clicked(self, index: int) -> None:
         if 0 <= index < self.table.rowCount():

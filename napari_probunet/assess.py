@@ -13,12 +13,20 @@ annotation ``y`` of an encoded image ``x`` the posterior net gives ``q(z | x, y)
 image: ``n`` samples ``z ~ p(z|x)`` are decoded and located like annotations (seeded, so
 reproducible). It is flagged
 
-- ``"kl"`` when its KL is above the ``q``-quantile (default 0.95) of the samples' KL: the model
-  finds it less likely than 95 % of what it proposes itself;
+- ``"kl"`` when its KL is above the ``q``-quantile (default 0.95) of the samples' KL by more
+  than :data:`KL_MARGIN` (1 nat): the model finds it less likely than 95 % of what it proposes
+  itself, by a margin that means something (one nat is a likelihood ratio of e; a quantile of
+  32 samples moves by about that much from one seed to the next, so a smaller excess is noise);
 - ``"fit"`` when its IoU is below the ``(1 - q)``-quantile of the samples' IoU and below
   :data:`FIT_IOU` (0.8): the model cannot reconstruct it as well as 95 % of its own proposals,
   nor nearly (a hand-drawn outline never matches a decoded one exactly, while the model
   reconstructs its own samples almost perfectly, so the quantile alone would flag everyone).
+  Where that quantile is below :data:`MIN_FIT_IOU` (0.25) the model cannot redraw even its
+  own proposals, so no annotation is judged on fit for that image (a threshold such as
+  "IoU < 0.00" could never trigger): ``iou_threshold`` is then ``nan`` and the fit is reported
+  as not assessed.
+
+A flag is a hint to look again, not a verdict: the wording in the explorer says so.
 
 The rule needs no other annotations (a single correction can be assessed) and adapts to each
 image's ambiguity. Nothing here imports Qt or napari; torch is imported only through the
@@ -46,6 +54,10 @@ REFERENCE_SAMPLES = 32
 QUANTILE = 0.95
 #: an annotation reconstructed at least this well (IoU) is never flagged as a poor fit
 FIT_IOU = 0.8
+#: nats by which an annotation's KL must exceed the samples' quantile to be flagged
+KL_MARGIN = 1.0
+#: below this IoU quantile of its own samples the model's fit is not assessed on that image
+MIN_FIT_IOU = 0.25
 
 
 @dataclass(frozen=True)
@@ -58,13 +70,26 @@ class Reference:
     seed: int = 0
 
     @property
-    def kl_threshold(self) -> float:
-        """Annotations with a larger KL are flagged ``"kl"``."""
+    def kl_quantile(self) -> float:
+        """The ``quantile`` of the model's own samples' KL (nats)."""
         return float(np.quantile(self.kl, self.quantile))
 
     @property
+    def kl_threshold(self) -> float:
+        """Annotations with a larger KL are flagged ``"kl"``: the quantile plus :data:`KL_MARGIN`."""
+        return self.kl_quantile + KL_MARGIN
+
+    @property
+    def fit_assessed(self) -> bool:
+        """Whether the model redraws its own samples well enough to judge an annotation's fit."""
+        return float(np.quantile(self.iou, 1.0 - self.quantile)) >= MIN_FIT_IOU
+
+    @property
     def iou_threshold(self) -> float:
-        """Annotations with a smaller IoU are flagged ``"fit"`` (at most :data:`FIT_IOU`)."""
+        """Annotations with a smaller IoU are flagged ``"fit"`` (at most :data:`FIT_IOU`);
+        ``nan`` where the fit is not assessed (:attr:`fit_assessed`)."""
+        if not self.fit_assessed:
+            return math.nan
         return min(float(np.quantile(self.iou, 1.0 - self.quantile)), FIT_IOU)
 
 
@@ -140,7 +165,7 @@ def assess_mask(session, mask: np.ndarray, name: str = "annotation",
     if ref is not None:
         if loc.kl > ref.kl_threshold:
             reasons.append("kl")
-        if loc.iou < ref.iou_threshold:
+        if ref.fit_assessed and loc.iou < ref.iou_threshold:
             reasons.append("fit")
     return Assessment(
         name=name, kl=float(loc.kl), iou=float(loc.iou), mu=loc.mu, sigma=loc.sigma,

@@ -68,15 +68,30 @@ def test_assessment_is_the_posterior_location_and_flags_follow_the_reference(ses
     # thresholds are quantiles of the model's own samples
     ref = assess.reference(session, n=8, seed=3)
     assert ref.kl.shape == (8,) and ref.iou.shape == (8,)
-    assert ref.kl_threshold == pytest.approx(np.quantile(ref.kl, 0.95))
-    assert ref.iou_threshold == pytest.approx(min(np.quantile(ref.iou, 0.05), assess.FIT_IOU))
+    assert ref.kl_threshold == pytest.approx(np.quantile(ref.kl, 0.95) + assess.KL_MARGIN)
+    if ref.fit_assessed:
+        assert ref.iou_threshold == pytest.approx(min(np.quantile(ref.iou, 0.05), assess.FIT_IOU))
     again = assess.reference(session, n=8, seed=3)
     np.testing.assert_array_equal(again.kl, ref.kl)  # seeded
-    strict = assess.Reference(np.array([loc.kl - 1, loc.kl - 2]), np.array([1.0, 1.0]))
+    strict = assess.Reference(np.array([loc.kl - 2, loc.kl - 3]), np.array([1.0, 1.0]))
     expected = ("kl",) + (("fit",) if loc.iou < assess.FIT_IOU else ())
     assert assess.assess_mask(session, masks[1], "halo", strict).reasons == expected
     lenient = assess.Reference(np.array([loc.kl + 1, loc.kl + 2]), np.array([0.0, 0.0]))
     assert not assess.assess_mask(session, masks[1], "halo", lenient).outlier
+
+
+def test_a_flag_needs_a_margin_and_a_fit_test_that_can_trigger(session):
+    """0.07 nats over the samples' quantile is noise, not a flag; and where the model cannot
+    redraw its own samples (IoU quantile 0.00), no "IoU < 0.00" rule is pretended."""
+    image, masks = two_mode_case(32)
+    loc = session.locate(masks[1])
+    just_over = assess.Reference(np.array([loc.kl - 0.07] * 4), np.array([1.0] * 4))
+    assert "kl" not in assess.assess_mask(session, masks[1], "halo", just_over).reasons
+    clearly = assess.Reference(np.array([loc.kl - 1.5] * 4), np.array([1.0] * 4))
+    assert "kl" in assess.assess_mask(session, masks[1], "halo", clearly).reasons
+    blind = assess.Reference(np.array([loc.kl + 5] * 4), np.array([0.0, 0.0, 0.1, 0.9]))
+    assert not blind.fit_assessed and np.isnan(blind.iou_threshold)
+    assert assess.assess_mask(session, np.zeros_like(masks[1]), "empty", blind).reasons == ()
 
 
 # ----------------------------------------------------------------------- the explorer's table
