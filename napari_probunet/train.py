@@ -76,6 +76,10 @@ class TrainConfig:
     val_samples: int = 16
     checkpoint_every: int = 500
     max_bad_steps: int = 20  # consecutive non-finite losses before giving up
+    # start a new run from the weights of this model file (a path or a bundled model's name;
+    # the architecture must match); the optimiser and schedule start fresh. A committed model
+    # file is how a long run's progress moves to a new machine without its checkpoint.
+    init_from: str | None = None
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -329,6 +333,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
 
     step, best, history = 0, math.inf, []
     ckpt = out / "checkpoint.safetensors"
+    if cfg.init_from and not (resume and ckpt.exists()):
+        _init_weights(model, cfg.init_from, is_main)
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, model, optimizer)
         step, best, history = state["step"], state["best"], state["history"]
@@ -462,6 +468,28 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
         summary["rank_weight_checksums"] = checksums
         dist.barrier()
     return summary
+
+
+def _init_weights(model, source: str, verbose: bool) -> None:
+    """Copy the weights of a model file into ``model`` (same architecture), or explain why not."""
+    import torch
+
+    from napari_probunet.modelfile import load_model
+
+    donor = load_model(source, device="cpu")
+    mine, theirs = model.state_dict(), donor.state_dict()
+    wrong = sorted(k for k in set(mine) | set(theirs)
+                   if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
+    if wrong:
+        raise UserError(f"init_from {source}: its architecture differs from the recipe's "
+                        f"({len(wrong)} tensors differ, e.g. {wrong[0]}); use a model trained "
+                        "with the same [model] settings")
+    with torch.no_grad():
+        for k, v in mine.items():
+            v.copy_(theirs[k].to(v.dtype))
+    if verbose:
+        print(f"initialised from {donor.source_path} (sha256 {donor.source_sha256[:12]})",
+              file=sys.stderr)
 
 
 def _weights_checksum(model) -> str:

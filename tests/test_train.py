@@ -283,3 +283,20 @@ def test_training_records_the_models_domain(recipe, tmp_path):
     assert domain["modality"] == "synthetic" and domain["description"] == "synthetic lesions"
     assert domain["reference"] and domain["threshold"] > 0
     assert domain["training_data"] == cfg.data
+
+
+def test_a_new_run_can_start_from_a_model_files_weights(recipe, tmp_path, capsys):
+    """--init-from: a committed model file carries a run's progress to a new machine."""
+    model_cfg, cfg = load_recipe(recipe)
+    train(model_cfg, cfg, tmp_path / "first", progress=False)
+    donor = _weights(tmp_path / "first" / "last.safetensors")
+    quiet = replace(cfg, steps=1, lr=1e-12, warmup_steps=1, val_data="", weight_decay=0.0,
+                    init_from=str(tmp_path / "first" / "last.safetensors"))
+    train(model_cfg, quiet, tmp_path / "second", progress=False)
+    assert "initialised from" in capsys.readouterr().err
+    after = _weights(tmp_path / "second" / "last.safetensors")
+    for k in donor:
+        torch.testing.assert_close(after[k], donor[k], rtol=0, atol=1e-6, msg=k)
+    other = replace(model_cfg, channels=(4, 8, 16))
+    with pytest.raises(UserError, match="architecture differs"):
+        train(other, quiet, tmp_path / "third", progress=False)
