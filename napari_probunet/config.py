@@ -88,6 +88,14 @@ class ModelConfig:
     input_size: side of the square crops the model was trained on; the plugin's region of
         interest follows it. (128 in the original's LIDC setting.)
     preprocessing: see :class:`Preprocessing`.
+    latent_distribution: ``"gaussian"`` (the paper's axis-aligned Gaussian prior, the default)
+        or ``"mixture"``: the prior net gives a mixture of ``mixture_components`` axis-aligned
+        Gaussians (the Generalized Probabilistic U-Net's idea, Bhat et al. 2022), so that each
+        mode of the segmentations can own a component instead of sharing one Gaussian, whose
+        in-between region decodes to in-between shapes. The posterior stays one Gaussian; the
+        KL term is then estimated (:func:`napari_probunet.losses.kl_to_mixture`).
+    mixture_components: K, the number of Gaussians of a mixture prior (at least 2).
+    kl_samples: posterior samples per image of the Monte-Carlo KL estimate (mixture only).
     deterministic: a plain U-Net of the same size instead (the baseline of ``probunet
         evaluate``'s model cards): no prior or posterior net, fcomb always sees z = 0, the loss
         is the cross-entropy alone. Every "sample" is the same map. Not in the original.
@@ -110,6 +118,9 @@ class ModelConfig:
     posterior_mask_shift: float = -0.5
     input_size: int = 128
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    latent_distribution: str = "gaussian"
+    mixture_components: int = 4
+    kl_samples: int = 4
     deterministic: bool = False
     domain: dict[str, Any] = field(default_factory=dict)
 
@@ -126,6 +137,13 @@ class ModelConfig:
             )
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be at least 1")
+        if self.latent_distribution not in ("gaussian", "mixture"):
+            raise ValueError(f"latent_distribution must be 'gaussian' or 'mixture', not "
+                             f"{self.latent_distribution!r}")
+        if self.latent_distribution == "mixture" and self.mixture_components < 2:
+            raise ValueError("a mixture prior needs mixture_components >= 2 (1 is the Gaussian)")
+        if self.kl_samples < 1:
+            raise ValueError("kl_samples must be at least 1")
         if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:
             raise ValueError("channels, convs_per_block and fcomb_layers must be non-empty/positive")
         lo, hi = self.logsigma_bounds

@@ -116,6 +116,46 @@ class GaussianEncoder(nn.Module):
         return mu, bounded_logsigma(raw, self.bounds)
 
 
+class MixtureEncoder(nn.Module):
+    """Prior net of the mixture option: encoder, global average pool, 1x1 conv to the weights
+    (logits ``(b, K)``), means ``(b, K, d)`` and log-sigmas ``(b, K, d)`` of K axis-aligned
+    Gaussians. The means start spread out (a fixed draw of N(0, I), one per component) so that
+    the components are not interchangeable from the first step: identical components would get
+    identical gradients and never separate.
+    """
+
+    def __init__(self, cfg: ModelConfig, in_channels: int):
+        super().__init__()
+        k, d = cfg.mixture_components, cfg.latent_dim
+        self.encoder = Encoder(in_channels, cfg.channels, cfg.convs_per_block)
+        self.to_params = nn.Conv2d(cfg.channels[-1], k * (2 * d + 1), 1)
+        nn.init.normal_(self.to_params.weight, std=1e-3)
+        nn.init.zeros_(self.to_params.bias)
+        with torch.no_grad():
+            spread = torch.randn(k, d, generator=torch.Generator().manual_seed(0))
+            self.to_params.bias[: k * d] = spread.flatten()
+        self.k, self.latent_dim, self.bounds = k, d, cfg.logsigma_bounds
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)[-1].mean(dim=(2, 3), keepdim=True)
+        params = self.to_params(h).flatten(1)
+        k, d = self.k, self.latent_dim
+        mu = params[:, : k * d].reshape(-1, k, d)
+        logsigma = bounded_logsigma(params[:, k * d: 2 * k * d].reshape(-1, k, d), self.bounds)
+        return mu, logsigma, params[:, 2 * k * d:]
+
+
+def mixture_moments(mu: torch.Tensor, logsigma: torch.Tensor,
+                    logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(b, d)`` and log of the standard deviation ``(b, d)`` of a mixture (per axis):
+    the single Gaussian the explorer's plane and the annotation coordinates are measured in."""
+    w = torch.softmax(logits.float(), dim=-1)[..., None]  # (b, K, 1)
+    mu, var = mu.float(), torch.exp(2 * logsigma.float())
+    mean = (w * mu).sum(dim=1)
+    second = (w * (var + mu ** 2)).sum(dim=1)
+    return mean, 0.5 * torch.log(torch.clamp(second - mean ** 2, min=1e-12))
+
+
 class Fcomb(nn.Module):
     """Combine F ``(b, c_F, h, w)`` with z ``(b, d)`` into class logits ``(b, num_classes, h, w)``.
 
@@ -153,8 +193,10 @@ class Encoded:
     """What the expensive part of the model gives for a batch of images."""
 
     features: torch.Tensor  # F: (b, channels[0], h, w)
-    prior_mu: torch.Tensor  # (b, d)
-    prior_logsigma: torch.Tensor  # (b, d)
+    prior_mu: torch.Tensor  # (b, d); for a mixture prior its overall mean
+    prior_logsigma: torch.Tensor  # (b, d); for a mixture prior the log of its overall std
+    # mixture prior only: logits (b, K), means (b, K, d), log-sigmas (b, K, d) of the components
+    mixture: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class ProbUNet(nn.Module):
@@ -170,7 +212,8 @@ class ProbUNet(nn.Module):
         cfg = self.config
         self.unet = UNet(cfg)
         # a deterministic U-Net (the baseline) has no prior or posterior net: z is always 0
-        self.prior = None if cfg.deterministic else GaussianEncoder(cfg, cfg.in_channels)
+        prior = MixtureEncoder if cfg.latent_distribution == "mixture" else GaussianEncoder
+        self.prior = None if cfg.deterministic else prior(cfg, cfg.in_channels)
         self.posterior = (None if cfg.deterministic
                           else GaussianEncoder(cfg, cfg.in_channels + cfg.num_classes))
         self.fcomb = Fcomb(cfg)
@@ -184,8 +227,16 @@ class ProbUNet(nn.Module):
         mu = x.new_zeros(x.shape[0], self.config.latent_dim, dtype=torch.float32)
         return mu, torch.full_like(mu, self.config.logsigma_bounds[0])
 
+    @property
+    def is_mixture(self) -> bool:
+        return isinstance(self.prior, MixtureEncoder)
+
     def encode(self, x: torch.Tensor) -> Encoded:
         """Run the U-Net and the prior once: x ``(b, in_channels, h, w)``."""
+        if self.is_mixture:
+            mix_mu, mix_logsigma, logits = self.prior(x)
+            mu, logsigma = mixture_moments(mix_mu, mix_logsigma, logits)
+            return Encoded(self.unet(x), mu, logsigma, (logits, mix_mu, mix_logsigma))
         mu, logsigma = self._point_mass(x) if self.prior is None else self.prior(x)
         return Encoded(self.unet(x), mu, logsigma)
 
@@ -210,7 +261,7 @@ class ProbUNet(nn.Module):
         enc = self.encode(x)
         q_mu, q_logsigma = self.posterior_params(x, y)
         z = q_mu + torch.exp(q_logsigma) * torch.randn_like(q_mu)
-        return {
+        out = {
             "logits": self.fcomb(enc.features, z),
             "z": z,
             "prior_mu": enc.prior_mu,
@@ -218,3 +269,7 @@ class ProbUNet(nn.Module):
             "posterior_mu": q_mu,
             "posterior_logsigma": q_logsigma,
         }
+        if enc.mixture is not None:  # the loss estimates KL(q || mixture) from these
+            out["prior_logits"], out["prior_mix_mu"], out["prior_mix_logsigma"] = enc.mixture
+            out["kl_samples"] = torch.tensor(self.config.kl_samples)
+        return out

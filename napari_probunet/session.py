@@ -163,6 +163,7 @@ class Session:
         self._b_diff = float(b_out[1] - b_out[0])
 
     def _clear(self) -> None:
+        self._mixture = None
         self._image_shape: tuple[int, int] | None = None
         self._base: torch.Tensor | None = None
         self._prior_mu = self._prior_sigma = None
@@ -230,6 +231,10 @@ class Session:
         self._base = base.contiguous()
         self._prior_mu = prior_mu
         self._prior_sigma = prior_sigma
+        self._mixture = None
+        if enc.mixture is not None:  # weights (K,), means (K, d), sigmas (K, d)
+            logits, mix_mu, mix_logsigma = (t[0].float() for t in enc.mixture)
+            self._mixture = (torch.softmax(logits, dim=-1), mix_mu, torch.exp(mix_logsigma))
         self._x = x
         self._image_shape = (h, w)
         self.image_signature = image_signature(np.asarray(image))
@@ -239,9 +244,19 @@ class Session:
             raise InputError("no image is set: call set_image(image) first")
 
     def prior(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and sigma of p(z | image), each ``(d,)`` float32."""
+        """Mean and sigma of p(z | image), each ``(d,)`` float32 (for a mixture prior: its
+        overall mean and standard deviation per axis, the frame the explorer measures in)."""
         self._require_image()
         return self._prior_mu.cpu().numpy().copy(), self._prior_sigma.cpu().numpy().copy()
+
+    def prior_components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Weights ``(K,)``, means ``(K, d)`` and sigmas ``(K, d)`` of p(z | image): K
+        components for a mixture prior, one (weight 1) for the paper's Gaussian."""
+        self._require_image()
+        if self._mixture is None:
+            mu, sigma = self.prior()
+            return np.ones(1, np.float32), mu[None], sigma[None]
+        return tuple(t.cpu().numpy().copy() for t in self._mixture)
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode_batch(self, z: torch.Tensor, want_probs: bool):
@@ -313,7 +328,18 @@ class Session:
         self._require_image()
         if int(n) < 1:
             raise InputError(f"the number of samples must be at least 1, got {n}")
-        eps = np.random.default_rng(seed).standard_normal((int(n), self.config.latent_dim))
+        d = self.config.latent_dim
+        if self._mixture is not None:
+            # one extra normal per sample picks its component (its CDF is uniform), so that
+            # the first k latents of n are those of k, as for the Gaussian
+            from scipy.special import ndtr
+
+            eps = np.random.default_rng(seed).standard_normal((int(n), d + 1))
+            weights, means, sigmas = self.prior_components()
+            edges = np.cumsum(weights.astype(np.float64))
+            comp = np.minimum(np.searchsorted(edges / edges[-1], ndtr(eps[:, d])), len(edges) - 1)
+            return (means[comp] + sigmas[comp] * eps[:, :d]).astype(np.float32)
+        eps = np.random.default_rng(seed).standard_normal((int(n), d))
         mu, sigma = self.prior()
         return (mu + sigma * eps.astype(np.float32)).astype(np.float32)
 
@@ -368,9 +394,17 @@ class Session:
         h, w = self._image_shape
         y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode="edge" if (hp > h or wp > w) else "constant")
         q_mu, q_logsigma = self.model.posterior_params(self._x, torch.from_numpy(y)[None].to(self.device))
-        from napari_probunet.losses import kl_diag_gaussians
+        from napari_probunet.losses import kl_diag_gaussians, kl_to_mixture
 
-        kl = kl_diag_gaussians(q_mu, q_logsigma, self._prior_mu[None], torch.log(self._prior_sigma)[None])
+        if self._mixture is not None:  # no closed form: a fixed, seeded 512-sample estimate
+            weights, means, sigmas = self._mixture
+            eps = torch.from_numpy(np.random.default_rng(0).standard_normal(
+                (512, 1, self.config.latent_dim)).astype(np.float32)).to(self.device)
+            kl = kl_to_mixture(q_mu, q_logsigma, torch.log(weights)[None], means[None],
+                               torch.log(sigmas)[None], eps=eps)
+        else:
+            kl = kl_diag_gaussians(q_mu, q_logsigma, self._prior_mu[None],
+                                   torch.log(self._prior_sigma)[None])
         mu = q_mu[0].float()
         recon = self.decode(mu.cpu().numpy())
         return Location(

@@ -1,0 +1,119 @@
+"""The mixture prior option (issue: every hypothesis a clean mode): the default Gaussian is
+unchanged, the Monte-Carlo KL is unbiased against closed forms, sampling follows the mixture's
+weights, and mixture models train, save, load and locate annotations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_probunet._testing import tiny_model, two_mode_case
+from napari_probunet.config import ModelConfig
+from napari_probunet.losses import elbo_loss, kl_diag_gaussians, kl_to_mixture
+from napari_probunet.modelfile import load_model, save_model
+from napari_probunet.session import Session
+
+
+def test_the_default_is_the_papers_gaussian_and_old_files_load_unchanged():
+    assert ModelConfig().latent_distribution == "gaussian"
+    gaussian = tiny_model()
+    assert not gaussian.is_mixture
+    assert gaussian.prior.to_params.weight.shape[0] == 2 * gaussian.config.latent_dim
+    bundled = load_model("lesions")  # written before the option existed
+    assert bundled.config.latent_distribution == "gaussian" and not bundled.is_mixture
+    with pytest.raises(ValueError, match="mixture_components >= 2"):
+        ModelConfig(latent_distribution="mixture", mixture_components=1)
+    with pytest.raises(ValueError, match="'gaussian' or 'mixture'"):
+        ModelConfig(latent_distribution="flow")
+
+
+def _mc_mean_and_se(q_mu, q_ls, logits, mu, ls, runs=400, samples=4):
+    torch.manual_seed(0)
+    est = torch.stack([kl_to_mixture(q_mu, q_ls, logits, mu, ls, samples=samples)
+                       for _ in range(runs)])
+    return float(est.mean()), float(est.std() / math.sqrt(runs))
+
+
+def test_the_monte_carlo_kl_is_unbiased_where_the_answer_is_known():
+    d = 3
+    q_mu, q_ls = torch.tensor([[0.3, -0.2, 0.5]]), torch.tensor([[-0.4, 0.1, -0.2]])
+    p_mu, p_ls = torch.tensor([[0.1, 0.4, -0.3]]), torch.tensor([[0.2, -0.1, 0.0]])
+    # 1. two identical components are the single Gaussian: the analytic KL
+    exact = float(kl_diag_gaussians(q_mu, q_ls, p_mu, p_ls)[0])
+    mean, se = _mc_mean_and_se(q_mu, q_ls, torch.zeros(1, 2), p_mu[:, None].repeat(1, 2, 1),
+                               p_ls[:, None].repeat(1, 2, 1))
+    assert abs(mean - exact) < 4 * se + 1e-3, (mean, exact, se)
+    # 2. q equal to one of two far-apart components of weight w: KL = -log w
+    far = torch.tensor([[[0.0] * d, [40.0] * d]])
+    logs = torch.zeros(1, 2, d)
+    w = 0.3
+    logits = torch.log(torch.tensor([[w, 1 - w]]))
+    mean, se = _mc_mean_and_se(torch.zeros(1, d), torch.zeros(1, d), logits, far, logs)
+    assert abs(mean - (-math.log(w))) < 4 * se + 1e-3
+    # the estimate's spread falls with more samples
+    _, se1 = _mc_mean_and_se(q_mu, q_ls, torch.zeros(1, 2), p_mu[:, None].repeat(1, 2, 1) + 0.0,
+                             torch.stack([p_ls, p_ls + 0.5], 1), samples=1)
+    _, se16 = _mc_mean_and_se(q_mu, q_ls, torch.zeros(1, 2), p_mu[:, None].repeat(1, 2, 1) + 0.0,
+                              torch.stack([p_ls, p_ls + 0.5], 1), samples=16)
+    assert se16 < se1
+
+
+def test_samples_follow_the_mixture_weights_and_stay_reproducible():
+    model = tiny_model(latent_distribution="mixture", mixture_components=2, latent_dim=2)
+    with torch.no_grad():  # hand-set prior: weights 0.25 / 0.75, means far apart, sigma 0.1
+        model.prior.to_params.weight.zero_()
+        bias = model.prior.to_params.bias
+        bias[:4] = torch.tensor([-5.0, 0.0, 5.0, 0.0])
+        bias[4:8] = math.log(0.1)
+        bias[8:10] = torch.log(torch.tensor([0.25, 0.75]))
+    s = Session(model, "cpu")
+    s.set_image(two_mode_case()[0])
+    weights, means, sigmas = s.prior_components()
+    np.testing.assert_allclose(weights, [0.25, 0.75], atol=1e-5)
+    np.testing.assert_allclose(means[:, 0], [-5, 5], atol=1e-4)
+    z = s.sample(4000, seed=1).z
+    assert abs((z[:, 0] < 0).mean() - 0.25) < 0.03
+    assert np.all(np.abs(np.abs(z[:, 0]) - 5) < 1)  # every sample from a component, none between
+    np.testing.assert_array_equal(s.sample(7, seed=1).z, z[:7])  # prefix property
+    mu, sigma = s.prior()  # overall moments: the explorer's frame
+    assert abs(mu[0] - 2.5) < 1e-3 and abs(sigma[0] - math.sqrt(0.75 * 25 + 0.25 * 25 - 6.25 + 0.01)) < 1e-2
+
+
+def test_a_mixture_model_trains_saves_loads_and_locates(tmp_path):
+    model = tiny_model(latent_distribution="mixture", mixture_components=3).train()
+    image, masks = two_mode_case()
+    x = torch.from_numpy(np.repeat(image[None, None] - 0.5, 4, 0))
+    y = torch.from_numpy(np.stack([masks[i % 2] for i in range(4)]).astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        terms = elbo_loss(model(x, y), y, beta=1.0, anchor=1.0)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+    assert torch.isfinite(terms["loss"]) and float(terms["kl"]) > -1e-3
+    path = tmp_path / "mix.safetensors"
+    save_model(model.eval(), path)
+    loaded = load_model(path)
+    assert loaded.is_mixture and loaded.config.mixture_components == 3
+    a, b = Session(model, "cpu"), Session(loaded, "cpu")
+    a.set_image(image)
+    b.set_image(image)
+    np.testing.assert_array_equal(a.sample(8, seed=3).labels, b.sample(8, seed=3).labels)
+    loc = b.locate(masks[1])
+    assert np.isfinite(loc.kl) and loc.kl > -0.05 and loc.mu.shape == (2,)
+    assert b.locate(masks[1]).kl == loc.kl  # a seeded estimate: the same number every time
+
+
+def test_recipes_can_choose_the_mixture(tmp_path):
+    from napari_probunet.train import TrainConfig, train
+
+    cfg = TrainConfig(data="synthetic:lesions?n=8&seed=1&size=32", val_data="", steps=2,
+                      batch_size=2, amp="none", channels_last=False, log_every=1,
+                      checkpoint_every=2, threads=1)
+    mc = replace(tiny_model().config, latent_distribution="mixture", mixture_components=2)
+    train(mc, cfg, tmp_path / "run", progress=False)
+    assert load_model(tmp_path / "run" / "last.safetensors").is_mixture
