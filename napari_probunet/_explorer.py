@@ -782,7 +782,19 @@ class ExplorerWidget(QWidget):
                 u, v = plane.coords(a.mu)
                 m.annotations.append((a.name, float(u), float(v), a.outlier))
         m.point = self._point if plane is not None else None
+        m.components = self._component_markers(plane)
         self.map.request_repaint()
+
+    def _component_markers(self, plane) -> list[tuple[float, float, float]]:
+        """A mixture prior's components on the plane: (u, v, weight); none for a Gaussian."""
+        session = self.state.session
+        if plane is None or session is None or not session.has_image:
+            return []
+        weights, means, _ = session.prior_components()
+        if len(weights) < 2 or means.shape[1] != plane.dim:
+            return []
+        return [(float(u), float(v), float(w))
+                for (u, v), w in zip(plane.coords(means), weights)]
 
     def _fill_table(self) -> None:
         plane = self._plane

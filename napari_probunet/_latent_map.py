@@ -76,6 +76,8 @@ class MapMarkers:
     annotations: list[tuple[str, float, float, bool]] = field(default_factory=list)
     selected_annotation: int | None = None
     point: tuple[float, float] | None = None
+    # mixture prior only: (u, v, weight) of each component's mean
+    components: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 class LatentMap(QWidget):
@@ -304,6 +306,13 @@ class LatentMap(QWidget):
         font = QFont(self.font())
         font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
         p.setFont(font)
+        for u, v, weight in m.components:  # a mixture prior's components: squares, weight
+            pt = self._marker_pixel(u, v)
+            p.setPen(QPen(QColor(0, 0, 0, 230), 1.5))
+            p.setBrush(QColor(255, 170, 60))
+            p.drawRect(QRectF(pt.x() - 5, pt.y() - 5, 10, 10))
+            p.setPen(QColor(255, 200, 120))
+            p.drawText(pt + QPointF(7, 12), f"w {weight:.2f}")
         for k, (u, v) in enumerate(m.hypotheses):
             pt = self._marker_pixel(u, v)
             selected = k == m.selected_hypothesis

@@ -523,3 +523,23 @@ def test_a_training_mask_lands_near_the_samples_that_reproduce_it(explorer, two_
     # the two annotations lie apart on the map
     assert np.linalg.norm(plane.coords(found["grader core"].mu)
                           - plane.coords(found["grader halo"].mu)) > 0.5
+
+
+def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
+    """The explorer marks each component's mean of a mixture prior, with its weight; a
+    Gaussian prior has none to show."""
+    viewer, widget = explorer
+    model = tiny_model(seed=2, latent_distribution="mixture", mixture_components=3)
+    state, session = encode(viewer, model, image_64(), layers=False)
+    widget.wait_ready()
+    weights, means, _ = session.prior_components()
+    comps = widget.map.markers.components
+    assert len(comps) == 3
+    np.testing.assert_allclose([w for _, _, w in comps], weights, atol=1e-6)
+    np.testing.assert_allclose([(u, v) for u, v, _ in comps], widget.plane.coords(means),
+                               atol=1e-6)
+    widget.map.repaint()  # the squares and weights paint without error
+    encode(viewer, tiny_model(seed=2), image_64(), name="plain", layers=False)
+    widget.wait_ready()
+    widget._update_markers()
+    assert widget.map.markers.components == []
