@@ -25,6 +25,7 @@ The run, in order:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -214,11 +215,17 @@ class _VolumeCache:
         if self.path != path:
             import nibabel
 
+            from napari_probunet.data.readers import _check_declared, _nifti_declared
             from napari_probunet.errors import DataError
 
             self.path = self.volume = None
             try:
-                volume = np.asanyarray(nibabel.load(path).dataobj)
+                image = nibabel.load(path)
+                # the declared size against the limits, before the volume is decompressed
+                _check_declared(path, *_nifti_declared(image), path.stat().st_size)
+                volume = np.asanyarray(image.dataobj)
+            except DataError:
+                raise
             except Exception as exc:  # nibabel and gzip have many error types
                 raise DataError(
                     f"{path}: cannot read the NIfTI volume ({type(exc).__name__}: {exc}); it may "
@@ -764,10 +771,15 @@ def summarize(plan: Plan, gathered: list[dict[str, Any]], settings: RunSettings,
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file named after this process,
+    fsync, rename), so concurrent runs into one folder never touch each other's files."""
+    from napari_probunet.export import commit_replace, create_temporary
+
+    fd, tmp = create_temporary(path)
     try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=1) + "\n")
+        commit_replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -875,16 +887,32 @@ def _prepare_out(out: Path) -> Path:
     return out.absolute()
 
 
-def _remove_stale_temporaries(out: Path, items: Sequence[Item]) -> None:
-    """Delete what killed runs left half-written for this process's items (one folder listing;
-    other ranks' items are theirs to clean, so a shared folder is safe)."""
-    mine = {f"{it.name}{bundles.SUFFIX}" for it in items}
-    for tmp in out.glob(f".*{bundles.SUFFIX}.tmp*"):
-        if tmp.name[1:].rpartition(".tmp")[0] in mine:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+#: ``.<name>.probunet.zip.tmp<pid>``: the temporary bundles of earlier versions
+_OLD_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.tmp\d+$")
+
+
+def _remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete what killed runs left half-written: temporary bundles and summaries whose
+    process is gone (or that are older than an hour), and those of earlier versions.
+
+    Temporaries of running processes are left alone, so two runs into one folder (other
+    ranks, another ``probunet sample`` started meanwhile) never delete each other's files.
+    """
+    from napari_probunet.export import remove_dead_temporaries
+
+    def belongs(name: str) -> bool:  # .<name>.probunet.zip.~<owner>.<random>.tmp, or summary's
+        return name.endswith(".tmp") and (f"{bundles.SUFFIX}.~" in name
+                                          or f"{SUMMARY_NAME}.~" in name)
+
+    removed = remove_dead_temporaries(out, belongs)
+    for entry in os.scandir(out) if out.is_dir() else ():
+        # an earlier version's name: no such process writes into this folder any more
+        m = _OLD_TEMP_RE.match(entry.name)
+        if m and m["target"].endswith((bundles.SUFFIX, SUMMARY_NAME)) and entry.is_file():
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _model_record(model, path_arg: str) -> dict[str, Any]:
@@ -932,7 +960,7 @@ def run(args: argparse.Namespace) -> int:
             for f in plan.failures:
                 print(f"probunet sample: FAILED {readable(f['case_id'])}: "
                       f"{readable(f['reason'])}", file=sys.stderr)
-        _remove_stale_temporaries(out, mine)
+        _remove_stale_temporaries(out)
         tty = sys.stderr.isatty()
         bar = tqdm(total=len(mine), unit="case", file=sys.stderr, dynamic_ncols=True,
                    mininterval=0.5 if tty else 30.0,

@@ -22,9 +22,11 @@ the morning, without a model run. It is a plain ZIP archive (readable by any lan
   graders.npy    (R, H, W) uint8   optional: the graders' masks of a multi-rater case
   ============== ================= =========================================================
 
-Nothing in a bundle is ever unpickled (``np.load(..., allow_pickle=False)``), and each member's
-size is checked against the manifest before it is read. Bundles are written atomically
-(a temporary file in the same folder, fsync, then ``os.replace``), so a crash never leaves a
+Nothing in a bundle is ever unpickled (object arrays are refused), and the sizes the manifest
+declares are checked against :mod:`napari_probunet.limits` before anything is read: each member
+is then streamed into an array of exactly its declared size, so a member that inflates beyond
+it is refused without the memory. Bundles are written atomically (a temporary file in the same
+folder named after its process, fsync, then ``os.replace``), so a crash never leaves a
 half-written bundle under the final name. The format is documented in ``docs/batch.md``.
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -41,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_probunet import limits
 from napari_probunet.errors import UserError
 
 FORMAT = "napari-probunet-bundle"
@@ -53,8 +57,8 @@ OPTIONAL_ARRAYS = ("graders",)
 #: manifest keys a reader relies on
 REQUIRED_KEYS = ("format", "format_version", "case_id", "name", "n", "seed", "model",
                  "class_names", "arrays")
-_MAX_MANIFEST_BYTES = 1 << 20
 _NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
+_READ_CHUNK = 1 << 20
 
 
 class BundleError(UserError):
@@ -177,6 +181,33 @@ def check_manifest(manifest: Any, where: str = "bundle") -> dict[str, Any]:
         raise BundleError(f"{where}: the manifest lacks {', '.join(missing)}")
     if not isinstance(manifest["model"], dict) or not isinstance(manifest["arrays"], dict):
         raise BundleError(f"{where}: the manifest's 'model' and 'arrays' must be objects")
+
+    def wrong(key: str, expected: str) -> BundleError:
+        return BundleError(f"{where}: the manifest's {key} must be {expected}, not "
+                           f"{str(manifest[key])[:80]!r}; the bundle is damaged: rerun "
+                           "'probunet sample' to redo it")
+
+    for key in ("n", "seed"):
+        value = manifest[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "n" else 0):
+            raise wrong(key, "a positive integer" if key == "n" else "an integer >= 0")
+    for key in ("case_id", "name"):
+        if not isinstance(manifest[key], str) or not manifest[key]:
+            raise wrong(key, "a non-empty string")
+    names = manifest["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise wrong("class_names", "a list of strings")
+    for key in ("image_signature", "source"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise wrong(key, "a string or null")
+    for key in ("slice_index", "slice_axis"):
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise wrong(key, "an integer or null")
+    for key in ("sha256", "name", "path"):
+        value = manifest["model"].get(key)
+        if value is not None and not isinstance(value, str):
+            raise BundleError(f"{where}: the manifest's model.{key} must be a string or null")
     return manifest
 
 
@@ -192,10 +223,13 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1) -> Path:
     """Write ``bundle`` to ``path`` atomically; the manifest's ``arrays`` entry is filled in.
 
-    The archive is first written to ``.<name>.tmp<pid>`` in the same folder, flushed to disk,
-    then renamed over ``path``: readers see either the old file or the complete new one.
+    The archive is first written to ``.<name>.~<host>-<pid>.<random>.tmp`` in the same folder,
+    flushed to disk, then renamed over ``path``: readers see either the old file or the
+    complete new one, and concurrent writers never share a temporary file.
     Members are deflated (``compresslevel`` 1: label maps shrink ~20x at little cost).
     """
+    from napari_probunet.export import commit_replace, create_temporary
+
     path = Path(path)
     arrays = bundle.arrays()
     check_arrays(arrays, where=str(path))
@@ -206,17 +240,15 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
     }
     check_manifest(manifest, where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd, tmp = create_temporary(path)  # named after this process: concurrent runs never clash
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED,
                                  compresslevel=compresslevel) as zf:
                 zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
                 for key, array in arrays.items():
                     zf.writestr(f"{key}.npy", _npy_bytes(array))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        commit_replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -235,7 +267,13 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise BundleError(f"{path} is a folder; a bundle is a single .probunet.zip file")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except OSError as exc:  # permission denied, an I/O error: not the file's fault
+        if exc.errno is None:
+            raise BundleError(f"{path} is not a complete ZIP archive ({exc}); it may be "
+                              "truncated: rerun 'probunet sample' on the same folder to redo it") \
+                from None
+        raise BundleError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise BundleError(
             f"{path} is not a complete ZIP archive ({exc}); it may be truncated: rerun "
             "'probunet sample' on the same folder to redo it"
@@ -250,12 +288,19 @@ def _manifest_of(zf: zipfile.ZipFile, where: str) -> dict[str, Any]:
             f"{where} is not a napari-probunet hypothesis bundle (no {MANIFEST} inside); bundles "
             "are written by 'probunet sample'"
         ) from None
-    if info.file_size > _MAX_MANIFEST_BYTES:
-        raise BundleError(f"{where}: {MANIFEST} is implausibly large ({info.file_size} bytes)")
+    limits.check("MAX_HEADER_BYTES", info.file_size,
+                 f"{where}: {MANIFEST} ({info.file_size} bytes)", BundleError)
+    cap = limits.value("MAX_HEADER_BYTES")
     try:
-        manifest = json.loads(zf.read(info).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, zipfile.BadZipFile, zlib.error, OSError,
-            EOFError) as exc:
+        with zf.open(info) as f:
+            raw = f.read(cap + 1)  # never more than the limit, whatever the member inflates to
+        if len(raw) > cap:
+            limits.check("MAX_HEADER_BYTES", len(raw), f"{where}: {MANIFEST}", BundleError)
+        manifest = json.loads(raw.decode("utf-8"))
+    except BundleError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, zipfile.BadZipFile,
+            zlib.error, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
         raise BundleError(f"{where}: {MANIFEST} cannot be read ({exc})") from None
     return check_manifest(manifest, where)
 
@@ -267,41 +312,125 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         return _manifest_of(zf, str(path))
 
 
-def _read_array(zf: zipfile.ZipFile, key: str, spec: Any, where: str) -> np.ndarray:
+# ----------------------------------------------------------------------------- .npy members
+
+
+def _npy_header(f, where: str, member: str,
+                error: type[UserError]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from the header of an ``.npy`` stream (no data read)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # ValueError, a bad CRC or deflate stream, EOFError...
+        raise error(f"{where}: {member} cannot be read ({exc}); the file is damaged") from None
+    return tuple(shape), bool(fortran), dtype
+
+
+def npy_member_header(zf: zipfile.ZipFile, member: str, where: str,
+                      error: type[UserError] = UserError) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` that the ``.npy`` member declares, reading only its
+    header (a few hundred bytes, whatever the member inflates to)."""
+    try:
+        with zf.open(member) as f:
+            return _npy_header(f, where, member, error)
+    except UserError:
+        raise
+    except Exception as exc:  # missing member, encrypted, unsupported compression...
+        raise error(f"{where}: {member} cannot be read ({exc}); the file is damaged") from None
+
+
+def read_npy_member(zf: zipfile.ZipFile, member: str, where: str, shape: tuple[int, ...],
+                    dtype: np.dtype, error: type[UserError] = UserError) -> np.ndarray:
+    """The ``.npy`` member ``member``, which must be ``shape`` ``dtype`` (checked by the
+    caller against the limits): its header is compared first, then its data is streamed into
+    an array of exactly that size, so a member that inflates further costs no memory."""
+    try:
+        with zf.open(member) as f:
+            found_shape, fortran, found_dtype = _npy_header(f, where, member, error)
+            if found_shape != tuple(shape) or found_dtype != np.dtype(dtype):
+                raise error(f"{where}: {member} is {found_shape} {found_dtype}, the manifest "
+                            f"says {tuple(shape)} {np.dtype(dtype)}")
+            count = math.prod(shape)
+            out = np.empty(count, dtype=found_dtype)
+            target = out.view(np.uint8) if out.nbytes else None
+            pos = 0
+            while pos < out.nbytes:
+                chunk = f.read(min(_READ_CHUNK, out.nbytes - pos))
+                if not chunk:
+                    raise EOFError(f"{member} ends after {pos} of {out.nbytes} bytes")
+                target[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                pos += len(chunk)
+            if f.read(1):  # also makes zipfile check the CRC of the whole member
+                raise ValueError(f"{member} holds more data than {tuple(shape)} {dtype}")
+    except UserError:
+        raise
+    except Exception as exc:  # bad CRC, bad deflate stream, truncated member...
+        raise error(f"{where}: {member} cannot be read ({exc}); the file is damaged") from None
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
+def _declared(spec: Any, key: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype the manifest declares for array ``key``."""
+    try:
+        shape, dtype = spec["shape"], np.dtype(spec["dtype"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: the manifest's entry for {key} is invalid ({exc})") from None
+    if not isinstance(shape, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise BundleError(f"{where}: the manifest declares {key} with shape {str(shape)[:80]}; "
+                          "expected a list of sizes (non-negative integers)")
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.itemsize == 0:
+        raise BundleError(f"{where}: {key} is declared as {dtype} {tuple(shape)}; expected plain "
+                          "numbers")
+    return tuple(shape), dtype
+
+
+def _check_declared(declared: dict[str, tuple[tuple[int, ...], np.dtype]], file_bytes: int,
+                    where: str) -> None:
+    """Refuse a bundle whose declared arrays exceed the limits, before reading any of them."""
+    for key, (shape, _) in declared.items():
+        if key in ("image", "uncertainty") and len(shape) >= 2:
+            limits.check_plane(shape[0], shape[1], f"{where}: the {key}", BundleError)
+        elif key in ("hypotheses", "graders") and len(shape) == 3:
+            limits.check_plane(shape[1], shape[2], f"{where}: the {key}", BundleError)
+    total = sum(limits.array_bytes(shape, dtype.itemsize) for shape, dtype in declared.values())
+    limits.check_decoded(total, file_bytes, f"{where}: the arrays the manifest declares",
+                         BundleError)
+
+
+def _read_array(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: np.dtype,
+                where: str) -> np.ndarray:
     member = f"{key}.npy"
     try:
         info = zf.getinfo(member)
     except KeyError:
         raise BundleError(f"{where}: the manifest lists {key} but {member} is missing") from None
-    try:
-        shape = tuple(int(s) for s in spec["shape"])
-        dtype = np.dtype(spec["dtype"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: the manifest's entry for {key} is invalid ({exc})") from None
-    if dtype.kind not in "biuf" or any(s < 0 for s in shape):
-        raise BundleError(f"{where}: {key} is declared as {dtype} {shape}; expected plain numbers")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = limits.array_bytes(shape, dtype.itemsize)
     if info.file_size > expected + _NPY_HEADER_SLACK:
         raise BundleError(
             f"{where}: {member} holds {info.file_size} bytes but the manifest declares {shape} "
             f"{dtype} ({expected} bytes)"
         )
     try:
-        array = np.load(io.BytesIO(zf.read(info)), allow_pickle=False)
-    except Exception as exc:  # bad CRC, bad deflate stream, bad .npy header, object arrays...
-        raise BundleError(
-            f"{where}: {member} cannot be read ({exc}); the bundle is damaged: rerun "
-            "'probunet sample' on the same folder to redo it"
-        ) from None
-    if array.shape != shape or array.dtype != dtype:
-        raise BundleError(
-            f"{where}: {member} is {array.shape} {array.dtype}, the manifest says {shape} {dtype}"
-        )
-    return array
+        return read_npy_member(zf, member, where, shape, dtype, BundleError)
+    except BundleError as exc:
+        text = str(exc)
+        if "the manifest says" in text or "damaged" not in text:
+            raise
+        raise BundleError(text.replace("the file is damaged", "the bundle is damaged: rerun "
+                                       "'probunet sample' on the same folder to redo it")) \
+            from None
 
 
 def read_bundle(path: str | os.PathLike) -> Bundle:
-    """Read and validate a bundle (manifest, every array's size, shape and dtype, CRCs)."""
+    """Read and validate a bundle (manifest, declared sizes against the limits, every array's
+    size, shape and dtype, CRCs)."""
     path = Path(path)
     where = str(path)
     with _open_zip(path) as zf:
@@ -309,9 +438,11 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         declared = manifest["arrays"]
         unknown = sorted(set(declared) - set(REQUIRED_ARRAYS) - set(OPTIONAL_ARRAYS))
         known = [k for k in (*REQUIRED_ARRAYS, *OPTIONAL_ARRAYS) if k in declared]
-        arrays = {k: _read_array(zf, k, declared[k], where) for k in known}
+        specs = {k: _declared(declared[k], k, where) for k in known}
+        _check_declared(specs, _file_size(path), where)
+        arrays = {k: _read_array(zf, k, *specs[k], where) for k in known}
     check_arrays(arrays, where)
-    if int(manifest["n"]) != arrays["hypotheses"].shape[0]:
+    if manifest["n"] != arrays["hypotheses"].shape[0]:
         raise BundleError(
             f"{where}: the manifest says n={manifest['n']} but it holds "
             f"{arrays['hypotheses'].shape[0]} hypotheses"
@@ -319,6 +450,13 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if unknown:  # a later minor addition we do not understand: keep going, it is optional
         manifest = {**manifest, "unread_arrays": unknown}
     return Bundle(manifest=manifest, path=path, **arrays)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:

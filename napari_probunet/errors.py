@@ -20,3 +20,8 @@ class ModelFileError(UserError):
 
 class DataError(UserError):
     """A dataset file or folder that cannot be read as multi-rater cases."""
+
+
+class LimitError(UserError):
+    """A file declares more than a stated limit allows (:mod:`napari_probunet.limits`); the
+    message names the limit and the environment variable that raises it."""

@@ -27,19 +27,26 @@ Conventions
   ``overwrite`` the files are renamed over the targets (``os.replace``). All or nothing: if the
   record cannot be committed after the mask, the new mask is removed again (the old one put
   back), and a failed write raises :class:`~napari_probunet.errors.UserError` saying what
-  happened and that nothing was written. Temporary files that a killed export left behind
-  (``.NAME.*.tmp.EXT``) are removed by the next export into that folder once they are an hour
-  old. Exports get the ordinary mode of a new file (``0666`` less the umask).
+  happened and that nothing was written. Temporary files are named after their process
+  (``.NAME.~<host>-<pid>.*.tmp.EXT``); those that a killed export left behind are removed by the
+  next export into that folder once their process is gone (or they are an hour old: another
+  machine's). Exports get the ordinary mode of a new file (``0666`` less the umask). A 64-bit
+  label mask is stored in NIfTI as the smallest portable integer type that holds its labels.
 
-Recovery files (autosave) live here too: :func:`save_recovery`, :func:`load_recovery`.
+Recovery files (autosave) live here too: :func:`save_recovery`, :func:`load_recovery`; and
+the helpers every atomic write of the package uses (:func:`create_temporary`,
+:func:`commit_replace`, :func:`remove_dead_temporaries`). ``docs/reliability.md`` sums up
+what is atomic and what a crash can lose.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -53,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_probunet import limits
 from napari_probunet.errors import UserError
 
 #: file types :func:`export_correction` writes, by suffix
@@ -61,8 +69,14 @@ RECORD_VERSION = 1
 RECORD_KIND = "napari-probunet correction"
 #: a hidden temporary file of an export older than this (seconds) was left by a killed export
 STALE_TEMP_SECONDS = 3600.0
-#: ``.<target>.<8 random characters>.tmp[<suffix>]``: the temporary files of an export
-_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp(?P<ext>\.[A-Za-z.]+)?$")
+#: ``.<target>[.~<host>-<pid>].<8 random characters>.tmp[<suffix>]``: the temporary files of an
+#: export (the owner part names the process that writes it; older versions left it out)
+_TEMP_RE = re.compile(r"^\.(?P<target>.+?)(?:\.~[0-9a-f]{6}-\d+)?\.[A-Za-z0-9_]{8}"
+                      r"\.tmp(?P<ext>\.[A-Za-z.]+)?$")
+#: ``.~<host>-<pid>.`` inside a temporary file's name: which process on which machine owns it
+_OWNER_RE = re.compile(r"\.~(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.")
+#: this machine, as it appears in the temporary files' names
+_HOST = hashlib.sha256(platform.node().encode("utf-8", "surrogateescape")).hexdigest()[:6]
 
 
 class ExportExistsError(UserError):
@@ -286,6 +300,24 @@ def _write_array(mask: np.ndarray, path: Path, suffix: str, scale=None) -> dict[
     return notes
 
 
+#: label dtypes a NIfTI file holds portably, smallest first
+_NIFTI_LABEL_DTYPES = (np.uint8, np.int16, np.uint16, np.int32)
+
+
+def _nifti_labels(mask: np.ndarray) -> np.ndarray:
+    """``mask`` in the smallest portable NIfTI integer type that holds its labels (64-bit
+    integers, a napari Labels layer's type, are not portable); :class:`UserError` if none."""
+    if mask.dtype in (np.dtype(t) for t in _NIFTI_LABEL_DTYPES):
+        return mask
+    low, high = int(mask.min(initial=0)), int(mask.max(initial=0))
+    for t in _NIFTI_LABEL_DTYPES:
+        info = np.iinfo(t)
+        if info.min <= low and high <= info.max:
+            return mask.astype(t)
+    raise UserError(f"NIfTI holds labels {np.iinfo(np.int32).min}..{np.iinfo(np.int32).max}; "
+                    f"this mask has {low}..{high}: export it as .tif or .npy")
+
+
 def _write_failed(path: Path, exc: OSError) -> UserError:
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -350,26 +382,102 @@ def _is_export_temporary(name: str) -> bool:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None) -> list[Path]:
-    """Delete the hidden temporary files of exports into ``folder`` that are older than
-    :data:`STALE_TEMP_SECONDS` (left by an export that was killed); return what was deleted.
+    """Delete the hidden temporary files of exports into ``folder`` that a killed export left:
+    those of a process of this machine that is gone, and any older than
+    :data:`STALE_TEMP_SECONDS`; return what was deleted.
 
-    Younger ones may belong to an export under way in another process and are left alone.
+    Younger ones of a running process (or of another machine) may belong to an export under
+    way and are left alone.
     """
-    cutoff = (time.time() if now is None else now) - STALE_TEMP_SECONDS
-    removed = []
+    return remove_dead_temporaries(folder, _is_export_temporary, now)
+
+
+# ----------------------------------------------------------------------------- temporaries
+# Every file this package writes atomically (exports, autosaves, model files, checkpoints,
+# bundles, summaries) is first written to a hidden temporary file in the target's folder whose
+# name says which process owns it: ``.<target>.~<host>-<pid>.<random>.tmp``. A killed process
+# leaves its temporary behind; the next write into that folder removes those of processes that
+# are gone (same machine, pid no longer running) or that are older than STALE_TEMP_SECONDS
+# (another machine on a shared folder). Running writers never lose their temporaries.
+
+
+def owner_tag() -> str:
+    """``~<host>-<pid>``: this process in the names of its temporary files."""
+    return f"~{_HOST}-{os.getpid()}"
+
+
+def owner_is_gone(name: str) -> bool:
+    """Whether the temporary file ``name`` belongs to a process of this machine that is no
+    longer running (False when that cannot be told: no owner in the name, another machine)."""
+    m = _OWNER_RE.search(name)
+    if m is None or m["host"] != _HOST:
+        return False
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):  # alive but not ours (EPERM), or nonsense
+        return False
+    return False
+
+
+def create_temporary(target: Path, ext: str = "") -> tuple[int, Path]:
+    """A new, empty temporary file for ``target`` (same folder, hidden, owner in its name)
+    opened for writing: ``(fd, path)``. Its mode is a new file's ordinary mode (``0666`` less
+    the umask), unlike :func:`tempfile.mkstemp`'s ``0600``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{owner_tag()}.{secrets.token_hex(4)}.tmp{ext}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(target))
+
+
+def remove_dead_temporaries(folder: str | os.PathLike, belongs, now: float | None = None,
+                            stale_seconds: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the hidden files in ``folder`` for which ``belongs(name)`` is true and whose
+    owner is gone (:func:`owner_is_gone`) or which are older than ``stale_seconds``; return
+    what was deleted. Never raises (a folder that cannot be listed has nothing to clean)."""
+    cutoff = (time.time() if now is None else now) - stale_seconds
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        if not (entry.name.startswith(".") and _is_export_temporary(entry.name)):
+        if not (entry.name.startswith(".") and belongs(entry.name)):
             continue
         with suppress(OSError):
             info = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+            if stat.S_ISREG(info.st_mode) and (owner_is_gone(entry.name)
+                                                or info.st_mtime < cutoff):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
+
+
+def temporaries_of(target_name: str):
+    """``belongs`` for :func:`remove_dead_temporaries`: the temporaries of ``target_name``
+    written by :func:`create_temporary` (``.<target>.~<owner>.<random>.tmp[...]``)."""
+    prefix = f".{target_name}.~"
+
+    def belongs(name: str) -> bool:
+        return name.startswith(prefix) and ".tmp" in name[len(prefix):]
+
+    return belongs
+
+
+def commit_replace(tmp: Path, target: Path) -> None:
+    """Flush the finished ``tmp`` to disk, rename it over ``target`` and make the rename
+    durable: a crash at any point leaves the old ``target`` or the complete new one."""
+    _fsync(tmp)
+    os.replace(tmp, target)
+    _fsync_folder(target.parent)
 
 
 #: what ``os.link`` fails with where the file system has no hard links (FAT, SMB, FUSE, ...)
@@ -410,7 +518,7 @@ def _backup(path: Path, suffix: str) -> Path | None:
     """A hidden second name (or copy) of the file at ``path`` to put back if the export fails."""
     if not path.exists():
         return None
-    backup = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
+    backup = path.with_name(f".{path.name}.{owner_tag()}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
         os.link(path, backup)
     except FileNotFoundError:
@@ -452,6 +560,9 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     the format cannot hold or a failed write (read-only folder, full disk); nothing is left
     behind then (see the module's "Safety").
     """
+    if "\0" in os.fspath(path):
+        raise UserError(f"cannot export to {os.fspath(path)!r}: a file name cannot contain a "
+                        "NUL character; choose another name")
     path = Path(path).expanduser()
     suffix = mask_suffix(path)
     if suffix not in SUFFIXES:
@@ -465,6 +576,8 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
         raise UserError(f"a label mask must hold integers, not {mask.dtype}")
     if mask.ndim < 2 or mask.size == 0:
         raise UserError(f"nothing to export: the mask has shape {mask.shape}")
+    if suffix in (".nii", ".nii.gz"):
+        mask = _nifti_labels(mask)
     json_path = record_path(path)
     if not overwrite:
         existing = [p.name for p in (path, json_path) if p.exists()]
@@ -478,11 +591,21 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     try:
         try:
             mode = _ordinary_mode()
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.",
+                                        suffix=f".tmp{suffix}",
                                         dir=path.parent)
             os.close(fd)
             tmp_mask = Path(name)
-            notes = _write_array(mask, tmp_mask, suffix, scale=scale)
+            try:
+                notes = _write_array(mask, tmp_mask, suffix, scale=scale)
+            except (OSError, UserError):
+                raise
+            except Exception as exc:  # the format's library refuses this mask
+                raise UserError(
+                    f"cannot write this {mask.dtype} mask of shape {mask.shape} as "
+                    f"{suffix} ({type(exc).__name__}: {exc}); export it as .tif or .npy. "
+                    "Nothing was written."
+                ) from None
             _fsync(tmp_mask)
             os.chmod(tmp_mask, mode)  # mkstemp's files are private (0600)
             full = dict(record)
@@ -498,7 +621,8 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
             full.setdefault("versions", versions())
             full.setdefault("created", now_iso())
             full["exported"] = now_iso()
-            fd, name = tempfile.mkstemp(prefix=f".{json_path.name}.", suffix=".tmp",
+            fd, name = tempfile.mkstemp(prefix=f".{json_path.name}.{owner_tag()}.",
+                                        suffix=".tmp",
                                         dir=path.parent)
             tmp_json = Path(name)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -576,10 +700,20 @@ def recovery_path(plane_signature: str, folder: str | os.PathLike | None = None)
     return Path(folder or recovery_dir()) / f"{key}.npz"
 
 
+def _is_recovery_temporary(name: str) -> bool:
+    """``.<key>.npz.~<owner>.<random>.tmp``: an autosave under way, or left by a crash."""
+    return name.startswith(".") and ".npz.~" in name and name.endswith(".tmp")
+
+
 def save_recovery(plane_signature: str, correction: np.ndarray, info: dict[str, Any],
                   source_labels: np.ndarray | None = None,
                   folder: str | os.PathLike | None = None) -> Path:
-    """Autosave a correction (the ROI crop) and what is needed to rebuild it, atomically."""
+    """Autosave a correction (the ROI crop) and what is needed to rebuild it, atomically.
+
+    Written to a temporary file named after this process, flushed to disk, then renamed over
+    the previous autosave: a crash leaves the previous autosave or the new one, never a mix.
+    Temporary files of autosaves killed before (their process gone) are removed.
+    """
     target = recovery_path(plane_signature, folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     info = dict(info, saved=now_iso(), plane_signature=plane_signature)
@@ -587,43 +721,96 @@ def save_recovery(plane_signature: str, correction: np.ndarray, info: dict[str, 
               "info": np.array(json.dumps(_jsonable(info)))}
     if source_labels is not None:
         arrays["source_labels"] = np.asarray(source_labels)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.{owner_tag()}.", suffix=".tmp",
+                                dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # a crash after the rename must not leave an empty file
-        os.replace(name, target)
+        commit_replace(Path(name), target)  # fsync: a crash must not leave an empty file
     finally:
         if os.path.exists(name):
             os.unlink(name)
+    remove_dead_temporaries(target.parent, _is_recovery_temporary)
     return target
+
+
+_RECOVERY_MEMBERS = {"correction.npy", "source_labels.npy", "info.npy"}
+
+
+def read_recovery_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """``(correction, source_labels or None, info)`` from a recovery file.
+
+    Declared sizes are checked against :mod:`napari_probunet.limits` before anything is read
+    (:class:`~napari_probunet.errors.LimitError`); a damaged file or one that does not hold
+    what an autosave holds is a :class:`UserError`. :func:`load_recovery` is the forgiving
+    version the widget uses.
+    """
+    import zipfile
+
+    from napari_probunet.bundle import npy_member_header, read_npy_member
+
+    path = Path(path)
+    where = str(path)
+    try:
+        size = path.stat().st_size
+        zf = zipfile.ZipFile(path)
+    except Exception as exc:  # BadZipFile, OSError, EOFError, ValueError...
+        raise UserError(f"{where}: not a readable recovery file ({exc})") from None
+    with zf:
+        names = set(zf.namelist())
+        if not names <= _RECOVERY_MEMBERS or not {"correction.npy", "info.npy"} <= names:
+            raise UserError(f"{where}: not a recovery file (it holds {sorted(names)[:5]})")
+        declared = {n[:-4]: npy_member_header(zf, n, where) for n in sorted(names)}
+        shape, _, dtype = declared["correction"]
+        if len(shape) != 2 or dtype.kind not in "biu":
+            raise UserError(f"{where}: the correction is {shape} {dtype}, not a 2-D label map")
+        limits.check_plane(shape[0], shape[1], f"{where}: the correction")
+        if "source_labels" in declared:
+            s_shape, _, s_dtype = declared["source_labels"]
+            if s_shape != shape or s_dtype.kind not in "biu":
+                raise UserError(f"{where}: the source labels are {s_shape} {s_dtype}, not like "
+                                f"the correction {shape}")
+        i_shape, _, i_dtype = declared["info"]
+        if i_shape != () or i_dtype.kind != "U":
+            raise UserError(f"{where}: the info is {i_shape} {i_dtype}, not a JSON text")
+        limits.check("MAX_HEADER_BYTES", i_dtype.itemsize // 4, f"{where}: the info")
+        total = sum(limits.array_bytes(s, d.itemsize) for s, _, d in declared.values())
+        limits.check_decoded(total, size, f"{where}: the arrays")
+        arrays = {k: read_npy_member(zf, f"{k}.npy", where, s, d)
+                  for k, (s, _, d) in declared.items()}
+    try:
+        info = json.loads(str(arrays["info"][()]))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UserError(f"{where}: the info is not JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{where}: the info is a JSON {type(info).__name__}, not an object")
+    return arrays["correction"], arrays.get("source_labels"), info
 
 
 def load_recovery(plane_signature: str, folder: str | os.PathLike | None = None):
     """``(correction, source_labels or None, info)`` autosaved for this plane, or ``None``.
 
     A damaged recovery file (empty, cut short by a crash, bit-flipped, not what it should
-    hold) counts as none and is left in place for inspection: this never raises for it.
+    hold) counts as none and is left in place for inspection: this never raises for it. One
+    that declares more than a limit allows (:mod:`napari_probunet.limits`) counts as none
+    too, with a warning that names the limit (raise it to restore that autosave). Temporary
+    files of autosaves killed before (their process gone) are removed.
     """
+    import warnings
+
+    from napari_probunet.errors import LimitError
+
     path = recovery_path(plane_signature, folder)
+    remove_dead_temporaries(path.parent, _is_recovery_temporary)
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not set(data.files) <= {"correction", "source_labels", "info"}:
-                return None  # a damaged member name: something is missing
-            correction = np.array(data["correction"])
-            source = np.array(data["source_labels"]) if "source_labels" in data else None
-            info = json.loads(str(data["info"]))
-    except Exception:  # a damaged .npz: BadZipFile, EOFError, TypeError, zlib.error, ...
+        return read_recovery_file(path)
+    except LimitError as exc:
+        warnings.warn(f"the autosaved correction is not offered: {exc}", stacklevel=2)
         return None
-    labels = (correction.ndim == 2 and correction.dtype.kind in "biu"
-              and (source is None or (source.shape == correction.shape
-                                      and source.dtype.kind in "biu")))
-    if not labels or not isinstance(info, dict):
+    except UserError:
         return None
-    return correction, source, info
 
 
 def discard_recovery(plane_signature: str, folder: str | os.PathLike | None = None) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_probunet import limits
 from napari_probunet.errors import ModelFileError
 
 FORMAT_VERSION = 1
@@ -103,43 +104,113 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def _check_header(path: Path) -> dict[str, Any]:
-    """Validate the file's framing without executing anything; return the parsed metadata."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(9)
-        # a safetensors file starts with its header's length (8 bytes, little-endian) and the
-        # header's "{"; that length may well begin with byte 0x80 or "PK", so a file framed
-        # like safetensors is never taken for a pickle (about 1 model file in 256 was)
-        n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
-        framed = n is not None and n <= size - 8 and head[8:] == b"{"
-        # pickle protocol 2-5 ("\x80" + protocol) or torch.save's zip container
-        pickled = head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-        if pickled and not framed:
+def _open_failed(path: Path, exc: OSError) -> ModelFileError:
+    return ModelFileError(
+        f"cannot read the model file {path} ({exc.strerror or exc}); check that it exists and "
+        "that you may read it"
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+#: bytes per element of the safetensors dtypes
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
+                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _check_tensor_entries(path: Path, header: Any) -> int:
+    """Validate the safetensors header's structure and every tensor's declared size (its
+    shape and dtype must fill its byte range exactly); return where the tensor data ends."""
+    if not isinstance(header, dict):
+        raise ModelFileError(
+            f"{path.name} is not a safetensors file: its header is a JSON "
+            f"{type(header).__name__}, not an object"
+        )
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not isinstance(entry, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in entry.items()):
+                raise ModelFileError(
+                    f"{path.name} is damaged: its __metadata__ must be an object of strings"
+                )
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+                and isinstance(shape, list) and all(_is_count(s) for s in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(_is_count(o) for o in offsets) and offsets[0] <= offsets[1]):
             raise ModelFileError(
-                f"{path.name} looks like a pickled PyTorch checkpoint (.pt/.pth). napari-probunet "
-                "never unpickles files, since unpickling can run arbitrary code; load it yourself "
-                "in trusted code and save it with napari_probunet.modelfile.save_model"
+                f"{path.name} is damaged: the header's entry for tensor {str(key)[:80]!r} is not "
+                "{dtype: string, shape: [sizes], data_offsets: [begin, end]}"
             )
-        if n is None:
-            raise ModelFileError(f"{path.name} is empty or truncated ({size} bytes); it is not a model file")
-        f.seek(8)
-        if n > size - 8 or n > 100_000_000:
+        size = _DTYPE_BYTES.get(entry["dtype"])
+        if size is None or limits.array_bytes(shape, size) != offsets[1] - offsets[0]:
             raise ModelFileError(
-                f"{path.name} is truncated or not a safetensors file (header of {n} bytes in a "
-                f"{size}-byte file); copy the model file again"
+                f"{path.name} is damaged: tensor {str(key)[:80]!r} is declared as "
+                f"{entry['dtype']} {tuple(shape)} but holds {offsets[1] - offsets[0]} bytes"
             )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"{path.name} is not a safetensors file: its header is not JSON") from exc
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        end = max(end, offsets[1])
+    return end
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate the file's framing and header without executing anything.
+
+    Returns ``(header, meta)``: the safetensors header (tensor name -> dtype, shape, offsets)
+    and the parsed ``probunet`` description. Everything wrong is a :class:`ModelFileError`.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+            # a safetensors file starts with its header's length (8 bytes, little-endian) and
+            # the header's "{"; that length may well begin with byte 0x80 or "PK", so a file
+            # framed like safetensors is never taken for a pickle (about 1 model file in 256 was)
+            n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
+            framed = n is not None and n <= size - 8 and head[8:] == b"{"
+            # pickle protocol 2-5 ("\x80" + protocol) or torch.save's zip container
+            pickled = head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80
+                                                     and 2 <= head[1] <= 5)
+            if pickled and not framed:
+                raise ModelFileError(
+                    f"{path.name} looks like a pickled PyTorch checkpoint (.pt/.pth). "
+                    "napari-probunet never unpickles files, since unpickling can run arbitrary "
+                    "code; load it yourself in trusted code and save it with "
+                    "napari_probunet.modelfile.save_model"
+                )
+            if n is None:
+                raise ModelFileError(
+                    f"{path.name} is empty or truncated ({size} bytes); it is not a model file")
+            if n > size - 8:
+                raise ModelFileError(
+                    f"{path.name} is truncated or not a safetensors file (header of {n} bytes "
+                    f"in a {size}-byte file); copy the model file again"
+                )
+            limits.check("MAX_HEADER_BYTES", n, f"{path.name}: the model header ({n} bytes)",
+                         ModelFileError)
+            f.seek(8)
+            raw = f.read(n)
+    except IsADirectoryError:
+        raise ModelFileError(f"{path} is a folder; pass the .safetensors model file inside it") \
+            from None
+    except OSError as exc:
+        raise _open_failed(path, exc) from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{path.name} is not a safetensors file: its header is not JSON") \
+            from exc
+    end = _check_tensor_entries(path, header)
     if 8 + n + end > size:
         raise ModelFileError(
             f"{path.name} is truncated: the header promises {8 + n + end} bytes, the file has {size}; "
             "copy the model file again"
         )
-    meta = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    meta = header.get("__metadata__", {}).get(METADATA_KEY)
     if meta is None:
         raise ModelFileError(
             f"{path.name} is a safetensors file but not a napari-probunet model (no '{METADATA_KEY}' "
@@ -147,17 +218,31 @@ def _check_header(path: Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(meta)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ModelFileError(f"{path.name}: its model description is not valid JSON") from exc
+    if not isinstance(meta, dict):
+        raise ModelFileError(
+            f"{path.name}: its model description is a JSON {type(meta).__name__}, not an object")
     version = meta.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ModelFileError(f"{path.name}: the model description has no format_version")
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path.name} uses model file format {version}, newer than this napari-probunet "
             f"understands ({FORMAT_VERSION}); upgrade napari-probunet"
         )
-    return meta
+    for key in ("config", "provenance"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise ModelFileError(
+                f"{path.name}: the model description's {key!r} is a JSON "
+                f"{type(meta[key]).__name__}, not an object; the file is damaged"
+            )
+    return header, meta
+
+
+def _check_header(path: Path) -> dict[str, Any]:
+    """Validate the file's framing without executing anything; return the parsed metadata."""
+    return _read_header(path)[1]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -198,35 +283,98 @@ def _check_weights(name: str, tensors: dict[str, Any]) -> None:
             )
 
 
+_WIDTHS = ("in_channels", "num_classes", "latent_dim", "fcomb_channels")
+_DEPTHS = ("convs_per_block", "fcomb_layers")
+
+
+def _check_config(name: str, cfg: Any):
+    """The :class:`ModelConfig` of a model description, its sizes checked against the limits
+    (:mod:`napari_probunet.limits`) before anything is allocated."""
+    from napari_probunet.config import ModelConfig
+
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{name}: the model description has no configuration object")
+
+    def bad(key: str, value: Any, expected: str) -> ModelFileError:
+        return ModelFileError(f"{name}: invalid model configuration: {key} must be {expected}, "
+                              f"not {str(value)[:80]!r}")
+
+    for key in (*_WIDTHS, *_DEPTHS, "input_size"):
+        value = cfg.get(key, 1)
+        if not _is_count(value) or value < 1:
+            raise bad(key, value, "a positive integer")
+    channels = cfg.get("channels", [1])
+    if not isinstance(channels, list) or not channels or not all(
+            _is_count(c) and c >= 1 for c in channels):
+        raise bad("channels", channels, "a list of positive integers")
+    for key, value in [*((k, cfg.get(k, 1)) for k in _WIDTHS),
+                       *((f"channels[{i}]", c) for i, c in enumerate(channels))]:
+        limits.check("MAX_MODEL_CHANNELS", value, f"{name}: the model's {key} ({value})",
+                     ModelFileError)
+    layers = 4 * len(channels) * cfg.get("convs_per_block", 3) + cfg.get("fcomb_layers", 3) + 1
+    limits.check("MAX_MODEL_LAYERS", layers,
+                 f"{name}: the model configuration ({layers} convolution layers)", ModelFileError)
+    side = cfg.get("input_size", 128)
+    limits.check_plane(side, side, f"{name}: the model's input_size", ModelFileError)
+    names = cfg.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise bad("class_names", names, "a list of strings")
+    for key in ("preprocessing", "domain"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise bad(key, cfg[key], "an object")
+    bounds = cfg.get("logsigma_bounds", [0, 1])
+    if not isinstance(bounds, list) or len(bounds) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+        raise bad("logsigma_bounds", bounds, "two numbers")
+    try:
+        return ModelConfig.from_dict(cfg)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ModelFileError(f"{name}: invalid model configuration: {exc}") from exc
+
+
+def _expected_shapes(name: str, config) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the model ``config`` describes, counted on PyTorch's ``meta``
+    device (nothing allocated) and checked against ``MAX_MODEL_PARAMETERS``."""
+    import math
+
+    import torch
+
+    from napari_probunet.model import ProbUNet
+
+    try:
+        with torch.device("meta"):
+            skeleton = ProbUNet(config)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{name}: invalid model configuration: {exc}") from exc
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    count = sum(math.prod(s) for s in shapes.values())
+    limits.check("MAX_MODEL_PARAMETERS", count, f"{name}: the model configuration ({count:,} "
+                 "weights)", ModelFileError)
+    return shapes
+
+
 def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
     """Load a model file or a bundled model by name (``"default"``, ``"lidc"``, ``"lesions"``)
-    as an eval-mode :class:`ProbUNet`."""
+    as an eval-mode :class:`ProbUNet`.
+
+    The header, the configuration's sizes (:mod:`napari_probunet.limits`) and every tensor's
+    shape are checked before any weight is read or any layer is allocated.
+    """
     import torch
     from safetensors.torch import load_file
 
-    from napari_probunet.config import ModelConfig
     from napari_probunet.device import resolve_device
     from napari_probunet.model import ProbUNet
 
     p = resolve_model_path(path)
-    meta = _check_header(p)
-    try:
-        config = ModelConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{p.name}: invalid model configuration: {exc}") from exc
-    try:
-        tensors = load_file(str(p), device="cpu")
-    except Exception as exc:  # safetensors raises its own error types
-        raise ModelFileError(f"{p.name} cannot be read as safetensors: {exc}") from exc
-    model = ProbUNet(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [
-        f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
+    header, meta = _read_header(p)
+    config = _check_config(p.name, meta.get("config"))
+    expected = _expected_shapes(p.name, config)
+    found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k}: file {found[k]} vs config {v}" for k, v in expected.items()
+             if k in found and found[k] != v]
     if missing or unexpected or wrong:
         detail = "; ".join(
             s for s in (
@@ -236,20 +384,42 @@ def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
             ) if s
         )
         raise ModelFileError(f"{p.name}: weights do not match its configuration ({detail})")
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except OSError as exc:
+        raise _open_failed(p, exc) from None
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{p.name} cannot be read as safetensors: {exc}") from exc
     _check_weights(p.name, tensors)
+    model = ProbUNet(config)
+    state = model.state_dict()
     with torch.no_grad():
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+        model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
     model.eval()
     model.to(resolve_device(device))
     model.source_path = str(p)
-    model.source_sha256 = file_sha256(p)
+    try:
+        model.source_sha256 = file_sha256(p)
+    except OSError as exc:
+        raise _open_failed(p, exc) from None
     model.metadata = meta
     return model
 
 
 def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None = None) -> str:
-    """Write ``model`` (weights in float32) atomically; return the file's sha256."""
+    """Write ``model`` (weights in float32) atomically; return the file's sha256.
+
+    The file is written to a hidden temporary file beside ``path`` (named after this process),
+    flushed to disk and renamed over ``path``: a crash leaves the old file or the new one.
+    """
     from safetensors.torch import save_file
+
+    from napari_probunet.export import (
+        commit_replace,
+        create_temporary,
+        remove_dead_temporaries,
+        temporaries_of,
+    )
 
     path = Path(path)
     meta = {
@@ -259,15 +429,13 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     }
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # the temporary file is named after this process, and those of killed saves are removed
+    remove_dead_temporaries(path.parent, temporaries_of(path.name))
+    fd, tmp = create_temporary(path)  # a new file's ordinary mode, not a private one
+    os.close(fd)
     try:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-        with open(tmp, "rb+") as fh:  # on disk before the rename: a crash leaves old or new
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not the private temp file's mode
-        os.replace(tmp, path)
+        commit_replace(tmp, path)  # fsync, rename, fsync the folder: old or new, never a mix
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -23,7 +23,9 @@ Images keep their raw values as float32 (0..255 for 8-bit files).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -89,10 +91,80 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return not _MASK_RE.search(stem) and bool(_IMAGE_RE.search(stem))
 
 
+def _check_declared(path: Path, shape: tuple[int, ...], itemsize: int, file_bytes: int) -> None:
+    """Refuse a file whose declared array exceeds :mod:`napari_probunet.limits`, before it is
+    decoded: the image plane (the two largest axes) and the bytes it decodes to."""
+    from napari_probunet import limits
+
+    sides = sorted((int(s) for s in shape), reverse=True)
+    if len(sides) >= 2:
+        limits.check_plane(sides[0], sides[1], f"{path}: the image", DataError)
+    limits.check_decoded(limits.array_bytes(shape, itemsize), file_bytes,
+                         f"{path}: the image of shape {tuple(int(s) for s in shape)}", DataError)
+
+
+def _npy_declared(path: Path) -> tuple[tuple[int, ...], int]:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return tuple(shape), dtype.itemsize
+
+
+def _nifti_declared(image) -> tuple[tuple[int, ...], int]:
+    """Shape and bytes per voxel of a NIfTI image as nibabel will decode it (scaled data
+    becomes floats)."""
+    itemsize = image.get_data_dtype().itemsize
+    slope = getattr(image.dataobj, "slope", 1.0)
+    inter = getattr(image.dataobj, "inter", 0.0)
+    if slope != 1.0 or inter != 0.0:
+        itemsize = max(itemsize, 8)
+    return tuple(int(s) for s in image.shape), itemsize
+
+
+def _pil_open(path: Path):
+    """Pillow's ``Image.open`` (the header only), its own decompression-bomb guard at least as
+    high as :data:`~napari_probunet.limits.MAX_IMAGE_PIXELS` so that ours decides."""
+    from PIL import Image
+
+    from napari_probunet import limits
+
+    if Image.MAX_IMAGE_PIXELS is not None:
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, limits.value("MAX_IMAGE_PIXELS"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours decides
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:  # far beyond Pillow's own guard: size it
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        limits.check("MAX_IMAGE_PIXELS", int(m[1]) if m else math.inf,
+                     f"{path}: the image", DataError)
+        raise
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Silence a library's warnings about a damaged file: the error raised says it all."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+#: bytes per band of a Pillow image mode (1 for the 8-bit modes)
+_PIL_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
 def load_array(path: str | os.PathLike, labels: bool = False) -> np.ndarray:
     """The raw array stored in an image file (PNG/JPEG via Pillow, TIFF via tifffile, NPY,
     NIfTI via nibabel). A palette PNG gives its indices with ``labels=True`` (masks) and its
-    colours otherwise (images). :class:`DataError` if unreadable."""
+    colours otherwise (images). :class:`DataError` if unreadable, and before anything is
+    decoded if the size the file declares exceeds a limit (:mod:`napari_probunet.limits`)."""
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in SUPPORTED_SUFFIXES:
@@ -108,19 +180,29 @@ def load_array(path: str | os.PathLike, labels: bool = False) -> np.ndarray:
         raise DataError(f"{path}: the file is empty (0 bytes); re-export it or remove it.")
     try:
         if suffix == ".npy":
+            _check_declared(path, *_npy_declared(path), size)
             array = np.load(path, allow_pickle=False)
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            array = tifffile.imread(path)
+            with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise DataError(f"{path}: the TIFF file holds no image.")
+                series = tif.series[0]
+                _check_declared(path, tuple(series.shape), np.dtype(series.dtype).itemsize, size)
+                array = series.asarray()
         elif suffix in (".nii", ".nii.gz"):
             import nibabel
 
-            array = np.asanyarray(nibabel.load(path).dataobj)
+            image = nibabel.load(path)
+            _check_declared(path, *_nifti_declared(image), size)
+            array = np.asanyarray(image.dataobj)
         else:
-            from PIL import Image
-
-            with Image.open(path) as handle:
+            with _pil_open(path) as handle:
+                bands = 4 if handle.mode in ("P", "PA") and not labels else len(handle.getbands())
+                width, height = handle.size
+                _check_declared(path, (height, width, bands), _PIL_BYTES.get(handle.mode, 1),
+                                size)
                 handle.load()
                 if handle.mode in ("CMYK", "YCbCr", "LAB", "HSV") or (
                     handle.mode in ("P", "PA") and not labels
@@ -130,6 +212,8 @@ def load_array(path: str | os.PathLike, labels: bool = False) -> np.ndarray:
                 array = np.asarray(handle)
     except DataError:
         raise
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read this {suffix} file.") from None
     except Exception as exc:  # every library has its own errors for a broken file
         raise DataError(
             f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {exc}); it may be "

@@ -26,12 +26,20 @@ resolve to stand-ins that only record their arguments; once the stream is read, 
 rebuilt with ``np.frombuffer`` from validated plain dtypes (bool, integer, float, complex,
 bytes and unicode strings; object arrays are rebuilt element by element from their already
 safe contents). Structured, datetime and other dtypes are refused.
+
+Nor can a small pickle make something huge. The builtins may only be called the way plain
+data calls them (``bytes(b"...")``, ``set([...])``, ``complex(1, 2)``; never ``bytes(2**31)``
+or ``str(a_list)``), ``_codecs.encode`` only turns a string into bytes of one of the text
+encodings, reads never ask for more than the file still holds, and the arrays rebuilt from one
+pickle may not take more than its own size plus the limit ``MAX_DECODED_BYTES``
+(:mod:`napari_probunet.limits`): a buffer used by many arrays counts once per array.
 """
 
 from __future__ import annotations
 
 import builtins
 import codecs
+import io
 import math
 import os
 import pickle
@@ -39,7 +47,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from napari_probunet.errors import DataError
+from napari_probunet import limits
+from napari_probunet.errors import DataError, LimitError
 
 _BUILTINS = (
     "dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray",
@@ -150,15 +159,92 @@ def _reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _Arra
     return _ArrayStub()
 
 
+# -- the builtins, called only the way plain data calls them
+
+_SCALARS = (str, bytes, bytearray, int, float, complex, bool, type(None))
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_TEXT_ENCODINGS = {"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "utf-8", "utf8",
+                   "utf_8", "ascii"}
+
+
+def _is_text_encoding(value: Any) -> bool:
+    return isinstance(value, str) and value.lower() in _TEXT_ENCODINGS
+
+
+def _checked(name: str, make: Any, allowed) -> Any:
+    """``make`` called only when ``allowed(args)`` says the arguments are plain data's."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if kwargs or not allowed(args):
+            kinds = ", ".join(type(a).__name__ for a in args)
+            raise _Refused(f"the pickle calls {name}({kinds}), which plain data never does")
+        return make(*args)
+
+    return call
+
+
+def _bytes_args(args: tuple) -> bool:
+    """``bytes()``, ``bytes(b"..")``, ``bytes("..", "latin-1")``, ``bytes([1, 2])``; never
+    ``bytes(n)`` (n zero bytes: a tiny pickle asking for gigabytes)."""
+    if not args:
+        return True
+    if len(args) == 1:
+        return isinstance(args[0], (bytes, bytearray, list, tuple))
+    return (len(args) <= 3 and isinstance(args[0], str) and _is_text_encoding(args[1])
+            and all(isinstance(a, str) for a in args[2:]))
+
+
+def _str_args(args: tuple) -> bool:
+    if not args:
+        return True
+    if len(args) == 1:
+        return isinstance(args[0], (str, int, float, bool)) and not isinstance(args[0], complex)
+    return (len(args) <= 3 and isinstance(args[0], (bytes, bytearray))
+            and _is_text_encoding(args[1]) and all(isinstance(a, str) for a in args[2:]))
+
+
+def _number_args(args: tuple) -> bool:
+    return len(args) <= 2 and all(isinstance(a, (str, int, float, bool)) for a in args)
+
+
+def _container_args(args: tuple) -> bool:
+    return not args or (len(args) == 1 and isinstance(args[0], _CONTAINERS))
+
+
+def _scalar_args(args: tuple) -> bool:
+    return len(args) <= 1 and all(isinstance(a, _SCALARS) for a in args)
+
+
+def _encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it: a string to bytes of a text encoding
+    (never longer than the string's own UTF-8 in the pickle); other codecs are refused."""
+    if not isinstance(obj, str) or not _is_text_encoding(encoding) or not isinstance(errors, str):
+        raise _Refused(f"the pickle calls _codecs.encode with {type(obj).__name__} and "
+                       f"{str(encoding)[:40]!r}; plain data only encodes text as latin-1/UTF-8")
+    return codecs.encode(obj, encoding, errors)
+
+
+_ARGUMENT_RULES = {
+    "dict": _container_args, "list": _container_args, "tuple": _container_args,
+    "set": _container_args, "frozenset": _container_args, "str": _str_args,
+    "bytes": _bytes_args, "bytearray": _bytes_args, "int": _number_args, "float": _number_args,
+    "complex": _number_args, "bool": _scalar_args,
+}
+
+
+def _builtin(qualified: str, name: str) -> _Global:
+    kind = getattr(builtins, name)
+    return _Global(qualified, _checked(qualified, kind, _ARGUMENT_RULES[name]), kind)
+
+
 _TABLE: dict[tuple[str, str], _Global] = {
-    ("builtins", n): _Global(f"builtins.{n}", getattr(builtins, n), getattr(builtins, n))
-    for n in _BUILTINS
+    ("builtins", n): _builtin(f"builtins.{n}", n) for n in _BUILTINS
 }
 _TABLE.update({
     # Python 2 spellings, seen in old pickles
-    ("__builtin__", "set"): _Global("__builtin__.set", set, set),
-    ("__builtin__", "frozenset"): _Global("__builtin__.frozenset", frozenset, frozenset),
-    ("_codecs", "encode"): _Global("_codecs.encode", codecs.encode, codecs.encode),
+    ("__builtin__", "set"): _builtin("__builtin__.set", "set"),
+    ("__builtin__", "frozenset"): _builtin("__builtin__.frozenset", "frozenset"),
+    ("_codecs", "encode"): _Global("_codecs.encode", _encode, None),
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Global("numpy.dtype", _DtypeStub),
 })
@@ -196,7 +282,8 @@ def _dtype(stub: Any) -> np.dtype:
     return dt
 
 
-def _from_bytes(data: Any, dt: np.dtype, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
+def _from_bytes(data: Any, dt: np.dtype, shape: tuple[int, ...], fortran: bool,
+                budget: _Budget) -> np.ndarray:
     if isinstance(data, pickle.PickleBuffer):
         data = data.raw()
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -207,8 +294,23 @@ def _from_bytes(data: Any, dt: np.dtype, shape: tuple[int, ...], fortran: bool) 
             f"the pickle's array data has {memoryview(data).nbytes} bytes, but shape {shape} of "
             f"{dt} needs {count * dt.itemsize} (truncated or corrupt)"
         )
+    if dt.itemsize == 0:
+        raise _Refused(f"the pickle uses the empty dtype {dt}")
+    budget.take(count * dt.itemsize, f"an array of shape {shape} and dtype {dt}")
     flat = np.frombuffer(data, dtype=dt, count=count).copy()
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+class _Budget:
+    """The bytes the arrays of one pickle may still take (see the module docstring)."""
+
+    def __init__(self, file_bytes: int) -> None:
+        self.file_bytes, self.used = max(0, int(file_bytes)), 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        limits.check_decoded(self.used + nbytes, self.file_bytes,
+                             f"{what}, with the arrays before it,", _Refused)
+        self.used += nbytes
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -224,8 +326,9 @@ def _shape(value: Any) -> tuple[int, ...]:
 class _Rebuilder:
     """Replaces the stand-ins in an unpickled object tree by real numpy objects."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: _Budget | None = None) -> None:
         self._done: dict[int, Any] = {}
+        self.budget = budget or _Budget(0)
 
     def __call__(self, obj: Any) -> Any:
         key = id(obj)
@@ -250,12 +353,12 @@ class _Rebuilder:
             dt = _dtype(obj.dtype)
             if dt.kind == "O":
                 raise _Refused("the pickle builds an object array from raw bytes")
-            out = _from_bytes(obj.buffer, dt, _shape(obj.shape), obj.order == "F")
+            out = _from_bytes(obj.buffer, dt, _shape(obj.shape), obj.order == "F", self.budget)
         elif isinstance(obj, _ScalarStub):
             dt = _dtype(obj.dtype)
             if dt.kind == "O":
                 raise _Refused("the pickle builds an object scalar")
-            out = _from_bytes(obj.data, dt, (), False)[()]
+            out = _from_bytes(obj.data, dt, (), False, self.budget)[()]
         elif isinstance(obj, (_DtypeStub,)):
             out = _dtype(obj)
         elif isinstance(obj, _Global):
@@ -274,9 +377,10 @@ class _Rebuilder:
         _, shape, dtype_stub, fortran, data = state if len(state) == 5 else (1, *state)
         shape, dt = _shape(shape), _dtype(dtype_stub)
         if dt.kind != "O":
-            return _from_bytes(data, dt, shape, bool(fortran))
+            return _from_bytes(data, dt, shape, bool(fortran), self.budget)
         if not isinstance(data, list) or len(data) != math.prod(shape):
             raise _Refused("the pickle holds an object array whose contents are not a list")
+        self.budget.take(8 * len(data), f"an object array of shape {shape}")
         out = np.empty(len(data), dtype=object)
         for i, item in enumerate(data):
             out[i] = self(item)
@@ -312,16 +416,58 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise _Refused("the pickle uses persistent ids, which plain data never needs")
 
 
+def _remaining_bytes(file: BinaryIO) -> int | None:
+    """How many bytes ``file`` still holds (a real file or an in-memory buffer), else None."""
+    try:
+        return max(0, os.fstat(file.fileno()).st_size - file.tell())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        pass
+    try:
+        return max(0, len(file.getbuffer()) - file.tell())
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+class _CappedReader:
+    """``file`` for the unpickler, whose reads never ask for more than the file still holds:
+    a length field of 2**40 in a small file is then a short read ("truncated"), not a huge
+    buffer allocated up front."""
+
+    def __init__(self, file: BinaryIO, remaining: int) -> None:
+        self._file, self._left = file, remaining
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._file.read(n)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[:len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int = -1) -> bytes:
+        limit = self._left if limit is None or limit < 0 else min(limit, self._left)
+        data = self._file.readline(limit)
+        self._left -= len(data)
+        return data
+
+
 def safe_load(file: BinaryIO, source: str = "<pickle>") -> Any:
     """Unpickle plain data (containers, scalars, numpy arrays) from an open binary ``file``.
 
     Raises :class:`DataError` naming ``source`` and the reason for anything else.
     """
+    remaining = _remaining_bytes(file)
     try:
-        raw = RestrictedUnpickler(file, source).load()
-        return _Rebuilder()(raw)
-    except _Refused as exc:
-        raise DataError(f"{source}: refused to load the pickle: {exc}.") from None
+        reader = file if remaining is None else _CappedReader(file, remaining)
+        raw = RestrictedUnpickler(reader, source).load()
+        return _Rebuilder(_Budget(remaining or 0))(raw)
+    except _Refused as exc:  # a limit stays a LimitError (and a DataError)
+        error = limits.limit_error(DataError) if isinstance(exc, LimitError) else DataError
+        raise error(f"{source}: refused to load the pickle: {exc}.") from None
     except DataError:
         raise
     except RecursionError:
