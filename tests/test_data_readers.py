@@ -500,3 +500,19 @@ def test_build_on_an_object_the_stand_ins_made_is_refused(tmp_path):
         safe_load_path(tmp_path / "x.pkl")
     (tmp_path / "t.pkl").write_bytes(b"\x80\x02cbuiltins\nint\n.")  # a builtin type as a value
     assert safe_load_path(tmp_path / "t.pkl") is int
+
+
+def test_a_truth_file_that_would_inflate_too_far_is_refused(tmp_path, monkeypatch):
+    from napari_probunet.data.readers import read_case_folder
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    np.save(folder / "image.npy", np.zeros((8, 8), np.float32))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "mask_0.png")
+    np.savez_compressed(folder / "truth.npz", modes=np.zeros((4096, 8, 8), np.uint8),
+                        probs=np.ones(4096) / 4096, names=np.array(["m"] * 4096))
+    monkeypatch.setenv("PROBUNET_MAX_DECODED_BYTES", "64K")
+    with pytest.raises(DataError, match="truth file.*MAX_DECODED_BYTES"):
+        read_case_folder(folder)

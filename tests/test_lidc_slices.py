@@ -218,3 +218,12 @@ def test_the_committed_test_patients_are_the_recipes_test_split(monkeypatch):
     assert len(listed) >= 0.15 * 681
     train = open_cases(str(REAL) + "#" + cfg.data.split("#", 1)[1])
     assert not set(train.group_ids) & set(listed)
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_inflated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROBUNET_MAX_DECODED_BYTES", "1M")
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("LIDC-IDRI-0001/nodule-0/images/slice-0.png", b"\0" * (8 << 20))
+    with pytest.raises(DataError, match="MAX_DECODED_BYTES.*PROBUNET_MAX_DECODED_BYTES="):
+        read_lidc_slices(bomb)

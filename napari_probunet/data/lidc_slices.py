@@ -73,6 +73,11 @@ class _Source:
                 raise DataError(f"{path}: not a readable zip file ({exc}); give the folder of "
                                 "the LIDC-IDRI slices or a .zip of it.") from None
             infos = sorted(self.zip.infolist(), key=lambda i: i.filename)
+            from napari_probunet import limits
+
+            # the whole set inflated: about 20x its zip size at most for these PNG slices
+            limits.check_decoded(sum(i.file_size for i in infos), path.stat().st_size,
+                                 f"{path}: the zip's members", DataError)
             for info in infos:
                 if info.is_dir():
                     continue

@@ -374,6 +374,16 @@ class _Collector:
 
 
 def _truth_from_npz(path: Path, shape, n_graders: int) -> tuple[ModeTruth, np.ndarray | None]:
+    import zipfile
+
+    from napari_probunet import limits
+
+    try:  # an .npz is a zip: its members' declared sizes bound what loading inflates
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: cannot read the truth file ({type(exc).__name__}: {exc}).") from None
+    limits.check_decoded(declared, path.stat().st_size, f"{path}: the truth file", DataError)
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
