@@ -1,4 +1,5 @@
-"""Open hypothesis bundles (``*.probunet.zip``) in napari: the npe2 reader contribution.
+"""Open hypothesis bundles (``*.probunet.zip``) and NIfTI files in napari: the npe2 reader
+contributions. (NIfTI: :func:`read_nifti`; napari has no NIfTI reader of its own.)
 
 A bundle written by ``probunet sample`` opens as the layers the review widget would have made
 for the whole image, with no model run:
@@ -54,6 +55,82 @@ def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callabl
     if not paths or not all(is_bundle_name(p) and not Path(p).is_dir() for p in paths):
         return None
     return read_bundles
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def get_nifti_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable | None:
+    """npe2 reader: :func:`read_nifti` for ``.nii``/``.nii.gz`` files (napari has none of its
+    own, so without it napari cannot open what the review's export writes), else None."""
+    paths = _paths(path)
+    if not paths or not all(p.lower().endswith(NIFTI_SUFFIXES) and Path(p).is_file()
+                            for p in paths):
+        return None
+    return read_nifti
+
+
+def read_nifti(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """NIfTI files as napari layers, sizes checked against the limits before reading.
+
+    - A correction exported by the review (its ``<file>.json`` record beside it) opens as a
+      **Labels** layer exactly as it was saved (rows first, as the review's arrays are), named
+      and placed as in the record (its pixel spacing as the layer's scale).
+    - Any other NIfTI (a CT volume, say) opens as an **Image** with its axes reversed to
+      napari's order (slices, rows, columns: NIfTI stores x first) and the voxel spacing of its
+      header as the scale; values as stored (Hounsfield units for CT). Integer volumes with a
+      handful of values (a segmentation) open as Labels.
+    """
+    import json
+
+    import nibabel
+    import numpy as np
+
+    from napari_probunet import limits
+    from napari_probunet.errors import DataError
+
+    layers: list[LayerData] = []
+    for p in _paths(path):
+        try:
+            img = nibabel.load(p)
+            shape, dtype = tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype())
+        except Exception as exc:  # nibabel raises its own types for a broken header
+            raise DataError(f"{p}: cannot read this NIfTI file ({type(exc).__name__}: {exc}); "
+                            "it may be truncated or not what its name says.") from None
+        if len(shape) < 2:
+            raise DataError(f"{p}: the NIfTI array has shape {shape}; expected an image or volume.")
+        limits.check_plane(shape[0], shape[1], f"{p}: the NIfTI plane", DataError)
+        limits.check_decoded(limits.array_bytes(shape, dtype.itemsize), os.path.getsize(p),
+                             f"{p}: the NIfTI array", DataError)
+        data = np.asanyarray(img.dataobj)
+        zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
+        record_file = Path(p + ".json")
+        record = None
+        if record_file.is_file():
+            try:
+                record = json.loads(record_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                record = None
+        name = Path(p).name
+        for suffix in NIFTI_SUFFIXES:
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+        if isinstance(record, dict) and "mask" in record:
+            layers.append((np.asarray(data), {"name": name, "scale": zooms,
+                                              "metadata": {"kind": "correction-file",
+                                                           "source_path": p,
+                                                           "record": record}}, "labels"))
+            continue
+        volume = np.transpose(np.asarray(data), tuple(reversed(range(data.ndim))))
+        scale = list(reversed(zooms))
+        labels = (np.issubdtype(volume.dtype, np.integer) and volume.size
+                  and len(np.unique(volume[:: max(1, volume.shape[0] // 8)])) <= 16)
+        meta = {"source_path": p, "nifti_affine": np.asarray(img.affine).tolist()}
+        layers.append((volume, {"name": name, "scale": scale, "metadata": meta},
+                       "labels" if labels else "image"))
+    return layers
 
 
 def read_bundles(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:

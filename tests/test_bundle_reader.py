@@ -217,3 +217,57 @@ def test_write_bundle_refuses_inconsistent_arrays(tmp_path):
             bundles.write_bundle(tmp_path / "bad.probunet.zip",
                                  bundles.Bundle(dict(manifest), **{**good, key: bad}))
     assert not (tmp_path / "bad.probunet.zip").exists()
+
+
+# ----------------------------------------------------------------------------- NIfTI
+
+
+def test_napari_opens_the_nifti_it_exported_and_ct_volumes(make_napari_viewer, tmp_path):
+    """The review's NIfTI export opens again in napari (as Labels, as saved); a foreign NIfTI
+    volume opens as an Image in napari's axis order with its voxel spacing."""
+    import nibabel
+
+    from napari_probunet import _reader, export
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:20, 5:30] = 1
+    record = export.correction_record(
+        mask, source_labels=mask, choice_source="hypothesis", index=0, z=np.zeros(2),
+        seed=1, n_samples=4, roi=(0, 0, 40, 50), plane_shape=(40, 50),
+        image_signature="sha256:" + "a" * 64, plane_signature="sha256:" + "a" * 64,
+        image_layer="ct", scale=[0.7, 0.8], translate=[0.0, 0.0], model_sha256="c" * 64,
+        model_name="lidc.safetensors", class_names=["background", "lesion"])
+    path, _ = export.export_correction(mask, tmp_path / "corr.nii.gz", record, scale=[0.7, 0.8])
+    assert _reader.get_nifti_reader(str(path)) is not None
+    assert _reader.get_nifti_reader(str(tmp_path / "x.tif")) is None
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-probunet")
+    assert type(layer).__name__ == "Labels" and layer.name == "corr"
+    np.testing.assert_array_equal(layer.data, mask)
+    np.testing.assert_allclose(layer.scale, [0.7, 0.8], rtol=1e-6)
+    assert layer.metadata["record"]["mask"]["shape"] == [40, 50]
+
+    volume = np.random.default_rng(0).normal(-600, 300, (30, 20, 6)).astype(np.int16)  # x, y, z
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    nibabel.save(nibabel.Nifti1Image(volume, affine), str(tmp_path / "scan.nii"))
+    (ct,) = viewer.open(str(tmp_path / "scan.nii"), plugin="napari-probunet")
+    assert type(ct).__name__ == "Image" and ct.data.shape == (6, 20, 30)
+    np.testing.assert_array_equal(ct.data, volume.transpose(2, 1, 0))
+    np.testing.assert_allclose(ct.scale, [2.5, 0.7, 0.7], rtol=1e-6)
+
+
+def test_a_broken_or_oversized_nifti_is_refused_clearly(tmp_path, monkeypatch):
+    from napari_probunet import _reader
+    from napari_probunet.errors import DataError
+
+    broken = tmp_path / "cut.nii"
+    broken.write_bytes(b"\x5c\x01\x00\x00" + b"\0" * 100)
+    with pytest.raises(DataError, match="cannot read this NIfTI file"):
+        _reader.read_nifti(str(broken))
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)),
+                 str(tmp_path / "big.nii.gz"))
+    monkeypatch.setenv("PROBUNET_MAX_DECODED_BYTES", "64K")
+    with pytest.raises(DataError, match="MAX_DECODED_BYTES"):
+        _reader.read_nifti(str(tmp_path / "big.nii.gz"))
