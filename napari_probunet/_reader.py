@@ -57,6 +57,72 @@ def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callabl
     return read_bundles
 
 
+# ----------------------------------------------------------------------------- multi-rater
+
+
+def get_case_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable | None:
+    """npe2 reader for one multi-rater case: a folder of the generic layout (an image and its
+    graders' masks, docs/data.md) or a nodule folder of the LIDC-IDRI slices
+    (``LIDC-IDRI-<patient>/nodule-<k>``). Other folders and files: None."""
+    paths = _paths(path)
+    if len(paths) != 1 or not Path(paths[0]).is_dir():
+        return None
+    folder = Path(paths[0])
+    if (folder / "images").is_dir() and any((folder / "images").glob("slice-*.png")):
+        return read_case
+    from napari_probunet.data.readers import SUPPORTED_SUFFIXES, is_mask_name
+
+    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+    data = [f for f in files if f.name.lower().endswith(SUPPORTED_SUFFIXES)]
+    if any(is_mask_name(f) for f in data) and any(not is_mask_name(f) for f in data):
+        return read_case
+    return None
+
+
+def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """One multi-rater case as napari layers: the image, then one Labels layer per grader
+    (``radiologist 1`` ...), each in its own colour so that overlaid outlines stay apart. A
+    LIDC-IDRI nodule folder opens as a stack of its slices. Masks with grey levels are
+    thresholded (the data layer's rule) and a notification says so."""
+    import warnings
+
+    import numpy as np
+
+    from napari_probunet._sample_data import RATER_COLOURS, _one_colour
+    from napari_probunet.data.readers import read_case_folder
+
+    folder = Path(_paths(path)[0])
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as found:
+        warnings.simplefilter("always")
+        if (folder / "images").is_dir():
+            from napari_probunet.data.lidc_slices import read_lidc_nodule
+
+            cases = read_lidc_nodule(folder)
+            image = np.stack([c.image for c in cases])
+            masks = np.stack([c.masks for c in cases], axis=1)  # (R, slices, H, W)
+            name = f"{folder.parent.name} {folder.name}"
+        else:
+            case = read_case_folder(folder)
+            image, masks, name = case.image, case.masks, folder.name
+        caught = [str(w.message) for w in found]
+    if caught:
+        from napari.utils.notifications import show_info
+
+        show_info("; ".join(caught))
+    meta = {"source_path": str(folder), "kind": "image"}
+    layers: list[LayerData] = [(image, {"name": name, "metadata": meta}, "image")]
+    for r, mask in enumerate(masks):
+        drew = bool(mask.any())
+        layers.append((mask.astype(np.uint8), {
+            "name": f"{name} radiologist {r + 1}" + ("" if drew else " (drew nothing)"),
+            "opacity": 0.7,
+            "colormap": _one_colour(RATER_COLOURS[r % len(RATER_COLOURS)]),
+            "metadata": {"kind": "grader", "grader": r + 1, "source_path": str(folder)},
+        }, "labels"))
+    return layers
+
+
 # ----------------------------------------------------------------------------- NIfTI
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -271,3 +271,37 @@ def test_a_broken_or_oversized_nifti_is_refused_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("PROBUNET_MAX_DECODED_BYTES", "64K")
     with pytest.raises(DataError, match="MAX_DECODED_BYTES"):
         _reader.read_nifti(str(tmp_path / "big.nii.gz"))
+
+
+# ----------------------------------------------------------------------------- multi-rater cases
+
+
+def test_a_multi_rater_case_opens_with_each_radiologist_in_their_colour(make_napari_viewer,
+                                                                        tmp_path):
+    from test_lidc_slices import write_layout
+
+    from napari_probunet._reader import get_case_reader
+    from napari_probunet.data.readers import write_multirater_folder
+    from napari_probunet.data.synthetic import SyntheticDataset
+
+    cases = list(SyntheticDataset("lesions", 1, seed=4, size=32))
+    folder = write_multirater_folder(cases, tmp_path / "data") / "0"
+    if not folder.is_dir():
+        folder = next(p for p in (tmp_path / "data").iterdir() if p.is_dir())
+    assert get_case_reader(str(folder)) is not None
+    assert get_case_reader(str(tmp_path)) is None  # a folder of cases is not one case
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin="napari-probunet")
+    assert [type(la).__name__ for la in layers] == ["Image"] + ["Labels"] * 4
+    colours = {tuple(la.colormap.color_dict[1]) for la in layers[1:]}
+    assert len(colours) == 4
+    for r, la in enumerate(layers[1:]):
+        np.testing.assert_array_equal(la.data, cases[0].masks[r])
+        assert la.metadata == {"kind": "grader", "grader": r + 1, "source_path": str(folder)}
+    # an LIDC-IDRI nodule folder opens as the stack of its slices
+    root = write_layout(tmp_path / "lidc", patients=("0007",), nodules=1, slices=3)
+    nodule = root / "LIDC-IDRI-0007" / "nodule-0"
+    layers = viewer.open(str(nodule), plugin="napari-probunet")
+    assert layers[0].data.shape == (3, 16, 16)
+    assert layers[4].name.endswith("radiologist 4") and layers[4].data.shape == (3, 16, 16)
+    assert layers[4].data[0].sum() == 0 and layers[4].data[1].sum() > 0  # rater 4, slice 0: nothing

@@ -61,7 +61,7 @@ def _natural(text: str) -> list:
 class _Source:
     """The files of one folder or zip, indexed by (patient, nodule, slice) -> {kind: name}."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, within: Path | None = None):
         self.path = path
         self.zip: zipfile.ZipFile | None = None
         self.entries: dict[tuple[str, str, int], dict[str, str]] = {}
@@ -85,7 +85,7 @@ class _Source:
                 self.fingerprint.update(f"{info.filename}:{info.file_size}:{info.CRC}\n".encode())
             self._sizes = {i.filename: i.file_size for i in infos}
         else:
-            for dirpath, dirnames, filenames in os.walk(path):
+            for dirpath, dirnames, filenames in os.walk(within or path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     full = os.path.join(dirpath, name)
@@ -322,6 +322,20 @@ class LidcSlices(Sequence):
     def images(self) -> np.ndarray:
         """All images of this view, ``(n, H, W)`` uint8 (a copy for a subset)."""
         return self._images[self._index]
+
+
+def read_lidc_nodule(folder: str | os.PathLike, on_error: str = "skip") -> list[Case]:
+    """The slices of one nodule folder (``.../LIDC-IDRI-<patient>/nodule-<k>``), in slice
+    order, decoded directly (no cache): what napari's case reader opens."""
+    folder = Path(folder)
+    root = folder.parent.parent
+    source = _Source(root, within=folder)
+    if not source.entries:
+        raise DataError(f"{folder}: not a nodule folder of the LIDC-IDRI slices (expected "
+                        "images/slice-<i>.png and mask-0..3/slice-<i>.png inside).")
+    images, masks, ids, _ = _decode(source, on_error)
+    data = LidcSlices(images, masks, ids, images.shape[2], str(root))
+    return sorted(data, key=lambda c: int(c.ids["slice"]))
 
 
 def read_lidc_slices(path: str | os.PathLike, on_error: str = "skip",
