@@ -37,6 +37,7 @@ from qtpy.QtGui import (
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -45,6 +46,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QTableWidget,
@@ -68,6 +70,8 @@ from napari_probunet._state import Choice, get_state
 LAYER_KEY = "napari_probunet"
 #: opacity of masks drawn over the image in the thumbnails (napari's Labels default)
 MASK_ALPHA = 0.7
+#: the dock's minimum height; the content scrolls below it
+MIN_DOCK_HEIGHT = 300
 #: the status line (current point, z) is rewritten at most this often while dragging
 _STATUS_INTERVAL_S = 0.25
 
@@ -197,7 +201,20 @@ class ExplorerWidget(QWidget):
 
     # -- UI ----------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        # everything sits in a scroll area, as in the review widget: docked under or beside
+        # the review on a 1366x768 screen the explorer scrolls instead of forcing the window
+        # taller than the screen (its content needs about 700 px)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumHeight(MIN_DOCK_HEIGHT)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.setContentsMargins(6, 6, 6, 6)
 
         axes = QGridLayout()

@@ -543,3 +543,15 @@ def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
     widget.wait_ready()
     widget._update_markers()
     assert widget.map.markers.components == []
+
+
+def test_both_widgets_docked_from_the_plugins_menu_fit_a_1366x768_screen(make_napari_viewer,
+                                                                         qtbot):
+    """Docked one under the other (what Plugins > ... does), the widgets scroll instead of
+    forcing a window taller than a laptop screen (it was 1,111 px)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget("napari-probunet", "Probabilistic U-Net")
+    viewer.window.add_plugin_dock_widget("napari-probunet", "Latent-space explorer")
+    qtbot.wait(200)
+    hint = viewer.window._qt_window.minimumSizeHint()
+    assert hint.width() <= 1366 and hint.height() <= 768 - 40, (hint.width(), hint.height())
