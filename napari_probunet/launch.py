@@ -158,6 +158,7 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     import numpy as np
 
     folder = Path(folder)
+    model = model or "lidc"  # the real CT sample with the model trained on real CT
     out = []
     viewer = _make_viewer()
     review = open_review(viewer, explorer=False, scripted=True)
@@ -168,6 +169,12 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     out.append(screenshot(viewer, folder / "review-start.png"))
 
     sample(review)
+    # a hypothesis that draws something (the first may be one of the empty ones): the one of
+    # median area among those that are not empty
+    areas = review.state.hypotheses.labels.reshape(len(review.state.hypotheses.labels), -1).sum(1)
+    drawn = [int(i) for i in np.argsort(areas) if areas[i] > 0]
+    if drawn:
+        review.show_hypothesis(drawn[len(drawn) // 2])
     viewer.layers.selection.active = image
     out.append(screenshot(viewer, folder / "review-main.png"))
 
@@ -194,6 +201,26 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     out.append(screenshot(viewer, folder / "review-best-fit.png"))
     review.grab().save(str(folder / "review-widget.png"))
     out.append(folder / "review-widget.png")
+    viewer.close()
+
+    # a nodule that 2 of the 4 radiologists marked: their outlines beside a hypothesis
+    viewer = _make_viewer()
+    review = open_review(viewer, explorer=False, scripted=True)
+    viewer.open_sample(PLUGIN, "lidc_nodule_2of4")
+    image = viewer.layers[0]
+    load_model(review, model)
+    sample(review)
+    areas = review.state.hypotheses.labels.reshape(len(review.state.hypotheses.labels), -1).sum(1)
+    drawn = [int(i) for i in np.argsort(areas) if areas[i] > 0]
+    if drawn:
+        review.show_hypothesis(drawn[len(drawn) // 2])
+    viewer.layers[f"{image.name} uncertainty"].visible = False
+    for layer in viewer.layers:
+        if layer.metadata.get("kind") == "grader" and layer.data.any():
+            layer.visible = True
+            layer.contour = 1  # outlines, so that the hypothesis shows through
+    viewer.layers.selection.active = image
+    out.append(screenshot(viewer, folder / "review-lidc.png"))
     viewer.close()
 
     # the large (synthetic) slice and the synthetic model: click on the lesion
