@@ -76,13 +76,9 @@ def prior_anchor(out: dict[str, torch.Tensor]) -> torch.Tensor:
     (seen here: one prior sigma at the bound, most samples empty). A small multiple of this
     term pins the scale near the standard normal without changing which modes are learned.
     """
-    if "prior_logits" in out:  # a mixture: each component's KL to N(0, I), weighted (a bound)
-        mu, logsigma = out["prior_mix_mu"].float(), out["prior_mix_logsigma"].float()
-        zeros = torch.zeros_like(mu)
-        w = torch.softmax(out["prior_logits"].float(), dim=-1)
-        per = kl_diag_gaussians(mu.flatten(0, 1), logsigma.flatten(0, 1), zeros.flatten(0, 1),
-                                zeros.flatten(0, 1)).reshape(w.shape)
-        return (w * per).sum(-1)
+    # for a mixture prior, prior_mu / prior_logsigma are its overall moments: pinning those
+    # fixes the scale of z without pulling the components onto one another (anchoring each
+    # component to N(0, I) did, and the first mixture run collapsed to one component)
     mu, logsigma = out["prior_mu"].float(), out["prior_logsigma"].float()
     zeros = torch.zeros_like(mu)
     return kl_diag_gaussians(mu, logsigma, zeros, zeros)
