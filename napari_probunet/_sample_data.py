@@ -88,13 +88,13 @@ def _lidc_layers(key: str) -> list:
             "name": f"radiologist {r + 1}" + ("" if mask.any() else " (drew nothing)"),
             "visible": False,
             "opacity": 0.7,
-            "colormap": _one_colour(RATER_COLOURS[r]),
+            "colormap": one_colour_colormap(RATER_COLOURS[r]),
             "metadata": {"kind": "grader", "grader": r + 1, "source": source},
         }, "labels"))
     return layers
 
 
-def _one_colour(colour: str):
+def one_colour_colormap(colour: str):
     """Label 1 in ``colour`` (each radiologist their own, so overlaid outlines stay apart)."""
     from napari.utils.colormaps import DirectLabelColormap
 
