@@ -1067,7 +1067,7 @@ class ReviewWidget(QWidget):
         """Centre the ROI (a crop of the model's input size) on a point given in world coordinates.
 
         Returns the ROI ``(row, col, height, width)`` in the image's data pixels; samples right
-        away when "Sample on click" is ticked.
+        away when "Run on click" is ticked.
         """
         layer = self.image_layer()
         if layer is None:
