@@ -37,7 +37,6 @@ from qtpy.QtGui import (
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -46,7 +45,6 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QSplitter,
     QTableWidget,
@@ -56,6 +54,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet import explorer_core as core
+from napari_probunet._dock import scrolling_content
 from napari_probunet._explorer_worker import _Bridge, _once, _PointResult, _Worker
 from napari_probunet._latent_map import (
     _SYNC_FALLBACK_S,
@@ -70,8 +69,6 @@ from napari_probunet._state import Choice, get_state
 LAYER_KEY = "napari_probunet"
 #: opacity of masks drawn over the image in the thumbnails (napari's Labels default)
 MASK_ALPHA = 0.7
-#: the dock's minimum height; the content scrolls below it
-MIN_DOCK_HEIGHT = 300
 #: the status line (current point, z) is rewritten at most this often while dragging
 _STATUS_INTERVAL_S = 0.25
 
@@ -204,17 +201,7 @@ class ExplorerWidget(QWidget):
         # everything sits in a scroll area, as in the review widget: docked under or beside
         # the review on a 1366x768 screen the explorer scrolls instead of forcing the window
         # taller than the screen (its content needs about 700 px)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumHeight(MIN_DOCK_HEIGHT)
-        content = QWidget()
-        scroll.setWidget(content)
-        outer.addWidget(scroll)
-        layout = QVBoxLayout(content)
+        layout = QVBoxLayout(scrolling_content(self))
         layout.setContentsMargins(6, 6, 6, 6)
 
         axes = QGridLayout()

@@ -47,14 +47,12 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QMessageBox,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
@@ -62,6 +60,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet import export
+from napari_probunet._dock import scrolling_content
 from napari_probunet._jobs import (
     _model_job,
     _Sampled,
@@ -301,18 +300,7 @@ class ReviewWidget(QWidget):
     def _build(self) -> None:
         # the groups sit in a scroll area: in a short dock (e.g. under the explorer) the
         # widget scrolls instead of squeezing its rows
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        content = QWidget()
-        content.setMinimumWidth(300)
-        scroll.setWidget(content)
-        scroll.setMinimumHeight(300)
-        outer.addWidget(scroll)
-        root = QVBoxLayout(content)
+        root = QVBoxLayout(scrolling_content(self, min_width=300))
         root.setContentsMargins(6, 6, 6, 6)
 
         # Model
