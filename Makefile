@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/python -m napari_probunet.launch
+	$(BIN)/python -m napari_probunet.gui.launch
 
 test: setup
 	$(BIN)/ruff check napari_probunet tests

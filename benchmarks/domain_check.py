@@ -1,4 +1,4 @@
-"""How often the domain check (napari_probunet.domain) warns: in-domain vs clearly foreign images.
+"""How often the domain check (napari_probunet.review.domain) warns: in-domain vs clearly foreign images.
 
     python benchmarks/domain_check.py --model lidc \
         --data "../shared/data/lidc-idri-slices#part=test&fractions=0.75,0.05,0.2&seed=0&by=patient"
@@ -58,8 +58,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
 
     from napari_probunet.data.readers import open_cases
-    from napari_probunet.domain import check_image
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
+    from napari_probunet.review.domain import check_image
 
     config = load_model(args.model).config
     result: dict = {"model": args.model, "in_domain": {}, "foreign": {}}

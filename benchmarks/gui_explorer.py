@@ -37,7 +37,7 @@ import numpy as np
 
 
 def _load_model(spec: str | None):
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
 
     if spec in (None, "auto"):
         try:
@@ -45,8 +45,8 @@ def _load_model(spec: str | None):
         except Exception:  # noqa: BLE001 - not trained yet
             import torch
 
-            from napari_probunet.config import ModelConfig
-            from napari_probunet.model import ProbUNet
+            from napari_probunet.model.config import ModelConfig
+            from napari_probunet.model.network import ProbUNet
 
             torch.manual_seed(0)
             return ProbUNet(ModelConfig()).eval(), "untrained, default architecture"
@@ -77,7 +77,7 @@ def _app_wait(app, condition, timeout: float) -> bool:
 def _encode(viewer, model, image, image_name: str, roi, hypotheses: int = 16, seed: int = 0,
             layer_kwargs=None):
     """Fill the viewer's review state as the review widget would (no dependency on it)."""
-    from napari_probunet._state import Encoded, get_state
+    from napari_probunet.review.state import Encoded, get_state
     from napari_probunet.session import Session
 
     state = get_state(viewer)
@@ -122,7 +122,7 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
     from qtpy.QtGui import QMouseEvent
     from qtpy.QtWidgets import QApplication
 
-    from napari_probunet._explorer import ExplorerWidget
+    from napari_probunet.gui.explorer.widget import ExplorerWidget
 
     image = _large_image()
     if image.shape[0] != size:
@@ -270,8 +270,8 @@ def bench_grid(model, size: int = 128, n: int = 9) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_probunet import explorer_core as core
-    from napari_probunet._explorer import ExplorerWidget
+    from napari_probunet.gui.explorer.widget import ExplorerWidget
+    from napari_probunet.review import plane as core
     from napari_probunet.session import Session
 
     image = _large_image()[64:64 + size, 32:32 + size]
@@ -327,7 +327,7 @@ def bench_grid(model, size: int = 128, n: int = 9) -> dict:
 
 
 def _train_fallback_model():
-    from napari_probunet._testing import train_two_mode_model
+    from napari_probunet.model.testing import train_two_mode_model
 
     print("no model given and none bundled: training the tiny two-mode model (a minute)...",
           file=sys.stderr)
@@ -339,9 +339,9 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_probunet._explorer import ExplorerWidget
-    from napari_probunet._state import get_state
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.gui.explorer.widget import ExplorerWidget
+    from napari_probunet.model.modelfile import load_model
+    from napari_probunet.review.state import get_state
 
     if model_spec:
         model = load_model(model_spec)
@@ -360,7 +360,7 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
         graders = {meta["name"]: data for data, meta, _kind in layers[1:]}
         contrast = layers[0][1].get("contrast_limits")
     else:
-        from napari_probunet._testing import two_mode_case
+        from napari_probunet.model.testing import two_mode_case
 
         image, masks = two_mode_case(model.config.input_size)
         graders = {f"grader {k + 1}": masks[k] for k in range(len(masks))}
@@ -421,7 +421,7 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
 
 def _bundled() -> bool:
     try:
-        from napari_probunet.modelfile import resolve_model_path
+        from napari_probunet.model.modelfile import resolve_model_path
 
         return resolve_model_path("default").exists()
     except Exception:  # noqa: BLE001

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from napari_probunet.data import open_cases
-from napari_probunet.modelfile import load_model
+from napari_probunet.model.modelfile import load_model
 
 
 def latent_usage(model, cases) -> dict[str, np.ndarray]:

@@ -40,9 +40,9 @@ def cpu_flags() -> str:
 def train_ips(model_cfg, amp: str, steps: int = 12) -> float:
     import torch
 
-    from napari_probunet.losses import elbo_loss
-    from napari_probunet.model import ProbUNet
-    from napari_probunet.train import _amp_context
+    from napari_probunet.model.losses import elbo_loss
+    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.training.train import _amp_context
 
     torch.manual_seed(0)
     model = ProbUNet(model_cfg).to(memory_format=torch.channels_last)
@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from napari_probunet.data.readers import open_cases
     from napari_probunet.device import auto_precision
-    from napari_probunet.train import load_recipe
+    from napari_probunet.training.train import load_recipe
 
     out: dict = {"date": time.strftime("%Y-%m-%d"), "cpu_flags": cpu_flags(),
                  "threads": 1, "torch": torch.__version__}
@@ -102,7 +102,7 @@ def main() -> None:
     for amp in ("bf16", "none"):
         out[f"train_images_per_s_{'fp32' if amp == 'none' else amp}"] = round(train_ips(model_cfg, amp), 2)
     out["amp_auto_picks"] = auto_precision("cpu")[0]
-    from napari_probunet.model import ProbUNet
+    from napari_probunet.model.network import ProbUNet
     from napari_probunet.session import Session
 
     session = Session(ProbUNet(model_cfg), "cpu")

@@ -11,7 +11,7 @@ for the whole image, with no model run:
 - ``<name> grader 1`` ...: the graders' masks of a multi-rater case (Labels, hidden).
 
 Every layer's ``metadata`` uses the review widget's keys, so that napari's File → Save (the
-writer contribution, :func:`napari_probunet.export.layer_mask_and_record`) writes a hypothesis
+writer contribution, :func:`napari_probunet.review.export.layer_mask_and_record`) writes a hypothesis
 with its full provenance record: ``kind`` (``"image"``, ``"hypothesis"``, ``"uncertainty"``,
 ``"grader"``), ``image_layer``, ``roi`` (the whole image: ``[0, 0, H, W]``), ``plane_shape``,
 ``slice_index`` (``[]``: a 2D layer), ``image_signature`` and ``plane_signature`` (the same,
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_probunet.bundle import Bundle, is_bundle_name, read_bundle
+from napari_probunet.review.bundle import Bundle, is_bundle_name, read_bundle
 
 #: metadata key that says which part of a bundle a layer shows (the review widget's key)
 LAYER_KEY = "kind"
@@ -211,7 +211,7 @@ def _common_metadata(b: Bundle) -> dict[str, Any]:
     m = b.manifest
     h, w = b.hypotheses.shape[1:]
     return {
-        # the review widget's keys (see napari_probunet._widget and napari_probunet.export)
+        # the review widget's keys (see napari_probunet.gui.review.widget and napari_probunet.review.export)
         "image_layer": b.name,
         "roi": [0, 0, int(h), int(w)],
         "plane_shape": [int(h), int(w)],

@@ -1,7 +1,7 @@
 """napari's File → Save for Labels layers: the mask plus its provenance record.
 
 The npe2 ``writers`` contribution (``.tif``, ``.tiff``, ``.png``, ``.npy``, ``.nii``,
-``.nii.gz``). It uses :func:`napari_probunet.export.export_correction`, the function behind the
+``.nii.gz``). It uses :func:`napari_probunet.review.export.export_correction`, the function behind the
 review widget's Export… button, so both write the same files: for a correction (or hypothesis)
 layer of the review widget the whole image plane with the ROI crop in place and a record built
 from the layer's metadata; for any other Labels layer the layer's array as it is, with what can
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari_probunet.export import export_correction, layer_mask_and_record
+from napari_probunet.review.export import export_correction, layer_mask_and_record
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

@@ -1,6 +1,6 @@
 """Encode once, decode many: the object the widgets, the command line and the tests share.
 
-A :class:`Session` wraps a :class:`~napari_probunet.model.ProbUNet` on one device. Like
+A :class:`Session` wraps a :class:`~napari_probunet.model.network.ProbUNet` on one device. Like
 segment-anything's predictor, :meth:`Session.set_image` runs the expensive part once (U-Net
 and prior net); :meth:`Session.sample` and :meth:`Session.decode` then only run fcomb.
 
@@ -21,7 +21,7 @@ import torch
 
 from napari_probunet.device import resolve_device
 from napari_probunet.errors import InputError
-from napari_probunet.model import ProbUNet
+from napari_probunet.model.network import ProbUNet
 
 #: pixel-samples per decoding block: 16384 x 32 hidden channels x 4 bytes = 2 MiB, cache-sized
 BLOCK_ROWS = 16384
@@ -394,7 +394,7 @@ class Session:
         h, w = self._image_shape
         y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode="edge" if (hp > h or wp > w) else "constant")
         q_mu, q_logsigma = self.model.posterior_params(self._x, torch.from_numpy(y)[None].to(self.device))
-        from napari_probunet.losses import kl_diag_gaussians, kl_to_mixture
+        from napari_probunet.model.losses import kl_diag_gaussians, kl_to_mixture
 
         if self._mixture is not None:  # no closed form: a fixed, seeded 512-sample estimate
             weights, means, sigmas = self._mixture

@@ -23,14 +23,14 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def two_mode_model():
     """A tiny model overfitted to ``two_mode_case()`` (core vs core + halo)."""
-    from napari_probunet._testing import train_two_mode_model
+    from napari_probunet.model.testing import train_two_mode_model
 
     return train_two_mode_model()
 
 
 @pytest.fixture(scope="session")
 def two_mode_model_file(two_mode_model, tmp_path_factory) -> Path:
-    from napari_probunet.modelfile import save_model
+    from napari_probunet.model.modelfile import save_model
 
     path = tmp_path_factory.mktemp("models") / "two_mode.safetensors"
     save_model(two_mode_model, path, {"recipe": "tests: two_mode_case"})
@@ -40,7 +40,7 @@ def two_mode_model_file(two_mode_model, tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny():
     """An untrained, seeded tiny model."""
-    from napari_probunet._testing import tiny_model
+    from napari_probunet.model.testing import tiny_model
 
     return tiny_model(seed=0)
 
@@ -56,7 +56,7 @@ def isolated_settings(tmp_path, monkeypatch):
     """
     from qtpy.QtCore import QSettings
 
-    from napari_probunet import _widget
+    from napari_probunet.gui.review import widget as _widget
 
     ini = str(tmp_path / "settings.ini")
     monkeypatch.setattr(_widget, "_settings", lambda: QSettings(ini, QSettings.Format.IniFormat))
@@ -69,8 +69,8 @@ def review(make_napari_viewer, qtbot, two_mode_model_file, isolated_settings):
 
     Any question the widget asks fails the test unless the test answers it itself.
     """
-    from napari_probunet._testing import wait_idle
-    from napari_probunet._widget import ReviewWidget
+    from napari_probunet.gui.review.widget import ReviewWidget
+    from napari_probunet.model.testing import wait_idle
 
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer, load_default=False)

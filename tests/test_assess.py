@@ -7,13 +7,13 @@ import csv
 import numpy as np
 import pytest
 
-from napari_probunet import assess
-from napari_probunet._explorer import ExplorerWidget
-from napari_probunet._state import Encoded, get_state
-from napari_probunet._testing import tiny_model, two_mode_case
 from napari_probunet.cli import main
 from napari_probunet.errors import InputError
-from napari_probunet.modelfile import save_model
+from napari_probunet.gui.explorer.widget import ExplorerWidget
+from napari_probunet.model.modelfile import save_model
+from napari_probunet.model.testing import tiny_model, two_mode_case
+from napari_probunet.review import assess
+from napari_probunet.review.state import Encoded, get_state
 from napari_probunet.session import Session
 
 
@@ -188,7 +188,7 @@ def test_cli_scores_every_grader_of_a_synthetic_dataset(model_file, tmp_path, ca
     assert all(r["mode"] in ("core", "core+halo", "nothing") for r in rows)
     # the numbers are those of the library on the same case
     from napari_probunet.data.readers import open_cases
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
 
     case = open_cases(spec)[1]
     s = Session(load_model(model_file), "cpu")

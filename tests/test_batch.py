@@ -21,12 +21,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_probunet import batch
-from napari_probunet import bundle as bundles
-from napari_probunet._testing import tiny_model, two_mode_case
 from napari_probunet.cli import main
 from napari_probunet.data import SyntheticDataset, write_multirater_folder
-from napari_probunet.modelfile import file_sha256, load_model, save_model
+from napari_probunet.model.modelfile import file_sha256, load_model, save_model
+from napari_probunet.model.testing import tiny_model, two_mode_case
+from napari_probunet.review import batch
+from napari_probunet.review import bundle as bundles
 from napari_probunet.session import Session, pixel_disagreement
 
 N = 5

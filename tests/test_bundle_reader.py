@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_probunet import bundle as bundles
 from napari_probunet._reader import collect_layers, get_reader, read_bundles
-from napari_probunet._testing import tiny_model
 from napari_probunet.cli import main
-from napari_probunet.modelfile import file_sha256, save_model
+from napari_probunet.model.modelfile import file_sha256, save_model
+from napari_probunet.model.testing import tiny_model
+from napari_probunet.review import bundle as bundles
 from napari_probunet.session import image_signature
 
 N = 4
@@ -101,7 +101,7 @@ def test_a_bundle_opens_as_the_review_widgets_layers(prepared):
 
 
 def test_file_save_on_a_bundle_hypothesis_writes_its_provenance(prepared, tmp_path):
-    from napari_probunet.export import layer_mask_and_record
+    from napari_probunet.review.export import layer_mask_and_record
 
     path = _bundle(prepared)
     b = bundles.read_bundle(path)
@@ -227,7 +227,8 @@ def test_napari_opens_the_nifti_it_exported_and_ct_volumes(make_napari_viewer, t
     volume opens as an Image in napari's axis order with its voxel spacing."""
     import nibabel
 
-    from napari_probunet import _reader, export
+    from napari_probunet import _reader
+    from napari_probunet.review import export
 
     mask = np.zeros((40, 50), np.uint8)
     mask[10:20, 5:30] = 1

@@ -31,8 +31,8 @@ from test_limits import (
 )
 
 from napari_probunet import cli
-from napari_probunet._testing import tiny_model
-from napari_probunet.modelfile import save_model
+from napari_probunet.model.modelfile import save_model
+from napari_probunet.model.testing import tiny_model
 
 RECIPE = """
 [model]
@@ -142,7 +142,7 @@ def _deny_reading(monkeypatch, a: Path, w: Path) -> None:
 
 
 def _io_error(monkeypatch, a, w) -> None:
-    from napari_probunet import modelfile
+    from napari_probunet.model import modelfile
 
     def broken(path):
         raise OSError(errno.EIO, "Input/output error", str(path))
@@ -151,7 +151,7 @@ def _io_error(monkeypatch, a, w) -> None:
 
 
 def _out_of_memory(monkeypatch, a, w) -> None:
-    from napari_probunet import modelfile
+    from napari_probunet.model import modelfile
 
     def exhausted(*args):
         raise MemoryError
@@ -347,7 +347,7 @@ def test_a_bad_input_gives_one_line_exit_2_and_leaves_nothing(row, a, tmp_path, 
 
 
 def test_a_bug_is_exit_1_with_a_hint_and_a_traceback_only_on_request(a, capsys, monkeypatch):
-    from napari_probunet import modelfile
+    from napari_probunet.model import modelfile
 
     def bug(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
@@ -380,7 +380,7 @@ def test_a_disk_that_fills_up_while_sampling_is_exit_2_and_leaves_no_temporary(a
                                                                                 monkeypatch):
     """Each case that cannot be written is reported; the summary cannot be written either:
     exit 2, the last line says why, and no temporary file or empty folder stays."""
-    monkeypatch.setattr("napari_probunet.export.commit_replace", lambda tmp, target: _full(target))
+    monkeypatch.setattr("napari_probunet.review.export.commit_replace", lambda tmp, target: _full(target))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out = tmp_path / "out"
     code, _, err = _run(["sample", SYNTH, "--model", str(a / "model.safetensors"), "--out",

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_probunet import export
-from napari_probunet._testing import tiny_model
-from napari_probunet.modelfile import file_sha256, load_model, save_model
+from napari_probunet.model.modelfile import file_sha256, load_model, save_model
+from napari_probunet.model.testing import tiny_model
+from napari_probunet.review import export
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and fork: POSIX")
 
@@ -92,7 +92,7 @@ def test_an_export_killed_midway_leaves_the_old_files_and_is_cleaned_up(tmp_path
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     ready = tmp_path.parent / f"{tmp_path.name}.ready"
     kill_when_paused(_pausing_child(pause_at, f"""
-        from napari_probunet import export
+        from napari_probunet.review import export
         new = np.full((16, 20), 2, np.uint8)
         export.export_correction(new, {str(target)!r},
                                  export.correction_record(new, choice_source="hypothesis"),
@@ -113,7 +113,7 @@ def test_an_autosave_killed_midway_keeps_the_last_autosave(tmp_path, pause_at):
     export.save_recovery(SIGNATURE, last, {"roi": [0, 0, 8, 8], "n": 1}, folder=folder)
     ready = tmp_path / "ready"
     kill_when_paused(_pausing_child(pause_at, f"""
-        from napari_probunet import export
+        from napari_probunet.review import export
         newer = np.ones((8, 8), np.uint8)
         export.save_recovery({SIGNATURE!r}, newer, {{"roi": [0, 0, 8, 8], "n": 2}},
                              folder={str(folder)!r})
@@ -130,8 +130,8 @@ def test_a_model_save_killed_midway_keeps_the_old_model(tmp_path):
     sha = save_model(tiny_model(0), path, {"version": 1})
     ready = tmp_path.parent / f"{tmp_path.name}.ready"
     kill_when_paused(_pausing_child("os.replace", f"""
-        from napari_probunet._testing import tiny_model
-        from napari_probunet.modelfile import save_model
+        from napari_probunet.model.testing import tiny_model
+        from napari_probunet.model.modelfile import save_model
         save_model(tiny_model(1), {str(path)!r}, {{"version": 2}})
     """, ready), ready)
     assert file_sha256(path) == sha
@@ -144,7 +144,7 @@ def test_a_model_save_killed_midway_keeps_the_old_model(tmp_path):
 def test_a_checkpoint_save_killed_midway_keeps_the_old_checkpoint(tmp_path):
     import torch
 
-    from napari_probunet.checkpoint import load_checkpoint, save_checkpoint
+    from napari_probunet.model.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.safetensors"
     model = tiny_model(0)
@@ -156,8 +156,8 @@ def test_a_checkpoint_save_killed_midway_keeps_the_old_checkpoint(tmp_path):
     ready = tmp_path.parent / f"{tmp_path.name}.ready"
     kill_when_paused(_pausing_child("os.replace", f"""
         import torch
-        from napari_probunet._testing import tiny_model
-        from napari_probunet.checkpoint import save_checkpoint
+        from napari_probunet.model.testing import tiny_model
+        from napari_probunet.model.checkpoint import save_checkpoint
         model = tiny_model(1)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         save_checkpoint({str(path)!r}, model, optimizer,
@@ -180,8 +180,8 @@ def test_an_incomplete_checkpoint_is_refused_and_changes_nothing(tmp_path, drop)
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from napari_probunet.checkpoint import KEY, load_checkpoint, save_checkpoint
     from napari_probunet.errors import ModelFileError
+    from napari_probunet.model.checkpoint import KEY, load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.safetensors"
     model = tiny_model(0)
@@ -236,7 +236,7 @@ def test_two_sample_runs_into_one_folder_never_delete_each_others_files(tmp_path
     the same folder (cleaning up as it starts); A goes on. Both succeed, and the summary agrees
     with the exit codes (before, B deleted A's temporary file and A reported healthy cases
     FAILED while summary.json said 0 failed)."""
-    from napari_probunet import bundle as bundles
+    from napari_probunet.review import bundle as bundles
 
     model = tmp_path / "tiny.safetensors"
     save_model(tiny_model(0), model)
@@ -248,7 +248,8 @@ def test_two_sample_runs_into_one_folder_never_delete_each_others_files(tmp_path
     script_a = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from napari_probunet import cli, export
+        from napari_probunet import cli
+        from napari_probunet.review import export
         commit = export.commit_replace
         calls = []
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from napari_probunet import cli
-from napari_probunet._testing import tiny_model
-from napari_probunet.config import Preprocessing
 from napari_probunet.data.synthetic import SyntheticDataset
-from napari_probunet.domain import (
+from napari_probunet.model.config import Preprocessing
+from napari_probunet.model.modelfile import load_model, save_model
+from napari_probunet.model.testing import tiny_model
+from napari_probunet.review.domain import (
     FEATURES,
     Domain,
     check_image,
@@ -18,7 +19,6 @@ from napari_probunet.domain import (
     fit_model_domain,
     intensity_features,
 )
-from napari_probunet.modelfile import load_model, save_model
 
 
 def ct_like(rng, size=32):
@@ -48,7 +48,7 @@ def test_features_are_named_and_scale_free_under_a_stretching_preprocessing():
     f = intensity_features(image / 255)
     assert f.shape == (len(FEATURES),) and np.all(np.isfinite(f))
     cfg = tiny_model(preprocessing=Preprocessing(mode="percentile", p_low=0, p_high=100)).config
-    from napari_probunet.domain import model_input_unit
+    from napari_probunet.review.domain import model_input_unit
 
     hu = image / 255 * 1400 - 1000  # the same crop in Hounsfield-like units
     np.testing.assert_allclose(intensity_features(model_input_unit(cfg, hu)),

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from napari_probunet import _testing, cli
+from napari_probunet import cli
 from napari_probunet.data.case import Case, ModeTruth
 from napari_probunet.errors import DataError
-from napari_probunet.evaluate import evaluate_model, format_report, image_seed, open_data
+from napari_probunet.model import testing as _testing
+from napari_probunet.training.evaluate import evaluate_model, format_report, image_seed, open_data
 
 LESIONS = "synthetic:lesions?n=6&size=32"
 
@@ -51,7 +52,7 @@ def test_evaluate_reports_the_metrics_with_sane_ranges(lesion_result):
 
 def test_numbers_equal_the_metrics_applied_by_hand(lesion_result):
     """The one-matrix-per-image bookkeeping gives what the plain metric functions give."""
-    from napari_probunet import metrics
+    from napari_probunet.review import metrics
     from napari_probunet.session import Session
 
     cases, _ = open_data(LESIONS)
@@ -138,7 +139,7 @@ def test_masks_with_labels_the_model_does_not_know_are_refused():
 
 
 def test_cli_json_prints_exactly_one_object(tmp_path, capsys):
-    from napari_probunet.modelfile import file_sha256, save_model
+    from napari_probunet.model.modelfile import file_sha256, save_model
 
     path = tmp_path / "tiny.safetensors"
     save_model(_testing.tiny_model(), path)
@@ -157,7 +158,7 @@ def test_cli_json_prints_exactly_one_object(tmp_path, capsys):
 
 
 def test_cli_table_on_screen(tmp_path, capsys):
-    from napari_probunet.modelfile import save_model
+    from napari_probunet.model.modelfile import save_model
 
     path = tmp_path / "tiny.safetensors"
     save_model(_testing.tiny_model(), path)
@@ -187,8 +188,8 @@ def _unwritable_outs(tmp_path):
 
 def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """Hours of evaluation must not end in a PermissionError: --out is checked first."""
-    from napari_probunet import evaluate
-    from napari_probunet.modelfile import save_model
+    from napari_probunet.model.modelfile import save_model
+    from napari_probunet.training import evaluate
 
     path = tmp_path / "tiny.safetensors"
     save_model(_testing.tiny_model(), path)

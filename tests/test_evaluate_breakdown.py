@@ -8,11 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from napari_probunet import _testing, cli, metrics
+from napari_probunet import cli
 from napari_probunet.data.case import Case
-from napari_probunet.evaluate import evaluate_model, format_report
-from napari_probunet.modelfile import save_model
+from napari_probunet.model import testing as _testing
+from napari_probunet.model.modelfile import save_model
+from napari_probunet.review import metrics
 from napari_probunet.session import Session
+from napari_probunet.training.evaluate import evaluate_model, format_report
 
 
 def _cases():
@@ -41,7 +43,7 @@ def test_figures_are_broken_down_by_graders_marking(result):
     assert groups["1"]["empty_graders"] == 0.75
     # each group's GED is the mean of its images' GEDs, recomputed by hand
     session = Session(_testing.tiny_model(seed=1), "cpu")
-    from napari_probunet.evaluate import image_seed
+    from napari_probunet.training.evaluate import image_seed
 
     by_hand: dict[int, list[float]] = {}
     for i, case in enumerate(cases):

@@ -13,10 +13,10 @@ from qtpy.QtCore import QEvent, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtWidgets import QApplication
 
-from napari_probunet import explorer_core as core
-from napari_probunet._explorer import HOLD_HYPOTHESIS, ExplorerWidget
-from napari_probunet._state import Encoded, get_state
-from napari_probunet._testing import tiny_model, train_two_mode_model, two_mode_case
+from napari_probunet.gui.explorer.widget import HOLD_HYPOTHESIS, ExplorerWidget
+from napari_probunet.model.testing import tiny_model, train_two_mode_model, two_mode_case
+from napari_probunet.review import plane as core
+from napari_probunet.review.state import Encoded, get_state
 from napari_probunet.session import Session, foreground_iou
 
 # ----------------------------------------------------------------------------------- helpers

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import napari_probunet
-from napari_probunet import export
 from napari_probunet._writer import write_labels
 from napari_probunet.data.readers import load_array
 from napari_probunet.errors import UserError
+from napari_probunet.review import export
 
 ROI = (8, 12, 16, 20)
 PLANE = (40, 50)

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_probunet import bundle as bundles
-from napari_probunet import export
-from napari_probunet._testing import tiny_model
 from napari_probunet.data.safe_pickle import safe_load
 from napari_probunet.errors import UserError
-from napari_probunet.modelfile import load_model, save_model
+from napari_probunet.model.modelfile import load_model, save_model
+from napari_probunet.model.testing import tiny_model
+from napari_probunet.review import bundle as bundles
+from napari_probunet.review import export
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

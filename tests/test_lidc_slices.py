@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_probunet.cli.data import summarize
 from napari_probunet.data import lidc_slices
-from napari_probunet.data.cli import summarize
 from napari_probunet.data.lidc_slices import looks_like_lidc_slices, read_lidc_slices
 from napari_probunet.data.readers import open_cases, split_indices
 from napari_probunet.errors import DataError
@@ -206,7 +206,7 @@ def test_real_patients_read_as_the_layout_says(tmp_path):
 @pytest.mark.skipif(not REAL.is_dir(), reason="the real LIDC-IDRI slices are not beside the project")
 def test_the_committed_test_patients_are_the_recipes_test_split(monkeypatch):
     """docs/lidc-test-patients.txt is what the LIDC recipe's split gives (and 15%+ of patients)."""
-    from napari_probunet.train import load_recipe
+    from napari_probunet.training.train import load_recipe
 
     monkeypatch.delenv("PROBUNET_CACHE_DIR")  # the real set's cache, shared with other runs
     root = Path(__file__).resolve().parents[1]

@@ -189,8 +189,8 @@ def pickle_shared_buffer(path: Path, size: int = 1 << 20, times: int = 1000) -> 
 
 def model_with(path: Path, **config) -> Path:
     """A real (tiny) model file whose configuration is changed to ``config``."""
-    from napari_probunet._testing import tiny_model
-    from napari_probunet.modelfile import save_model
+    from napari_probunet.model.modelfile import save_model
+    from napari_probunet.model.testing import tiny_model
 
     save_model(tiny_model(0), path)
     rewrite_model_header(path, lambda h: _with_config(h, config))
@@ -256,13 +256,13 @@ def refuse_in_child(reader: str, path: Path, env: dict | None = None) -> dict:
 
 
 LOAD_ARRAY = "from napari_probunet.data.readers import load_array; load_array(path)"
-READ_BUNDLE = "from napari_probunet.bundle import read_bundle; read_bundle(path)"
+READ_BUNDLE = "from napari_probunet.review.bundle import read_bundle; read_bundle(path)"
 NAPARI_READER = ("from napari_probunet._reader import get_reader; "
                  "get_reader(str(path))(str(path))")
 SAFE_PICKLE = ("from napari_probunet.data.safe_pickle import safe_load_path; "
                "safe_load_path(path)")
-LOAD_MODEL = "from napari_probunet.modelfile import load_model; load_model(path)"
-READ_RECOVERY = ("from napari_probunet.export import read_recovery_file; "
+LOAD_MODEL = "from napari_probunet.model.modelfile import load_model; load_model(path)"
+READ_RECOVERY = ("from napari_probunet.review.export import read_recovery_file; "
                  "read_recovery_file(path)")
 
 #: kind -> (file name, maker, reader, error class, limit named in the message)
@@ -367,7 +367,7 @@ def test_every_limit_is_documented_with_its_variable():
 
 
 def test_a_damaged_or_oversized_recovery_file_counts_as_none(tmp_path, monkeypatch):
-    from napari_probunet import export
+    from napari_probunet.review import export
 
     signature = "sha256:" + "ab" * 20
     path = export.recovery_path(signature, tmp_path)
@@ -385,7 +385,7 @@ def test_a_damaged_or_oversized_recovery_file_counts_as_none(tmp_path, monkeypat
 
 def test_model_sizes_are_checked_before_anything_is_allocated(tmp_path):
     from napari_probunet.errors import ModelFileError
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
 
     wide = model_with(tmp_path / "wide.safetensors", fcomb_channels=10**6)
     with pytest.raises(ModelFileError, match="fcomb_channels .*MAX_MODEL_CHANNELS"):

@@ -12,8 +12,8 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_probunet import metrics
 from napari_probunet.errors import DataError, UserError
+from napari_probunet.review import metrics
 
 # -- a naive reference implementation, written from the definitions ----------------------------
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_probunet._testing import tiny_model, two_mode_case
-from napari_probunet.config import ModelConfig
-from napari_probunet.losses import elbo_loss, kl_diag_gaussians, kl_to_mixture
-from napari_probunet.modelfile import load_model, save_model
+from napari_probunet.model.config import ModelConfig
+from napari_probunet.model.losses import elbo_loss, kl_diag_gaussians, kl_to_mixture
+from napari_probunet.model.modelfile import load_model, save_model
+from napari_probunet.model.testing import tiny_model, two_mode_case
 from napari_probunet.session import Session
 
 
@@ -109,7 +109,7 @@ def test_a_mixture_model_trains_saves_loads_and_locates(tmp_path):
 
 
 def test_recipes_can_choose_the_mixture(tmp_path):
-    from napari_probunet.train import TrainConfig, train
+    from napari_probunet.training.train import TrainConfig, train
 
     cfg = TrainConfig(data="synthetic:lesions?n=8&seed=1&size=32", val_data="", steps=2,
                       batch_size=2, amp="none", channels_last=False, log_every=1,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_probunet._testing import tiny_config
-from napari_probunet.config import ModelConfig, Preprocessing
-from napari_probunet.losses import GECO, elbo_loss, kl_diag_gaussians
-from napari_probunet.model import ProbUNet, bounded_logsigma
+from napari_probunet.model.config import ModelConfig, Preprocessing
+from napari_probunet.model.losses import GECO, elbo_loss, kl_diag_gaussians
+from napari_probunet.model.network import ProbUNet, bounded_logsigma
+from napari_probunet.model.testing import tiny_config
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

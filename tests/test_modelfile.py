@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from napari_probunet import cli
-from napari_probunet._testing import tiny_model, two_mode_case
 from napari_probunet.errors import ModelFileError
-from napari_probunet.modelfile import (
+from napari_probunet.model.modelfile import (
     FORMAT_VERSION,
     file_sha256,
     load_model,
     read_metadata,
     save_model,
 )
+from napari_probunet.model.testing import tiny_model, two_mode_case
 from napari_probunet.session import Session
 
 
@@ -163,7 +163,7 @@ def test_cli_version_and_help(capsys):
 
 
 def test_bundled_models_are_addressed_by_name(tmp_path, monkeypatch, capsys):
-    from napari_probunet import modelfile
+    from napari_probunet.model import modelfile
 
     names = [m.name for m in modelfile.BUNDLED_MODELS]
     assert names == ["lidc", "lesions"]
@@ -183,7 +183,7 @@ def test_bundled_models_are_addressed_by_name(tmp_path, monkeypatch, capsys):
 
 
 def test_info_names_the_bundled_model_and_its_domain(capsys):
-    from napari_probunet import modelfile
+    from napari_probunet.model import modelfile
 
     assert cli.main(["info", "lesions"]) == 0
     out = capsys.readouterr().out

@@ -47,7 +47,7 @@ def test_wheel_ships_manifest_entry_point_and_default_model(wheel):
         text = zf.read(ep).decode()
     assert "[napari.manifest]" in text and "napari_probunet:napari.yaml" in text
     assert "probunet = napari_probunet.cli:main" in text
-    from napari_probunet.modelfile import BUNDLED_MODELS
+    from napari_probunet.model.modelfile import BUNDLED_MODELS
 
     for bundled in BUNDLED_MODELS:
         if bundled.path.exists():

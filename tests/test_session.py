@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_probunet._testing import tiny_model, two_mode_case
 from napari_probunet.errors import InputError
+from napari_probunet.model.testing import tiny_model, two_mode_case
 from napari_probunet.session import Session, foreground_iou, pixel_disagreement
 
 
@@ -162,7 +162,7 @@ def test_inference_runs_channels_last_on_cpu_and_training_models_are_left_alone(
     trained (validated mid-run) keeps its memory format, or its arithmetic would change."""
     import torch
 
-    from napari_probunet._testing import tiny_model
+    from napari_probunet.model.testing import tiny_model
 
     image = np.random.default_rng(3).random((32, 32)).astype(np.float32)
     model = tiny_model()

@@ -22,12 +22,13 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 from qtpy.QtCore import Qt
 
 import napari_probunet
-from napari_probunet import _widget, export
 from napari_probunet._sample_data import LARGE_OFFSET, sample_lesion, sample_lesion_large
-from napari_probunet._state import Choice
-from napari_probunet._testing import two_mode_case, wait_idle
-from napari_probunet._widget import ReviewWidget
-from napari_probunet.modelfile import file_sha256
+from napari_probunet.gui.review import widget as _widget
+from napari_probunet.gui.review.widget import ReviewWidget
+from napari_probunet.model.modelfile import file_sha256
+from napari_probunet.model.testing import two_mode_case, wait_idle
+from napari_probunet.review import export
+from napari_probunet.review.state import Choice
 from napari_probunet.session import image_signature, pixel_disagreement
 
 # ----------------------------------------------------------------------------- helpers
@@ -517,7 +518,7 @@ def test_incompatible_model_files_keep_the_loaded_model(review, qtbot, notes, tm
 
 
 def test_missing_bundled_model_says_so(make_napari_viewer, monkeypatch, tmp_path, notes):
-    import napari_probunet.modelfile as modelfile
+    import napari_probunet.model.modelfile as modelfile
 
     monkeypatch.setattr(modelfile, "MODELS_DIR", tmp_path)  # no bundled model files there
     viewer = make_napari_viewer()
@@ -534,7 +535,7 @@ def test_bundled_model_loads_off_the_gui_thread(make_napari_viewer, qtbot, monke
                                                  two_mode_model_file, tmp_path):
     import shutil
 
-    import napari_probunet.modelfile as modelfile
+    import napari_probunet.model.modelfile as modelfile
 
     shutil.copyfile(two_mode_model_file, tmp_path / "lesions.safetensors")
     monkeypatch.setattr(modelfile, "MODELS_DIR", tmp_path)
@@ -692,7 +693,7 @@ def test_the_explorer_shares_the_state_through_napari(make_napari_viewer, qtbot,
                                                        two_mode_model_file):
     """Both widgets as napari docks them (each gets its own proxy of the viewer): the explorer
     sees the hypotheses, and its best fit becomes the review widget's correction."""
-    pytest.importorskip("napari_probunet._explorer")
+    pytest.importorskip("napari_probunet.gui.explorer.widget")
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-probunet", "Probabilistic U-Net")
     _, explorer = viewer.window.add_plugin_dock_widget("napari-probunet", "Latent-space explorer")
@@ -732,7 +733,13 @@ def test_placement_follows_any_image_transform():
     """ROI-sized layers sit on the image's pixels under scale, translate and rotation."""
     from napari.layers import Image, Labels
 
-    from napari_probunet._widget import Plane, _update_layer, bounding_roi, centred_roi, placement
+    from napari_probunet.gui.review.widget import (
+        Plane,
+        _update_layer,
+        bounding_roi,
+        centred_roi,
+        placement,
+    )
 
     image = Image(np.random.rand(32, 32), rotate=30, scale=(0.5, 0.5), translate=(3, 4))
     roi = (4, 6, 8, 8)
@@ -751,7 +758,7 @@ def test_placement_follows_any_image_transform():
 
 def test_model_choice_lists_bundled_models_by_plain_name_and_opened_files(
         review, qtbot, tmp_path, two_mode_model_file):
-    from napari_probunet.modelfile import BUNDLED_MODELS
+    from napari_probunet.model.modelfile import BUNDLED_MODELS
 
     viewer, widget = review
     titles = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]

@@ -11,11 +11,11 @@ import pytest
 import tifffile
 from napari.utils.notifications import notification_manager
 
-from napari_probunet._testing import tiny_model
-from napari_probunet._widget import ReviewWidget
-from napari_probunet.bundle import read_bundle
 from napari_probunet.cli import main
-from napari_probunet.modelfile import file_sha256, save_model
+from napari_probunet.gui.review.widget import ReviewWidget
+from napari_probunet.model.modelfile import file_sha256, save_model
+from napari_probunet.model.testing import tiny_model
+from napari_probunet.review.bundle import read_bundle
 
 NAME = "lesions-s0-00000"
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_probunet import _jobs
-from napari_probunet._testing import two_mode_case, wait_idle
-from napari_probunet.modelfile import load_model
+from napari_probunet.model.modelfile import load_model
+from napari_probunet.model.testing import two_mode_case, wait_idle
+from napari_probunet.review import jobs as _jobs
 from napari_probunet.session import Session
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")

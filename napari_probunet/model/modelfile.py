@@ -180,7 +180,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                     f"{path.name} looks like a pickled PyTorch checkpoint (.pt/.pth). "
                     "napari-probunet never unpickles files, since unpickling can run arbitrary "
                     "code; load it yourself in trusted code and save it with "
-                    "napari_probunet.modelfile.save_model"
+                    "napari_probunet.model.modelfile.save_model"
                 )
             if n is None:
                 raise ModelFileError(
@@ -214,7 +214,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if meta is None:
         raise ModelFileError(
             f"{path.name} is a safetensors file but not a napari-probunet model (no '{METADATA_KEY}' "
-            "metadata); save models with napari_probunet.modelfile.save_model"
+            "metadata); save models with napari_probunet.model.modelfile.save_model"
         )
     try:
         meta = json.loads(meta)
@@ -290,7 +290,7 @@ _DEPTHS = ("convs_per_block", "fcomb_layers")
 def _check_config(name: str, cfg: Any):
     """The :class:`ModelConfig` of a model description, its sizes checked against the limits
     (:mod:`napari_probunet.limits`) before anything is allocated."""
-    from napari_probunet.config import ModelConfig
+    from napari_probunet.model.config import ModelConfig
 
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{name}: the model description has no configuration object")
@@ -339,7 +339,7 @@ def _expected_shapes(name: str, config) -> dict[str, tuple[int, ...]]:
 
     import torch
 
-    from napari_probunet.model import ProbUNet
+    from napari_probunet.model.network import ProbUNet
 
     try:
         with torch.device("meta"):
@@ -364,7 +364,7 @@ def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
     from safetensors.torch import load_file
 
     from napari_probunet.device import resolve_device
-    from napari_probunet.model import ProbUNet
+    from napari_probunet.model.network import ProbUNet
 
     p = resolve_model_path(path)
     header, meta = _read_header(p)
@@ -414,7 +414,7 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     """
     from safetensors.torch import save_file
 
-    from napari_probunet.export import (
+    from napari_probunet.review.export import (
         commit_replace,
         create_temporary,
         remove_dead_temporaries,
@@ -485,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:<12} {domain[key]}")
     if domain.get("reference"):
         print(f"domain check {len(domain['reference'])} reference images, threshold "
-              f"{domain.get('threshold', 0):.2f} (napari_probunet.domain)")
+              f"{domain.get('threshold', 0):.2f} (napari_probunet.review.domain)")
     for key, value in (meta.get("provenance") or {}).items():
         print(f"{key:<12} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return 0

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_probunet._roi import Plane
-from napari_probunet._state import Encoded, ReviewState
 from napari_probunet.errors import InputError, UserError
+from napari_probunet.review.geometry import Plane
+from napari_probunet.review.state import Encoded, ReviewState
 
 #: pixel-samples decoded per worker step (progress and Cancel granularity)
 CHUNK_PIXELS = 1 << 18
@@ -220,7 +220,7 @@ def _stack_job(state: ReviewState, session, request: _Sampling):
 
 def _model_job(state: ReviewState, source, device: str):
     """Load a model file (or move a loaded model) and make a session on ``device``."""
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
     from napari_probunet.session import Session
 
     if isinstance(source, (str, os.PathLike)):

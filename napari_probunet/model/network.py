@@ -9,7 +9,7 @@ Tensors are ``(batch, channels, height, width)`` throughout. Notation of the pap
 - fcomb broadcasts z over the image, concatenates it with F and applies 1x1 convolutions
   to give class logits.
 
-The loss lives in :mod:`napari_probunet.losses`; fast sampling (fcomb's first layer split
+The loss lives in :mod:`napari_probunet.model.losses`; fast sampling (fcomb's first layer split
 into an image term and a per-sample bias) in :mod:`napari_probunet.session`.
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_probunet.config import ModelConfig
+from napari_probunet.model.config import ModelConfig
 
 
 def _conv_block(in_ch: int, out_ch: int, n_convs: int) -> nn.Sequential:
@@ -200,9 +200,9 @@ class Encoded:
 
 
 class ProbUNet(nn.Module):
-    """The Probabilistic U-Net. ``config`` is a :class:`~napari_probunet.config.ModelConfig`.
+    """The Probabilistic U-Net. ``config`` is a :class:`~napari_probunet.model.config.ModelConfig`.
 
-    Attributes set by :func:`napari_probunet.modelfile.load_model`: ``source_path``,
+    Attributes set by :func:`napari_probunet.model.modelfile.load_model`: ``source_path``,
     ``source_sha256`` and ``metadata`` (provenance), or ``None`` for a model built in code.
     """
 
@@ -251,7 +251,7 @@ class ProbUNet(nn.Module):
         """Training pass: reconstruct y from a posterior sample.
 
         Returns ``logits (b, classes, h, w)``, ``z (b, d)`` and the two Gaussians' parameters;
-        :func:`napari_probunet.losses.elbo_loss` turns them into the loss.
+        :func:`napari_probunet.model.losses.elbo_loss` turns them into the loss.
         """
         if self.config.deterministic:  # a plain U-Net: z = 0, no KL and no prior anchor
             zeros = x.new_zeros(x.shape[0], self.config.latent_dim, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Open napari ready for a review: ``python -m napari_probunet.launch``.
+"""Open napari ready for a review: ``python -m napari_probunet.gui.launch``.
 
 Opens a viewer with the review widget (Plugins → Probabilistic U-Net) and the latent-space
 explorer docked, a sample from File → Open Sample (a real CT nodule for the LIDC model), and the
@@ -12,7 +12,7 @@ default bundled model (loaded in the background). Options::
 
 Screenshots and the benchmark need a display; headless, run them under a virtual one::
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python -m napari_probunet.launch --screenshots docs/images
+    xvfb-run -a -s "-screen 0 1400x900x24" python -m napari_probunet.gui.launch --screenshots docs/images
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SAMPLES = ("lidc_nodule", "lidc_nodule_2of4", "lidc_nodule_1of4", "lesion", "les
 def default_sample() -> str:
     """The sample that suits the default model: a real CT nodule for the LIDC model, else the
     synthetic lesion."""
-    from napari_probunet.modelfile import DEFAULT_MODEL_NAME
+    from napari_probunet.model.modelfile import DEFAULT_MODEL_NAME
 
     return "lidc_nodule" if DEFAULT_MODEL_NAME == "lidc" else "lesion"
 WINDOW = (1400, 900)
@@ -97,7 +97,7 @@ def open_review(viewer, explorer: bool = True, scripted: bool = False):
 def load_model(review, model: str | None) -> None:
     """Wait for the default model, or load ``model`` (a file or a bundled model's name)
     instead; raise if none could be loaded."""
-    from napari_probunet.modelfile import bundled_model
+    from napari_probunet.model.modelfile import bundled_model
 
     wait_until(lambda: not review.busy, what="the bundled model")
     if model:
@@ -247,15 +247,15 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
 def _bench_model(model: str | None) -> str:
     """The model to time: ``model``, else the bundled one, else the default architecture with
     random weights (the timing does not depend on the weights)."""
-    from napari_probunet.modelfile import DEFAULT_MODEL
+    from napari_probunet.model.modelfile import DEFAULT_MODEL
 
     if model:
         return model
     if DEFAULT_MODEL.exists():
         return str(DEFAULT_MODEL)
-    from napari_probunet.config import ModelConfig
-    from napari_probunet.model import ProbUNet
-    from napari_probunet.modelfile import save_model
+    from napari_probunet.model.config import ModelConfig
+    from napari_probunet.model.modelfile import save_model
+    from napari_probunet.model.network import ProbUNet
 
     path = Path(tempfile.mkdtemp(prefix="probunet-bench-")) / "default_architecture.safetensors"
     save_model(ProbUNet(ModelConfig(channels=(16, 32, 64, 128), input_size=64)), path,
@@ -328,7 +328,7 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m napari_probunet.launch",
+    parser = argparse.ArgumentParser(prog="python -m napari_probunet.gui.launch",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", choices=SAMPLES, default=None,
                         help="the sample image to open (default: a real CT nodule with the LIDC "
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="benchmark repetitions")
     args = parser.parse_args(argv)
     if args.sample is None:
-        from napari_probunet.modelfile import bundled_model
+        from napari_probunet.model.modelfile import bundled_model
 
         chosen = bundled_model(args.model) if args.model else None
         args.sample = ("lesion" if chosen is not None and chosen.name == "lesions"
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample == "lesion_large":
         review.set_roi_mode("click")
     if args.model:
-        from napari_probunet.modelfile import bundled_model
+        from napari_probunet.model.modelfile import bundled_model
 
         # the default model is loading in the background: open the chosen one after it
         wait_until(lambda: not review.busy, what="the bundled model")

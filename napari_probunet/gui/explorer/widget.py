@@ -1,6 +1,6 @@
 """Latent-space explorer: a map of the prior, live decoding, and assessment of annotations.
 
-The dock widget reads the viewer's :class:`~napari_probunet._state.ReviewState` (model,
+The dock widget reads the viewer's :class:`~napari_probunet.review.state.ReviewState` (model,
 encoded region, hypotheses) and draws a plane through the prior (:mod:`explorer_core`):
 decoded masks (or their area) across the plane, the prior's 1- and 2-sigma contours, a marker
 per hypothesis, per assessed annotation and for the current point. Clicking or dragging decodes
@@ -13,10 +13,10 @@ Live dragging is built for speed (SPEC.md, "Measured here"):
   decode while the GUI has not taken the last result (no queue of stale frames);
 - the layer is updated in place (only the changed pixels' colours, :func:`_write_labels`), its
   thumbnail once the drag ends;
-- the map repaints at most :data:`~napari_probunet._latent_map.REPAINT_HZ` times a second, from cached pictures.
+- the map repaints at most :data:`~napari_probunet.gui.explorer.latent_map.REPAINT_HZ` times a second, from cached pictures.
 
-The worker is in :mod:`napari_probunet._explorer_worker`, the map widget in
-:mod:`napari_probunet._latent_map`; this module is the dock widget that joins them to napari.
+The worker is in :mod:`napari_probunet.gui.explorer.worker`, the map widget in
+:mod:`napari_probunet.gui.explorer.latent_map`; this module is the dock widget that joins them to napari.
 
 The background grid is decoded a row at a time in the same worker, between live decodes, and
 appears as it arrives. Nothing here blocks the GUI thread on the model except "Use as best
@@ -53,17 +53,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_probunet import explorer_core as core
-from napari_probunet._dock import scrolling_content
-from napari_probunet._explorer_worker import _Bridge, _once, _PointResult, _Worker
-from napari_probunet._latent_map import (
+from napari_probunet.gui.dock import scrolling_content
+from napari_probunet.gui.explorer.latent_map import (
     _SYNC_FALLBACK_S,
     BACKGROUNDS,
     LatentMap,
     MapMarkers,
     _qimage,
 )
-from napari_probunet._state import Choice, get_state
+from napari_probunet.gui.explorer.worker import _Bridge, _once, _PointResult, _Worker
+from napari_probunet.review import plane as core
+from napari_probunet.review.state import Choice, get_state
 
 #: metadata key marking the layer this widget writes to
 LAYER_KEY = "napari_probunet"
@@ -373,7 +373,7 @@ class ExplorerWidget(QWidget):
 
     @property
     def assessments(self) -> list:
-        """:class:`~napari_probunet.assess.Assessment` per assessed annotation (table order)."""
+        """:class:`~napari_probunet.review.assess.Assessment` per assessed annotation (table order)."""
         return list(self._assessments)
 
     @property
@@ -482,8 +482,8 @@ class ExplorerWidget(QWidget):
         cached = self._reference if self._reference is not None else None
 
         def work():
-            from napari_probunet import assess as assess_mod
             from napari_probunet.errors import UserError
+            from napari_probunet.review import assess as assess_mod
 
             ref = cached or assess_mod.reference(session)
             found, failed = [], {}
@@ -843,7 +843,7 @@ class ExplorerWidget(QWidget):
         self._assess_errors.update(failed)
         self._fill_table()
         self._update_markers()
-        from napari_probunet.assess import FIT_IOU, KL_MARGIN, MIN_FIT_IOU
+        from napari_probunet.review.assess import FIT_IOU, KL_MARGIN, MIN_FIT_IOU
 
         fit = (f" or IoU < {ref.iou_threshold:.2f}" if ref.fit_assessed
                else "; fit not judged here (the model redraws its own samples poorly)")

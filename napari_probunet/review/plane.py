@@ -208,7 +208,7 @@ def rank_axes(maps: np.ndarray, num_classes: int) -> list[AxisScore]:
     mask changes and comes back. Ties (e.g. nothing changes) go to the one with more changed
     pixels, then to the lower axis number.
     """
-    from napari_probunet.metrics import pairwise_iou
+    from napari_probunet.review.metrics import pairwise_iou
 
     maps = np.asarray(maps)
     if maps.ndim != 3 or maps.shape[0] < 3 or maps.shape[0] % 2 != 1:

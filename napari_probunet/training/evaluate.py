@@ -2,7 +2,7 @@
 
 For every image the model is encoded once and sampled ``max(n_samples)`` times (the
 smaller sample sets are the first samples of that draw, e.g. GED(16) uses samples 0..15 of
-the 100). Three "methods" are scored with the same metrics (:mod:`napari_probunet.metrics`,
+the 100). Three "methods" are scored with the same metrics (:mod:`napari_probunet.review.metrics`,
 conventions in ``docs/evaluation.md``):
 
 - ``model``: the Probabilistic U-Net's samples ``z ~ p(z|x)``;
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_probunet import metrics
 from napari_probunet.errors import DataError, UserError
+from napari_probunet.review import metrics
 
 DEFAULT_SAMPLES = (16, 100)
 METHODS = ("model", "deterministic", "oracle")
@@ -156,7 +156,7 @@ def evaluate_model(
     """Evaluate a model on multi-rater cases.
 
     Args:
-        model_or_session: a :class:`~napari_probunet.model.ProbUNet` or a
+        model_or_session: a :class:`~napari_probunet.model.network.ProbUNet` or a
             :class:`~napari_probunet.session.Session` (then ``device`` is ignored).
         cases: a sequence of :class:`~napari_probunet.data.Case` (images ``(H, W[, C])``,
             masks ``(R, H, W)`` with the model's label values; ``truth`` for synthetic data).
@@ -561,11 +561,11 @@ def run(args: argparse.Namespace) -> int:
     import os
     from contextlib import suppress
 
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
 
     if args.bins < 1:
         raise UserError("--bins must be at least 1")
-    from napari_probunet.cli import check_writable
+    from napari_probunet.files import check_writable
 
     out = check_writable(args.out, "result.json")  # before any work: fail fast, nothing lost
     if args.threads is not None:

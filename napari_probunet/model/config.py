@@ -93,13 +93,13 @@ class ModelConfig:
         Gaussians (the Generalized Probabilistic U-Net's idea, Bhat et al. 2022), so that each
         mode of the segmentations can own a component instead of sharing one Gaussian, whose
         in-between region decodes to in-between shapes. The posterior stays one Gaussian; the
-        KL term is then estimated (:func:`napari_probunet.losses.kl_to_mixture`).
+        KL term is then estimated (:func:`napari_probunet.model.losses.kl_to_mixture`).
     mixture_components: K, the number of Gaussians of a mixture prior (at least 2).
     kl_samples: posterior samples per image of the Monte-Carlo KL estimate (mixture only).
     deterministic: a plain U-Net of the same size instead (the baseline of ``probunet
         evaluate``'s model cards): no prior or posterior net, fcomb always sees z = 0, the loss
         is the cross-entropy alone. Every "sample" is the same map. Not in the original.
-    domain: what the model expects and was trained on (:class:`napari_probunet.domain.Domain`
+    domain: what the model expects and was trained on (:class:`napari_probunet.review.domain.Domain`
         as a dict: modality, intensity convention, training-data statistics); empty for a
         model that says nothing. The plugin shows it and warns when an image looks foreign.
     """

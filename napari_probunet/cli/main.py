@@ -33,54 +33,19 @@ from napari_probunet.errors import UserError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("napari_probunet.bench", "measure encode/sample/decode/training speed and memory"),
-    "train": ("napari_probunet.train", "train a Probabilistic U-Net on multi-rater data"),
-    "evaluate": ("napari_probunet.evaluate", "GED, Hungarian-matched IoU and calibration of a model"),
-    "data": ("napari_probunet.data.cli", "write synthetic multi-rater datasets, inspect folders"),
-    "sample": ("napari_probunet.batch", "prepare hypothesis bundles for many cases"),
-    "assess": ("napari_probunet.assess", "score annotations under a model (KL, IoU) to CSV"),
-    "info": ("napari_probunet.modelfile", "show what a model file contains"),
-    "domain": ("napari_probunet.domain", "measure and record what a model's training images look like"),
+    "bench": ("napari_probunet.training.bench", "measure encode/sample/decode/training speed and memory"),
+    "train": ("napari_probunet.training.train", "train a Probabilistic U-Net on multi-rater data"),
+    "evaluate": ("napari_probunet.training.evaluate", "GED, Hungarian-matched IoU and calibration of a model"),
+    "data": ("napari_probunet.cli.data", "write synthetic multi-rater datasets, inspect folders"),
+    "sample": ("napari_probunet.review.batch", "prepare hypothesis bundles for many cases"),
+    "assess": ("napari_probunet.review.assess", "score annotations under a model (KL, IoU) to CSV"),
+    "info": ("napari_probunet.model.modelfile", "show what a model file contains"),
+    "domain": ("napari_probunet.review.domain", "measure and record what a model's training images look like"),
 }
 
 
 class CommandError(UserError):
     """A command-line usage problem (printed without a traceback)."""
-
-
-def check_writable(out, example: str):
-    """Before any work: refuse an ``--out`` file that cannot be written, with one line.
-
-    Creates its missing folders only to probe them, and removes them again, so a run that
-    fails later leaves nothing behind. Returns the expanded :class:`~pathlib.Path` (or ``None``
-    for no ``--out``). ``example`` is a file name to suggest (e.g. ``result.json``).
-    """
-    import os
-    from contextlib import suppress
-    from pathlib import Path
-
-    if not out:
-        return None
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {example}")
-    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
-    above = made[-1].parent if made else out.parent
-    if not above.is_dir():
-        raise UserError(f"cannot write --out {out}: {above} is a file, not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(f".{out.name}.probe{os.getpid()}")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); choose a file "
-                        "in a folder you may write to") from None
-    finally:
-        for folder in made:  # nothing is left behind until there is a result to write
-            with suppress(OSError):
-                folder.rmdir()
-    return out
 
 
 #: set to 1 to see the traceback of an internal error

@@ -3,7 +3,7 @@
 Used by the review widget's "Export…" button, by napari's File → Save (the ``_writer``
 contribution) and by scripts:
 
->>> from napari_probunet.export import export_correction        # doctest: +SKIP
+>>> from napari_probunet.review.export import export_correction        # doctest: +SKIP
 >>> export_correction(mask, "case12_lesion.tif", record)        # doctest: +SKIP
 (PosixPath('case12_lesion.tif'), PosixPath('case12_lesion.tif.json'))
 
@@ -747,7 +747,7 @@ def read_recovery_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray 
     """
     import zipfile
 
-    from napari_probunet.bundle import npy_member_header, read_npy_member
+    from napari_probunet.review.bundle import npy_member_header, read_npy_member
 
     path = Path(path)
     where = str(path)

@@ -272,7 +272,7 @@ def configure(parser) -> None:
 def run(args) -> int:
     """``probunet domain``: measure a model's domain on its training data and record it."""
     from napari_probunet.data.readers import open_cases
-    from napari_probunet.modelfile import load_model, save_model
+    from napari_probunet.model.modelfile import load_model, save_model
 
     model = load_model(args.model)
     domain = dict(model.config.domain or {})

@@ -31,7 +31,7 @@ STATE_KEYS = ("step", "best", "history", "numpy_rng")
 
 
 def _remove_dead_temporaries(path: Path) -> None:
-    from napari_probunet.export import remove_dead_temporaries, temporaries_of
+    from napari_probunet.review.export import remove_dead_temporaries, temporaries_of
 
     remove_dead_temporaries(path.parent, temporaries_of(path.name))
 
@@ -41,7 +41,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     """Atomically write weights, optimizer state and ``state`` (JSON-serialisable) to ``path``."""
     from safetensors.torch import save_file
 
-    from napari_probunet.export import commit_replace, create_temporary
+    from napari_probunet.review.export import commit_replace, create_temporary
 
     tensors = {f"model.{k}": v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()

@@ -45,7 +45,7 @@ def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
 def _rss_child(device: str) -> float:
     code = (
         "import resource, numpy as np, torch\n"
-        "from napari_probunet.model import ProbUNet\n"
+        "from napari_probunet.model.network import ProbUNet\n"
         "from napari_probunet.session import Session\n"
         "torch.manual_seed(0)\n"
         f"s = Session(ProbUNet(), device={device!r})\n"
@@ -60,7 +60,7 @@ def _rss_child(device: str) -> float:
 def bench_session(device: str = "cpu", repeats: int = 5) -> dict[str, float]:
     import torch
 
-    from napari_probunet.model import ProbUNet
+    from napari_probunet.model.network import ProbUNet
     from napari_probunet.session import Session
 
     torch.manual_seed(0)
@@ -96,10 +96,10 @@ def _train_step_ms(device: str, amp: str, channels_last: bool, steps: int) -> fl
     """Median milliseconds of one training step: batch 8, 128x128, default config."""
     import torch
 
-    from napari_probunet.config import ModelConfig
-    from napari_probunet.losses import elbo_loss
-    from napari_probunet.model import ProbUNet
-    from napari_probunet.train import _amp_context
+    from napari_probunet.model.config import ModelConfig
+    from napari_probunet.model.losses import elbo_loss
+    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.training.train import _amp_context
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device))
     results = bench_session(device, args.repeats)
     if not args.skip_ged:
-        from napari_probunet.metrics import ged_benchmark_seconds
+        from napari_probunet.review.metrics import ged_benchmark_seconds
 
         results["ged_s_1000x100x4_128"] = ged_benchmark_seconds()
     if not args.skip_training:

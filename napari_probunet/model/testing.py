@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_probunet.config import ModelConfig
+from napari_probunet.model.config import ModelConfig
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -24,7 +24,7 @@ def tiny_model(seed: int = 0, **overrides):
     """An untrained, seeded tiny model (eval mode)."""
     import torch
 
-    from napari_probunet.model import ProbUNet
+    from napari_probunet.model.network import ProbUNet
 
     torch.manual_seed(seed)
     return ProbUNet(tiny_config(**overrides)).eval()
@@ -46,8 +46,8 @@ def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: fl
     """Overfit a tiny model to :func:`two_mode_case` (each step: batch of 8, random grader)."""
     import torch
 
-    from napari_probunet.losses import elbo_loss
-    from napari_probunet.model import ProbUNet
+    from napari_probunet.model.losses import elbo_loss
+    from napari_probunet.model.network import ProbUNet
 
     torch.manual_seed(seed)
     cfg = tiny_config(input_size=size)

@@ -228,7 +228,7 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
     complete new one, and concurrent writers never share a temporary file.
     Members are deflated (``compresslevel`` 1: label maps shrink ~20x at little cost).
     """
-    from napari_probunet.export import commit_replace, create_temporary
+    from napari_probunet.review.export import commit_replace, create_temporary
 
     path = Path(path)
     arrays = bundle.arrays()

@@ -3,7 +3,7 @@
 A radiology team runs the model over a whole study overnight; in the morning each case opens
 in napari as the image, its hypotheses and the uncertainty map, with no model run
 (:mod:`napari_probunet._reader`). One bundle per case or slice, ``<name>.probunet.zip``
-(:mod:`napari_probunet.bundle`, ``docs/batch.md``).
+(:mod:`napari_probunet.review.bundle`, ``docs/batch.md``).
 
 The run, in order:
 
@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_probunet import bundle as bundles
 from napari_probunet.errors import UserError
+from napari_probunet.review import bundle as bundles
 
 SUMMARY_FORMAT = "napari-probunet-sample-summary"
 SUMMARY_VERSION = 1
@@ -773,7 +773,7 @@ def summarize(plan: Plan, gathered: list[dict[str, Any]], settings: RunSettings,
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (a temporary file named after this process,
     fsync, rename), so concurrent runs into one folder never touch each other's files."""
-    from napari_probunet.export import commit_replace, create_temporary
+    from napari_probunet.review.export import commit_replace, create_temporary
 
     fd, tmp = create_temporary(path)
     try:
@@ -898,7 +898,7 @@ def _remove_stale_temporaries(out: Path) -> list[Path]:
     Temporaries of running processes are left alone, so two runs into one folder (other
     ranks, another ``probunet sample`` started meanwhile) never delete each other's files.
     """
-    from napari_probunet.export import remove_dead_temporaries
+    from napari_probunet.review.export import remove_dead_temporaries
 
     def belongs(name: str) -> bool:  # .<name>.probunet.zip.~<owner>.<random>.tmp, or summary's
         return name.endswith(".tmp") and (f"{bundles.SUFFIX}.~" in name
@@ -916,7 +916,7 @@ def _remove_stale_temporaries(out: Path) -> list[Path]:
 
 
 def _model_record(model, path_arg: str) -> dict[str, Any]:
-    from napari_probunet.modelfile import bundled_model_of
+    from napari_probunet.model.modelfile import bundled_model_of
 
     cfg = model.config
     bundled = bundled_model_of(model.source_path)
@@ -934,7 +934,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
     from napari_probunet.session import Session
 
     if args.n < 1:

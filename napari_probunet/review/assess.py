@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     from contextlib import suppress
 
     from napari_probunet.data.readers import open_cases
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
 
     if args.reference_samples != 0 and args.reference_samples < 2:
         raise UserError("--reference-samples must be 0 (no flags) or at least 2")
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--quantile must be in [0.5, 1), got {args.quantile}")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
-    from napari_probunet.cli import check_writable
+    from napari_probunet.files import check_writable
 
     out = check_writable(args.out, "scores.csv")  # before any work: fail fast, nothing lost
     cases = open_cases(args.data)

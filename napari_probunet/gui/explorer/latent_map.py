@@ -3,7 +3,7 @@
 Decoded masks (or their foreground area) across the plane, the prior's 1- and 2-sigma
 contours, a marker per hypothesis, per assessed annotation and for the current point, painted
 from cached pictures. Clicks and drags are reported as signals; the explorer dock widget
-(:mod:`napari_probunet._explorer`) decides what to decode.
+(:mod:`napari_probunet.gui.explorer.widget`) decides what to decode.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from qtpy.QtGui import (
 )
 from qtpy.QtWidgets import QSizePolicy, QToolTip, QWidget
 
-from napari_probunet import explorer_core as core
+from napari_probunet.review import plane as core
 
 #: the most map repaints per second while dragging (the napari canvas needs the CPU more)
 REPAINT_HZ = 30

@@ -2,7 +2,7 @@
 
 One training step draws a batch of cases, one grader's mask per case at random (the
 paper's recipe), augments image and mask identically, decodes a posterior sample and
-minimises the negative ELBO (:mod:`napari_probunet.losses`; or GECO). Everything needed for an
+minimises the negative ELBO (:mod:`napari_probunet.model.losses`; or GECO). Everything needed for an
 exact resume is in ``<out>/checkpoint.safetensors`` (written every ``checkpoint_every``
 steps and at the end); re-running the same command resumes. ``best.safetensors`` is the
 model file with the lowest validation GED(16); ``last.safetensors`` the latest.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_probunet.config import ModelConfig
 from napari_probunet.errors import UserError
+from napari_probunet.model.config import ModelConfig
 
 
 @dataclass
@@ -179,7 +179,7 @@ class BatchSampler:
 def validate(model, cases, n_samples: int, seed: int, device: str) -> dict[str, float]:
     """GED and Hungarian-matched IoU with ``n_samples`` samples on ``cases`` (eval mode)."""
     from napari_probunet.errors import InputError
-    from napari_probunet.metrics import ged, hungarian_iou
+    from napari_probunet.review.metrics import ged, hungarian_iou
     from napari_probunet.session import Session
 
     was_training = model.training
@@ -267,12 +267,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     import torch
     import torch.distributed as dist
 
-    from napari_probunet.checkpoint import load_checkpoint, save_checkpoint
     from napari_probunet.data.readers import open_cases
     from napari_probunet.device import resolve_device
-    from napari_probunet.losses import GECO, elbo_loss
-    from napari_probunet.model import ProbUNet
-    from napari_probunet.modelfile import save_model
+    from napari_probunet.model.checkpoint import load_checkpoint, save_checkpoint
+    from napari_probunet.model.losses import GECO, elbo_loss
+    from napari_probunet.model.modelfile import save_model
+    from napari_probunet.model.network import ProbUNet
 
     out = Path(out)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -321,8 +321,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment)
     if not (model_cfg.domain or {}).get("reference"):
         # record what the training images look like, so that the model file can warn about
-        # images unlike them (napari_probunet.domain); a fixed seed gives the same on a resume
-        from napari_probunet.domain import fit_model_domain
+        # images unlike them (napari_probunet.review.domain); a fixed seed gives the same on a resume
+        from napari_probunet.review.domain import fit_model_domain
 
         try:
             model_cfg.domain = fit_model_domain(model_cfg, cases, seed=cfg.seed,
@@ -474,7 +474,7 @@ def _init_weights(model, source: str, verbose: bool) -> None:
     """Copy the weights of a model file into ``model`` (same architecture), or explain why not."""
     import torch
 
-    from napari_probunet.modelfile import load_model
+    from napari_probunet.model.modelfile import load_model
 
     donor = load_model(source, device="cpu")
     mine, theirs = model.state_dict(), donor.state_dict()

@@ -1,0 +1,5 @@
+"""The ``probunet`` command line: :func:`main` dispatches to one module per subcommand."""
+
+from napari_probunet.cli.main import main
+
+__all__ = ["main"]

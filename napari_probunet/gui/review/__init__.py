@@ -1,0 +1,1 @@
+"""The review widget: sample hypotheses, browse, pick, correct and export."""
