@@ -77,7 +77,8 @@ def _app_wait(app, condition, timeout: float) -> bool:
 def _encode(viewer, model, image, image_name: str, roi, hypotheses: int = 16, seed: int = 0,
             layer_kwargs=None):
     """Fill the viewer's review state as the review widget would (no dependency on it)."""
-    from napari_probunet.review.state import Encoded, get_state
+    from napari_probunet.gui.dock import get_state
+    from napari_probunet.review.state import Encoded
     from napari_probunet.session import Session
 
     state = get_state(viewer)
@@ -106,7 +107,7 @@ def _encode(viewer, model, image, image_name: str, roi, hypotheses: int = 16, se
 
 def _large_image() -> np.ndarray:
     try:
-        from napari_probunet._sample_data import sample_lesion_large
+        from napari_probunet.gui.samples import sample_lesion_large
 
         return sample_lesion_large()[0][0]
     except Exception:  # noqa: BLE001 - sample module missing: a plain synthetic case
@@ -262,7 +263,7 @@ def _ceilings(app, explorer, canvas, stats, seconds: float = 1.5) -> dict:
 
     return {
         "canvas_ceiling_per_s": run(lambda n: canvas.update()),
-        "layer_update_ceiling_per_s": run(lambda n: explorer._show_labels(maps[n % 2])),
+        "layer_update_ceiling_per_s": run(lambda n: explorer.show_labels(maps[n % 2])),
     }
 
 
@@ -339,9 +340,9 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_probunet.gui.dock import get_state
     from napari_probunet.gui.explorer.widget import ExplorerWidget
     from napari_probunet.model.modelfile import load_model
-    from napari_probunet.review.state import get_state
 
     if model_spec:
         model = load_model(model_spec)
@@ -350,7 +351,7 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     else:
         model = _train_fallback_model()
     try:
-        from napari_probunet._sample_data import sample_lesion
+        from napari_probunet.gui.samples import sample_lesion
 
         layers = sample_lesion()
     except ImportError:

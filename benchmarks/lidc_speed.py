@@ -42,7 +42,7 @@ def train_ips(model_cfg, amp: str, steps: int = 12) -> float:
 
     from napari_probunet.model.losses import elbo_loss
     from napari_probunet.model.network import ProbUNet
-    from napari_probunet.training.train import _amp_context
+    from napari_probunet.training.train import amp_context
 
     torch.manual_seed(0)
     model = ProbUNet(model_cfg).to(memory_format=torch.channels_last)
@@ -52,7 +52,7 @@ def train_ips(model_cfg, amp: str, steps: int = 12) -> float:
     times = []
     for i in range(steps):
         t = time.perf_counter()
-        ctx, _ = _amp_context(amp, "cpu")
+        ctx, _ = amp_context(amp, "cpu")
         with ctx:
             out = model(x, y)
         loss = elbo_loss(out, y)["loss"]

@@ -1,40 +1,38 @@
-"""Open hypothesis bundles (``*.probunet.zip``) and NIfTI files in napari: the npe2 reader
-contributions. (NIfTI: :func:`read_nifti`; napari has no NIfTI reader of its own.)
+"""Open hypothesis bundles (``*.probunet.zip``), NIfTI files and multi-rater case folders in
+napari: the npe2 reader contributions (``napari.yaml``), and nothing but the napari glue.
 
-A bundle written by ``probunet sample`` opens as the layers the review widget would have made
-for the whole image, with no model run:
+- :func:`get_reader` / :func:`read_bundles`: a bundle written by ``probunet sample`` opens as
+  the layers the review widget would have made for the whole image, with no model run:
 
-- ``<name>``: the image (Image layer, exactly the array the model saw);
-- ``<name> uncertainty``: per-pixel disagreement (Image, magma, additive);
-- ``<name> hypothesis 01`` ... ``NN``: one Labels layer per hypothesis, the first visible and
-  the others hidden;
-- ``<name> grader 1`` ...: the graders' masks of a multi-rater case (Labels, hidden).
+  - ``<name>``: the image (Image layer, exactly the array the model saw);
+  - ``<name> uncertainty``: per-pixel disagreement (Image, magma, additive);
+  - ``<name> hypothesis 01`` ... ``NN``: one Labels layer per hypothesis, the first visible and
+    the others hidden;
+  - ``<name> grader 1`` ...: the graders' masks of a multi-rater case (Labels, hidden).
 
-Every layer's ``metadata`` uses the review widget's keys, so that napari's File → Save (the
-writer contribution, :func:`napari_probunet.review.export.layer_mask_and_record`) writes a hypothesis
-with its full provenance record: ``kind`` (``"image"``, ``"hypothesis"``, ``"uncertainty"``,
-``"grader"``), ``image_layer``, ``roi`` (the whole image: ``[0, 0, H, W]``), ``plane_shape``,
-``slice_index`` (``[]``: a 2D layer), ``image_signature`` and ``plane_signature`` (the same,
-the ROI being the plane), ``model_sha256``, ``model_name``, ``seed``, ``n_samples``,
-``class_names``; a hypothesis also ``index`` (0-based) and ``z`` (list of floats). Bundle-only
-keys: ``case_id``, ``source_path`` (the file the image came from), ``source_slice_index`` and
-``source_slice_axis`` (the NIfTI slice), ``bundle_path``, ``bundle_format_version``,
-``model_path``, ``prior_mu``, ``prior_sigma``; a grader layer ``grader``. :func:`collect_layers`
-finds the layers of one bundle again (for the review widget and the explorer).
+- :func:`get_nifti_reader` / :func:`read_nifti`: napari has no NIfTI reader of its own.
+- :func:`get_case_reader` / :func:`read_case`: an image and each grader's mask.
+
+Every bundle layer's ``metadata`` is the bundle's provenance record
+(:meth:`napari_probunet.review.bundle.Bundle.provenance`, the review widget's keys, see
+:mod:`napari_probunet.review.provenance`) with the layer's ``kind`` (``"image"``,
+``"hypothesis"``, ``"uncertainty"``, ``"grader"``); a hypothesis also has ``index`` (0-based)
+and ``z`` (list of floats), a grader layer ``grader``. So napari's File → Save (the writer
+contribution, :func:`napari_probunet.review.export.layer_mask_and_record`) writes a hypothesis
+with its full provenance record. Reading and checking a bundle is
+:func:`napari_probunet.review.bundle.read_bundle`; finding a bundle's layers again (for the
+review widget) is :func:`napari_probunet.review.bundle.collect_layers`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from napari_probunet.review.bundle import Bundle, is_bundle_name, read_bundle
-
-#: metadata key that says which part of a bundle a layer shows (the review widget's key)
-LAYER_KEY = "kind"
+from napari_probunet.review.bundle import Bundle, hypothesis_layer_name, is_bundle_name, read_bundle
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -149,54 +147,56 @@ def read_nifti(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
       header as the scale; values as stored (Hounsfield units for CT). Integer volumes with a
       handful of values (a segmentation) open as Labels.
     """
-    import json
+    return [_nifti_layer(p) for p in _paths(path)]
 
+
+def _open_nifti(p: str):
+    """``(image, data)`` of the NIfTI file ``p``: its header read and its declared size checked
+    against the limits before the array is read (:class:`~napari_probunet.errors.DataError`)."""
     import nibabel
     import numpy as np
 
     from napari_probunet import limits
     from napari_probunet.errors import DataError
 
-    layers: list[LayerData] = []
-    for p in _paths(path):
-        try:
-            img = nibabel.load(p)
-            shape, dtype = tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype())
-        except Exception as exc:  # nibabel raises its own types for a broken header
-            raise DataError(f"{p}: cannot read this NIfTI file ({type(exc).__name__}: {exc}); "
-                            "it may be truncated or not what its name says.") from None
-        if len(shape) < 2:
-            raise DataError(f"{p}: the NIfTI array has shape {shape}; expected an image or volume.")
-        limits.check_plane(shape[0], shape[1], f"{p}: the NIfTI plane", DataError)
-        limits.check_decoded(limits.array_bytes(shape, dtype.itemsize), os.path.getsize(p),
-                             f"{p}: the NIfTI array", DataError)
-        data = np.asanyarray(img.dataobj)
-        zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
-        record_file = Path(p + ".json")
-        record = None
-        if record_file.is_file():
-            try:
-                record = json.loads(record_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                record = None
-        name = Path(p).name
-        for suffix in NIFTI_SUFFIXES:
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-        if isinstance(record, dict) and "mask" in record:
-            layers.append((np.asarray(data), {"name": name, "scale": zooms,
-                                              "metadata": {"kind": "correction-file",
-                                                           "source_path": p,
-                                                           "record": record}}, "labels"))
-            continue
-        volume = np.transpose(np.asarray(data), tuple(reversed(range(data.ndim))))
-        scale = list(reversed(zooms))
-        labels = (np.issubdtype(volume.dtype, np.integer) and volume.size
-                  and len(np.unique(volume[:: max(1, volume.shape[0] // 8)])) <= 16)
-        meta = {"source_path": p, "nifti_affine": np.asarray(img.affine).tolist()}
-        layers.append((volume, {"name": name, "scale": scale, "metadata": meta},
-                       "labels" if labels else "image"))
-    return layers
+    try:
+        img = nibabel.load(p)
+        shape, dtype = tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype())
+    except Exception as exc:  # nibabel raises its own types for a broken header
+        raise DataError(f"{p}: cannot read this NIfTI file ({type(exc).__name__}: {exc}); "
+                        "it may be truncated or not what its name says.") from None
+    if len(shape) < 2:
+        raise DataError(f"{p}: the NIfTI array has shape {shape}; expected an image or volume.")
+    limits.check_plane(shape[0], shape[1], f"{p}: the NIfTI plane", DataError)
+    limits.check_decoded(limits.array_bytes(shape, dtype.itemsize), os.path.getsize(p),
+                         f"{p}: the NIfTI array", DataError)
+    return img, np.asanyarray(img.dataobj)
+
+
+def _nifti_layer(p: str) -> LayerData:
+    """One NIfTI file as a layer (see :func:`read_nifti`)."""
+    import numpy as np
+
+    from napari_probunet.review.export import read_record
+
+    img, data = _open_nifti(p)
+    zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
+    name = Path(p).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    record = read_record(p)
+    if record is not None:
+        return (np.asarray(data), {"name": name, "scale": zooms,
+                                   "metadata": {"kind": "correction-file", "source_path": p,
+                                                "record": record}}, "labels")
+    volume = np.transpose(np.asarray(data), tuple(reversed(range(data.ndim))))
+    scale = list(reversed(zooms))
+    labels = (np.issubdtype(volume.dtype, np.integer) and volume.size
+              and len(np.unique(volume[:: max(1, volume.shape[0] // 8)])) <= 16)
+    meta = {"source_path": p, "nifti_affine": np.asarray(img.affine).tolist()}
+    return (volume, {"name": name, "scale": scale, "metadata": meta},
+            "labels" if labels else "image")
 
 
 def read_bundles(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
@@ -207,109 +207,39 @@ def read_bundles(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     return layers
 
 
-def _common_metadata(b: Bundle) -> dict[str, Any]:
-    m = b.manifest
-    h, w = b.hypotheses.shape[1:]
-    return {
-        # the review widget's keys (see napari_probunet.gui.review.widget and napari_probunet.review.export)
-        "image_layer": b.name,
-        "roi": [0, 0, int(h), int(w)],
-        "plane_shape": [int(h), int(w)],
-        "slice_index": [],
-        "image_signature": m.get("image_signature"),
-        "plane_signature": m.get("image_signature"),
-        "model_sha256": b.model_sha256,
-        "model_name": b.model_name,
-        "seed": b.seed,
-        "n_samples": b.n,
-        "class_names": b.class_names,
-        # what only a bundle knows
-        "case_id": b.case_id,
-        "source_path": m.get("source"),
-        "source_slice_index": m.get("slice_index"),
-        "source_slice_axis": m.get("slice_axis"),
-        "bundle_path": None if b.path is None else str(Path(b.path).absolute()),
-        "bundle_format_version": m.get("format_version"),
-        "model_path": m["model"].get("path"),
-        "prior_mu": [float(v) for v in b.prior_mu],
-        "prior_sigma": [float(v) for v in b.prior_sigma],
-    }
-
-
-def hypothesis_layer_name(image_name: str, index: int, n: int) -> str:
-    """``<image> hypothesis 03`` for index 2 (1-based, zero-padded to sort; the widget's names)."""
-    return f"{image_name} hypothesis {index + 1:0{max(2, len(str(n)))}d}"
-
-
 def bundle_layers(b: Bundle) -> list[LayerData]:
     """Layer data tuples for one bundle, bottom to top: image, uncertainty, hypotheses, graders."""
     name = b.name
-    common = _common_metadata(b)
+    record = b.provenance()
     n_classes = max(2, len(b.class_names))
     layers: list[LayerData] = [(
         b.image,
         {"name": name, "rgb": b.image.ndim == 3,
-         "metadata": {LAYER_KEY: "image", **common}},
+         "metadata": replace(record, kind="image").to_metadata()},
         "image",
     ), (
         b.uncertainty,
         {"name": f"{name} uncertainty", "colormap": "magma", "blending": "additive",
          "opacity": 0.7, "contrast_limits": [0.0, 1.0 - 1.0 / n_classes],
-         "metadata": {LAYER_KEY: "uncertainty", **common}},
+         "metadata": replace(record, kind="uncertainty").to_metadata()},
         "image",
     )]
     for i in range(b.n):
+        hypothesis = replace(record, kind="hypothesis", index=i,
+                             z=[float(v) for v in b.z[i]])
         layers.append((
             b.hypotheses[i],
             {"name": hypothesis_layer_name(name, i, b.n), "visible": i == 0, "opacity": 0.6,
-             "metadata": {LAYER_KEY: "hypothesis", **common, "index": i,
-                          "z": [float(v) for v in b.z[i]]}},
+             "metadata": hypothesis.to_metadata()},
             "labels",
         ))
     if b.graders is not None:
         for r in range(b.graders.shape[0]):
+            grader = replace(record, kind="grader", extra={**record.extra, "grader": r})
             layers.append((
                 b.graders[r],
                 {"name": f"{name} grader {r + 1}", "visible": False, "opacity": 0.6,
-                 "metadata": {LAYER_KEY: "grader", **common, "grader": r}},
+                 "metadata": grader.to_metadata()},
                 "labels",
             ))
     return layers
-
-
-@dataclass
-class BundleLayers:
-    """The layers that came from one bundle, found by their metadata."""
-
-    image: Any = None
-    uncertainty: Any = None
-    hypotheses: list[Any] = field(default_factory=list)  # ordered by index
-    graders: list[Any] = field(default_factory=list)  # ordered by grader
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The shared record (model sha256, image signature, seed, prior...)."""
-        first = self.image or (self.hypotheses[0] if self.hypotheses else None)
-        return {} if first is None else dict(first.metadata)
-
-
-def collect_layers(layers: Iterable[Any], image_signature: str) -> BundleLayers:
-    """Among ``layers`` (a napari layer list, or anything with ``.metadata``), those that a
-    bundle of the image ``image_signature`` produced."""
-    found = BundleLayers()
-    for layer in layers:
-        meta = getattr(layer, "metadata", None) or {}
-        if meta.get("image_signature") != image_signature:
-            continue
-        kind = meta.get(LAYER_KEY)
-        if kind == "image":
-            found.image = layer
-        elif kind == "uncertainty":
-            found.uncertainty = layer
-        elif kind == "hypothesis":
-            found.hypotheses.append(layer)
-        elif kind == "grader":
-            found.graders.append(layer)
-    found.hypotheses.sort(key=lambda la: la.metadata.get("index", 0))
-    found.graders.sort(key=lambda la: la.metadata.get("grader", 0))
-    return found

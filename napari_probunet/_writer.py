@@ -16,11 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 from napari_probunet.review.export import export_correction, layer_mask_and_record
+from napari_probunet.review.provenance import Provenance
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """Write one Labels layer (npe2 single-layer writer); return the paths written."""
+    """Write one Labels layer (npe2 single-layer writer); return the paths written.
+
+    The pixel spacing written (NIfTI) is the image layer's, from the layer's provenance record
+    (a correction's), else the Labels layer's own scale.
+    """
     mask, record = layer_mask_and_record(data, meta.get("metadata"), name=meta.get("name"))
-    scale = (meta.get("metadata") or {}).get("scale") or meta.get("scale")
+    scale = Provenance.from_metadata(meta.get("metadata")).scale or meta.get("scale")
     written = export_correction(mask, path, record, overwrite=True, scale=scale)
     return [str(p) for p in written]

@@ -21,6 +21,8 @@ import torch
 
 from napari_probunet.device import resolve_device
 from napari_probunet.errors import InputError
+from napari_probunet.iou import foreground_iou
+from napari_probunet.model.losses import kl_diag_gaussians, kl_to_mixture
 from napari_probunet.model.network import ProbUNet
 
 #: pixel-samples per decoding block: 16384 x 32 hidden channels x 4 bytes = 2 MiB, cache-sized
@@ -68,17 +70,7 @@ def pixel_disagreement(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return (1.0 - counts.max(axis=0) / labels.shape[0]).astype(np.float32)
 
 
-def foreground_iou(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Mean IoU over the foreground classes (both empty: 1, one empty: 0), as in evaluation."""
-    ious = []
-    for c in range(1, num_classes):
-        x, y = a == c, b == c
-        union = np.logical_or(x, y).sum()
-        ious.append(1.0 if union == 0 else float(np.logical_and(x, y).sum() / union))
-    return float(np.mean(ious))
-
-
-def _as_model_image(image: np.ndarray, in_channels: int) -> np.ndarray:
+def as_model_image(image: np.ndarray, in_channels: int) -> np.ndarray:
     """Validate a user's 2D image and bring it to ``(H, W, in_channels)`` (raw intensities)."""
     a = np.asarray(image)
     if a.dtype == np.bool_:
@@ -184,9 +176,17 @@ class Session:
     def model_sha256(self) -> str | None:
         return self.model.source_sha256
 
+    @property
+    def model_input(self) -> torch.Tensor:
+        """The encoded image as the network received it: preprocessed, padded to the model's
+        stride, ``(1, in_channels, H', W')`` on the session's device (channels-last when the
+        model is). Read-only by convention: the cached encoding was computed from it."""
+        self._require_image()
+        return self._x
+
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """Raw image -> padded network input ``(1, in_channels, Hp, Wp)`` on the session's device."""
-        a = _as_model_image(image, self.config.in_channels)
+        a = as_model_image(image, self.config.in_channels)
         h, w = a.shape[:2]
         if h * w > self.max_pixels:
             raise InputError(
@@ -394,8 +394,6 @@ class Session:
         h, w = self._image_shape
         y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode="edge" if (hp > h or wp > w) else "constant")
         q_mu, q_logsigma = self.model.posterior_params(self._x, torch.from_numpy(y)[None].to(self.device))
-        from napari_probunet.model.losses import kl_diag_gaussians, kl_to_mixture
-
         if self._mixture is not None:  # no closed form: a fixed, seeded 512-sample estimate
             weights, means, sigmas = self._mixture
             eps = torch.from_numpy(np.random.default_rng(0).standard_normal(

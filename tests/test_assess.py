@@ -7,13 +7,16 @@ import csv
 import numpy as np
 import pytest
 
+from napari_probunet.cli import assess as assess_cli
 from napari_probunet.cli import main
 from napari_probunet.errors import InputError
+from napari_probunet.gui.dock import get_state
 from napari_probunet.gui.explorer.widget import ExplorerWidget
 from napari_probunet.model.modelfile import save_model
 from napari_probunet.model.testing import tiny_model, two_mode_case
 from napari_probunet.review import assess
-from napari_probunet.review.state import Encoded, get_state
+from napari_probunet.review.seeds import STREAM_REFERENCE, seed_for_index
+from napari_probunet.review.state import Encoded
 from napari_probunet.session import Session
 
 
@@ -145,9 +148,9 @@ def test_table_values_match_session_locate(make_napari_viewer, qtbot):
         assert last[0] == "elsewhere" and last[-1] == "error"
         assert "covers only" in widget.table.item(3, 0).toolTip()
         assert "own samples" in widget.rule_label.text()
-        assert f"{widget._reference.kl_threshold:.2f}" in widget.rule_label.text()
+        assert f"{widget.assessment_reference.kl_threshold:.2f}" in widget.rule_label.text()
         # double-clicking a row decodes at the annotation's place on the map
-        widget._on_table_double_click(0, 0)
+        widget.go_to_assessment(0)
         qtbot.waitUntil(lambda: widget.idle, timeout=20000)
         np.testing.assert_allclose(widget.point, plane.coords(widget.assessments[0].mu),
                                    atol=1e-6)
@@ -193,7 +196,7 @@ def test_cli_scores_every_grader_of_a_synthetic_dataset(model_file, tmp_path, ca
     case = open_cases(spec)[1]
     s = Session(load_model(model_file), "cpu")
     s.set_image(case.image)
-    ref = assess.reference(s, 6, assess.case_seed(0, 1))
+    ref = assess.reference(s, 6, seed_for_index(0, 1, STREAM_REFERENCE))
     a = assess.assess_mask(s, case.masks[2], "g", ref)
     row = rows[5]
     assert row["case_id"] == case.case_id
@@ -247,7 +250,7 @@ def test_cli_explains_bad_input(model_file, tmp_path, capsys):
 def test_cli_refuses_an_unwritable_out_before_any_work(model_file, tmp_path, capsys,
                                                        monkeypatch):
     """Scoring a whole study must not end in a PermissionError: --out is checked first."""
-    monkeypatch.setattr(assess, "assess_cases",
+    monkeypatch.setattr(assess_cli, "assess_cases",
                         lambda *a, **k: pytest.fail("assessed before checking --out"))
     (tmp_path / "afile").write_text("")
     outs = [tmp_path / "afile" / "scores.csv"]

@@ -22,11 +22,13 @@ import tifffile
 from PIL import Image
 
 from napari_probunet.cli import main
+from napari_probunet.cli import sample as sample_cli
 from napari_probunet.data import SyntheticDataset, write_multirater_folder
 from napari_probunet.model.modelfile import file_sha256, load_model, save_model
 from napari_probunet.model.testing import tiny_model, two_mode_case
-from napari_probunet.review import batch
+from napari_probunet.review import batch, batch_plan
 from napari_probunet.review import bundle as bundles
+from napari_probunet.review.seeds import seed_for_case_id
 from napari_probunet.session import Session, pixel_disagreement
 
 N = 5
@@ -89,7 +91,7 @@ def test_a_folder_becomes_one_valid_bundle_per_image_and_slice(study, model_file
     assert "7 done, 0 skipped, 0 failed of 7" in stdout
     assert "case/s" in stderr  # the progress bar, with its rate and ETA, went to stderr
     names = sorted(p.name for p in out.glob("*.probunet.zip"))
-    assert names == sorted(f"{batch.safe_name(i)}.probunet.zip" for i in STUDY_IDS)
+    assert names == sorted(f"{batch_plan.safe_name(i)}.probunet.zip" for i in STUDY_IDS)
     summary = summary_of(out)
     assert summary["counts"] == {"done": 7, "skipped": 0, "failed": 0, "total": 7}
     assert {c["case_id"] for c in summary["cases"]} == STUDY_IDS
@@ -101,7 +103,7 @@ def test_a_folder_becomes_one_valid_bundle_per_image_and_slice(study, model_file
         b = bundles.read_bundle(path)
         m = b.manifest
         assert m["format"] == "napari-probunet-bundle" and m["format_version"] == 1
-        assert m["seed"] == batch.case_seed(0, m["case_id"]) and m["run_seed"] == 0
+        assert m["seed"] == seed_for_case_id(0, m["case_id"]) and m["run_seed"] == 0
         assert m["n"] == N and m["class_names"] == ["background", "lesion"]
         assert m["model"]["sha256"] == file_sha256(model_file)
         assert m["model"]["name"] == "tiny.safetensors"
@@ -142,9 +144,9 @@ def test_a_seed_reproduces_the_bundles_and_another_seed_changes_them(study, mode
     np.testing.assert_array_equal(one["image"], three["image"])
     # the documented rule, and ids that differ get different seeds
     digest = hashlib.sha256(b"7:a").digest()
-    assert batch.case_seed(7, "a") == int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-    assert len({batch.case_seed(0, f"case{i}") for i in range(100)}) == 100
-    assert all(0 <= batch.case_seed(s, "x") < 2**31 for s in range(20))
+    assert seed_for_case_id(7, "a") == int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    assert len({seed_for_case_id(0, f"case{i}") for i in range(100)}) == 100
+    assert all(0 <= seed_for_case_id(s, "x") < 2**31 for s in range(20))
 
 
 def test_nifti_slices_follow_the_affine_and_the_slices_option(model_file, tmp_path, capsys):
@@ -167,11 +169,11 @@ def test_nifti_slices_follow_the_affine_and_the_slices_option(model_file, tmp_pa
     assert "slice(s) 3-4 requested but the volume has 3 slices along axis 0" in stdout
     assert (out / "sag_z001.probunet.zip").exists()
 
-    assert batch.parse_slices("all") is None
-    assert batch.parse_slices("3, 1,5-7") == (1, 3, 5, 6, 7)
+    assert sample_cli.parse_slices("all") is None
+    assert sample_cli.parse_slices("3, 1,5-7") == (1, 3, 5, 6, 7)
     for bad in ("x", "3-1", "-2"):
         with pytest.raises(Exception, match="slice"):
-            batch.parse_slices(bad)
+            sample_cli.parse_slices(bad)
 
 
 def test_a_list_file_names_images_relative_to_itself(study, model_file, tmp_path, capsys):
@@ -346,14 +348,14 @@ def test_case_ids_are_unique_and_file_safe(tmp_path):
     for sub in ("x", "y"):
         (tmp_path / sub).mkdir()
         np.save(tmp_path / sub / "scan.npy", np.zeros((8, 8), np.float32))
-    plan = batch.plan_cases([str(tmp_path / "x"), str(tmp_path / "y"),
+    plan = batch_plan.plan_cases([str(tmp_path / "x"), str(tmp_path / "y"),
                              str(tmp_path / "x" / "scan.npy")])
     assert [(it.case_id, it.name) for it in plan.items] == [
         ("scan", "scan"), ("scan-2", "scan-2"), ("scan-3", "scan-3")]
-    assert batch.safe_name("training/0 (copy)") == "training_0_copy"
-    assert batch.safe_name("../..") == "case"
+    assert batch_plan.safe_name("training/0 (copy)") == "training_0_copy"
+    assert batch_plan.safe_name("../..") == "case"
     (tmp_path / "empty").mkdir()
-    plan = batch.plan_cases([str(tmp_path / "empty"), "synthetic:lesionz"])
+    plan = batch_plan.plan_cases([str(tmp_path / "empty"), "synthetic:lesionz"])
     assert not plan.items
     assert "no images found" in plan.failures[0]["reason"]
     assert "did you mean 'lesions'" in plan.failures[1]["reason"]
@@ -373,7 +375,7 @@ def test_threads_follow_the_idle_cores(monkeypatch):
     assert batch.choose_threads("auto") is None
     for bad in ("-1", "many"):
         with pytest.raises(Exception, match="--threads"):
-            batch._threads_arg(bad)
+            sample_cli.threads_arg(bad)
 
 
 def test_torchrun_splits_the_cases_between_two_processes(study, model_file, tmp_path, capsys):
@@ -394,7 +396,7 @@ def test_torchrun_splits_the_cases_between_two_processes(study, model_file, tmp_
     assert summary["world_size"] == 2 and summary["problems"] == [], log
     ids = [c["case_id"] for c in summary["cases"]]
     assert len(ids) == len(set(ids)) == 13  # each case exactly once
-    planned = batch.plan_cases([str(study), spec]).items
+    planned = batch_plan.plan_cases([str(study), spec]).items
     assert sorted(ids) == sorted(it.case_id for it in planned)
     ranks = {c["case_id"]: c["rank"] for c in summary["cases"]}
     for i, it in enumerate(planned):  # rank r took items[r::2] of the sorted plan

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_probunet._reader import collect_layers, get_reader, read_bundles
+from napari_probunet._reader import get_reader, read_bundles
 from napari_probunet.cli import main
 from napari_probunet.model.modelfile import file_sha256, save_model
 from napari_probunet.model.testing import tiny_model
 from napari_probunet.review import bundle as bundles
+from napari_probunet.review.provenance import Provenance
 from napari_probunet.session import image_signature
 
 N = 4
@@ -96,6 +97,9 @@ def test_a_bundle_opens_as_the_review_widgets_layers(prepared):
         assert meta["case_id"] == name and meta["bundle_path"] == str(path.absolute())
         np.testing.assert_allclose(meta["prior_mu"], b.prior_mu, rtol=1e-6)
         json.dumps(meta)  # the exporter can write it into its JSON record as it is
+        record = Provenance.from_metadata(meta)  # the typed record reads it back unchanged
+        assert record.to_metadata() == meta and record.hypothesis_number == i + 1
+        assert record.region == (0, 0, 32, 32) and record.signature == meta["plane_signature"]
     assert image[1]["metadata"]["kind"] == "image"
     assert [kw["metadata"]["grader"] for _, kw, _ in graders] == [0, 1, 2, 3]
 
@@ -127,7 +131,7 @@ def test_viewer_open_with_the_plugin(prepared, make_napari_viewer):
     assert type(viewer.layers[f"{name} hypothesis 03"]).__name__ == "Labels"
     assert viewer.layers[f"{name} uncertainty"].colormap.name == "magma"
 
-    found = collect_layers(viewer.layers, viewer.layers[name].metadata["image_signature"])
+    found = bundles.collect_layers(viewer.layers, viewer.layers[name].metadata["image_signature"])
     assert found.image is viewer.layers[name]
     assert [la.metadata["index"] for la in found.hypotheses] == list(range(N))
     assert len(found.graders) == 4 and found.uncertainty is not None

@@ -31,6 +31,7 @@ from test_limits import (
 )
 
 from napari_probunet import cli
+from napari_probunet.cli.main import COMMANDS
 from napari_probunet.model.modelfile import save_model
 from napari_probunet.model.testing import tiny_model
 
@@ -317,7 +318,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_the_table_is_big_enough():
     assert len(ROWS) >= 40
     assert len({r[0] for r in ROWS}) == len(ROWS)
-    assert {r[1][0] for r in ROWS} >= set(cli.COMMANDS)  # every subcommand is tried
+    assert {r[1][0] for r in ROWS} >= set(COMMANDS)  # every subcommand is tried
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
@@ -338,7 +339,7 @@ def test_a_bad_input_gives_one_line_exit_2_and_leaves_nothing(row, a, tmp_path, 
     assert code == 2, (code, out[-2000:], err[-2000:])
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    command = argv[0] if argv[0] in cli.COMMANDS else ""
+    command = argv[0] if argv[0] in COMMANDS else ""
     assert re.match(rf"^probunet{' ' + command if command else ''}( \w+)?: error: ", lines[0]), \
         lines[0]
     assert re.search(message, lines[0]), lines[0]
@@ -380,7 +381,7 @@ def test_a_disk_that_fills_up_while_sampling_is_exit_2_and_leaves_no_temporary(a
                                                                                 monkeypatch):
     """Each case that cannot be written is reported; the summary cannot be written either:
     exit 2, the last line says why, and no temporary file or empty folder stays."""
-    monkeypatch.setattr("napari_probunet.review.export.commit_replace", lambda tmp, target: _full(target))
+    monkeypatch.setattr("napari_probunet.files.commit_replace", lambda tmp, target: _full(target))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out = tmp_path / "out"
     code, _, err = _run(["sample", SYNTH, "--model", str(a / "model.safetensors"), "--out",

@@ -24,7 +24,7 @@ import pytest
 
 from napari_probunet.model.modelfile import file_sha256, load_model, save_model
 from napari_probunet.model.testing import tiny_model
-from napari_probunet.review import export
+from napari_probunet.review import export, recovery
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and fork: POSIX")
 
@@ -110,16 +110,16 @@ def test_an_autosave_killed_midway_keeps_the_last_autosave(tmp_path, pause_at):
     folder = tmp_path / "recovery"
     last = np.zeros((8, 8), np.uint8)
     last[1:3, 1:3] = 1
-    export.save_recovery(SIGNATURE, last, {"roi": [0, 0, 8, 8], "n": 1}, folder=folder)
+    recovery.save_recovery(SIGNATURE, last, {"roi": [0, 0, 8, 8], "n": 1}, folder=folder)
     ready = tmp_path / "ready"
     kill_when_paused(_pausing_child(pause_at, f"""
-        from napari_probunet.review import export
+        from napari_probunet.review import recovery
         newer = np.ones((8, 8), np.uint8)
-        export.save_recovery({SIGNATURE!r}, newer, {{"roi": [0, 0, 8, 8], "n": 2}},
+        recovery.save_recovery({SIGNATURE!r}, newer, {{"roi": [0, 0, 8, 8], "n": 2}},
                              folder={str(folder)!r})
     """, ready), ready)
     assert _hidden(folder)  # what the killed autosave was writing
-    correction, source, info = export.load_recovery(SIGNATURE, folder)  # the next start
+    correction, source, info = recovery.load_recovery(SIGNATURE, folder)  # the next start
     np.testing.assert_array_equal(correction, last)
     assert source is None and info["n"] == 1
     assert _hidden(folder) == []  # ... and the next start cleaned up
@@ -249,8 +249,8 @@ def test_two_sample_runs_into_one_folder_never_delete_each_others_files(tmp_path
         import sys, time
         from pathlib import Path
         from napari_probunet import cli
-        from napari_probunet.review import export
-        commit = export.commit_replace
+        from napari_probunet import files
+        commit = files.commit_replace
         calls = []
 
         def paused_once(tmp, target):
@@ -262,7 +262,7 @@ def test_two_sample_runs_into_one_folder_never_delete_each_others_files(tmp_path
                     time.sleep(0.02)
             return commit(tmp, target)
 
-        export.commit_replace = paused_once
+        files.commit_replace = paused_once
         sys.exit(cli.main({argv!r}))
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

@@ -13,7 +13,8 @@ from napari_probunet import cli
 from napari_probunet.data.case import Case, ModeTruth
 from napari_probunet.errors import DataError
 from napari_probunet.model import testing as _testing
-from napari_probunet.training.evaluate import evaluate_model, format_report, image_seed, open_data
+from napari_probunet.review.seeds import STREAM_ORACLE, seed_for_index
+from napari_probunet.training.evaluate import evaluate_model, format_report, open_data
 
 LESIONS = "synthetic:lesions?n=6&size=32"
 
@@ -52,7 +53,7 @@ def test_evaluate_reports_the_metrics_with_sane_ranges(lesion_result):
 
 def test_numbers_equal_the_metrics_applied_by_hand(lesion_result):
     """The one-matrix-per-image bookkeeping gives what the plain metric functions give."""
-    from napari_probunet.review import metrics
+    from napari_probunet.review import calibration, metrics
     from napari_probunet.session import Session
 
     cases, _ = open_data(LESIONS)
@@ -60,10 +61,10 @@ def test_numbers_equal_the_metrics_applied_by_hand(lesion_result):
     ged16, hm16, det16, oracle16 = [], [], [], []
     for i, case in enumerate(cases):
         session.set_image(case.image)
-        samples = session.sample(100, seed=image_seed(0, i)).labels[:16]
+        samples = session.sample(100, seed=seed_for_index(0, i)).labels[:16]
         det = session.decode(session.prior()[0])
-        rng = np.random.default_rng(image_seed(0, i, 1))
-        oracle = metrics.oracle_samples(case.truth.modes, case.truth.probs, 100, rng)[:16]
+        rng = np.random.default_rng(seed_for_index(0, i, STREAM_ORACLE))
+        oracle = calibration.oracle_samples(case.truth.modes, case.truth.probs, 100, rng)[:16]
         ged16.append(metrics.ged(samples, case.masks, 2))
         hm16.append(metrics.hungarian_iou(samples, case.masks, 2))
         det16.append(metrics.ged(det[None], case.masks, 2))
@@ -90,7 +91,7 @@ def test_evaluation_reproduces_for_a_seed():
     b = evaluate_model(model, cases, n_samples=(4,), seed=5, device="cpu", progress=False)
     a.pop("seconds"), b.pop("seconds")
     assert a == b
-    assert image_seed(5, 0) != image_seed(5, 1) != image_seed(6, 1)
+    assert seed_for_index(5, 0) != seed_for_index(5, 1) != seed_for_index(6, 1)
 
 
 def test_flips_report_per_class_iou_flip_rates_and_32_modes():
@@ -188,12 +189,12 @@ def _unwritable_outs(tmp_path):
 
 def test_an_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """Hours of evaluation must not end in a PermissionError: --out is checked first."""
+    from napari_probunet.cli import evaluate as evaluate_cli
     from napari_probunet.model.modelfile import save_model
-    from napari_probunet.training import evaluate
 
     path = tmp_path / "tiny.safetensors"
     save_model(_testing.tiny_model(), path)
-    monkeypatch.setattr(evaluate, "evaluate_model",
+    monkeypatch.setattr(evaluate_cli, "evaluate_model",
                         lambda *a, **k: pytest.fail("evaluated before checking --out"))
     try:
         for out in _unwritable_outs(tmp_path):

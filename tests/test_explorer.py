@@ -13,10 +13,12 @@ from qtpy.QtCore import QEvent, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtWidgets import QApplication
 
+from napari_probunet.gui.dock import get_state
 from napari_probunet.gui.explorer.widget import HOLD_HYPOTHESIS, ExplorerWidget
 from napari_probunet.model.testing import tiny_model, train_two_mode_model, two_mode_case
 from napari_probunet.review import plane as core
-from napari_probunet.review.state import Encoded, get_state
+from napari_probunet.review.geometry import region_translate
+from napari_probunet.review.state import Encoded
 from napari_probunet.session import Session, foreground_iou
 
 # ----------------------------------------------------------------------------------- helpers
@@ -149,8 +151,8 @@ def test_crop_to_region_follows_scale_and_translate():
     full[6, 11] = 1
     mask, cover = core.crop_to_region(full, (2, 2), (10, 4), (2, 2), (10, 4), roi)
     assert cover == 1 and mask[1, 1] == 1 and mask.sum() == 1
-    # a crop-sized layer placed with region_placement reads back identically
-    scale, translate = core.region_placement((2, 2), (10, 4), roi)
+    # a crop-sized layer placed by the placement rule reads back identically
+    scale, translate = (2, 2), region_translate((10, 4), np.diag([2.0, 2.0]), (), roi)
     np.testing.assert_allclose(translate, [10 + 5 * 2, 4 + 10 * 2])
     crop = full[5:9, 10:15]
     mask2, cover2 = core.crop_to_region(crop, scale, translate, (2, 2), (10, 4), roi)
@@ -265,7 +267,7 @@ def test_default_axes_are_the_ones_that_change_the_segmentation_most(explorer):
     assert widget.map.axis_labels[0] == f"z{expected[0].axis + 1} / \u03c3"
     # choosing the same axis twice swaps instead
     widget.x_combo.setCurrentIndex(widget.plane.axis_y)
-    widget._on_axes_chosen("x")
+    widget.apply_axis_choice("x")
     assert widget.plane.axis_x != widget.plane.axis_y
 
 
@@ -339,7 +341,7 @@ def test_one_dimensional_latent_gives_a_line(explorer):
     widget.wait_ready()
     assert widget.plane.is_line and widget.map.is_line
     assert not widget.y_combo.isEnabled()
-    assert len(widget._grid_labels) == widget._grid_n  # one strip of thumbnails
+    assert len(widget.grid.labels) == widget.grid.n  # one strip of thumbnails
     np.testing.assert_allclose(widget.map.markers.hypotheses[:, 1], 0)
     click(widget.map, widget.map.to_pixel(1.2))
     widget.wait_idle()
@@ -359,14 +361,14 @@ def test_multi_class_models_colour_each_class(explorer):
     state, session = encode(viewer, model, image_64())
     widget.wait_ready()
     assert [name for name, _ in widget.map.class_legend] == ["core", "halo"]
-    colors = widget._class_colors(3)
+    colors = widget.class_colors(3)
     assert len({tuple(c) for c in colors}) == 3
     widget.set_point(2.0, 2.0)
     widget.wait_idle()
     assert np.array_equal(widget.explorer_layer.data, session.decode(widget.current_z))
     # the area map is available for any number of classes
     widget.background_combo.setCurrentIndex(1)
-    widget._render_background()
+    widget.render_background()
     assert widget.map.background is not None
 
 
@@ -541,7 +543,7 @@ def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
     widget.map.repaint()  # the squares and weights paint without error
     encode(viewer, tiny_model(seed=2), image_64(), name="plain", layers=False)
     widget.wait_ready()
-    widget._update_markers()
+    widget.update_markers()
     assert widget.map.markers.components == []
 
 

@@ -17,7 +17,8 @@ import napari_probunet
 from napari_probunet._writer import write_labels
 from napari_probunet.data.readers import load_array
 from napari_probunet.errors import UserError
-from napari_probunet.review import export
+from napari_probunet.review import export, recovery
+from napari_probunet.review.provenance import Provenance
 
 ROI = (8, 12, 16, 20)
 PLANE = (40, 50)
@@ -153,6 +154,10 @@ def test_writer_records_what_the_layer_metadata_knows(tmp_path, correction):
     record = json.loads((tmp_path / "c.tif.json").read_text())
     assert record["choice"] == {"source": "explorer", "z": [1.0, 2.0]}
     assert record["pixels_changed_by_hand"] == 7 and record["layer"] == "lesion correction"
+    prov = Provenance.from_metadata(meta)  # what the writer read: the layer's typed record
+    assert prov.is_correction and prov.choice_source == "explorer" and not prov.from_hypothesis
+    assert prov.region == ROI and prov.pixels_edited(edited) == 7
+    assert {k: v for k, v in prov.to_metadata().items() if k in meta} == meta
 
     # any other Labels layer: written as it is, with a record of what is known
     other = np.arange(12, dtype=np.uint8).reshape(3, 4)
@@ -166,28 +171,32 @@ def test_writer_records_what_the_layer_metadata_knows(tmp_path, correction):
 def test_recovery_files_round_trip(tmp_path, correction):
     edited, source = correction
     signature = "sha256:" + "f" * 64
-    assert export.load_recovery(signature, tmp_path) is None
-    path = export.save_recovery(signature, edited, {"index": 2, "roi": list(ROI)},
+    assert recovery.load_recovery(signature, tmp_path) is None
+    path = recovery.save_recovery(signature, edited, {"index": 2, "roi": list(ROI)},
                                 source_labels=source, folder=tmp_path)
     assert path.parent == tmp_path and path.suffix == ".npz"
-    back, back_source, info = export.load_recovery(signature, tmp_path)
+    back, back_source, info = recovery.load_recovery(signature, tmp_path)
     np.testing.assert_array_equal(back, edited)
     np.testing.assert_array_equal(back_source, source)
     assert info["index"] == 2 and info["plane_signature"] == signature and "saved" in info
+    restored = Provenance.from_recovery(info, "lesion", back_source)
+    assert restored.is_correction and restored.index == 2 and restored.region == ROI
+    assert restored.plane_signature == signature and "saved" not in restored.to_metadata()
+    assert restored.recovery_info().keys() == restored.to_metadata().keys() - {"source_labels"}
     path.write_bytes(b"damaged")  # a damaged file counts as none and stays for inspection
-    assert export.load_recovery(signature, tmp_path) is None and path.exists()
-    export.discard_recovery(signature, tmp_path)
+    assert recovery.load_recovery(signature, tmp_path) is None and path.exists()
+    recovery.discard_recovery(signature, tmp_path)
     assert not path.exists()
-    export.discard_recovery(signature, tmp_path)  # no error when already gone
+    recovery.discard_recovery(signature, tmp_path)  # no error when already gone
     with pytest.raises(ValueError):
-        export.recovery_path("../../etc/passwd", tmp_path)
+        recovery.recovery_path("../../etc/passwd", tmp_path)
 
 
 def test_recovery_folder_default_and_override(monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path))
-    assert export.recovery_dir() == tmp_path
+    assert recovery.recovery_dir() == tmp_path
     monkeypatch.delenv("NAPARI_PROBUNET_RECOVERY_DIR")
-    assert export.recovery_dir().parts[-2:] == ("napari-probunet", "recovery")
+    assert recovery.recovery_dir().parts[-2:] == ("napari-probunet", "recovery")
 
 
 def test_a_concurrent_export_of_the_same_name_is_never_replaced(tmp_path, correction,
@@ -197,7 +206,7 @@ def test_a_concurrent_export_of_the_same_name_is_never_replaced(tmp_path, correc
     edited, source = correction
     target = tmp_path / "mask.npy"
     theirs = np.full_like(edited, 7)
-    real_write = export._write_array
+    real_write = export.write_mask_file
     calls = []
 
     def the_other_export_finishes_meanwhile(mask, path, suffix, scale=None):
@@ -206,7 +215,7 @@ def test_a_concurrent_export_of_the_same_name_is_never_replaced(tmp_path, correc
             export.export_correction(theirs, target, {"by": "the other export"})
         return real_write(mask, path, suffix, scale=scale)
 
-    monkeypatch.setattr(export, "_write_array", the_other_export_finishes_meanwhile)
+    monkeypatch.setattr(export, "write_mask_file", the_other_export_finishes_meanwhile)
     with pytest.raises(export.ExportExistsError, match="mask.npy already exist"):
         export.export_correction(edited, target, make_record(edited, source))
     np.testing.assert_array_equal(np.load(target), theirs)
@@ -218,13 +227,13 @@ def test_a_record_that_appears_meanwhile_takes_the_new_mask_back(tmp_path, corre
                                                                  monkeypatch):
     edited, source = correction
     target = tmp_path / "mask.tif"
-    real_write = export._write_array
+    real_write = export.write_mask_file
 
     def a_record_appears(mask, path, suffix, scale=None):
         export.record_path(target).write_text('{"by": "someone else"}')
         return real_write(mask, path, suffix, scale=scale)
 
-    monkeypatch.setattr(export, "_write_array", a_record_appears)
+    monkeypatch.setattr(export, "write_mask_file", a_record_appears)
     with pytest.raises(export.ExportExistsError, match="mask.tif.json already exist"):
         export.export_correction(edited, target, make_record(edited, source))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif.json"]
@@ -268,13 +277,13 @@ def test_without_hard_links_an_exclusive_create_still_never_clobbers(tmp_path, c
                                                  make_record(edited, source))
     np.testing.assert_array_equal(np.load(path), edited)
     assert json.loads(record_file.read_text())["mask"]["file"] == "mask.npy"
-    real_write = export._write_array
+    real_write = export.write_mask_file
 
     def the_other_export_finishes_meanwhile(mask, p, suffix, scale=None):
         (tmp_path / "b.npy").write_bytes(b"theirs")
         return real_write(mask, p, suffix, scale=scale)
 
-    monkeypatch.setattr(export, "_write_array", the_other_export_finishes_meanwhile)
+    monkeypatch.setattr(export, "write_mask_file", the_other_export_finishes_meanwhile)
     with pytest.raises(export.ExportExistsError):
         export.export_correction(edited, tmp_path / "b.npy", make_record(edited, source))
     assert (tmp_path / "b.npy").read_bytes() == b"theirs"
@@ -325,7 +334,7 @@ def test_exports_get_the_ordinary_mode_of_a_new_file(tmp_path, correction, umask
 def recovery_file(tmp_path, correction):
     edited, source = correction
     signature = "sha256:" + "f" * 64
-    path = export.save_recovery(signature, edited, {"index": 2, "roi": list(ROI)},
+    path = recovery.save_recovery(signature, edited, {"index": 2, "roi": list(ROI)},
                                 source_labels=source, folder=tmp_path)
     return signature, path, path.read_bytes()
 
@@ -348,7 +357,7 @@ def test_a_damaged_recovery_file_counts_as_none(tmp_path, recovery_file, damage)
     else:
         with open(path, "wb") as f:
             np.savez(f, correction=np.zeros((2, 3, 4)), info=np.array("[1, 2]"))
-    assert export.load_recovery(signature, tmp_path) is None
+    assert recovery.load_recovery(signature, tmp_path) is None
     assert path.exists()  # left for inspection
 
 
@@ -363,6 +372,6 @@ def test_no_truncation_or_bit_flip_of_a_recovery_file_raises(tmp_path, recovery_
         damaged.append(bytes(data))
     for data in damaged:
         path.write_bytes(data)
-        found = export.load_recovery(signature, tmp_path)  # never raises
+        found = recovery.load_recovery(signature, tmp_path)  # never raises
         if found is not None:  # a flip in a field the reader does not check
             np.testing.assert_array_equal(found[0], edited)

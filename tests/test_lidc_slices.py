@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_probunet.cli.data import summarize
 from napari_probunet.data import lidc_slices
 from napari_probunet.data.lidc_slices import looks_like_lidc_slices, read_lidc_slices
-from napari_probunet.data.readers import open_cases, split_indices
+from napari_probunet.data.readers import open_cases
+from napari_probunet.data.splits import split_indices
+from napari_probunet.data.summary import summarize
 from napari_probunet.errors import DataError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri-slices"
@@ -113,11 +114,11 @@ def test_the_decoded_set_is_cached_and_rebuilt_when_the_source_changes(tmp_path,
     root = write_layout(tmp_path / "set")
     read_lidc_slices(root)
     calls = []
-    original = lidc_slices._decode
-    monkeypatch.setattr(lidc_slices, "_decode", lambda *a: calls.append(1) or original(*a))
+    original = lidc_slices.decode_slices
+    monkeypatch.setattr(lidc_slices, "decode_slices", lambda *a: calls.append(1) or original(*a))
     again = read_lidc_slices(root)
     assert calls == [] and len(again) == 24
-    assert isinstance(again._images, np.memmap)
+    assert isinstance(again.stored_images, np.memmap)
     # a changed mask file (new contents, new time stamp) is decoded again
     changed = root / "LIDC-IDRI-0001" / "nodule-0" / "mask-0" / "slice-0.png"
     _png(changed, np.full((16, 16), 255))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from napari_probunet.errors import DataError, UserError
-from napari_probunet.review import metrics
+from napari_probunet.review import calibration, metrics
 
 # -- a naive reference implementation, written from the definitions ----------------------------
 
@@ -168,9 +168,9 @@ def test_ged_of_samples_from_the_graders_distribution_is_small():
     modes[0, 4:10, 4:10] = 1
     modes[1, 2:12, 2:12] = 1  # mode 2 is empty
     probs = np.array([0.4, 0.4, 0.2])
-    graders = metrics.oracle_samples(modes, probs, 300, rng)
-    same = metrics.ged(metrics.oracle_samples(modes, probs, 300, rng), graders, 2)
-    other = metrics.ged(metrics.oracle_samples(modes, [0.8, 0.1, 0.1], 300, rng), graders, 2)
+    graders = calibration.oracle_samples(modes, probs, 300, rng)
+    same = metrics.ged(calibration.oracle_samples(modes, probs, 300, rng), graders, 2)
+    other = metrics.ged(calibration.oracle_samples(modes, [0.8, 0.1, 0.1], 300, rng), graders, 2)
     one = metrics.ged(modes[:1], graders, 2)  # a deterministic answer
     assert abs(same) < 0.02
     assert other > same + 0.05
@@ -246,10 +246,10 @@ def test_nearest_mode_frequencies_and_max_abs_err():
     modes = _three_modes()
     img1 = modes[[0] * 5 + [1] * 3 + [2] * 2]  # freq (.5, .3, .2)
     img2 = modes[[0] * 2 + [1] * 3 + [2] * 5]  # freq (.2, .3, .5)
-    cal1 = metrics.image_calibration(img1, modes, np.array([0.4, 0.4, 0.2]), 2)
-    cal2 = metrics.image_calibration(img2, modes, np.array([0.2, 0.3, 0.5]), 2)
+    cal1 = calibration.image_calibration(img1, modes, np.array([0.4, 0.4, 0.2]), 2)
+    cal2 = calibration.image_calibration(img2, modes, np.array([0.2, 0.3, 0.5]), 2)
     np.testing.assert_allclose(cal1.freq, [0.5, 0.3, 0.2])
-    out = metrics.summarize_calibration([cal1, cal2])
+    out = calibration.summarize_calibration([cal1, cal2])
     # dataset means: freq (.35, .3, .35) vs prob (.3, .35, .35)
     np.testing.assert_allclose(out["mode_freq"], [0.35, 0.3, 0.35])
     np.testing.assert_allclose(out["mode_prob"], [0.3, 0.35, 0.35])
@@ -270,15 +270,15 @@ def test_nearest_mode_with_noise_consistency_and_ties():
     noisy = modes[[0, 0, 1, 1]].copy()
     noisy[1, 5, 5:11] = 0  # core minus a row: IoU 30/36 < 0.9, still nearest to core
     noisy[3, 3, 3:8] = 0  # core+halo minus 5 of 100 pixels: IoU 0.95
-    cal = metrics.image_calibration(noisy, modes, np.array([0.5, 0.5, 0.0]), 2)
+    cal = calibration.image_calibration(noisy, modes, np.array([0.5, 0.5, 0.0]), 2)
     np.testing.assert_allclose(cal.freq, [0.5, 0.5, 0.0])
     assert cal.n_consistent == 3
     # a tie goes to the first mode
-    idx, _ = metrics.nearest_mode(np.array([[0.5, 0.5, 0.1]]))
+    idx, _ = calibration.nearest_mode(np.array([[0.5, 0.5, 0.1]]))
     assert idx[0] == 0
     # identical modes: merged into the first (probabilities added), the copy is not valid
     dup = np.stack([modes[0], modes[2], modes[0]])
-    cal = metrics.image_calibration(modes[[0, 0, 2, 2]], dup, np.array([0.3, 0.5, 0.2]), 2)
+    cal = calibration.image_calibration(modes[[0, 0, 2, 2]], dup, np.array([0.3, 0.5, 0.2]), 2)
     np.testing.assert_allclose(cal.prob, [0.5, 0.5, 0.0])
     np.testing.assert_allclose(cal.freq, [0.5, 0.5, 0.0])
     np.testing.assert_array_equal(cal.valid, [True, True, False])
@@ -287,7 +287,7 @@ def test_nearest_mode_with_noise_consistency_and_ties():
 def test_reliability_table_and_ece_by_hand():
     probs = np.array([0.05, 0.05, 0.55, 0.95, 1.0])
     freqs = np.array([0.10, 0.00, 0.45, 0.80, 0.90])
-    rel = metrics.reliability_table(probs, freqs, n_bins=10)
+    rel = calibration.reliability_table(probs, freqs, n_bins=10)
     np.testing.assert_array_equal(rel.count, [2, 0, 0, 0, 0, 1, 0, 0, 0, 2])  # p=1 -> last bin
     assert rel.mean_prob[0] == pytest.approx(0.05) and rel.mean_freq[0] == pytest.approx(0.05)
     assert np.isnan(rel.mean_prob[1])
@@ -298,10 +298,10 @@ def test_reliability_table_and_ece_by_hand():
 
 def test_summarize_refuses_differing_modes():
     modes = _three_modes()
-    a = metrics.image_calibration(modes, modes, np.full(3, 1 / 3), 2)
-    b = metrics.image_calibration(modes[:2], modes[:2], np.full(2, 0.5), 2)
+    a = calibration.image_calibration(modes, modes, np.full(3, 1 / 3), 2)
+    b = calibration.image_calibration(modes[:2], modes[:2], np.full(2, 0.5), 2)
     with pytest.raises(DataError, match="different numbers of modes"):
-        metrics.summarize_calibration([a, b])
+        calibration.summarize_calibration([a, b])
 
 
 def test_flip_rates():
@@ -320,12 +320,12 @@ def test_flip_rates():
     flip_classes = [(1, 3), (2, 4)]
     samples = modes[[0, 1, 2, 3, 3]]  # class 1 flipped in 3 of 5, class 2 in 3 of 5
     samples[0, 0, 0] = 3  # one extra flipped pixel of class 1's object
-    flipped, total = metrics.flip_counts(samples, modes, flip_classes)
+    flipped, total = calibration.flip_counts(samples, modes, flip_classes)
     np.testing.assert_array_equal(total, [32 * 5, 8 * 5])
     np.testing.assert_array_equal(flipped, [3 * 32 + 1, 3 * 8])
     probs = np.array([0.3, 0.2, 0.3, 0.2])
-    cal = metrics.image_calibration(samples, modes, probs, 5, flip_classes=flip_classes)
-    out = metrics.summarize_calibration([cal, cal], flip_probs=np.array([0.5, 0.4]))
+    cal = calibration.image_calibration(samples, modes, probs, 5, flip_classes=flip_classes)
+    out = calibration.summarize_calibration([cal, cal], flip_probs=np.array([0.5, 0.4]))
     np.testing.assert_allclose(out["flip_rate"], [(3 * 32 + 1) / 160, 0.6])
     np.testing.assert_allclose(out["flip_prob"], [0.5, 0.4])
 
@@ -337,7 +337,7 @@ def test_calibration_convenience_matches_the_parts():
     truths = [SimpleNamespace(modes=modes, probs=np.array([0.4, 0.4, 0.2])),
               SimpleNamespace(modes=modes, probs=np.array([0.2, 0.3, 0.5]))]
     samples = [modes[[0] * 5 + [1] * 3 + [2] * 2], modes[[0] * 2 + [1] * 3 + [2] * 5]]
-    out = metrics.calibration(samples, truths, 2)
+    out = calibration.calibration(samples, truths, 2)
     assert out["mode_freq_max_abs_err"] == pytest.approx(0.05)
     assert "flip_rate" not in out
 
@@ -345,9 +345,9 @@ def test_calibration_convenience_matches_the_parts():
 def test_oracle_is_seeded_and_matches_the_probabilities():
     modes = _three_modes()
     probs = np.array([0.5, 0.3, 0.2])
-    a = metrics.oracle_samples(modes, probs, 4000, np.random.default_rng(7))
-    b = metrics.oracle_samples(modes, probs, 4000, np.random.default_rng(7))
+    a = calibration.oracle_samples(modes, probs, 4000, np.random.default_rng(7))
+    b = calibration.oracle_samples(modes, probs, 4000, np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
-    cal = metrics.image_calibration(a, modes, probs, 2)
+    cal = calibration.image_calibration(a, modes, probs, 2)
     np.testing.assert_allclose(cal.freq, probs, atol=0.03)
     assert cal.n_consistent == 4000

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from napari_probunet.errors import InputError
+from napari_probunet.iou import foreground_iou
 from napari_probunet.model.testing import tiny_model, two_mode_case
-from napari_probunet.session import Session, foreground_iou, pixel_disagreement
+from napari_probunet.session import Session, pixel_disagreement
 
 
 def test_sample_shapes_dtypes_and_crop_back(tiny):
@@ -174,7 +175,7 @@ def test_inference_runs_channels_last_on_cpu_and_training_models_are_left_alone(
     assert model.unet.encoder.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     s.set_image(image)
     with torch.no_grad():
-        torch.testing.assert_close(model.unet(s._x.clone()), reference, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.unet(s.model_input.clone()), reference, rtol=1e-4, atol=1e-5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, plain[k], rtol=0, atol=0)
     training = tiny_model().train()

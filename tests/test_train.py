@@ -232,17 +232,17 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, recipe, t
     """amp = "auto": bf16 on a CPU with native bf16, float32 on one without (AVX2 only, where
     emulated bf16 trains ten times slower); the log says which and why."""
     from napari_probunet import device
-    from napari_probunet.training.train import _amp_context
+    from napari_probunet.training.train import amp_context
 
     monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
     assert device.auto_precision("cpu")[0] == "none"
-    assert _amp_context("auto", "cpu")[1] == "none"
+    assert amp_context("auto", "cpu")[1] == "none"
     monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
     assert device.auto_precision("cpu")[0] == "bf16"
-    assert _amp_context("auto", "cpu")[1] == "bf16"
-    assert _amp_context("none", "cpu")[1] == "none"  # an explicit choice stands
+    assert amp_context("auto", "cpu")[1] == "bf16"
+    assert amp_context("none", "cpu")[1] == "none"  # an explicit choice stands
     with pytest.raises(UserError, match="unknown amp"):
-        _amp_context("fp8", "cpu")
+        amp_context("fp8", "cpu")
     monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
     model_cfg, cfg = load_recipe(recipe)
     train(model_cfg, replace(cfg, amp="auto", steps=1, val_data=""), tmp_path / "run", progress=False)

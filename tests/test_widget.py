@@ -23,7 +23,6 @@ from qtpy.QtCore import Qt
 
 import napari_probunet
 from napari_probunet._sample_data import LARGE_OFFSET, sample_lesion, sample_lesion_large
-from napari_probunet.gui.review import widget as _widget
 from napari_probunet.gui.review.widget import ReviewWidget
 from napari_probunet.model.modelfile import file_sha256
 from napari_probunet.model.testing import two_mode_case, wait_idle
@@ -217,8 +216,8 @@ def test_a_large_image_opened_from_the_menu_starts_in_click_mode(review, qtbot, 
     assert said(notes, "much larger than the model's 64x64 input")
     # the user's choice sticks: no second switch for the same image
     widget.set_roi_mode("whole")
-    widget._refresh_layer_choices()
-    widget._on_image_chosen()
+    widget.refresh_layer_choices()
+    widget.image_combo.currentIndexChanged.emit(widget.image_combo.currentIndex())
     assert widget.roi_mode == "whole"
     # a crop of the model's size keeps the whole image
     viewer.open_sample("napari-probunet", "lesion")
@@ -233,11 +232,11 @@ def test_cycling_while_layers_are_still_being_added_shows_the_chosen_one(review,
     viewer.open_sample("napari-probunet", "lesion")
     widget.n_spin.setValue(40)
     assert widget.sample()
-    qtbot.waitUntil(lambda: widget.state.hypotheses is not None and bool(widget._pending),
+    qtbot.waitUntil(lambda: widget.state.hypotheses is not None and bool(widget.pending_layers),
                     timeout=60000)
     for _ in range(5):
         press(viewer, ".")
-    sixth = widget._hypothesis_layers[5]
+    sixth = widget.hypothesis_layers[5]
     assert sixth in viewer.layers and sixth.visible
     assert "Hypothesis 6/40" in widget.hypothesis_label.text()
     assert "deleted" not in widget.hypothesis_label.text()
@@ -323,7 +322,7 @@ def test_click_roi_places_the_hypotheses_over_the_lesion(review, qtbot, tmp_path
     world = image.data_to_world(centre)
 
     mouse(viewer, world, drag_to=(260, 240))  # a drag pans: no ROI, no sampling
-    assert widget._click_roi is None and not widget.busy
+    assert widget.click_roi is None and not widget.busy
     mouse(viewer, world)  # a click: the ROI is centred on it and sampling starts
     wait_idle(qtbot, widget)
 
@@ -542,7 +541,7 @@ def test_bundled_model_loads_off_the_gui_thread(make_napari_viewer, qtbot, monke
     monkeypatch.setattr(modelfile, "DEFAULT_MODEL_NAME", "lesions")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
-    assert widget._model_worker is not None  # loading in a napari thread worker
+    assert widget.model_loading  # loading in a napari thread worker
     widget.n_spin.setValue(4)
     viewer.add_image(two_mode_case()[0], name="case")
     assert not widget.sample()  # queued until the model is there
@@ -556,9 +555,9 @@ def test_devices_listed_and_remembered(review, make_napari_viewer, notes):
     from napari_probunet.device import available_devices
 
     viewer, widget = review
-    assert widget._device_names() == ["auto", *available_devices()]
+    assert widget.device_names() == ["auto", *available_devices()]
     widget.set_device("cpu")
-    assert str(_widget._settings().value("device")) == "cpu"
+    assert str(widget.settings().value("device")) == "cpu"
     assert ReviewWidget(make_napari_viewer(), load_default=False).device == "cpu"
     if "cuda" not in available_devices():
         widget.set_device("cuda")
@@ -570,7 +569,7 @@ def test_devices_listed_and_remembered(review, make_napari_viewer, notes):
 
 def test_autosave_and_restore_on_reopening(review, qtbot, tmp_path, notes):
     viewer, widget = review
-    widget._autosave_timer.setInterval(30)
+    widget.autosave_delay_ms = 30
     image, _ = two_mode_case()
     viewer.add_image(image, name="case")
     sample_and_wait(qtbot, widget)
@@ -675,7 +674,7 @@ def test_closing_the_widget_unbinds_its_shortcuts(review, qtbot):
     widget.close()
     for key in (".", ",", "Shift-Enter", "Control-Enter", "Control-Shift-E"):
         assert KeyBinding.from_str(key) not in viewer.keymap
-    assert widget._on_mouse_press not in viewer.mouse_drag_callbacks
+    assert widget.roi_tool.on_mouse_press not in viewer.mouse_drag_callbacks
 
 
 def test_samples_open_with_their_graders(make_napari_viewer):
@@ -733,22 +732,18 @@ def test_placement_follows_any_image_transform():
     """ROI-sized layers sit on the image's pixels under scale, translate and rotation."""
     from napari.layers import Image, Labels
 
-    from napari_probunet.gui.review.widget import (
-        Plane,
-        _update_layer,
-        bounding_roi,
-        centred_roi,
-        placement,
-    )
+    from napari_probunet.gui.placement import placement
+    from napari_probunet.gui.review.hypotheses import update_layer
+    from napari_probunet.review.geometry import bounding_roi, centred_roi
 
     image = Image(np.random.rand(32, 32), rotate=30, scale=(0.5, 0.5), translate=(3, 4))
     roi = (4, 6, 8, 8)
-    layer = Labels(np.zeros((8, 8), np.uint8), **placement(image, Plane(image, (), (32, 32)), roi))
+    layer = Labels(np.zeros((8, 8), np.uint8), **placement(image, roi))
     for corner in ((0, 0), (7, 7), (0, 7)):
         np.testing.assert_allclose(layer.data_to_world(corner),
                                    image.data_to_world((corner[0] + 4, corner[1] + 6)))
     plain = Image(np.random.rand(32, 32))
-    _update_layer(layer, "moved", True, placement(plain, Plane(plain, (), (32, 32)), (1, 2, 8, 8)))
+    update_layer(layer, "moved", True, placement(plain, (1, 2, 8, 8)))
     np.testing.assert_allclose(layer.data_to_world((0, 0)), (1, 2))
     assert centred_roi(10.4, 3.0, 8, (32, 32)) == (6, 0, 8, 8)
     assert centred_roi(10, 10, 64, (32, 48)) == (0, 0, 32, 48)  # a small image: all of it

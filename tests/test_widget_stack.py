@@ -65,7 +65,7 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
     """Cancel stops between slices: the slices done (the current one first) are kept."""
     viewer, widget = review
     decoded, clicked = [], threading.Event()
-    original = _jobs._decode_region
+    original = _jobs.decode_region
 
     def held(*args, **kwargs):  # hold the worker after the first slice until Cancel is clicked
         out = original(*args, **kwargs)
@@ -74,7 +74,7 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
             clicked.wait(20)
         return out
 
-    monkeypatch.setattr(_jobs, "_decode_region", held)
+    monkeypatch.setattr(_jobs, "decode_region", held)
     viewer.add_image(make_stack(), name="stack")
     viewer.dims.set_current_step(0, 0)
     widget.set_all_slices(True)

@@ -1,8 +1,10 @@
 """The ``probunet`` command line.
 
-Each subcommand lives in its own module, which provides ``configure(parser)`` (add the
-arguments) and ``run(args) -> int`` (do the work, return the exit code). Only the module of
-the subcommand being run is imported, so ``probunet --help`` does not load torch.
+Each subcommand lives in its own module, ``napari_probunet.cli.<command>``, which provides
+``configure(parser)`` (add the arguments) and ``run(args) -> int`` (call the library, print,
+return the exit code); the work itself is in the library (``review``, ``training``, ``data``,
+``model``), which knows nothing of argparse. Only the module of the subcommand being run is
+imported, so ``probunet --help`` does not load torch.
 
 One error policy for every subcommand (:func:`main`, ``docs/reliability.md``):
 
@@ -26,21 +28,22 @@ import errno
 import importlib
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from napari_probunet import __version__
+from napari_probunet import __version__, limits
 from napari_probunet.errors import UserError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("napari_probunet.training.bench", "measure encode/sample/decode/training speed and memory"),
-    "train": ("napari_probunet.training.train", "train a Probabilistic U-Net on multi-rater data"),
-    "evaluate": ("napari_probunet.training.evaluate", "GED, Hungarian-matched IoU and calibration of a model"),
+    "bench": ("napari_probunet.cli.bench", "measure encode/sample/decode/training speed and memory"),
+    "train": ("napari_probunet.cli.train", "train a Probabilistic U-Net on multi-rater data"),
+    "evaluate": ("napari_probunet.cli.evaluate", "GED, Hungarian-matched IoU and calibration of a model"),
     "data": ("napari_probunet.cli.data", "write synthetic multi-rater datasets, inspect folders"),
-    "sample": ("napari_probunet.review.batch", "prepare hypothesis bundles for many cases"),
-    "assess": ("napari_probunet.review.assess", "score annotations under a model (KL, IoU) to CSV"),
-    "info": ("napari_probunet.model.modelfile", "show what a model file contains"),
-    "domain": ("napari_probunet.review.domain", "measure and record what a model's training images look like"),
+    "sample": ("napari_probunet.cli.sample", "prepare hypothesis bundles for many cases"),
+    "assess": ("napari_probunet.cli.assess", "score annotations under a model (KL, IoU) to CSV"),
+    "info": ("napari_probunet.cli.info", "show what a model file contains"),
+    "domain": ("napari_probunet.cli.domain", "measure and record what a model's training images look like"),
 }
 
 
@@ -128,8 +131,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     beyond the limits (:data:`~napari_probunet.limits.MAX_IMAGE_PIXELS`): ``data synth
     --size`` and the ``size=`` of any ``synthetic:`` dataset, which would otherwise allocate
     them."""
-    from napari_probunet import limits
-
     for (command, key), (least, option) in _MINIMUM.items():
         value = getattr(args, key, None)
         if args.command == command and isinstance(value, int) and value < least:
@@ -138,7 +139,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if getattr(args, "data_command", None) == "synth" and isinstance(args.size, int):
         limits.check_plane(args.size, args.size, "data synth --size")
     for spec in _synthetic_specs(args):
-        from napari_probunet.data.synthetic import parse_synthetic_spec
+        from napari_probunet.data.synthetic import parse_synthetic_spec  # lazy: numpy
 
         try:
             size = parse_synthetic_spec(spec)["size"]
@@ -211,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except Exception as exc:  # a bug: say so on one line, the traceback only on request
         if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
-            import traceback
-
             traceback.print_exc()
         print(f"probunet {cmd}: internal error ({type(exc).__name__}: "
               f"{_one_line(exc)[:300]}); this is a bug in napari-probunet {__version__}: "

@@ -4,27 +4,27 @@ real formats, splits and augmentation. numpy/scipy only: no torch, napari or Qt 
 - :mod:`.case` -- ``Case`` (image, graders' masks, ids) and ``ModeTruth`` (known modes).
 - :mod:`.synthetic` -- the ``lesions`` and ``flips`` generators and ``SyntheticDataset``.
 - :mod:`.readers` -- generic multi-rater folders, DeepMind's LIDC crops, the LIDC pickle,
-  ``open_cases`` for any of them, ``split_cases``, ``write_multirater_folder``.
+  ``open_cases`` for any of them, ``write_multirater_folder``.
+- :mod:`.images` -- one image or mask file (``load_image``, ``load_mask``), size-checked.
+- :mod:`.splits` -- ``split_cases``: train / val / test parts that never share a patient.
+- :mod:`.summary` -- dataset statistics (``probunet data info``).
 - :mod:`.safe_pickle` -- the restricted unpickler the pickle reader uses.
 - :mod:`.augment` -- identical geometric augmentation of an image and its masks.
-- :mod:`.cli` -- ``probunet data synth`` / ``probunet data info``.
 
 Formats, name patterns and the synthetic recipes are documented in ``docs/data.md``.
 """
 
 from napari_probunet.data.augment import Augmentation, augment
 from napari_probunet.data.case import Case, ModeTruth
+from napari_probunet.data.images import load_image, load_mask
 from napari_probunet.data.readers import (
-    load_image,
-    load_mask,
     open_cases,
     read_deepmind_lidc,
     read_lidc_pickle,
     read_multirater_folder,
-    split_cases,
-    split_indices,
     write_multirater_folder,
 )
+from napari_probunet.data.splits import split_cases, split_indices
 from napari_probunet.data.synthetic import (
     CLASS_NAMES,
     KINDS,

@@ -25,6 +25,7 @@ another size than its image, an image of another size than the set's. Masks with
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_probunet import limits
 from napari_probunet.data.case import Case
 from napari_probunet.errors import DataError
 
@@ -73,8 +75,6 @@ class _Source:
                 raise DataError(f"{path}: not a readable zip file ({exc}); give the folder of "
                                 "the LIDC-IDRI slices or a .zip of it.") from None
             infos = sorted(self.zip.infolist(), key=lambda i: i.filename)
-            from napari_probunet import limits
-
             # the whole set inflated: about 20x its zip size at most for these PNG slices
             limits.check_decoded(sum(i.file_size for i in infos), path.stat().st_size,
                                  f"{path}: the zip's members", DataError)
@@ -115,8 +115,6 @@ class _Source:
                                     "large for a slice PNG.")
                 with self.zip.open(name) as fh:
                     data = fh.read(MAX_MEMBER_BYTES + 1)
-                import io
-
                 handle = Image.open(io.BytesIO(data))
             else:
                 handle = Image.open(self.path / name)
@@ -166,8 +164,9 @@ def cache_root() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "napari-probunet"
 
 
-def _decode(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarray, list, dict]:
-    """Decode every complete slice: images (N,H,W) uint8, packed masks, ids, notes."""
+def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarray, list, dict]:
+    """Decode every complete slice: images (N,H,W) uint8, packed masks, ids, notes (the slow
+    step the cache saves: a cached set is not decoded again)."""
     keys = sorted(source.entries, key=lambda k: (_natural(k[0]), _natural(k[1]), k[2]))
     n_raters = max((max((k for k in e if k != "image"), default=-1) + 1
                     for e in source.entries.values()), default=0)
@@ -241,7 +240,7 @@ def _decode(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarray, lis
 
 
 def _build_cache(source: _Source, folder: Path, on_error: str) -> None:
-    images, masks, ids, notes = _decode(source, on_error)
+    images, masks, ids, notes = decode_slices(source, on_error)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     if tmp.exists():
@@ -323,6 +322,12 @@ class LidcSlices(Sequence):
         """All images of this view, ``(n, H, W)`` uint8 (a copy for a subset)."""
         return self._images[self._index]
 
+    @property
+    def stored_images(self) -> np.ndarray:
+        """The images of the whole set as stored, ``(N, H, W)`` uint8: memory-mapped when read
+        from the cache (no copy; shared by every view)."""
+        return self._images
+
 
 def read_lidc_nodule(folder: str | os.PathLike, on_error: str = "skip") -> list[Case]:
     """The slices of one nodule folder (``.../LIDC-IDRI-<patient>/nodule-<k>``), in slice
@@ -333,7 +338,7 @@ def read_lidc_nodule(folder: str | os.PathLike, on_error: str = "skip") -> list[
     if not source.entries:
         raise DataError(f"{folder}: not a nodule folder of the LIDC-IDRI slices (expected "
                         "images/slice-<i>.png and mask-0..3/slice-<i>.png inside).")
-    images, masks, ids, _ = _decode(source, on_error)
+    images, masks, ids, _ = decode_slices(source, on_error)
     data = LidcSlices(images, masks, ids, images.shape[2], str(root))
     return sorted(data, key=lambda c: int(c.ids["slice"]))
 
@@ -357,7 +362,7 @@ def read_lidc_slices(path: str | os.PathLike, on_error: str = "skip",
                 f"{path}: this {what} is not in the LIDC-IDRI-slices layout (no "
                 "LIDC-IDRI-<patient>/nodule-<k>/images/slice-<i>.png found); see docs/lidc.md.")
         if not cache:
-            images, masks, ids, notes = _decode(source, on_error)
+            images, masks, ids, notes = decode_slices(source, on_error)
             data = LidcSlices(images, masks, ids, images.shape[2], str(path), notes=notes)
         else:
             folder = cache_root() / "lidc-slices" / source.fingerprint.hexdigest()[:24]

@@ -15,6 +15,9 @@ Formats (details and name patterns in ``docs/data.md``):
   in a parallel ``gt`` tree (``<split>/images/<patient>/`` and ``<split>/gt/<patient>/``).
 - **LIDC pickle** of Stefan Knegt's port (:func:`read_lidc_pickle`), via a restricted unpickler.
 
+One file's pixels are read by :mod:`napari_probunet.data.images`; splits are made by
+:mod:`napari_probunet.data.splits`.
+
 Mask values: binary masks stored as 0/1, 0/255, 0/65535 (any ``{0, v}`` with ``v > 63``)
 become 0/1; label maps with values ``0..63`` are kept as class labels; JPEG masks (lossy) are
 thresholded at ``> 127``; anything else (many grey levels, fractions, negatives) is an error.
@@ -23,302 +26,46 @@ Images keep their raw values as float32 (0..255 for 8-bit files).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import math
 import os
 import re
 import shutil
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from napari_probunet import limits
 from napari_probunet.data.case import Case, ModeTruth
+from napari_probunet.data.images import (
+    SUPPORTED_SUFFIXES,
+    file_stem,
+    file_suffix,
+    is_data_file,
+    is_image_name,
+    is_mask_name,
+    load_image,
+    load_mask,
+    mask_to_labels,
+    natural_key,
+    to_2d,
+)
+from napari_probunet.data.images import load_array as load_array  # its callers' old address
+from napari_probunet.data.lidc_slices import looks_like_lidc_slices, read_lidc_slices
+from napari_probunet.data.safe_pickle import safe_load_path
+from napari_probunet.data.splits import SPLIT_PARTS, parse_split, split_cases
+from napari_probunet.data.synthetic import KINDS, SyntheticDataset, parse_synthetic_spec
 from napari_probunet.errors import DataError
 
-#: file types read as images or masks
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
-#: largest label value read as a class (a {0, v} mask with larger v is binary)
-MAX_CLASS = 63
 #: file format version written to dataset.json
 FOLDER_FORMAT_VERSION = 1
 
-_MASK_WORDS = r"(?:labels?|masks?|segmentations?|seg|graders?|raters?|annotations?|annot|gt)"
-_MASK_RE = re.compile(
-    rf"^{_MASK_WORDS}(?:[^a-z]|$)"  # label0_, mask_1, seg, grader-2, gt
-    rf"|[_\-.](?:l|{_MASK_WORDS})[_\-]?\d+$"  # case_l0, case_mask1, img_label-2
-    rf"|[_\-.]{_MASK_WORDS}$"  # case_mask
-)
-_IMAGE_RE = re.compile(r"^(?:image|img)|[_\-.](?:image|img)$")
 _DM_IMAGE_RE = re.compile(r"^z-(?P<z>-?\d+(?:\.\d+)?)_c(?P<c>\d+)\.png$", re.IGNORECASE)
 _DM_MASK_RE = re.compile(r"^(?P<base>z--?\d+(?:\.\d+)?_c\d+)_l(?P<l>\d+)\.png$", re.IGNORECASE)
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 _MAX_DEPTH = 6
-
-
-# ----------------------------------------------------------------------------- file level
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _stem(path: Path) -> str:
-    return path.name[: len(path.name) - len(_suffix(path))]
-
-
-def _natural_key(text: str) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
-
-
-def _is_data_file(path: Path) -> bool:
-    return (path.is_file() and not path.name.startswith(".")
-            and _suffix(path) in SUPPORTED_SUFFIXES)
-
-
-def is_mask_name(path: str | os.PathLike) -> bool:
-    """Whether a file name follows a mask pattern (see the module docstring)."""
-    return bool(_MASK_RE.search(_stem(Path(path)).lower()))
-
-
-def is_image_name(path: str | os.PathLike) -> bool:
-    """Whether a file name follows an image pattern and no mask pattern."""
-    stem = _stem(Path(path)).lower()
-    return not _MASK_RE.search(stem) and bool(_IMAGE_RE.search(stem))
-
-
-def _check_declared(path: Path, shape: tuple[int, ...], itemsize: int, file_bytes: int) -> None:
-    """Refuse a file whose declared array exceeds :mod:`napari_probunet.limits`, before it is
-    decoded: the image plane (the two largest axes) and the bytes it decodes to."""
-    from napari_probunet import limits
-
-    sides = sorted((int(s) for s in shape), reverse=True)
-    if len(sides) >= 2:
-        limits.check_plane(sides[0], sides[1], f"{path}: the image", DataError)
-    limits.check_decoded(limits.array_bytes(shape, itemsize), file_bytes,
-                         f"{path}: the image of shape {tuple(int(s) for s in shape)}", DataError)
-
-
-def _npy_declared(path: Path) -> tuple[tuple[int, ...], int]:
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    return tuple(shape), dtype.itemsize
-
-
-def _nifti_declared(image) -> tuple[tuple[int, ...], int]:
-    """Shape and bytes per voxel of a NIfTI image as nibabel will decode it (scaled data
-    becomes floats)."""
-    itemsize = image.get_data_dtype().itemsize
-    slope = getattr(image.dataobj, "slope", 1.0)
-    inter = getattr(image.dataobj, "inter", 0.0)
-    if slope != 1.0 or inter != 0.0:
-        itemsize = max(itemsize, 8)
-    return tuple(int(s) for s in image.shape), itemsize
-
-
-def _pil_open(path: Path):
-    """Pillow's ``Image.open`` (the header only), its own decompression-bomb guard at least as
-    high as :data:`~napari_probunet.limits.MAX_IMAGE_PIXELS` so that ours decides."""
-    from PIL import Image
-
-    from napari_probunet import limits
-
-    if Image.MAX_IMAGE_PIXELS is not None:
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, limits.value("MAX_IMAGE_PIXELS"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours decides
-            return Image.open(path)
-    except Image.DecompressionBombError as exc:  # far beyond Pillow's own guard: size it
-        m = re.search(r"\((\d+) pixels\)", str(exc))
-        limits.check("MAX_IMAGE_PIXELS", int(m[1]) if m else math.inf,
-                     f"{path}: the image", DataError)
-        raise
-
-
-@contextlib.contextmanager
-def _quiet(logger: str):
-    """Silence a library's warnings about a damaged file: the error raised says it all."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-#: bytes per band of a Pillow image mode (1 for the 8-bit modes)
-_PIL_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
-
-
-def load_array(path: str | os.PathLike, labels: bool = False) -> np.ndarray:
-    """The raw array stored in an image file (PNG/JPEG via Pillow, TIFF via tifffile, NPY,
-    NIfTI via nibabel). A palette PNG gives its indices with ``labels=True`` (masks) and its
-    colours otherwise (images). :class:`DataError` if unreadable, and before anything is
-    decoded if the size the file declares exceeds a limit (:mod:`napari_probunet.limits`)."""
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"{path}: unsupported file type {suffix!r}; use one of "
-            f"{', '.join(SUPPORTED_SUFFIXES)}."
-        )
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open ({exc.strerror or exc}).") from None
-    if size == 0:
-        raise DataError(f"{path}: the file is empty (0 bytes); re-export it or remove it.")
-    try:
-        if suffix == ".npy":
-            _check_declared(path, *_npy_declared(path), size)
-            array = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise DataError(f"{path}: the TIFF file holds no image.")
-                series = tif.series[0]
-                _check_declared(path, tuple(series.shape), np.dtype(series.dtype).itemsize, size)
-                array = series.asarray()
-        elif suffix in (".nii", ".nii.gz"):
-            import nibabel
-
-            image = nibabel.load(path)
-            _check_declared(path, *_nifti_declared(image), size)
-            array = np.asanyarray(image.dataobj)
-        else:
-            with _pil_open(path) as handle:
-                bands = 4 if handle.mode in ("P", "PA") and not labels else len(handle.getbands())
-                width, height = handle.size
-                _check_declared(path, (height, width, bands), _PIL_BYTES.get(handle.mode, 1),
-                                size)
-                handle.load()
-                if handle.mode in ("CMYK", "YCbCr", "LAB", "HSV") or (
-                    handle.mode in ("P", "PA") and not labels
-                ):
-                    handle = handle.convert("RGBA" if "transparency" in handle.info
-                                            or handle.mode == "PA" else "RGB")
-                array = np.asarray(handle)
-    except DataError:
-        raise
-    except MemoryError:
-        raise DataError(f"{path}: not enough memory to read this {suffix} file.") from None
-    except Exception as exc:  # every library has its own errors for a broken file
-        raise DataError(
-            f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {exc}); it may be "
-            "truncated or not what its name says."
-        ) from None
-    array = np.asarray(array)
-    if array.size == 0:
-        raise DataError(f"{path}: the file holds no pixels (shape {array.shape}).")
-    if array.dtype.kind not in "biuf":
-        raise DataError(f"{path}: holds {array.dtype} values; expected numbers.")
-    return array
-
-
-def _to_2d(array: np.ndarray, path: Path, what: str) -> np.ndarray:
-    """Squeeze singleton axes; move a leading channel axis (C<=4, C,H,W) to the end."""
-    if array.ndim > 2:
-        squeezed = array.squeeze()
-        array = squeezed if squeezed.ndim >= 2 else array.reshape(array.shape[-2:])
-    if array.ndim == 3 and array.shape[0] in (2, 3, 4) and array.shape[-1] > 4:
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] > 4:
-        raise DataError(
-            f"{path}: the {what} is a {array.shape} volume; this reader takes 2-D images "
-            "(save one slice per case)."
-        )
-    if array.ndim not in (2, 3):
-        raise DataError(f"{path}: the {what} has shape {array.shape}; expected a 2-D image.")
-    return array
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as ``(H, W)`` or ``(H, W, C)`` float32 raw values.
-
-    Grey images stored as RGB (equal channels) become ``(H, W)``; an alpha channel is dropped.
-    """
-    path = Path(path)
-    array = _to_2d(load_array(path), path, "image")
-    if array.ndim == 3:
-        if array.shape[-1] in (2, 4):  # grey+alpha, RGBA
-            array = array[..., :-1]
-        if array.shape[-1] > 1 and all(
-            np.array_equal(array[..., 0], array[..., i]) for i in range(1, array.shape[-1])
-        ):
-            array = array[..., 0]
-        elif array.shape[-1] == 1:
-            array = array[..., 0]
-    image = array.astype(np.float32)
-    if not np.all(np.isfinite(image)):
-        raise DataError(f"{path}: the image contains NaN or infinite values.")
-    return image
-
-
-def mask_to_labels(array: np.ndarray, where: str, lossy: bool = False) -> np.ndarray:
-    """Class labels ``(H, W)`` uint8 from a stored mask (see the module docstring's rules).
-
-    ``lossy=True`` (JPEG) thresholds at ``> 127`` instead. :class:`DataError` otherwise.
-    """
-    array = np.asarray(array)
-    if array.ndim == 3:
-        if array.shape[-1] in (2, 4):
-            array = array[..., :-1]
-        if not all(np.array_equal(array[..., 0], array[..., i]) for i in range(array.shape[-1])):
-            raise DataError(
-                f"{where}: the mask is a colour image; save each grader's mask as a "
-                "single-channel image of class labels (0 = background)."
-            )
-        array = array[..., 0]
-    if array.dtype == bool:
-        return array.astype(np.uint8)
-    if lossy:
-        if array.dtype.kind == "f" or array.max() > 255:
-            raise DataError(f"{where}: a JPEG mask must be 8-bit; got {array.dtype}.")
-        return (array > 127).astype(np.uint8)
-    if not np.all(np.isfinite(array)):
-        raise DataError(f"{where}: the mask contains NaN or infinite values.")
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        fractions = np.unique(array[array != np.round(array)])[:3]
-        raise DataError(
-            f"{where}: the mask holds fractional values (e.g. {', '.join(map(str, fractions))}); "
-            "it looks like a probability or soft mask. Threshold it to class labels first."
-        )
-    values = np.unique(array)
-    if values[0] < 0:
-        raise DataError(f"{where}: the mask holds negative values ({values[0]}); labels are >= 0.")
-    top = values[-1]
-    if top > MAX_CLASS:
-        if len(values) == 2 and values[0] == 0:
-            return (array > 0).astype(np.uint8)  # binary stored as 0/255, 0/65535, ...
-        if len(values) == 1:  # a constant image; 0 handled above, so all foreground
-            return np.ones(array.shape, np.uint8)
-        shown = ", ".join(str(v) for v in values[:4]) + (", ..." if len(values) > 4 else "")
-        raise DataError(
-            f"{where}: the mask is not binary or class-valued: {len(values)} distinct values "
-            f"({shown}; max {top}). Expected 0/1, 0/255 or class labels 0..{MAX_CLASS}; "
-            "threshold or relabel it first."
-        )
-    return array.astype(np.uint8)
-
-
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask file as ``(H, W)`` uint8 class labels (JPEG thresholded at > 127)."""
-    path = Path(path)
-    array = _to_2d(load_array(path, labels=True), path, "mask")
-    return mask_to_labels(array, str(path), lossy=_suffix(path) in (".jpg", ".jpeg"))
-
 
 def _stack_masks(masks: list[np.ndarray], mask_paths: list, image_shape, image_path) -> np.ndarray:
     for mask, mpath in zip(masks, mask_paths):
@@ -374,10 +121,6 @@ class _Collector:
 
 
 def _truth_from_npz(path: Path, shape, n_graders: int) -> tuple[ModeTruth, np.ndarray | None]:
-    import zipfile
-
-    from napari_probunet import limits
-
     try:  # an .npz is a zip: its members' declared sizes bound what loading inflates
         with zipfile.ZipFile(path) as zf:
             declared = sum(info.file_size for info in zf.infolist())
@@ -423,8 +166,8 @@ def _truth_from_npz(path: Path, shape, n_graders: int) -> tuple[ModeTruth, np.nd
 def read_case_folder(folder: str | os.PathLike, case_id: str | None = None) -> Case:
     """One case folder of the generic layout (see the module docstring) as a :class:`Case`."""
     folder = Path(folder)
-    files = sorted((p for p in folder.iterdir() if _is_data_file(p)), key=lambda p: p.name)
-    masks = sorted((p for p in files if is_mask_name(p)), key=lambda p: _natural_key(p.name))
+    files = sorted((p for p in folder.iterdir() if is_data_file(p)), key=lambda p: p.name)
+    masks = sorted((p for p in files if is_mask_name(p)), key=lambda p: natural_key(p.name))
     others = [p for p in files if not is_mask_name(p)]
     images = [p for p in others if is_image_name(p)] or others
     if not images:
@@ -478,10 +221,10 @@ def _case_folders(root: Path) -> list[Path]:
         if depth >= _MAX_DEPTH:
             dirnames[:] = []
         data = [f for f in filenames if not f.startswith(".")
-                and _suffix(Path(f)) in SUPPORTED_SUFFIXES]
+                and file_suffix(Path(f)) in SUPPORTED_SUFFIXES]
         if any(is_mask_name(f) for f in data) or (data and not dirnames):
             found.append(here)
-    return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+    return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
 
 
 def read_multirater_folder(path: str | os.PathLike, on_error: str = "skip") -> list[Case]:
@@ -539,7 +282,7 @@ def read_deepmind_lidc(path: str | os.PathLike, on_error: str = "skip") -> list[
         if (m := _DM_MASK_RE.match(file.name)) is not None:
             masks.setdefault((parts, m["base"].lower()), {})[int(m["l"])] = file
         elif _DM_IMAGE_RE.match(file.name):
-            images[(parts, _stem(file).lower())] = file
+            images[(parts, file_stem(file).lower())] = file
     if not images and not masks:
         raise DataError(
             f"{root}: no z-<z>_c<n>.png images found; DeepMind's layout is "
@@ -551,13 +294,13 @@ def read_deepmind_lidc(path: str | os.PathLike, on_error: str = "skip") -> list[
         first = next(iter(masks[key].values()))
         collector.failed(DataError(f"{first}: grader masks without their image {key[1]}.png."))
     cases = []
-    for key in sorted(images, key=lambda k: _natural_key("/".join(k[0]) + "/" + k[1])):
+    for key in sorted(images, key=lambda k: natural_key("/".join(k[0]) + "/" + k[1])):
         image_path = images[key]
         try:
             graders = masks.get(key)
             if not graders:
                 raise DataError(
-                    f"{image_path}: the case has no mask (expected {_stem(image_path)}_l0.png "
+                    f"{image_path}: the case has no mask (expected {file_stem(image_path)}_l0.png "
                     "... beside it or in the parallel gt folder)."
                 )
             mask_paths = [graders[k] for k in sorted(graders)]
@@ -568,7 +311,7 @@ def read_deepmind_lidc(path: str | os.PathLike, on_error: str = "skip") -> list[
             cases.append(Case(
                 image=image,
                 masks=stacked,
-                case_id="/".join([*rel_parts, _stem(image_path)]),
+                case_id="/".join([*rel_parts, file_stem(image_path)]),
                 group_id=(image_path.parent.name
                           if image_path.parent.name.lower() not in ("images", "gt") else None),
                 source=str(image_path),
@@ -588,8 +331,6 @@ def read_lidc_pickle(path: str | os.PathLike, on_error: str = "skip") -> list[Ca
     a file that names any global beyond plain containers and numpy arrays is refused.
     ``case_id`` is the key, ``group_id`` the ``series_uid``.
     """
-    from napari_probunet.data.safe_pickle import safe_load_path
-
     path = Path(path)
     data = safe_load_path(path)
     if not isinstance(data, dict):
@@ -607,7 +348,7 @@ def read_lidc_pickle(path: str | os.PathLike, on_error: str = "skip") -> list[Ca
             image = np.asarray(entry["image"])
             if image.dtype.kind not in "biuf":
                 raise DataError(f"{where}: the image holds {image.dtype} values.")
-            image = _to_2d(image, Path(where), "image").astype(np.float32)
+            image = to_2d(image, Path(where), "image").astype(np.float32)
             if not np.all(np.isfinite(image)):
                 raise DataError(f"{where}: the image contains NaN or infinite values.")
             raw = entry["masks"]
@@ -619,7 +360,7 @@ def read_lidc_pickle(path: str | os.PathLike, on_error: str = "skip") -> list[Ca
                 m = np.asarray(m)
                 if m.dtype.kind not in "biuf":
                     raise DataError(f"{where} mask {i}: holds {m.dtype} values.")
-                mask_list.append(mask_to_labels(_to_2d(m, Path(where), "mask"),
+                mask_list.append(mask_to_labels(to_2d(m, Path(where), "mask"),
                                                 f"{where} mask {i}"))
             names = [f"{where} mask {i}" for i in range(len(mask_list))]
             stacked = _stack_masks(mask_list, names, image.shape, where)
@@ -643,53 +384,6 @@ def _looks_deepmind(root: Path) -> bool:
     return False
 
 
-SPLIT_PARTS = ("train", "val", "test")
-
-
-SPLIT_UNITS = ("group", "patient", "nodule", "case")
-
-
-def _parse_split(fragment: str) -> tuple[str, tuple[float, ...], int, str]:
-    """``part=train&fractions=0.8,0.1,0.1&seed=0&by=patient`` -> (part, fractions, seed, by)."""
-    fields = dict(item.split("=", 1) for item in fragment.split("&") if "=" in item)
-    unknown = set(fields) - {"part", "fractions", "seed", "by"}
-    part = fields.get("part", "")
-    by = fields.get("by", "group")
-    if unknown or part not in SPLIT_PARTS or by not in SPLIT_UNITS:
-        raise DataError(
-            f"bad split '#{fragment}': use '#part=train|val|test' with optional "
-            "'&fractions=0.8,0.1,0.1&seed=0&by=patient' (by: group, patient, nodule or case)"
-        )
-    try:
-        fractions = tuple(float(f) for f in fields.get("fractions", "0.8,0.1,0.1").split(","))
-        seed = int(fields.get("seed", "0"))
-    except ValueError as exc:
-        raise DataError(f"bad split '#{fragment}': {exc}") from exc
-    if len(fractions) != 3:
-        raise DataError(f"bad split '#{fragment}': give three fractions (train, val, test)")
-    return part, fractions, seed, by
-
-
-def split_groups(cases: Sequence[Case], by: str = "group") -> list[str | None]:
-    """The id that keeps cases together in a split: ``by="group"`` (or ``"patient"``) the
-    ``group_id``, ``"nodule"`` the nodule id where the data has one, ``"case"`` none."""
-    if by not in SPLIT_UNITS:
-        raise DataError(f"unknown split unit {by!r}: use one of {', '.join(SPLIT_UNITS)}.")
-    if by == "case":
-        return [None] * len(cases)
-    if by == "nodule":
-        if hasattr(cases, "ids_of"):
-            return list(cases.ids_of("nodule"))
-        return [(case.ids or {}).get("nodule", case.group_id) for case in cases]
-    group_ids = getattr(cases, "group_ids", None)
-    if group_ids is None:
-        group_ids = [case.group_id for case in cases]
-    if by == "patient" and len(group_ids) and all(g is None for g in group_ids):
-        raise DataError("split by=patient: this data carries no patient ids; use by=case, or "
-                        "give each case a group_id (case.json) first.")
-    return list(group_ids)
-
-
 def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case]:
     """Open any dataset: a ``synthetic:KIND?n=..`` spec (lazy), a folder or a pickle file.
 
@@ -705,24 +399,18 @@ def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case
     text = os.fspath(spec)
     if "#" in text:
         base, fragment = text.split("#", 1)
-        part, fractions, seed, by = _parse_split(fragment)
+        part, fractions, seed, by = parse_split(fragment)
         parts = split_cases(open_cases(base, on_error=on_error), fractions, seed, by=by)
         return parts[SPLIT_PARTS.index(part)]
     if text.lower().startswith("synthetic:"):
-        from napari_probunet.data.synthetic import SyntheticDataset, parse_synthetic_spec
-
         return SyntheticDataset(**parse_synthetic_spec(text))
     path = Path(text).expanduser()
     if not path.exists():
-        from napari_probunet.data.synthetic import KINDS
-
         hint = f" Did you mean 'synthetic:{text}'?" if text.lower() in KINDS else ""
         raise DataError(
             f"{text}: no such file or folder. Give a folder of cases, a .pkl/.pickle file or "
             f"a spec like 'synthetic:lesions?n=200&seed=0'.{hint}"
         )
-    from napari_probunet.data.lidc_slices import looks_like_lidc_slices, read_lidc_slices
-
     if looks_like_lidc_slices(path):
         return read_lidc_slices(path, on_error=on_error)
     if path.is_file():
@@ -747,55 +435,6 @@ def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case
             cases.extend(read_lidc_pickle(p, on_error=on_error))
         return cases
     return read_multirater_folder(path, on_error=on_error)
-
-
-# ----------------------------------------------------------------------------- splits
-
-
-def split_indices(
-    cases: Sequence[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-    by: str = "group",
-) -> tuple[list[int], ...]:
-    """Split case indices into ``len(fractions)`` parts, keeping each group together.
-
-    Groups are given by ``by`` (:func:`split_groups`: the ``group_id`` -- the patient -- by
-    default; a case without one is its own group). Groups are shuffled with ``seed`` and dealt,
-    one at a time, to the part furthest below its target count of cases, so the parts approach
-    ``fractions`` of the cases without ever sharing a group. Indices within a part are
-    ascending. Ids are read without loading cases where the data offers them (``group_ids``).
-    """
-    fractions = [float(f) for f in fractions]
-    if not fractions or any(f < 0 or not math.isfinite(f) for f in fractions) or not math.isclose(
-        sum(fractions), 1.0, abs_tol=1e-6
-    ):
-        raise DataError(f"split fractions must be >= 0 and sum to 1, got {fractions}.")
-    group_ids = split_groups(cases, by)
-    members: dict[str, list[int]] = {}
-    for i, gid in enumerate(group_ids):
-        members.setdefault(f"g:{gid}" if gid is not None else f"i:{i}", []).append(i)
-    keys = sorted(members)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    targets = [f * len(group_ids) for f in fractions]
-    parts: list[list[int]] = [[] for _ in fractions]
-    for k in order:
-        deficit = [t - len(p) for t, p in zip(targets, parts)]
-        parts[int(np.argmax(deficit))].extend(members[keys[k]])
-    return tuple(sorted(p) for p in parts)
-
-
-def split_cases(
-    cases: Sequence[Case], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-    by: str = "group",
-) -> tuple[Sequence[Case], ...]:
-    """Split cases into ``len(fractions)`` parts by group (see :func:`split_indices`).
-
-    A data set with a ``subset`` method (the memory-mapped LIDC slices) gives views of itself;
-    anything else gives lists of cases.
-    """
-    parts = split_indices(cases, fractions, seed, by=by)
-    if hasattr(cases, "subset"):
-        return tuple(cases.subset(part) for part in parts)
-    return tuple([cases[i] for i in part] for part in parts)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -843,23 +482,7 @@ def write_multirater_folder(
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; choose a folder to write into.")
     if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(
-                f"{out}: the folder is not empty; choose a new folder or pass --overwrite "
-                "(overwrite=True) to replace a dataset written here before."
-            )
-        ours = _written_by_us(out)
-        foreign = sorted(p.name for p in out.iterdir() if p not in ours)
-        if foreign:
-            raise DataError(
-                f"{out}: refusing to overwrite: it holds files that are not a dataset written "
-                f"by probunet ({', '.join(foreign[:5])}); choose another folder."
-            )
-        for p in ours:
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        _clear_for_overwrite(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for case in cases:
@@ -867,36 +490,62 @@ def write_multirater_folder(
         if name in names:
             name = f"{name}_{len(names)}"
         names.append(name)
-        folder = out / name
-        folder.mkdir()
-        if image_format == "npy":
-            np.save(folder / "image.npy", case.image.astype(np.float32))
-        else:
-            import tifffile
-
-            tifffile.imwrite(folder / "image.tif", case.image.astype(np.float32))
-        scale = 255 if case.masks.max(initial=0) <= 1 else 1
-        for r, mask in enumerate(case.masks):
-            _save_png(folder / f"mask_{r}.png", (mask * scale).astype(np.uint8))
-        (folder / "case.json").write_text(
-            json.dumps({"case_id": case.case_id, "group_id": case.group_id}, indent=1) + "\n",
-            encoding="utf-8",
-        )
-        if case.truth is not None:
-            t = case.truth
-            arrays = {"modes": t.modes, "probs": t.probs, "names": np.array(t.names)}
-            if case.grader_modes is not None:
-                arrays["grader_modes"] = np.asarray(case.grader_modes, np.int64)
-            if t.flip_probs is not None:
-                arrays["flip_probs"] = np.asarray(t.flip_probs, np.float64)
-            if t.flip_classes is not None:
-                arrays["flip_classes"] = np.asarray(t.flip_classes, np.int64)
-            if t.params:
-                arrays["param_names"] = np.array(list(t.params))
-                arrays["param_values"] = np.array(list(t.params.values()), np.float64)
-            np.savez_compressed(folder / "truth.npz", **arrays)
+        _write_case_folder(out / name, case, image_format)
     index = {"format": "napari-probunet multi-rater folder",
              "format_version": FOLDER_FORMAT_VERSION, **(meta or {}),
              "n_cases": len(names), "case_folders": names}
     (out / "dataset.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def _clear_for_overwrite(out: Path, overwrite: bool) -> None:
+    """Empty the non-empty folder ``out`` of what an earlier write put there, or refuse."""
+    if not overwrite:
+        raise DataError(
+            f"{out}: the folder is not empty; choose a new folder or pass --overwrite "
+            "(overwrite=True) to replace a dataset written here before."
+        )
+    ours = _written_by_us(out)
+    foreign = sorted(p.name for p in out.iterdir() if p not in ours)
+    if foreign:
+        raise DataError(
+            f"{out}: refusing to overwrite: it holds files that are not a dataset written "
+            f"by probunet ({', '.join(foreign[:5])}); choose another folder."
+        )
+    for p in ours:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _write_case_folder(folder: Path, case: Case, image_format: str) -> None:
+    """One case's folder: the image, ``mask_<r>.png`` per grader, ``case.json`` and, for
+    synthetic cases, ``truth.npz``."""
+    folder.mkdir()
+    if image_format == "npy":
+        np.save(folder / "image.npy", case.image.astype(np.float32))
+    else:
+        import tifffile
+
+        tifffile.imwrite(folder / "image.tif", case.image.astype(np.float32))
+    scale = 255 if case.masks.max(initial=0) <= 1 else 1
+    for r, mask in enumerate(case.masks):
+        _save_png(folder / f"mask_{r}.png", (mask * scale).astype(np.uint8))
+    (folder / "case.json").write_text(
+        json.dumps({"case_id": case.case_id, "group_id": case.group_id}, indent=1) + "\n",
+        encoding="utf-8",
+    )
+    if case.truth is not None:
+        t = case.truth
+        arrays = {"modes": t.modes, "probs": t.probs, "names": np.array(t.names)}
+        if case.grader_modes is not None:
+            arrays["grader_modes"] = np.asarray(case.grader_modes, np.int64)
+        if t.flip_probs is not None:
+            arrays["flip_probs"] = np.asarray(t.flip_probs, np.float64)
+        if t.flip_classes is not None:
+            arrays["flip_classes"] = np.asarray(t.flip_classes, np.int64)
+        if t.params:
+            arrays["param_names"] = np.array(list(t.params))
+            arrays["param_values"] = np.array(list(t.params.values()), np.float64)
+        np.savez_compressed(folder / "truth.npz", **arrays)

@@ -107,7 +107,7 @@ def load_model(review, model: str | None) -> None:
             review.load_model_file(model)
         wait_until(lambda: not review.busy, what=f"the model {model}")
     if review.state.session is None:
-        raise SystemExit("no model could be loaded: " + (review._model_error or "see above"))
+        raise SystemExit("no model could be loaded: " + (review.model_error or "see above"))
 
 
 def sample(review, n: int = 16, seed: int = 0) -> None:
@@ -224,7 +224,7 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     viewer.close()
 
     # the large (synthetic) slice and the synthetic model: click on the lesion
-    from napari_probunet._sample_data import LARGE_OFFSET
+    from napari_probunet.gui.samples import LARGE_OFFSET
 
     viewer = _make_viewer()
     review = open_review(viewer, explorer=False, scripted=True)
@@ -273,7 +273,7 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
     """
     import torch
 
-    from napari_probunet._sample_data import sample_lesion_large
+    from napari_probunet.gui.samples import sample_lesion_large
 
     base = sample_lesion_large()[0][0]
     model_path = _bench_model(model)

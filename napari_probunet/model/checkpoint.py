@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from napari_probunet import limits
+from napari_probunet import files, limits
 from napari_probunet.errors import ModelFileError
 
 KEY = "probunet_checkpoint"
@@ -31,17 +31,13 @@ STATE_KEYS = ("step", "best", "history", "numpy_rng")
 
 
 def _remove_dead_temporaries(path: Path) -> None:
-    from napari_probunet.review.export import remove_dead_temporaries, temporaries_of
-
-    remove_dead_temporaries(path.parent, temporaries_of(path.name))
+    files.remove_dead_temporaries(path.parent, files.temporaries_of(path.name))
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> None:
     """Atomically write weights, optimizer state and ``state`` (JSON-serialisable) to ``path``."""
     from safetensors.torch import save_file
-
-    from napari_probunet.review.export import commit_replace, create_temporary
 
     tensors = {f"model.{k}": v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -56,11 +52,11 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     header = {"state": state, "param_groups": opt["param_groups"], "optim_scalars": scalars}
     path = Path(path)
     _remove_dead_temporaries(path)
-    fd, tmp = create_temporary(path)
+    fd, tmp = files.create_temporary(path)
     os.close(fd)
     try:
         save_file(tensors, str(tmp), metadata={KEY: json.dumps(header)})
-        commit_replace(tmp, path)
+        files.commit_replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -8,12 +8,12 @@ A model file is a standard ``.safetensors`` file. Its header metadata holds one 
 ``provenance`` records how the weights were made (recipe, data, steps, metrics, versions).
 Nothing in a model file is ever executed: safetensors stores raw tensors and a JSON header,
 and files that look like pickles (PyTorch ``.pt``/``.pth`` checkpoints) are refused before
-anything is parsed. ``probunet info FILE`` shows what a file contains.
+anything is parsed. ``probunet info FILE`` (:mod:`napari_probunet.cli.info`) shows what a
+file contains (:func:`describe_model`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_probunet import limits
+from napari_probunet import files, limits
 from napari_probunet.errors import ModelFileError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "probunet"
-MODELS_DIR = Path(__file__).parent / "models"
+#: the bundled model files ship in ``napari_probunet/models`` (package data)
+MODELS_DIR = Path(__file__).parent.parent / "models"
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,24 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns ``(header, meta)``: the safetensors header (tensor name -> dtype, shape, offsets)
     and the parsed ``probunet`` description. Everything wrong is a :class:`ModelFileError`.
     """
+    raw, n, size = _read_framed_header(path)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{path.name} is not a safetensors file: its header is not JSON") \
+            from exc
+    end = _check_tensor_entries(path, header)
+    if 8 + n + end > size:
+        raise ModelFileError(
+            f"{path.name} is truncated: the header promises {8 + n + end} bytes, the file has {size}; "
+            "copy the model file again"
+        )
+    return header, _description(path, header)
+
+
+def _read_framed_header(path: Path) -> tuple[bytes, int, int]:
+    """``(header bytes, header length, file size)``: the safetensors framing checked (and a
+    pickle refused) before the header, at most ``MAX_HEADER_BYTES``, is read."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -199,17 +218,12 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             from None
     except OSError as exc:
         raise _open_failed(path, exc) from None
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelFileError(f"{path.name} is not a safetensors file: its header is not JSON") \
-            from exc
-    end = _check_tensor_entries(path, header)
-    if 8 + n + end > size:
-        raise ModelFileError(
-            f"{path.name} is truncated: the header promises {8 + n + end} bytes, the file has {size}; "
-            "copy the model file again"
-        )
+    return raw, n, size
+
+
+def _description(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The ``probunet`` description in the header's metadata, parsed and checked (an object
+    with a ``format_version`` this version reads; ``config``, ``provenance`` objects)."""
     meta = header.get("__metadata__", {}).get(METADATA_KEY)
     if meta is None:
         raise ModelFileError(
@@ -237,7 +251,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 f"{path.name}: the model description's {key!r} is a JSON "
                 f"{type(meta[key]).__name__}, not an object; the file is damaged"
             )
-    return header, meta
+    return meta
 
 
 def _check_header(path: Path) -> dict[str, Any]:
@@ -414,13 +428,6 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     """
     from safetensors.torch import save_file
 
-    from napari_probunet.review.export import (
-        commit_replace,
-        create_temporary,
-        remove_dead_temporaries,
-        temporaries_of,
-    )
-
     path = Path(path)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -430,62 +437,59 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary file is named after this process, and those of killed saves are removed
-    remove_dead_temporaries(path.parent, temporaries_of(path.name))
-    fd, tmp = create_temporary(path)  # a new file's ordinary mode, not a private one
+    files.remove_dead_temporaries(path.parent, files.temporaries_of(path.name))
+    fd, tmp = files.create_temporary(path)  # a new file's ordinary mode, not a private one
     os.close(fd)
     try:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
-        commit_replace(tmp, path)  # fsync, rename, fsync the folder: old or new, never a mix
+        files.commit_replace(tmp, path)  # fsync, rename, fsync the folder: old or new, never a mix
     finally:
         if tmp.exists():
             tmp.unlink()
     return file_sha256(path)
 
 
-# -- `probunet info` ---------------------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default="default",
-                        help="model file, or a bundled model: lidc, lesions, default (= "
-                        f"{DEFAULT_MODEL_NAME})")
-    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+# -- what `probunet info` shows ----------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    p = resolve_model_path(args.model)
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a model file holds, checked as loading checks it (``probunet info`` prints it)."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    #: the file's description: ``format_version``, ``config``, ``provenance``
+    metadata: dict[str, Any]
+    #: ``"finite"``, or ``"BROKEN: <why>"`` (NaN, infinite or absurd weights, unreadable tensors)
+    weights: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """``file``, ``sha256``, ``bytes``, the description's keys, ``weights`` (the JSON of
+        ``probunet info --json``)."""
+        info = {"file": str(self.path), "sha256": self.sha256, "bytes": self.bytes,
+                **self.metadata}
+        info["weights"] = self.weights
+        return info
+
+
+def describe_model(path: str | os.PathLike) -> ModelDescription:
+    """Describe a model file or a bundled model (by name) without building the network.
+
+    The header is validated as :func:`load_model` validates it (a
+    :class:`~napari_probunet.errors.ModelFileError` if it is not a model file); broken
+    weights do not raise but are named in :attr:`ModelDescription.weights`.
+    """
+    p = resolve_model_path(path)
     meta = _check_header(p)
-    info = {"file": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size, **meta}
+    sha, size = file_sha256(p), p.stat().st_size
     try:  # the same check as loading: a file with NaN weights is named as broken here too
         from safetensors.torch import load_file
 
         _check_weights(p.name, load_file(str(p), device="cpu"))
-        info["weights"] = "finite"
+        weights = "finite"
     except ModelFileError as exc:
-        info["weights"] = f"BROKEN: {exc}"
+        weights = f"BROKEN: {exc}"
     except Exception as exc:  # safetensors' own errors: unreadable tensors
-        info["weights"] = f"BROKEN: cannot be read ({exc})"
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    cfg = meta.get("config", {})
-    bundled = bundled_model_of(p)
-    if bundled is not None:
-        print(f"bundled      {bundled.name}: {bundled.title}")
-    print(f"model file   {p}")
-    print(f"sha256       {info['sha256']}")
-    print(f"size         {info['bytes'] / 1e6:.2f} MB, format {meta['format_version']}")
-    print(f"weights      {info['weights']}")
-    for key in ("class_names", "channels", "latent_dim", "input_size", "beta", "preprocessing"):
-        print(f"{key:<12} {cfg.get(key)}")
-    if cfg.get("deterministic"):
-        print("kind         deterministic U-Net (baseline): every sample is the same map")
-    domain = cfg.get("domain") or {}
-    for key in ("modality", "description", "intensity", "training_data"):
-        if domain.get(key):
-            print(f"{key:<12} {domain[key]}")
-    if domain.get("reference"):
-        print(f"domain check {len(domain['reference'])} reference images, threshold "
-              f"{domain.get('threshold', 0):.2f} (napari_probunet.review.domain)")
-    for key, value in (meta.get("provenance") or {}).items():
-        print(f"{key:<12} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
-    return 0
+        weights = f"BROKEN: cannot be read ({exc})"
+    return ModelDescription(path=p, sha256=sha, bytes=size, metadata=meta, weights=weights)

@@ -1,4 +1,4 @@
-"""Assess annotations under the model, and ``probunet assess``, its command-line twin.
+"""Assess annotations under the model (``probunet assess`` is its command-line twin).
 
 Kohl et al. note that the Probabilistic U-Net "can be used to assess annotations". For an
 annotation ``y`` of an encoded image ``x`` the posterior net gives ``q(z | x, y)``; we report
@@ -30,16 +30,15 @@ A flag is a hint to look again, not a verdict: the wording in the explorer says 
 
 The rule needs no other annotations (a single correction can be assessed) and adapts to each
 image's ambiguity. Nothing here imports Qt or napari; torch is imported only through the
-:class:`~napari_probunet.session.Session` a caller passes in (and inside :func:`run`).
+:class:`~napari_probunet.session.Session` a caller passes in (or :func:`assess_cases` makes).
+The command line, ``probunet assess``, is :mod:`napari_probunet.cli.assess`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
+from napari_probunet.review.seeds import STREAM_REFERENCE, seed_for_index
 
 #: prior samples located per image to set the outlier thresholds
 REFERENCE_SAMPLES = 32
@@ -180,12 +180,7 @@ def assess_masks(session, masks: Iterable[tuple[str, np.ndarray]],
     return [assess_mask(session, m, name, ref) for name, m in masks]
 
 
-# -- probunet assess ---------------------------------------------------------------------------
-
-
-def case_seed(seed: int, index: int) -> int:
-    """A 32-bit seed for the reference samples of case ``index``."""
-    return int(np.random.SeedSequence([int(seed), int(index), 2]).generate_state(1)[0])
+# -- many cases: one row per grader's mask, as CSV ----------------------------------------------
 
 
 def csv_columns(latent_dim: int) -> list[str]:
@@ -198,7 +193,7 @@ def csv_columns(latent_dim: int) -> list[str]:
 def assess_cases(model, cases: Sequence, device: str = "auto", n_reference: int = REFERENCE_SAMPLES,
                  quantile: float = QUANTILE, seed: int = 0, progress: bool = False) -> list[dict]:
     """Score every grader's mask of every case; one row (dict, see :func:`csv_columns`) each."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy, with the session's torch
 
     from napari_probunet.session import Session
 
@@ -210,7 +205,8 @@ def assess_cases(model, cases: Sequence, device: str = "auto", n_reference: int 
         case = cases[i]
         try:
             session.set_image(case.image)
-            ref = (reference(session, n_reference, case_seed(seed, i), quantile)
+            ref = (reference(session, n_reference, seed_for_index(seed, i, STREAM_REFERENCE),
+                             quantile)
                    if n_reference else None)
             found = assess_masks(
                 session, ((f"grader {r + 1}", case.masks[r]) for r in range(case.n_graders)), ref)
@@ -248,77 +244,3 @@ def to_csv(rows: Sequence[dict], latent_dim: int) -> str:
     for row in rows:
         writer.writerow([_format(row.get(c, "")) for c in columns])
     return buf.getvalue()
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Score every grader's mask of every case under a model: the posterior mean (also in "
-        "prior-sigma units), KL to the prior in nats and IoU with the reconstruction. A mask is "
-        "flagged when its KL is above the 95th percentile of the KL of the model's own samples "
-        "of that image, or its IoU below their 5th percentile and below 0.8."
-    )
-    parser.add_argument("--model", default="default",
-                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
-                        "lesions (synthetic demo), default")
-    parser.add_argument("--data", required=True,
-                        help="a multi-rater folder, LIDC pickle, or synthetic:KIND?n=N&seed=S")
-    parser.add_argument("--out", metavar="FILE.csv",
-                        help="write the CSV here (default: print it on stdout)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="auto = CUDA, then MPS, then CPU")
-    parser.add_argument("--reference-samples", type=int, default=REFERENCE_SAMPLES, metavar="N",
-                        help=f"own samples per image that set the outlier thresholds "
-                             f"(default {REFERENCE_SAMPLES}; 0 = no outlier flags)")
-    parser.add_argument("--quantile", type=float, default=QUANTILE,
-                        help=f"flag KL above this quantile of the samples' KL, IoU below 1 minus "
-                             f"it (default {QUANTILE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the reference samples")
-    parser.add_argument("--limit", type=int, metavar="N", help="only the first N cases")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-
-
-def run(args: argparse.Namespace) -> int:
-    from contextlib import suppress
-
-    from napari_probunet.data.readers import open_cases
-    from napari_probunet.model.modelfile import load_model
-
-    if args.reference_samples != 0 and args.reference_samples < 2:
-        raise UserError("--reference-samples must be 0 (no flags) or at least 2")
-    if not 0.5 <= args.quantile < 1.0:
-        raise UserError(f"--quantile must be in [0.5, 1), got {args.quantile}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
-    from napari_probunet.files import check_writable
-
-    out = check_writable(args.out, "scores.csv")  # before any work: fail fast, nothing lost
-    cases = open_cases(args.data)
-    if args.limit is not None:
-        cases = [cases[i] for i in range(min(args.limit, len(cases)))]
-    if len(cases) == 0:
-        raise UserError(f"{args.data}: no cases to assess")
-    model = load_model(args.model, device="cpu")
-    rows = assess_cases(model, cases, device=args.device, n_reference=args.reference_samples,
-                        quantile=args.quantile, seed=args.seed, progress=not args.quiet)
-    text = to_csv(rows, model.config.latent_dim)
-    if out is not None:
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            tmp.replace(out)
-        except OSError as exc:
-            with suppress(OSError):
-                tmp.unlink()
-            sys.stdout.write(text)  # the scores are not lost
-            raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the scores "
-                            "were printed above instead") from None
-    else:
-        sys.stdout.write(text)
-    if not args.quiet:
-        n_out = sum(r["outlier"] for r in rows)
-        kl = np.array([r["kl"] for r in rows])
-        where = f" -> {args.out}" if args.out else ""
-        print(f"assessed {len(rows)} masks of {len(cases)} cases{where}: median KL "
-              f"{np.median(kl):.2f} nats, {n_out} flagged", file=sys.stderr)
-    return 0

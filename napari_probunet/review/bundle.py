@@ -28,24 +28,29 @@ is then streamed into an array of exactly its declared size, so a member that in
 it is refused without the memory. Bundles are written atomically (a temporary file in the same
 folder named after its process, fsync, then ``os.replace``), so a crash never leaves a
 half-written bundle under the final name. The format is documented in ``docs/batch.md``.
+
+Opened in napari (:mod:`napari_probunet._reader`), a bundle becomes the review widget's layers,
+each carrying the bundle's provenance record (:meth:`Bundle.provenance`);
+:func:`collect_layers` finds the layers of one bundle again among a viewer's layers.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_probunet import limits
+from napari_probunet import files, limits
 from napari_probunet.errors import UserError
+from napari_probunet.review.provenance import Provenance
 
 FORMAT = "napari-probunet-bundle"
 FORMAT_VERSION = 1
@@ -58,7 +63,6 @@ OPTIONAL_ARRAYS = ("graders",)
 REQUIRED_KEYS = ("format", "format_version", "case_id", "name", "n", "seed", "model",
                  "class_names", "arrays")
 _NPY_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
-_READ_CHUNK = 1 << 20
 
 
 class BundleError(UserError):
@@ -115,6 +119,40 @@ class Bundle:
         if self.graders is not None:
             out["graders"] = self.graders
         return out
+
+    def provenance(self) -> Provenance:
+        """The record every layer of this bundle carries (the review widget's keys, see
+        :mod:`napari_probunet.review.provenance`): the ROI is the whole image, so the image and
+        plane signatures are the same; what only a bundle knows (``case_id``, ``source_path``,
+        ``source_slice_index``, ``source_slice_axis``, ``bundle_path``,
+        ``bundle_format_version``, ``model_path``, ``prior_mu``, ``prior_sigma``) is in its
+        ``extra``. No ``kind``: each layer adds its own."""
+        m = self.manifest
+        h, w = self.hypotheses.shape[1:]
+        return Provenance(
+            image_layer=self.name,
+            roi=[0, 0, int(h), int(w)],
+            plane_shape=[int(h), int(w)],
+            slice_index=[],
+            image_signature=m.get("image_signature"),
+            plane_signature=m.get("image_signature"),
+            model_sha256=self.model_sha256,
+            model_name=self.model_name,
+            seed=self.seed,
+            n_samples=self.n,
+            class_names=self.class_names,
+            extra={
+                "case_id": self.case_id,
+                "source_path": m.get("source"),
+                "source_slice_index": m.get("slice_index"),
+                "source_slice_axis": m.get("slice_axis"),
+                "bundle_path": None if self.path is None else str(Path(self.path).absolute()),
+                "bundle_format_version": m.get("format_version"),
+                "model_path": m["model"].get("path"),
+                "prior_mu": [float(v) for v in self.prior_mu],
+                "prior_sigma": [float(v) for v in self.prior_sigma],
+            },
+        )
 
 
 def bundle_path(out_dir: str | os.PathLike, name: str) -> Path:
@@ -228,8 +266,6 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
     complete new one, and concurrent writers never share a temporary file.
     Members are deflated (``compresslevel`` 1: label maps shrink ~20x at little cost).
     """
-    from napari_probunet.review.export import commit_replace, create_temporary
-
     path = Path(path)
     arrays = bundle.arrays()
     check_arrays(arrays, where=str(path))
@@ -240,7 +276,7 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
     }
     check_manifest(manifest, where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temporary(path)  # named after this process: concurrent runs never clash
+    fd, tmp = files.create_temporary(path)  # named after this process: concurrent runs never clash
     try:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED,
@@ -248,7 +284,7 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
                 zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
                 for key, array in arrays.items():
                     zf.writestr(f"{key}.npy", _npy_bytes(array))
-        commit_replace(tmp, path)
+        files.commit_replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -312,69 +348,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         return _manifest_of(zf, str(path))
 
 
-# ----------------------------------------------------------------------------- .npy members
-
-
-def _npy_header(f, where: str, member: str,
-                error: type[UserError]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """``(shape, fortran_order, dtype)`` from the header of an ``.npy`` stream (no data read)."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except Exception as exc:  # ValueError, a bad CRC or deflate stream, EOFError...
-        raise error(f"{where}: {member} cannot be read ({exc}); the file is damaged") from None
-    return tuple(shape), bool(fortran), dtype
-
-
-def npy_member_header(zf: zipfile.ZipFile, member: str, where: str,
-                      error: type[UserError] = UserError) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """``(shape, fortran_order, dtype)`` that the ``.npy`` member declares, reading only its
-    header (a few hundred bytes, whatever the member inflates to)."""
-    try:
-        with zf.open(member) as f:
-            return _npy_header(f, where, member, error)
-    except UserError:
-        raise
-    except Exception as exc:  # missing member, encrypted, unsupported compression...
-        raise error(f"{where}: {member} cannot be read ({exc}); the file is damaged") from None
-
-
-def read_npy_member(zf: zipfile.ZipFile, member: str, where: str, shape: tuple[int, ...],
-                    dtype: np.dtype, error: type[UserError] = UserError) -> np.ndarray:
-    """The ``.npy`` member ``member``, which must be ``shape`` ``dtype`` (checked by the
-    caller against the limits): its header is compared first, then its data is streamed into
-    an array of exactly that size, so a member that inflates further costs no memory."""
-    try:
-        with zf.open(member) as f:
-            found_shape, fortran, found_dtype = _npy_header(f, where, member, error)
-            if found_shape != tuple(shape) or found_dtype != np.dtype(dtype):
-                raise error(f"{where}: {member} is {found_shape} {found_dtype}, the manifest "
-                            f"says {tuple(shape)} {np.dtype(dtype)}")
-            count = math.prod(shape)
-            out = np.empty(count, dtype=found_dtype)
-            target = out.view(np.uint8) if out.nbytes else None
-            pos = 0
-            while pos < out.nbytes:
-                chunk = f.read(min(_READ_CHUNK, out.nbytes - pos))
-                if not chunk:
-                    raise EOFError(f"{member} ends after {pos} of {out.nbytes} bytes")
-                target[pos:pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
-                pos += len(chunk)
-            if f.read(1):  # also makes zipfile check the CRC of the whole member
-                raise ValueError(f"{member} holds more data than {tuple(shape)} {dtype}")
-    except UserError:
-        raise
-    except Exception as exc:  # bad CRC, bad deflate stream, truncated member...
-        raise error(f"{where}: {member} cannot be read ({exc}); the file is damaged") from None
-    return out.reshape(shape, order="F" if fortran else "C")
-
-
 def _declared(spec: Any, key: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype the manifest declares for array ``key``."""
     try:
@@ -418,7 +391,7 @@ def _read_array(zf: zipfile.ZipFile, key: str, shape: tuple[int, ...], dtype: np
             f"{dtype} ({expected} bytes)"
         )
     try:
-        return read_npy_member(zf, member, where, shape, dtype, BundleError)
+        return files.read_npy_member(zf, member, where, shape, dtype, BundleError)
     except BundleError as exc:
         text = str(exc)
         if "the manifest says" in text or "damaged" not in text:
@@ -466,3 +439,53 @@ def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
     what was written.
     """
     return read_bundle(path).manifest
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+#: metadata key that says which part of a bundle a layer shows (the review widget's key)
+LAYER_KEY = "kind"
+
+
+def hypothesis_layer_name(image_name: str, index: int, n: int) -> str:
+    """``<image> hypothesis 03`` for index 2 (1-based, zero-padded to sort; the widget's names)."""
+    return f"{image_name} hypothesis {index + 1:0{max(2, len(str(n)))}d}"
+
+
+@dataclass
+class BundleLayers:
+    """The layers that came from one bundle, found by their metadata."""
+
+    image: Any = None
+    uncertainty: Any = None
+    hypotheses: list[Any] = field(default_factory=list)  # ordered by index
+    graders: list[Any] = field(default_factory=list)  # ordered by grader
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The shared record (model sha256, image signature, seed, prior...)."""
+        first = self.image or (self.hypotheses[0] if self.hypotheses else None)
+        return {} if first is None else dict(first.metadata)
+
+
+def collect_layers(layers: Iterable[Any], image_signature: str) -> BundleLayers:
+    """Among ``layers`` (a napari layer list, or anything with ``.metadata``), those that a
+    bundle of the image ``image_signature`` produced."""
+    found = BundleLayers()
+    for layer in layers:
+        meta = getattr(layer, "metadata", None) or {}
+        if meta.get("image_signature") != image_signature:
+            continue
+        kind = meta.get(LAYER_KEY)
+        if kind == "image":
+            found.image = layer
+        elif kind == "uncertainty":
+            found.uncertainty = layer
+        elif kind == "hypothesis":
+            found.hypotheses.append(layer)
+        elif kind == "grader":
+            found.graders.append(layer)
+    found.hypotheses.sort(key=lambda la: la.metadata.get("index", 0))
+    found.graders.sort(key=lambda la: la.metadata.get("grader", 0))
+    return found

@@ -29,7 +29,8 @@ flagged by design. A nearest-neighbour distance follows the training
 data's many clusters (nodules by the pleura, in the middle of the lung, large masses), where a
 single Gaussian (a Mahalanobis distance) was tried first and flagged only 40% of foreign images.
 
-numpy only: no torch, napari or Qt.
+numpy only: no torch, napari or Qt. The command line, ``probunet domain``, is
+:mod:`napari_probunet.cli.domain`.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def intensity_features(unit: np.ndarray) -> np.ndarray:
 
 def model_input_unit(config, image: np.ndarray) -> np.ndarray:
     """The image as the network sees it (after the model's preprocessing), shifted to 0..1."""
-    from napari_probunet.session import _as_model_image
+    from napari_probunet.session import as_model_image  # lazy: the session module loads torch
 
-    a = _as_model_image(image, config.in_channels)
+    a = as_model_image(image, config.in_channels)
     return config.preprocessing.apply(a) + 0.5
 
 
@@ -255,36 +256,3 @@ def fit_model_domain(config, cases, max_images: int = 8000, seed: int = 0,
     if training_data and not domain.training_data:
         domain.training_data = training_data
     return domain.to_dict()
-
-
-def configure(parser) -> None:
-    parser.add_argument("model", help="model file to read (or a bundled model's name)")
-    parser.add_argument("--data", required=True,
-                        help="the model's training data (folder, zip, pickle or synthetic spec, "
-                        "with its #part=train split)")
-    parser.add_argument("--out", required=True, help="model file to write (may be the same file)")
-    parser.add_argument("--modality", help="e.g. CT, synthetic")
-    parser.add_argument("--description", help="one line shown next to the model's name")
-    parser.add_argument("--intensity", help="the intensity convention of the inputs, in words")
-    parser.add_argument("--max-images", type=int, default=8000)
-
-
-def run(args) -> int:
-    """``probunet domain``: measure a model's domain on its training data and record it."""
-    from napari_probunet.data.readers import open_cases
-    from napari_probunet.model.modelfile import load_model, save_model
-
-    model = load_model(args.model)
-    domain = dict(model.config.domain or {})
-    for key in ("modality", "description", "intensity"):
-        if getattr(args, key):
-            domain[key] = getattr(args, key)
-    model.config.domain = domain
-    model.config.domain = fit_model_domain(model.config, open_cases(args.data),
-                                           max_images=args.max_images, training_data=args.data)
-    provenance = dict((model.metadata or {}).get("provenance") or {})
-    save_model(model, args.out, provenance)
-    d = Domain.from_dict(model.config.domain)
-    print(f"{args.out}: domain of {d.statistics['images_measured']} training images recorded "
-          f"(threshold {d.threshold:.2f}); {d.summary()}")
-    return 0

@@ -1,72 +1,22 @@
-"""Where the review happens in an image layer: its 2D plane and the region of interest.
+"""Where the review happens in an image: the region of interest and the maps laid over it.
 
-GUI-free helpers of the review widget (they read napari layers and the viewer's dims, but
-import no Qt): the plane shown now (the current slice of a stack), ROIs centred on a click or
-around a drawn rectangle, and the layer keyword arguments that place an ROI-sized result
-exactly over the image's ROI (scale, translate, rotate, shear, affine, units).
+Pure array geometry (no Qt, no napari): ROIs ``(row0, col0, height, width)`` in a plane's data
+pixels, centred on a click or around a drawn rectangle; the offset that moves an ROI-sized
+layer onto its ROI (:func:`region_translate`, the arithmetic of the one placement rule in
+``napari_probunet.gui.placement``); and the reshaping between ROI-sized 2D maps and layer data
+with a length-1 axis per leading (stack) axis.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from napari_probunet.errors import InputError
+Roi = tuple[int, int, int, int]
 
 
-@dataclass(frozen=True)
-class Plane:
-    """The 2D plane of an image layer under review.
-
-    ``index`` holds the data indices of the leading (non-spatial) axes of a stack (``()`` for a
-    2D image), ``shape`` the plane's rows and columns.
-    """
-
-    layer: Any
-    index: tuple[int, ...]
-    shape: tuple[int, int]
-
-    def _array(self):
-        data = self.layer.data
-        return data[0] if self.layer.multiscale else data
-
-    def read(self, roi=None) -> np.ndarray:
-        """The plane's pixels (``(H, W)`` or ``(H, W, C)``), or those of ``roi`` only."""
-        key = self.index
-        if roi is not None:
-            r0, c0, h, w = roi
-            key = key + (slice(r0, r0 + h), slice(c0, c0 + w))
-        return np.asarray(self._array()[key])
-
-
-def current_plane(layer, viewer) -> Plane:
-    """The plane of ``layer`` shown in ``viewer`` now (the current slice of a 3D/4D stack)."""
-    nd = layer.ndim  # spatial axes (an RGB layer's colour axis is not one)
-    if nd < 2:
-        raise InputError(f"'{layer.name}' is not an image with rows and columns (it has {nd} axis)")
-    if nd > 2 and viewer.dims.ndisplay == 3:
-        raise InputError(
-            f"'{layer.name}' is shown in 3D. The review works on one 2D slice: switch the viewer "
-            "to 2D (the 2D/3D button or Ctrl+Y) and choose the slice with the slider"
-        )
-    world_nd = viewer.dims.ndim
-    if set(viewer.dims.displayed) != {world_nd - 2, world_nd - 1}:
-        raise InputError(
-            "the viewer shows the image's axes rolled or transposed; the review needs the last "
-            "two axes (rows and columns) on screen: use the 'roll' button back to the start"
-        )
-    shape = tuple(int(s) for s in layer.level_shapes[0][:nd]) if layer.multiscale else tuple(
-        int(s) for s in layer.data.shape[:nd])
-    index: tuple[int, ...] = ()
-    if nd > 2:
-        pos = np.asarray(layer.world_to_data(viewer.dims.point))[: nd - 2]
-        index = tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pos, shape[:-2]))
-    return Plane(layer=layer, index=index, shape=(shape[-2], shape[-1]))
-
-
-def centred_roi(row: float, col: float, size: int, shape: tuple[int, int]):
+def centred_roi(row: float, col: float, size: int, shape: tuple[int, int]) -> Roi:
     """A ``size`` x ``size`` ROI ``(row, col, height, width)`` centred on a point, inside ``shape``."""
     rois = []
     for centre, extent in ((row, shape[0]), (col, shape[1])):
@@ -77,7 +27,7 @@ def centred_roi(row: float, col: float, size: int, shape: tuple[int, int]):
     return (r0, c0, h, w)
 
 
-def bounding_roi(points: np.ndarray, shape: tuple[int, int]):
+def bounding_roi(points: np.ndarray, shape: tuple[int, int]) -> Roi | None:
     """The ROI of the pixels inside a polygon's bounding box (points in plane data coordinates)."""
     pts = np.asarray(points, float)[:, -2:]
     lo = np.floor(pts.min(axis=0) + 0.5).astype(int)  # pixel i covers [i - 0.5, i + 0.5)
@@ -89,40 +39,46 @@ def bounding_roi(points: np.ndarray, shape: tuple[int, int]):
     return (int(lo[0]), int(lo[1]), int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1))
 
 
-def placement(layer, plane: Plane, roi) -> dict[str, Any]:
-    """Layer keyword arguments that put an ROI-sized array exactly over the image's ROI."""
-    from napari.utils.transforms import Affine
-
-    offset = np.array([*plane.index, roi[0], roi[1]], float)
-    linear = Affine(scale=layer.scale, rotate=layer.rotate, shear=layer.shear).linear_matrix
-    kwargs: dict[str, Any] = {
-        "scale": tuple(float(s) for s in layer.scale),
-        "translate": tuple(float(t) for t in np.asarray(layer.translate) + linear @ offset),
-    }
-    if not np.allclose(layer.rotate, np.eye(layer.ndim)):
-        kwargs["rotate"] = np.asarray(layer.rotate)
-    if np.any(np.asarray(layer.shear) != 0):
-        kwargs["shear"] = np.asarray(layer.shear)
-    if not np.allclose(layer.affine.affine_matrix, np.eye(layer.ndim + 1)):
-        kwargs["affine"] = layer.affine
-    units = getattr(layer, "units", None)
-    if units is not None:
-        kwargs["units"] = units
-    return kwargs
+def region_key(index: Sequence[int], roi: Roi | None = None) -> tuple:
+    """The data index of plane ``index`` of an image array, or of its ``roi`` only."""
+    key = tuple(int(i) for i in index)
+    if roi is None:
+        return key
+    r0, c0, h, w = roi
+    return key + (slice(r0, r0 + h), slice(c0, c0 + w))
 
 
-def embed(plane2d: np.ndarray, plane: Plane) -> np.ndarray:
-    """A 2D map with a length-1 axis for each leading axis of the plane's stack."""
-    return plane2d.reshape((1,) * len(plane.index) + plane2d.shape)
+def stack_key(index: Sequence[int], roi: Roi) -> tuple:
+    """The data index of ``roi`` in every slice of the stack axis (the last leading axis, the
+    one just before the rows and columns; any other leading axes stay at ``index``)."""
+    r0, c0, h, w = roi
+    return tuple(int(i) for i in index[:-1]) + (slice(None), slice(r0, r0 + h), slice(c0, c0 + w))
+
+
+def region_translate(translate: Sequence[float], linear: np.ndarray, index: Sequence[int],
+                     roi: Roi) -> np.ndarray:
+    """Translate of an ROI-sized layer whose data pixel ``(…, 0, 0)`` lands on the image's
+    pixel ``(*index, row0, col0)``.
+
+    ``translate`` and ``linear`` (``(nd, nd)``: scale, rotate and shear composed, as napari
+    composes them) are the image layer's; the layer gets the same linear part. With no
+    rotation or shear this is ``translate + offset * scale``.
+    """
+    offset = np.array([*index, roi[0], roi[1]], float)
+    translate = np.asarray(translate, float)
+    if offset.shape != translate.shape:
+        raise ValueError(
+            f"the image layer has {translate.shape[0]} dimensions but the region has "
+            f"{offset.shape[0]} (slice {tuple(index)}, rows, columns)")
+    return translate + np.asarray(linear, float) @ offset
+
+
+def embed(map2d: np.ndarray, index: Sequence[int]) -> np.ndarray:
+    """A 2D map with a length-1 axis for each leading axis of plane ``index`` of a stack."""
+    return map2d.reshape((1,) * len(index) + map2d.shape)
 
 
 def as_2d(data) -> np.ndarray:
     """The 2D map of an ROI layer's data (drops the length-1 leading axes)."""
     a = np.asarray(data)
     return a.reshape(a.shape[-2:])
-
-
-def current_plane_shape(layer) -> tuple[int, int]:
-    """Rows and columns of an image layer's planes."""
-    shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
-    return int(shape[layer.ndim - 2]), int(shape[layer.ndim - 1])

@@ -1,8 +1,10 @@
-"""The review widget's background jobs: sample one slice, or every slice of a stack.
+"""The review widget's background jobs: load a model, sample one slice or every slice of a stack.
 
-Plain generator functions run in napari thread workers: no Qt, no napari layers touched. They
-yield progress messages and return the result for the GUI thread to show. Every access to the
-shared :class:`~napari_probunet.session.Session` happens under the review state's lock.
+Plain (generator) functions that a GUI runs on a worker thread: no Qt, no napari. They take
+arrays (the GUI reads the layer on its own thread, see :class:`SamplingJob`), yield progress
+messages and return the result for the GUI thread to show. Every use of the shared
+:class:`~napari_probunet.session.Session` goes through :func:`using_session` (the review
+state's lock and the torch thread count), the one place that takes the lock.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
-from napari_probunet.review.geometry import Plane
 from napari_probunet.review.state import Encoded, ReviewState
 
 #: pixel-samples decoded per worker step (progress and Cancel granularity)
@@ -31,27 +31,34 @@ DECODE_THREADS = 1
 
 
 @dataclass
-class _Sampling:
-    """What one click on Sample asks for (built on the GUI thread)."""
+class SamplingJob:
+    """What one click on Sample asks for, as arrays: the GUI reads the image layer and hands
+    the job only its pixels, so the worker never touches a layer."""
 
-    plane: Plane
+    region: np.ndarray  # (h, w) or (h, w, C): the ROI's pixels in the current plane
+    plane: np.ndarray  # (H, W) or (H, W, C): the whole current plane (for its signature)
+    layer_name: str  # the image layer's name (messages, the Encoded record)
+    index: tuple[int, ...]  # the plane's leading (non-spatial) indices, () for a 2D image
     roi: tuple[int, int, int, int]
     n: int
     seed: int
-    placement: dict[str, Any]
-    layer_name: str
-    #: "All slices": every slice along the stack axis (the last leading axis, the one just
-    #: before the rows and columns; any other leading axes stay at the current index)
-    all_slices: bool = False
+    #: "All slices": the ROI of every slice along the stack axis (the last leading axis, the
+    #: one just before the rows and columns; any other leading axes at the current index),
+    #: ``(K, h, w)`` or ``(K, h, w, C)``; None for the current slice only
+    stack: np.ndarray | None = None
     #: set by Cancel in an "All slices" run: the job stops between slices and keeps those done
     stop: threading.Event | None = None
-    #: placement of the stack (leading axes as in ``plane`` but the stack axis from 0)
-    stack_placement: dict[str, Any] | None = None
+
+    @property
+    def all_slices(self) -> bool:
+        return self.stack is not None
 
 
 @dataclass
-class _Sampled:
-    request: _Sampling
+class Sampled:
+    """What a sampling job returns to the GUI thread."""
+
+    request: SamplingJob
     labels: np.ndarray  # (n, h, w) uint8
     z: np.ndarray  # (n, d) float32
     uncertainty: np.ndarray  # (h, w) float32
@@ -84,6 +91,18 @@ def _check_region(region: np.ndarray, name: str) -> None:
 
 
 @contextmanager
+def using_session(state: ReviewState, threads: int | None = None):
+    """Hold the review state's session lock (and run torch on ``threads`` intra-op threads)
+    inside the block: the one way this module, and the GUI, use the shared session."""
+    with state.lock:
+        if threads is None:
+            yield
+        else:
+            with _torch_threads(threads):
+                yield
+
+
+@contextmanager
 def _torch_threads(n: int):
     """Run torch on ``n`` intra-op threads inside the block (set per calling thread)."""
     import torch
@@ -98,26 +117,26 @@ def _torch_threads(n: int):
             torch.set_num_threads(before)
 
 
-def _sampling_job(state: ReviewState, session, request: _Sampling):
+def sampling_job(state: ReviewState, session, request: SamplingJob):
     """Encode the ROI (unless the session holds it already), then decode ``n`` samples.
 
     Yields ``("stage", text)``, ``("encoded", Encoded)`` and ``("progress", done)``; returns a
-    :class:`_Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
+    :class:`Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
     for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
     """
     from napari_probunet.session import image_signature, pixel_disagreement
 
-    region = request.plane.read(request.roi)
+    region = request.region
     _check_region(region, request.layer_name)
     signature = image_signature(region)
-    plane_signature = image_signature(request.plane.read())
-    with state.lock:
+    plane_signature = image_signature(request.plane)
+    with using_session(state):
         if not (session.has_image and session.image_signature == signature):
             yield ("stage", "Encoding the image…")
             with _torch_threads(ENCODE_THREADS):
                 session.set_image(region)
             yield ("encoded", Encoded(
-                layer_name=request.layer_name, slice_index=request.plane.index,
+                layer_name=request.layer_name, slice_index=request.index,
                 roi=request.roi, image_signature=signature, image=region))
         z = session.draw_latents(request.n, request.seed)
     labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
@@ -125,15 +144,16 @@ def _sampling_job(state: ReviewState, session, request: _Sampling):
     for stop in _decode_in_chunks(state, session, z, signature, labels):
         yield ("progress", stop)
     uncertainty = pixel_disagreement(labels, session.config.num_classes)
-    return _Sampled(request, labels, z, uncertainty, signature, plane_signature)
+    return Sampled(request, labels, z, uncertainty, signature, plane_signature)
 
 
-def _decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed: int):
-    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed``: (labels, z)."""
+def decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed: int):
+    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed``:
+    ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
     from napari_probunet.session import image_signature
 
     signature = image_signature(region)
-    with state.lock:
+    with using_session(state):
         if not (session.has_image and session.image_signature == signature):
             with _torch_threads(ENCODE_THREADS):
                 session.set_image(region)
@@ -152,19 +172,19 @@ def _decode_in_chunks(state: ReviewState, session, z: np.ndarray, signature: str
     chunk = max(1, min(n, CHUNK_PIXELS // max(1, labels.shape[1] * labels.shape[2])))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        with state.lock, _torch_threads(DECODE_THREADS):
+        with using_session(state, DECODE_THREADS):
             if session.image_signature != signature:
                 raise UserError("the encoded image changed while sampling; click Sample again")
             labels[start:stop] = session.decode(z[start:stop])
         yield stop
 
 
-def _stack_job(state: ReviewState, session, request: _Sampling):
-    """"All slices": sample every slice of the stack axis (the axis just before the rows and
-    columns), the current slice first, then the others in order, each with the same seed.
+def stack_job(state: ReviewState, session, request: SamplingJob):
+    """"All slices": sample every slice of ``request.stack``, the current slice (the last
+    entry of ``request.index``) first, then the others in order, each with the same seed.
 
     Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice) and
-    ``("slice", (done, total))``; returns a :class:`_Sampled` whose ``labels``/``z`` are the
+    ``("slice", (done, total))``; returns a :class:`Sampled` whose ``labels``/``z`` are the
     current slice's and whose ``stack_*`` hold the whole stack. A blank (constant) slice other
     than the current one gets empty labels and ``None`` latents. ``request.stop`` (Cancel)
     ends the run between slices: the slices done are kept, the others stay empty. Finally the
@@ -172,17 +192,16 @@ def _stack_job(state: ReviewState, session, request: _Sampling):
     """
     from napari_probunet.session import image_signature, pixel_disagreement
 
-    plane, roi, n, seed = request.plane, request.roi, request.n, request.seed
-    lead, k0 = plane.index[:-1], plane.index[-1]
-    total = int(plane._array().shape[len(lead)])
+    roi, n, seed, k0 = request.roi, request.n, request.seed, request.index[-1]
+    total = int(request.stack.shape[0])
     h, w = roi[2], roi[3]
     num_classes = session.config.num_classes
     stack_labels = np.zeros((n, total, h, w), np.uint8)
     stack_unc = np.zeros((total, h, w), np.float32)
     z_per_slice: list = [None] * total
-    current_region = plane.read(roi)
+    current_region = request.region
     _check_region(current_region, request.layer_name)
-    plane_signature = image_signature(plane.read())
+    plane_signature = image_signature(request.plane)
     order = [k0] + [k for k in range(total) if k != k0]
     done = 0
     current = None
@@ -190,41 +209,42 @@ def _stack_job(state: ReviewState, session, request: _Sampling):
         if done and request.stop is not None and request.stop.is_set():
             break
         yield ("stage", f"Slice {done + 1} / {total}…")
-        region = current_region if k == k0 else Plane(plane.layer, lead + (k,), plane.shape).read(roi)
+        region = current_region if k == k0 else np.asarray(request.stack[k])
         if k != k0:
             try:
                 _check_region(region, request.layer_name)
             except InputError:
                 region = None  # a blank slice: empty labels, no latents
         if region is not None:
-            labels, z, signature = _decode_region(state, session, region, n, seed)
+            labels, z, signature = decode_region(state, session, region, n, seed)
             stack_labels[:, k] = labels
             stack_unc[k] = pixel_disagreement(labels, num_classes)
             z_per_slice[k] = [[float(v) for v in row] for row in z]
             if k == k0:
                 current = (labels, z, signature)
-                yield ("encoded", Encoded(layer_name=request.layer_name, slice_index=plane.index,
-                                          roi=roi, image_signature=signature,
-                                          image=current_region))
+                yield ("encoded", Encoded(layer_name=request.layer_name,
+                                          slice_index=request.index, roi=roi,
+                                          image_signature=signature, image=current_region))
         done += 1
         yield ("slice", (done, total))
     labels, z, signature = current
     if session.image_signature != signature:  # give the session back the current slice
         yield ("stage", "Encoding the current slice…")
-        with state.lock, _torch_threads(ENCODE_THREADS):
+        with using_session(state, ENCODE_THREADS):
             session.set_image(current_region)
-    return _Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
-                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
-                    z_per_slice=z_per_slice, slices_done=done)
+    return Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
+                   stack_labels=stack_labels, stack_uncertainty=stack_unc,
+                   z_per_slice=z_per_slice, slices_done=done)
 
 
-def _model_job(state: ReviewState, source, device: str):
-    """Load a model file (or move a loaded model) and make a session on ``device``."""
+def model_job(state: ReviewState, source, device: str):
+    """Load a model file (or move a loaded model) and make a session on ``device``:
+    ``(model, session)``."""
     from napari_probunet.model.modelfile import load_model
     from napari_probunet.session import Session
 
     if isinstance(source, (str, os.PathLike)):
         model = load_model(source, device="cpu")
         return model, Session(model, device)
-    with state.lock:  # the model object is shared with the current session: move it safely
+    with using_session(state):  # the model object is shared with the current session
         return source, Session(source, device)

@@ -11,9 +11,10 @@ or the latent of a chosen hypothesis. A model with a one-dimensional latent give
 
 Everything here is plain arithmetic on arrays so that it can be tested without a display:
 the plane and its grid (:class:`Plane`), the default choice of axes (:func:`axis_probes`,
-:func:`rank_axes`), the background pictures (:func:`mosaic`, :func:`value_image`) and the
-placement of a region of interest in napari's world coordinates (:func:`region_placement`,
-:func:`crop_to_region`).
+:func:`rank_axes`), the background pictures (:func:`mosaic`, :func:`value_image`) and reading
+an annotation on the encoded region of interest in world coordinates (:func:`crop_to_region`).
+Placing a result layer over its image is the one placement rule of
+``napari_probunet.gui.placement`` (its arithmetic: ``review.geometry.region_translate``).
 """
 
 from __future__ import annotations
@@ -391,30 +392,6 @@ def value_image(values: np.ndarray, n_rows: int, n_cols: int, vmin: float = 0.0,
 
 
 # ------------------------------------------------------------ the region in napari's world
-
-
-def region_placement(
-    image_scale: Sequence[float],
-    image_translate: Sequence[float],
-    roi: tuple[int, int, int, int],
-    slice_index: Sequence[int] = (),
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and translate of a crop-sized layer that sits exactly on ``roi`` of the image.
-
-    The crop layer has one leading axis of length 1 per entry of ``slice_index`` (so that a
-    result for slice 7 of a stack shows on slice 7 only) followed by ``(h, w)``. Its data
-    pixel ``(0, 0)`` lands on the image's pixel ``(row0, col0)``: translate = image translate
-    + offset * image scale.
-    """
-    scale = np.asarray(image_scale, np.float64)
-    translate = np.asarray(image_translate, np.float64)
-    offset = np.array([*slice_index, roi[0], roi[1]], np.float64)
-    if scale.shape != offset.shape or translate.shape != offset.shape:
-        raise ValueError(
-            f"the image layer has {scale.shape[0]} dimensions but the region has "
-            f"{offset.shape[0]} (slice {tuple(slice_index)}, rows, columns)"
-        )
-    return scale, translate + offset * scale
 
 
 def crop_to_region(

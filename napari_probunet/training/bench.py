@@ -17,18 +17,21 @@ Keys (``--json`` prints them as one object):
 - ``train_images_per_s_128_b8`` (and ``..._fp32``, ``..._bf16``): training throughput at batch
   8, 128x128, with the training path users run; the headline figure is the configuration
   ``probunet train`` uses by default (bf16 autocast + channels_last).
+
+The command line, ``probunet bench`` (its table and targets), is :mod:`napari_probunet.cli.bench`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from napari_probunet.model.config import ModelConfig
+from napari_probunet.training.train import amp_context
 
 
 def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
@@ -58,6 +61,7 @@ def _rss_child(device: str) -> float:
 
 
 def bench_session(device: str = "cpu", repeats: int = 5) -> dict[str, float]:
+    """The session figures (encode, sample, decode, unsplit ratio, peak memory) on ``device``."""
     import torch
 
     from napari_probunet.model.network import ProbUNet
@@ -96,10 +100,8 @@ def _train_step_ms(device: str, amp: str, channels_last: bool, steps: int) -> fl
     """Median milliseconds of one training step: batch 8, 128x128, default config."""
     import torch
 
-    from napari_probunet.model.config import ModelConfig
     from napari_probunet.model.losses import elbo_loss
     from napari_probunet.model.network import ProbUNet
-    from napari_probunet.training.train import _amp_context
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -113,7 +115,7 @@ def _train_step_ms(device: str, amp: str, channels_last: bool, steps: int) -> fl
     y = torch.randint(0, 2, (8, 128, 128), device=dev)
 
     def step():
-        ctx, _ = _amp_context(amp, dev.type)
+        ctx, _ = amp_context(amp, dev.type)
         with ctx:
             out = model(x, y)
         loss = elbo_loss(out, y)["loss"]
@@ -134,41 +136,3 @@ def bench_training(device: str = "cpu", steps: int = 3) -> dict[str, float]:
     return {"train_images_per_s_128_b8_fp32": 8000 / fp32,
             "train_images_per_s_128_b8_bf16": 8000 / bf16,
             "train_images_per_s_128_b8": 8000 / bf16}
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--skip-training", action="store_true", help="leave out the training figures")
-    parser.add_argument("--skip-ged", action="store_true", help="leave out the GED figure")
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from napari_probunet.device import resolve_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = str(resolve_device(args.device))
-    results = bench_session(device, args.repeats)
-    if not args.skip_ged:
-        from napari_probunet.review.metrics import ged_benchmark_seconds
-
-        results["ged_s_1000x100x4_128"] = ged_benchmark_seconds()
-    if not args.skip_training:
-        results.update(bench_training(device))
-    results["torch_threads"] = torch.get_num_threads()
-    results["torch"] = torch.__version__
-    if args.json:
-        print(json.dumps(results))
-        return 0
-    targets = {"sample100_ms_128": "<= 100", "decode_ms_256": "<= 15", "unsplit_over_split_100": ">= 4",
-               "ged_s_1000x100x4_128": "<= 10", "train_images_per_s_128_b8": ">= 5"}
-    print(f"{'measure':<36}{'value':>12}  target")
-    for key, value in results.items():
-        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        print(f"{key:<36}{shown:>12}  {targets.get(key, '')}")
-    return 0

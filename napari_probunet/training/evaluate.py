@@ -13,13 +13,14 @@ conventions in ``docs/evaluation.md``):
 All pairwise IoUs of one image (samples, the deterministic map, the graders' masks and the
 true modes) come from one vectorised matrix product; oracle samples are modes, so their
 IoUs are rows of that matrix. Seeds: image ``i`` is sampled with a seed derived from
-``(seed, i)``, and its oracle draw from ``(seed, i, 1)``, so any seed reproduces.
+``(seed, i)``, and its oracle draw from ``(seed, i, 1)``
+(:func:`~napari_probunet.review.seeds.seed_for_index`), so any seed reproduces.
+
+The command line, ``probunet evaluate``, is :mod:`napari_probunet.cli.evaluate`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -28,17 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from napari_probunet.data.readers import open_cases
 from napari_probunet.errors import DataError, UserError
-from napari_probunet.review import metrics
+from napari_probunet.iou import as_label_stack, mean_foreground_iou
+from napari_probunet.review import calibration, metrics
+from napari_probunet.review.seeds import STREAM_ORACLE, STREAM_SAMPLES, seed_for_index
 
 DEFAULT_SAMPLES = (16, 100)
 METHODS = ("model", "deterministic", "oracle")
-
-
-def image_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A 32-bit seed for image ``index``: stream 0 = model samples, 1 = oracle draw."""
-    return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1)[0])
 
 
 # -- accumulating per-image results ------------------------------------------------------------
@@ -53,7 +53,7 @@ class _MethodStats:
     hm_iou: dict[int, list[float]] = field(default_factory=dict)
     class_iou_sum: dict[int, np.ndarray] = field(default_factory=dict)
     class_iou_n: dict[int, np.ndarray] = field(default_factory=dict)
-    calibration: dict[int, list[metrics.ImageCalibration]] = field(default_factory=dict)
+    calibration: dict[int, list[calibration.ImageCalibration]] = field(default_factory=dict)
 
     def add(
         self,
@@ -61,7 +61,7 @@ class _MethodStats:
         ged: tuple[float, float, float, float],
         matched: tuple[np.ndarray, np.ndarray, np.ndarray],
         class_iou_matched: np.ndarray,
-        calibration: metrics.ImageCalibration | None,
+        calibration: calibration.ImageCalibration | None,
     ) -> None:
         self.ged.setdefault(n, []).append(ged[0])
         within = ged[2]
@@ -102,7 +102,7 @@ def _score(
     class_iou_matched = class_iou[:, rows[matched[0]], g[matched[1]]]
     cal = None
     if truth is not None:
-        cal = metrics.image_calibration(
+        cal = calibration.image_calibration(
             samples,
             truth.modes,
             truth.probs,
@@ -150,7 +150,7 @@ def evaluate_model(
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
-    n_bins: int = metrics.RELIABILITY_BINS,
+    n_bins: int = calibration.RELIABILITY_BINS,
     per_image: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model on multi-rater cases.
@@ -162,7 +162,8 @@ def evaluate_model(
             masks ``(R, H, W)`` with the model's label values; ``truth`` for synthetic data).
         n_samples: sample counts to report (default 16 and 100); the smaller sets are prefixes
             of the largest draw. Calibration's headline numbers use the largest.
-        seed: base seed; image ``i`` uses :func:`image_seed` ``(seed, i)``.
+        seed: base seed; image ``i`` uses :func:`~napari_probunet.review.seeds.seed_for_index`
+            ``(seed, i)``.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         progress: a progress bar on stderr.
         n_bins: bins of the reliability table.
@@ -187,10 +188,8 @@ def evaluate_model(
         raise UserError(f"sample counts must be positive integers, got {list(n_samples)}")
     if len(cases) == 0:
         raise DataError("no cases to evaluate")
-    n_max = counts[-1]
     session = _session(model_or_session, device)
     config = session.config
-    num_classes = int(config.num_classes)
     use_truth, truth_note = _truth_usable(cases)
     notes = [truth_note] if truth_note else []
     data_classes = getattr(cases, "class_names", None)
@@ -199,21 +198,41 @@ def evaluate_model(
             f"the data's classes {list(data_classes)} differ from the model's "
             f"{list(config.class_names)}; label values are compared as they are"
         )
-    stats = {m: _MethodStats() for m in METHODS}
-    sigmas, empty, n_drawn, grader_div = [], 0, 0, []
-    empty_graders, n_graders = 0, 0
-    by_marked: dict[int, dict[str, list[float]]] = {}  # graders who drew something -> per image
-    image_rows: list[dict[str, Any]] = []
-
-    from tqdm import tqdm
-
+    run = _Evaluation(session, counts, seed, use_truth, per_image, notes)
     bar = tqdm(range(len(cases)), desc="evaluate", unit="image", file=sys.stderr,
                disable=not progress, leave=False)
     for i in bar:
-        case = cases[i]
-        masks = metrics.as_label_stack(case.masks, num_classes, f"masks of case {case.case_id!r}")
+        run.add_image(i, cases[i])
+    bar.close()
+    out = run.numbers(cases, n_bins)
+    out["seconds"] = time.perf_counter() - start
+    return _json_ready(out)
+
+
+class _Evaluation:
+    """The per-image results of one evaluation, and the dataset-wide numbers made of them."""
+
+    def __init__(self, session, counts: list[int], seed: int, use_truth: bool, per_image: bool,
+                 notes: list[str]) -> None:
+        self.session, self.counts, self.seed = session, counts, seed
+        self.use_truth, self.per_image, self.notes = use_truth, per_image, notes
+        self.config = session.config
+        self.num_classes = int(self.config.num_classes)
+        self.stats = {m: _MethodStats() for m in METHODS}
+        self.sigmas: list[np.ndarray] = []
+        self.grader_div: list[float] = []
+        self.empty = self.n_drawn = self.empty_graders = self.n_graders = 0
+        #: graders who drew something -> per-image lists of numbers
+        self.by_marked: dict[int, dict[str, list[float]]] = {}
+        self.image_rows: list[dict[str, Any]] = []
+
+    def add_image(self, i: int, case) -> None:
+        """Encode case ``i``, sample it once, and score every method at every count."""
+        session, num_classes, config = self.session, self.num_classes, self.config
+        n_max = self.counts[-1]
+        masks = as_label_stack(case.masks, num_classes, f"masks of case {case.case_id!r}")
         session.set_image(case.image)
-        samples = session.sample(n_max, seed=image_seed(seed, i)).labels
+        samples = session.sample(n_max, seed=seed_for_index(self.seed, i, STREAM_SAMPLES)).labels
         mu, sigma = session.prior()
         det = session.decode(mu)
         if samples.shape[1:] != masks.shape[1:]:
@@ -222,25 +241,32 @@ def evaluate_model(
                 f"{masks.shape[1:]}"
             )
         if i == 0 and max(case.image.shape[:2]) != config.input_size:
-            notes.append(
+            self.notes.append(
                 f"images are {case.image.shape[0]}x{case.image.shape[1]} but the model was "
                 f"trained on {config.input_size}x{config.input_size} crops"
             )
-        truth = case.truth if use_truth else None
+        truth = case.truth if self.use_truth else None
         parts = [samples, det[None], masks]
         if truth is not None:
-            parts.append(metrics.as_label_stack(truth.modes, num_classes, "true modes"))
+            parts.append(as_label_stack(truth.modes, num_classes, "true modes"))
         class_iou = metrics.pairwise_class_iou(np.concatenate(parts), None, num_classes)
-        iou = metrics.mean_foreground_iou(class_iou)
-        det_row = n_max
+        iou = mean_foreground_iou(class_iou)
         g = np.arange(n_max + 1, n_max + 1 + masks.shape[0])
+        self._score_methods(i, samples, det, iou, class_iou, g, truth)
+        self._count_image(case, masks, samples, iou, g, sigma)
+
+    def _score_methods(self, i: int, samples: np.ndarray, det: np.ndarray, iou: np.ndarray,
+                       class_iou: np.ndarray, g: np.ndarray, truth) -> None:
+        """Score the model, the deterministic map and (with truth) the oracle at each count."""
+        n_max, num_classes, stats = self.counts[-1], self.num_classes, self.stats
+        det_row = n_max
         modes = canonical = oracle_idx = None
         if truth is not None:
             modes = np.arange(g[-1] + 1, g[-1] + 1 + truth.n_modes)
-            canonical = metrics.canonical_modes(truth.modes)
-            rng = np.random.default_rng(image_seed(seed, i, 1))
-            oracle_idx = metrics.oracle_mode_indices(truth.probs, n_max, rng)
-        for n in counts:
+            canonical = calibration.canonical_modes(truth.modes)
+            rng = np.random.default_rng(seed_for_index(self.seed, i, STREAM_ORACLE))
+            oracle_idx = calibration.oracle_mode_indices(truth.probs, n_max, rng)
+        for n in self.counts:
             _score(n, np.arange(n), iou, class_iou, g, modes, truth, canonical, samples[:n],
                    num_classes, stats["model"])
             _score(n, np.full(n, det_row), iou, class_iou, g, modes, truth, canonical,
@@ -249,17 +275,22 @@ def evaluate_model(
                 idx = oracle_idx[:n]
                 _score(n, modes[idx], iou, class_iou, g, modes, truth, canonical,
                        truth.modes[idx], num_classes, stats["oracle"])
+
+    def _count_image(self, case, masks: np.ndarray, samples: np.ndarray, iou: np.ndarray,
+                     g: np.ndarray, sigma: np.ndarray) -> None:
+        """Grader diversity, empty samples and masks, and the by-graders-marking groups."""
+        n_max, counts, stats = self.counts[-1], self.counts, self.stats
         r = masks.shape[0]
         gd = 1.0 - iou[np.ix_(g, g)]
-        grader_div.append(float(gd.sum() / (r * (r - 1))) if r > 1 else math.nan)
-        sigmas.append(sigma)
+        self.grader_div.append(float(gd.sum() / (r * (r - 1))) if r > 1 else math.nan)
+        self.sigmas.append(sigma)
         empty_here = int(np.count_nonzero(samples.reshape(n_max, -1).max(axis=1) == 0))
-        empty += empty_here
-        n_drawn += n_max
+        self.empty += empty_here
+        self.n_drawn += n_max
         drawn = masks.reshape(r, -1).max(axis=1) > 0
-        empty_graders += int(r - drawn.sum())
-        n_graders += r
-        group = by_marked.setdefault(int(drawn.sum()), {})
+        self.empty_graders += int(r - drawn.sum())
+        self.n_graders += r
+        group = self.by_marked.setdefault(int(drawn.sum()), {})
         group.setdefault("empty_samples", []).append(empty_here / n_max)
         group.setdefault("empty_graders", []).append(1.0 - drawn.mean())
         for n in counts:
@@ -267,57 +298,58 @@ def evaluate_model(
             group.setdefault(f"hm_iou{n}", []).append(stats["model"].hm_iou[n][-1])
             group.setdefault(f"deterministic_ged{n}", []).append(
                 stats["deterministic"].ged[n][-1])
-        if per_image:
-            image_rows.append({
+        if self.per_image:
+            self.image_rows.append({
                 "case_id": case.case_id,
                 **{f"ged{n}": stats["model"].ged[n][-1] for n in counts},
                 **{f"hm_iou{n}": stats["model"].hm_iou[n][-1] for n in counts},
                 f"deterministic_ged{counts[0]}": stats["deterministic"].ged[counts[0]][-1],
             })
-    bar.close()
 
-    sig = np.stack(sigmas)
-    out: dict[str, Any] = {
-        "n_images": len(cases),
-        "n_samples": counts,
-        "seed": int(seed),
-        "num_classes": num_classes,
-        "class_names": list(config.class_names),
-        "model_sha256": getattr(session.model, "source_sha256", None),
-        "device": str(session.device),
-    }
-    for method in METHODS:
-        if method == "oracle" and not use_truth:
-            continue
-        out.update(_summarise(method, stats[method], counts, config.class_names, n_bins,
-                              flip_probs=cases[0].truth.flip_probs if use_truth else None,
-                              flip_classes=cases[0].truth.flip_classes if use_truth else None))
-    out["grader_diversity"] = _nanmean(grader_div)
-    out["prior_sigma_mean"] = float(sig.mean())
-    out["prior_sigma_min"] = float(sig.min())
-    out["prior_sigma_max"] = float(sig.max())
-    out["prior_sigma_mean_per_dim"] = sig.mean(axis=0).tolist()
-    lo, hi = config.logsigma_bounds
-    out["prior_sigma_bounds"] = [math.exp(lo), math.exp(hi)]
-    out["empty_sample_fraction"] = empty / n_drawn
-    out["empty_grader_fraction"] = empty_graders / n_graders
-    out["by_graders_marking"] = {
-        str(k): {"n_images": len(v["empty_samples"]),
-                 **{key: float(np.mean(vals)) for key, vals in v.items()}}
-        for k, v in sorted(by_marked.items())
-    }
-    if use_truth:
-        out["mode_names"] = list(cases[0].truth.names)
-        for n in counts:
-            o, m, dt = out[f"oracle_ged{n}"], out[f"ged{n}"], out[f"deterministic_ged{n}"]
-            out[f"ged{n}_over_oracle"] = m / o if o > 0 else math.nan
-            out[f"ged{n}_gap_closed"] = (dt - m) / (dt - o) if dt != o else math.nan
-    if notes:
-        out["notes"] = notes
-    if per_image:
-        out["per_image"] = image_rows
-    out["seconds"] = time.perf_counter() - start
-    return _json_ready(out)
+    def numbers(self, cases: Sequence, n_bins: int) -> dict[str, Any]:
+        """The dataset-wide result (before :func:`_json_ready`; ``seconds`` left to the caller)."""
+        config, counts, session, use_truth = self.config, self.counts, self.session, self.use_truth
+        sig = np.stack(self.sigmas)
+        out: dict[str, Any] = {
+            "n_images": len(cases),
+            "n_samples": counts,
+            "seed": int(self.seed),
+            "num_classes": self.num_classes,
+            "class_names": list(config.class_names),
+            "model_sha256": getattr(session.model, "source_sha256", None),
+            "device": str(session.device),
+        }
+        for method in METHODS:
+            if method == "oracle" and not use_truth:
+                continue
+            out.update(_summarise(method, self.stats[method], counts, config.class_names, n_bins,
+                                  flip_probs=cases[0].truth.flip_probs if use_truth else None,
+                                  flip_classes=cases[0].truth.flip_classes if use_truth else None))
+        out["grader_diversity"] = _nanmean(self.grader_div)
+        out["prior_sigma_mean"] = float(sig.mean())
+        out["prior_sigma_min"] = float(sig.min())
+        out["prior_sigma_max"] = float(sig.max())
+        out["prior_sigma_mean_per_dim"] = sig.mean(axis=0).tolist()
+        lo, hi = config.logsigma_bounds
+        out["prior_sigma_bounds"] = [math.exp(lo), math.exp(hi)]
+        out["empty_sample_fraction"] = self.empty / self.n_drawn
+        out["empty_grader_fraction"] = self.empty_graders / self.n_graders
+        out["by_graders_marking"] = {
+            str(k): {"n_images": len(v["empty_samples"]),
+                     **{key: float(np.mean(vals)) for key, vals in v.items()}}
+            for k, v in sorted(self.by_marked.items())
+        }
+        if use_truth:
+            out["mode_names"] = list(cases[0].truth.names)
+            for n in counts:
+                o, m, dt = out[f"oracle_ged{n}"], out[f"ged{n}"], out[f"deterministic_ged{n}"]
+                out[f"ged{n}_over_oracle"] = m / o if o > 0 else math.nan
+                out[f"ged{n}_gap_closed"] = (dt - m) / (dt - o) if dt != o else math.nan
+        if self.notes:
+            out["notes"] = self.notes
+        if self.per_image:
+            out["per_image"] = self.image_rows
+        return out
 
 
 def _nanmean(values) -> float:
@@ -352,7 +384,7 @@ def _summarise(
     if not st.calibration:
         return out
     for n in counts:
-        cal = metrics.summarize_calibration(st.calibration[n], n_bins, flip_probs)
+        cal = calibration.summarize_calibration(st.calibration[n], n_bins, flip_probs)
         out[f"{p}mode_freq{n}"] = cal["mode_freq"].tolist()
         out[f"{p}mode_freq_max_abs_err{n}"] = cal["mode_freq_max_abs_err"]
         out[f"{p}consistency{n}"] = cal["consistency"]
@@ -451,6 +483,17 @@ def format_report(result: dict[str, Any]) -> str:
         f"{_fmt(result.get('empty_grader_fraction'))}); grader diversity "
         f"{_fmt(result['grader_diversity'])}"
     )
+    for section in (_groups_lines, _baseline_lines, _per_class_lines, _mode_lines,
+                    _reliability_lines, _flip_lines):
+        lines += section(result, counts, has_oracle)
+    for note in result.get("notes", []):
+        lines += [f"note: {note}"]
+    return "\n".join(lines)
+
+
+def _groups_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
+    """The table by the number of graders who drew something (when there are two groups)."""
+    lines: list[str] = []
     groups = result.get("by_graders_marking") or {}
     if len(groups) > 1:
         n = counts[0]
@@ -461,6 +504,12 @@ def format_report(result: dict[str, Any]) -> str:
                 f"  {k:>2} graders{'':<20}{g['n_images']:>7}{_fmt(g.get(f'ged{n}')):>9}"
                 f"{_fmt(g.get(f'hm_iou{n}')):>13}{_fmt(g.get(f'deterministic_ged{n}')):>17}"
                 f"{_fmt(g.get('empty_samples')):>15}{_fmt(g.get('empty_graders')):>13}")
+    return lines
+
+
+def _baseline_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
+    """The baseline model's GED and HM-IoU beside the model's."""
+    lines: list[str] = []
     baseline = result.get("baseline")
     if baseline:
         lines += ["", f"baseline {baseline.get('model')}:"]
@@ -469,12 +518,24 @@ def format_report(result: dict[str, Any]) -> str:
                          f"{_fmt(baseline.get(f'hm_iou{n}'))}   (model: {_fmt(result.get(f'ged{n}'))}, "
                          f"{_fmt(result.get(f'hm_iou{n}'))})")
         lines.append(f"  empty samples {_fmt(baseline.get('empty_sample_fraction'))}")
+    return lines
+
+
+def _per_class_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
+    """Per-class IoU of the Hungarian-matched pairs (multi-class models)."""
+    lines: list[str] = []
     per_class = result.get(f"per_class_iou{counts[0]}")
     if per_class:
         lines += ["", f"per-class IoU({counts[0]}, Hungarian-matched pairs)"]
         det = result.get(f"deterministic_per_class_iou{counts[0]}", {})
         for name, v in per_class.items():
             lines.append(f"  {name:<20}{_fmt(v):>10}   deterministic {_fmt(det.get(name))}")
+    return lines
+
+
+def _mode_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
+    """True probability against sampled frequency of each mode (known truth)."""
+    lines: list[str] = []
     if "mode_prob" in result:
         names = result.get("mode_names") or [str(i) for i in range(len(result["mode_prob"]))]
         lines += ["", f"{'mode':<12}{'true prob':>10}{'model':>10}"
@@ -484,6 +545,12 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{name:<12}{_fmt(result['mode_prob'][k]):>10}{_fmt(result['mode_freq'][k]):>10}"
                 + (f"{_fmt(result['oracle_mode_freq'][k]):>10}" if has_oracle else "")
             )
+    return lines
+
+
+def _reliability_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
+    """The reliability table and its ECE (known truth)."""
+    lines: list[str] = []
     rel = result.get("reliability")
     if rel:
         lines += ["", f"reliability ({counts[-1]} samples): per (image, mode), binned by true prob"]
@@ -495,6 +562,12 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{_fmt(rel['mean_freq'][b]):>10}"
             )
         lines.append(f"  ECE {_fmt(rel['ece'])}")
+    return lines
+
+
+def _flip_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
+    """Flip rates of the flips data: true, model, deterministic, oracle."""
+    lines: list[str] = []
     if "flip_rate" in result:
         lines += ["", f"{'flip rate':<14}{'true':>8}{'model':>8}{'determ.':>9}{'oracle':>8}"]
         for name, v in result["flip_rate"].items():
@@ -503,108 +576,10 @@ def format_report(result: dict[str, Any]) -> str:
                 f"{_fmt(result['deterministic_flip_rate'][name]):>9}"
                 f"{_fmt(result['oracle_flip_rate'][name]):>8}"
             )
-    for note in result.get("notes", []):
-        lines += [f"note: {note}"]
-    return "\n".join(lines)
-
-
-# -- command line ------------------------------------------------------------------------------
+    return lines
 
 
 def open_data(spec: str):
     """Cases from a folder or a ``synthetic:KIND?n=N&seed=S`` spec; ``(cases, canonical spec)``."""
-    try:
-        from napari_probunet.data import open_cases
-    except ImportError:
-        try:
-            from napari_probunet.data.readers import open_cases
-        except ImportError:  # readers not available: synthetic specs still work
-            open_cases = None
-    if open_cases is not None:
-        cases = open_cases(spec)
-    elif str(spec).strip().lower().startswith("synthetic:"):
-        from napari_probunet.data.synthetic import SyntheticDataset, parse_synthetic_spec
-
-        cases = SyntheticDataset(**parse_synthetic_spec(spec))
-    else:
-        raise DataError(f"cannot read {spec!r}: this installation only reads synthetic: specs")
+    cases = open_cases(spec)
     return cases, getattr(cases, "spec", str(spec))
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default",
-                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
-                        "lesions (synthetic demo), default")
-    parser.add_argument("--data", required=True,
-                        help="a multi-rater folder, or synthetic:KIND?n=N&seed=S[&size=H]")
-    parser.add_argument("--samples", type=int, nargs="+", default=list(DEFAULT_SAMPLES),
-                        metavar="N", help="sample counts to report (default: 16 100)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="auto = CUDA, then MPS, then CPU")
-    parser.add_argument("--bins", type=int, default=metrics.RELIABILITY_BINS,
-                        help="bins of the reliability table (default 10)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object on stdout (progress goes to stderr)")
-    parser.add_argument("--out", metavar="FILE", help="also write the JSON object to FILE")
-    parser.add_argument("--per-image", action="store_true", help="include per-image numbers")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: torch's choice; 1 is often faster "
-                        "for small models on a busy machine)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--baseline", metavar="MODEL",
-                        help="also evaluate this model (e.g. a trained deterministic U-Net, "
-                        "recipes/lidc_unet.toml) on the same data and report it beside")
-
-
-def run(args: argparse.Namespace) -> int:
-    import os
-    from contextlib import suppress
-
-    from napari_probunet.model.modelfile import load_model
-
-    if args.bins < 1:
-        raise UserError("--bins must be at least 1")
-    from napari_probunet.files import check_writable
-
-    out = check_writable(args.out, "result.json")  # before any work: fail fast, nothing lost
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    cases, spec = open_data(args.data)
-    model = load_model(args.model, device="cpu")
-    baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast
-    result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
-                            device=args.device, progress=not args.quiet, n_bins=args.bins,
-                            per_image=args.per_image)
-    result = {"model": str(args.model), "data": spec, **result}
-    if baseline is not None:
-        base = evaluate_model(baseline, cases,
-                              n_samples=args.samples, seed=args.seed, device=args.device,
-                              progress=not args.quiet, n_bins=args.bins)
-        result["baseline"] = {"model": str(args.baseline), **base}
-    text = json.dumps(result, indent=2, allow_nan=False)
-    if out is not None:
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text + "\n")
-            tmp.replace(out)
-        except OSError as exc:
-            with suppress(OSError):
-                tmp.unlink()
-            print(text)  # the evaluation is not lost
-            raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the result "
-                            "was printed above instead") from None
-    if args.json:
-        for note in result.get("notes", []):
-            print(f"probunet evaluate: note: {note}", file=sys.stderr)
-        print(text)
-    else:
-        print(format_report(result))
-        if args.out:
-            print(f"\nwrote {args.out}")
-    return 0

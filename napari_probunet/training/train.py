@@ -14,11 +14,13 @@ batches (the seed is offset by the rank) and rank 0 writes logs and checkpoints.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -28,8 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from napari_probunet.errors import UserError
+from napari_probunet import __version__
+from napari_probunet.data.augment import Augmentation, augment
+from napari_probunet.data.readers import open_cases
+from napari_probunet.device import auto_precision, resolve_device
+from napari_probunet.errors import InputError, UserError
 from napari_probunet.model.config import ModelConfig
+from napari_probunet.model.modelfile import load_model, save_model
+from napari_probunet.review.domain import fit_model_domain
 
 
 @dataclass
@@ -138,8 +146,6 @@ class BatchSampler:
     """
 
     def __init__(self, cases, model_cfg: ModelConfig, batch_size: int, seed: int, augment: bool):
-        from napari_probunet.data.augment import Augmentation
-
         self.cases = cases
         self.cfg = model_cfg
         self.batch_size = batch_size
@@ -149,14 +155,13 @@ class BatchSampler:
     def __call__(self):
         import torch
 
-        from napari_probunet.data.augment import augment
-        from napari_probunet.session import _as_model_image
+        from napari_probunet.session import as_model_image  # the session module loads torch
 
         xs, ys = [], []
         for _ in range(self.batch_size):
             case = self.cases[int(self.rng.integers(len(self.cases)))]
             mask = case.masks[int(self.rng.integers(case.masks.shape[0]))]
-            image = _as_model_image(case.image, self.cfg.in_channels).astype(np.float32)
+            image = as_model_image(case.image, self.cfg.in_channels).astype(np.float32)
             if self.aug is not None:
                 image, m = augment(image, mask[None], self.rng, self.aug)
                 mask = m[0]
@@ -178,9 +183,8 @@ class BatchSampler:
 
 def validate(model, cases, n_samples: int, seed: int, device: str) -> dict[str, float]:
     """GED and Hungarian-matched IoU with ``n_samples`` samples on ``cases`` (eval mode)."""
-    from napari_probunet.errors import InputError
-    from napari_probunet.review.metrics import ged, hungarian_iou
-    from napari_probunet.session import Session
+    from napari_probunet.review.metrics import ged, hungarian_iou  # lazy: scipy, 0.5 s
+    from napari_probunet.session import Session  # lazy: torch
 
     was_training = model.training
     session = Session(model, device=device)
@@ -201,14 +205,13 @@ def validate(model, cases, n_samples: int, seed: int, device: str) -> dict[str, 
             "val_prior_sigma_max": max(sigma_max) if sigma_max else math.nan}
 
 
-def _amp_context(amp: str, device_type: str):
-    import contextlib
-
+def amp_context(amp: str, device_type: str):
+    """``(context, amp)``: the autocast context of a training step for ``amp`` (``"auto"``,
+    ``"bf16"``, ``"fp16"`` or ``"none"``) on ``device_type``, and the precision it stands for
+    (``"auto"`` resolved by :func:`~napari_probunet.device.auto_precision`)."""
     import torch
 
     if amp == "auto":
-        from napari_probunet.device import auto_precision
-
         amp, _ = auto_precision(device_type)
     if amp not in ("none", "bf16", "fp16"):
         raise UserError(f"unknown amp {amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
@@ -264,43 +267,269 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     ``stop_at`` (a step) and ``time_limit_s`` (seconds of this run) stop early with a
     checkpoint written, so a long recipe can be run in pieces: the same command resumes.
     """
-    import torch
-    import torch.distributed as dist
+    run = _TrainingRun(model_cfg, cfg, Path(out), recipe_name)
+    run.start(resume)
+    bar = None
+    if progress and run.is_main:
+        from tqdm import tqdm  # lazy, like torch: importing this module stays cheap
 
-    from napari_probunet.data.readers import open_cases
-    from napari_probunet.device import resolve_device
-    from napari_probunet.model.checkpoint import load_checkpoint, save_checkpoint
-    from napari_probunet.model.losses import GECO, elbo_loss
-    from napari_probunet.model.modelfile import save_model
-    from napari_probunet.model.network import ProbUNet
+        bar = tqdm(total=cfg.steps, initial=run.step, desc="train", file=sys.stderr,
+                   dynamic_ncols=True)
+    run.loop(bar, stop_at, time_limit_s)
+    if bar is not None:
+        bar.close()
+    return run.finish(export_to)
 
-    out = Path(out)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    distributed = world > 1
-    if distributed and not dist.is_initialized():
-        backend = "nccl" if (cfg.device in ("auto", "cuda") and torch.cuda.is_available()) else "gloo"
-        dist.init_process_group(backend)
-    device = resolve_device(cfg.device)
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    is_main = rank == 0
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = ProbUNet(model_cfg).to(device)
-    if cfg.posterior_init_std > 0 and model.posterior is not None:  # before any resume, which overwrites it
-        with torch.no_grad():
-            mu_rows = model.posterior.to_params.weight[: model_cfg.latent_dim]
-            mu_rows.normal_(0.0, cfg.posterior_init_std)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    geco = GECO(target=cfg.geco_target, min_lambda=cfg.geco_min_lambda) if cfg.loss == "geco" else None
+class _TrainingRun:
+    """One training run (one process of it): the model, its optimiser and data, and the state
+    a checkpoint keeps (``step``, ``best``, ``history``, the batch sampler's generator)."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
+                 recipe_name: str | None) -> None:
+        import torch
+        import torch.distributed as dist
+
+        from napari_probunet.model.losses import GECO
+        from napari_probunet.model.network import ProbUNet
+
+        self.model_cfg, self.cfg, self.out, self.recipe_name = model_cfg, cfg, out, recipe_name
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if (cfg.device in ("auto", "cuda") and torch.cuda.is_available()) else "gloo"
+            dist.init_process_group(backend)
+        device = resolve_device(cfg.device)
+        if self.distributed and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        self.device = device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = ProbUNet(model_cfg).to(device)
+        if cfg.posterior_init_std > 0 and model.posterior is not None:  # before any resume, which overwrites it
+            with torch.no_grad():
+                mu_rows = model.posterior.to_params.weight[: model_cfg.latent_dim]
+                mu_rows.normal_(0.0, cfg.posterior_init_std)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.geco = GECO(target=cfg.geco_target, min_lambda=cfg.geco_min_lambda) if cfg.loss == "geco" else None
+        _check_settings(cfg)
+        self._open_data()
+        self.step, self.best, self.history = 0, math.inf, []
+        self.ckpt = out / "checkpoint.safetensors"
+
+    def _open_data(self) -> None:
+        """The training and validation cases, the batch sampler, and the model's domain."""
+        cfg, model_cfg = self.cfg, self.model_cfg
+        cases = open_cases(cfg.data)
+        self.val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
+        if len(cases) == 0:
+            raise UserError(f"no training cases in {cfg.data}")
+        self.sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * self.rank,
+                                    cfg.augment)
+        if not (model_cfg.domain or {}).get("reference"):
+            # record what the training images look like, so that the model file can warn about
+            # images unlike them (napari_probunet.review.domain); a fixed seed gives the same on a resume
+            try:
+                model_cfg.domain = fit_model_domain(model_cfg, cases, seed=cfg.seed,
+                                                    training_data=cfg.data)
+            except ValueError as exc:  # too few images for a reference: the model still trains
+                if self.is_main:
+                    print(f"note: the model's domain check is not recorded ({exc})", file=sys.stderr)
+
+    def start(self, resume: bool) -> None:
+        """Initialise or resume the weights, choose the precision, record ``config.json``."""
+        import torch
+
+        from napari_probunet.model.checkpoint import load_checkpoint
+
+        cfg, rank, ckpt, out = self.cfg, self.rank, self.ckpt, self.out
+        if cfg.init_from and not (resume and ckpt.exists()):
+            _init_weights(self.model, cfg.init_from, self.is_main)
+        if resume and ckpt.exists():
+            state = load_checkpoint(ckpt, self.model, self.optimizer)
+            self.step, self.best, self.history = state["step"], state["best"], state["history"]
+            self.sampler.rng.bit_generator.state = state["numpy_rng"][rank] if rank < len(state["numpy_rng"]) \
+                else np.random.default_rng(cfg.seed + 1000 * rank + self.step).bit_generator.state
+            if self.geco is not None and state.get("geco"):
+                self.geco.load_state_dict(state["geco"])
+            if self.is_main:
+                print(f"resuming from step {self.step} ({ckpt})", file=sys.stderr)
+                for change in changed_settings(out / "config.json", asdict(cfg)):
+                    print(f"  changed since the last leg: {change}", file=sys.stderr)
+        self.train_model = (torch.nn.parallel.DistributedDataParallel(self.model)
+                            if self.distributed else self.model)
+        self.amp_ctx, amp_used = amp_context(cfg.amp, self.device.type)
+        if self.is_main:
+            why = auto_precision(self.device.type)[1] if cfg.amp == "auto" else "set by the recipe"
+            print(f"precision: {'float32' if amp_used == 'none' else amp_used} on {self.device.type} "
+                  f"(amp = {cfg.amp!r}: {why})", file=sys.stderr)
+        self.meta = {"recipe": self.recipe_name, "train_config": asdict(cfg), "amp": amp_used,
+                     "world_size": self.world}
+        if self.is_main:
+            (out / "config.json").write_text(json.dumps({"model": self.model_cfg.to_dict(), **self.meta}, indent=2))
+
+    def _gather_rng_states(self) -> list:
+        import torch.distributed as dist
+
+        st = self.sampler.rng.bit_generator.state
+        if not self.distributed:
+            return [st]
+        states = [None] * self.world
+        dist.all_gather_object(states, st)
+        return states
+
+    def write_checkpoint(self) -> None:
+        """The checkpoint, ``last.safetensors`` and the log (every rank sends its generator)."""
+        from napari_probunet.model.checkpoint import save_checkpoint  # torch
+
+        rngs = self._gather_rng_states()
+        if not self.is_main:
+            return
+        save_checkpoint(self.ckpt, self.model, self.optimizer, {
+            "step": self.step, "best": self.best, "history": self.history, "numpy_rng": rngs,
+            "geco": self.geco.state_dict() if self.geco else None, "meta": self.meta})
+        save_model(self.model, self.out / "last.safetensors",
+                   _provenance(self.meta, self.step, self.history))
+        _write_log(self.out, self.history)
+
+    def _should_stop(self, started: float, time_limit_s: float | None) -> bool:
+        """The time limit, agreed on by every rank (the slowest one's clock decides)."""
+        import torch
+        import torch.distributed as dist
+
+        if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+            stop = torch.tensor(1.0)
+        else:
+            stop = torch.tensor(0.0)
+        if self.distributed:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        return stop.item() > 0
+
+    def _step(self, lr: float) -> tuple[dict | None, float]:
+        """One optimisation step at ``lr``; ``(None, beta)`` when the loss was not finite (on
+        some rank) and the step was skipped. Advances ``self.step`` either way."""
+        import torch
+        import torch.distributed as dist
+
+        from napari_probunet.model.losses import elbo_loss
+
+        cfg, model_cfg, geco = self.cfg, self.model_cfg, self.geco
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x, y = self.sampler()
+        x, y = x.to(self.device), y.to(self.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.amp_ctx:
+            outputs = self.train_model(x, y)
+        beta = beta_at(self.step, cfg, model_cfg.beta)
+        terms = geco.loss(outputs, y, anchor=model_cfg.prior_anchor) if geco else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor)
+        loss = terms["loss"]
+        finite = torch.isfinite(loss).float()
+        if self.distributed:  # every rank must agree to skip
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite.item() < 1:
+            self.step += 1
+            return None, beta
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return terms, beta
+
+    def loop(self, bar, stop_at: int | None, time_limit_s: float | None) -> None:
+        """Train to ``cfg.steps`` (or ``stop_at``, or the time limit), logging, validating and
+        writing checkpoints on the way; a run stopped early writes one at the end."""
+        cfg = self.cfg
+        bad_steps, t0, acc = 0, time.perf_counter(), {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
+        self.train_model.train()
+        end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+        started = time.monotonic()
+        while self.step < end:
+            if self._should_stop(started, time_limit_s):
+                break
+            lr = lr_at(self.step, cfg)
+            step_before = self.step
+            terms, beta = self._step(lr)
+            if terms is None:
+                bad_steps += 1
+                if bad_steps >= cfg.max_bad_steps:
+                    raise RuntimeError(f"{bad_steps} consecutive non-finite losses at step "
+                                       f"{step_before}; lower the learning rate or check the data")
+                continue
+            bad_steps = 0
+            for k in ("loss", "ce", "kl"):
+                acc[k] += float(terms[k].detach())
+            acc["n"] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(terms['loss']):.1f}", ce=f"{float(terms['ce']):.1f}",
+                                kl=f"{float(terms['kl']):.2f}", lr=f"{lr:.1e}")
+            step = self.step
+            do_val = self.val_cases and (step % cfg.val_every == 0 or step == cfg.steps)
+            if step % cfg.log_every == 0 or do_val or step == cfg.steps:
+                self._log(acc, lr, beta, t0, do_val, bar)
+                acc = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                self.write_checkpoint()
+        if self.step % cfg.checkpoint_every != 0 and self.step != cfg.steps:
+            self.write_checkpoint()  # stopped early: keep everything for the resume
+
+    def _log(self, acc: dict, lr: float, beta: float, t0: float, do_val, bar) -> None:
+        """A row of the history: the mean losses since the last row, and the validation on
+        rank 0 when due (saving ``best.safetensors`` when it improves)."""
+        cfg, step = self.cfg, self.step
+        row = {"step": step, "lr": lr, "seconds": round(time.perf_counter() - t0, 2),
+               **{k: acc[k] / max(acc["n"], 1) for k in ("loss", "ce", "kl")}}
+        if self.geco:
+            row["lambda"] = self.geco.lagrange_multiplier
+        elif cfg.beta_warmup_steps or cfg.beta_hold_steps:
+            row["beta"] = beta
+        if do_val and self.is_main:
+            row.update(validate(self.model, self.val_cases, cfg.val_samples, cfg.seed, str(self.device)))
+            if row["val_ged16"] < self.best:
+                self.best = row["val_ged16"]
+                save_model(self.model, self.out / "best.safetensors",
+                           _provenance(self.meta, step, self.history + [row]))
+            if bar is not None:
+                bar.write(f"step {step}: val GED(16) {row['val_ged16']:.4f}, "
+                          f"HM-IoU(16) {row['val_hm_iou16']:.4f}, best {self.best:.4f}")
+        self.history.append(row)
+
+    def finish(self, export_to: str | None) -> dict[str, Any]:
+        """Copy the model to ``export_to`` (a finished run), and the summary; distributed runs
+        add every rank's weight checksum (they must agree)."""
+        import torch.distributed as dist
+
+        out, step = self.out, self.step
+        final = out / ("best.safetensors" if (out / "best.safetensors").exists() else "last.safetensors")
+        if self.is_main and export_to and step >= self.cfg.steps:
+            Path(export_to).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(final, export_to)
+        summary = {"steps": step, "best_val_ged16": self.best, "model": str(final), "out": str(out),
+                   "world_size": self.world}
+        if self.distributed:  # every rank must end with the same weights: gather a checksum of each
+            checksum = _weights_checksum(self.model)
+            checksums = [None] * self.world
+            dist.all_gather_object(checksums, checksum)
+            summary["rank_weight_checksums"] = checksums
+            dist.barrier()
+        return summary
+
+
+def _check_settings(cfg: TrainConfig) -> None:
+    """Refuse a loss, KL schedule or count the training loop cannot run with."""
     if cfg.loss not in ("elbo", "geco"):
         raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
     if min(cfg.beta_warmup_steps, cfg.beta_hold_steps) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
@@ -314,167 +543,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
                     "set val_every to steps") if name == "val_every" else ""
             raise UserError(f"{name} must be at least 1 (got {value}){hint}")
 
-    cases = open_cases(cfg.data)
-    val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
-    if len(cases) == 0:
-        raise UserError(f"no training cases in {cfg.data}")
-    sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment)
-    if not (model_cfg.domain or {}).get("reference"):
-        # record what the training images look like, so that the model file can warn about
-        # images unlike them (napari_probunet.review.domain); a fixed seed gives the same on a resume
-        from napari_probunet.review.domain import fit_model_domain
-
-        try:
-            model_cfg.domain = fit_model_domain(model_cfg, cases, seed=cfg.seed,
-                                                training_data=cfg.data)
-        except ValueError as exc:  # too few images for a reference: the model still trains
-            if is_main:
-                print(f"note: the model's domain check is not recorded ({exc})", file=sys.stderr)
-
-    step, best, history = 0, math.inf, []
-    ckpt = out / "checkpoint.safetensors"
-    if cfg.init_from and not (resume and ckpt.exists()):
-        _init_weights(model, cfg.init_from, is_main)
-    if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, model, optimizer)
-        step, best, history = state["step"], state["best"], state["history"]
-        sampler.rng.bit_generator.state = state["numpy_rng"][rank] if rank < len(state["numpy_rng"]) \
-            else np.random.default_rng(cfg.seed + 1000 * rank + step).bit_generator.state
-        if geco is not None and state.get("geco"):
-            geco.load_state_dict(state["geco"])
-        if is_main:
-            print(f"resuming from step {step} ({ckpt})", file=sys.stderr)
-            for change in changed_settings(out / "config.json", asdict(cfg)):
-                print(f"  changed since the last leg: {change}", file=sys.stderr)
-    train_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    amp_ctx, amp_used = _amp_context(cfg.amp, device.type)
-    if is_main:
-        from napari_probunet.device import auto_precision
-
-        why = auto_precision(device.type)[1] if cfg.amp == "auto" else "set by the recipe"
-        print(f"precision: {'float32' if amp_used == 'none' else amp_used} on {device.type} "
-              f"(amp = {cfg.amp!r}: {why})", file=sys.stderr)
-    meta = {"recipe": recipe_name, "train_config": asdict(cfg), "amp": amp_used, "world_size": world}
-    if is_main:
-        (out / "config.json").write_text(json.dumps({"model": model_cfg.to_dict(), **meta}, indent=2))
-
-    def gather_rng_states() -> list:
-        st = sampler.rng.bit_generator.state
-        if not distributed:
-            return [st]
-        states = [None] * world
-        dist.all_gather_object(states, st)
-        return states
-
-    def write_checkpoint() -> None:
-        rngs = gather_rng_states()
-        if not is_main:
-            return
-        save_checkpoint(ckpt, model, optimizer, {
-            "step": step, "best": best, "history": history, "numpy_rng": rngs,
-            "geco": geco.state_dict() if geco else None, "meta": meta})
-        save_model(model, out / "last.safetensors", _provenance(meta, step, history))
-        _write_log(out, history)
-
-    bar = None
-    if progress and is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", file=sys.stderr, dynamic_ncols=True)
-    bad_steps, t0, acc = 0, time.perf_counter(), {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
-    train_model.train()
-    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-    started = time.monotonic()
-    while step < end:
-        if time_limit_s is not None and time.monotonic() - started > time_limit_s:
-            stop = torch.tensor(1.0)
-        else:
-            stop = torch.tensor(0.0)
-        if distributed:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        if stop.item() > 0:
-            break
-        lr = lr_at(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        x, y = sampler()
-        x, y = x.to(device), y.to(device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp_ctx:
-            outputs = train_model(x, y)
-        beta = beta_at(step, cfg, model_cfg.beta)
-        terms = geco.loss(outputs, y, anchor=model_cfg.prior_anchor) if geco else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor)
-        loss = terms["loss"]
-        finite = torch.isfinite(loss).float()
-        if distributed:  # every rank must agree to skip
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        optimizer.zero_grad(set_to_none=True)
-        if finite.item() < 1:
-            bad_steps += 1
-            if bad_steps >= cfg.max_bad_steps:
-                raise RuntimeError(f"{bad_steps} consecutive non-finite losses at step {step}; "
-                                   "lower the learning rate or check the data")
-            step += 1
-            continue
-        bad_steps = 0
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        for k in ("loss", "ce", "kl"):
-            acc[k] += float(terms[k].detach())
-        acc["n"] += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(terms['loss']):.1f}", ce=f"{float(terms['ce']):.1f}",
-                            kl=f"{float(terms['kl']):.2f}", lr=f"{lr:.1e}")
-        do_val = val_cases and (step % cfg.val_every == 0 or step == cfg.steps)
-        if step % cfg.log_every == 0 or do_val or step == cfg.steps:
-            row = {"step": step, "lr": lr, "seconds": round(time.perf_counter() - t0, 2),
-                   **{k: acc[k] / max(acc["n"], 1) for k in ("loss", "ce", "kl")}}
-            if geco:
-                row["lambda"] = geco.lagrange_multiplier
-            elif cfg.beta_warmup_steps or cfg.beta_hold_steps:
-                row["beta"] = beta
-            acc = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "n": 0}
-            if do_val and is_main:
-                row.update(validate(model, val_cases, cfg.val_samples, cfg.seed, str(device)))
-                if row["val_ged16"] < best:
-                    best = row["val_ged16"]
-                    save_model(model, out / "best.safetensors", _provenance(meta, step, history + [row]))
-                if bar is not None:
-                    bar.write(f"step {step}: val GED(16) {row['val_ged16']:.4f}, "
-                              f"HM-IoU(16) {row['val_hm_iou16']:.4f}, best {best:.4f}")
-            history.append(row)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            write_checkpoint()
-    if step % cfg.checkpoint_every != 0 and step != cfg.steps:
-        write_checkpoint()  # stopped early: keep everything for the resume
-    if bar is not None:
-        bar.close()
-    final = out / ("best.safetensors" if (out / "best.safetensors").exists() else "last.safetensors")
-    if is_main and export_to and step >= cfg.steps:
-        Path(export_to).parent.mkdir(parents=True, exist_ok=True)
-        import shutil
-
-        shutil.copyfile(final, export_to)
-    summary = {"steps": step, "best_val_ged16": best, "model": str(final), "out": str(out),
-               "world_size": world}
-    if distributed:  # every rank must end with the same weights: gather a checksum of each
-        checksum = _weights_checksum(model)
-        checksums = [None] * world
-        dist.all_gather_object(checksums, checksum)
-        summary["rank_weight_checksums"] = checksums
-        dist.barrier()
-    return summary
-
 
 def _init_weights(model, source: str, verbose: bool) -> None:
     """Copy the weights of a model file into ``model`` (same architecture), or explain why not."""
     import torch
-
-    from napari_probunet.model.modelfile import load_model
 
     donor = load_model(source, device="cpu")
     mine, theirs = model.state_dict(), donor.state_dict()
@@ -493,8 +565,6 @@ def _init_weights(model, source: str, verbose: bool) -> None:
 
 
 def _weights_checksum(model) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
@@ -504,8 +574,6 @@ def _weights_checksum(model) -> str:
 
 def _provenance(meta: dict, step: int, history: list) -> dict[str, Any]:
     import torch
-
-    from napari_probunet import __version__
 
     last_val = next((r for r in reversed(history) if "val_ged16" in r), {})
     return {"trained_by": f"napari-probunet {__version__}", "torch": torch.__version__,
@@ -524,43 +592,3 @@ def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
         w.writeheader()
         w.writerows(history)
     _save_curves(out, history)
-
-
-# -- command line --------------------------------------------------------------------------------
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML recipe with [model] and [train] tables "
-                        "(e.g. napari_probunet/recipes/default_lesions.toml)")
-    parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, models); "
-                        "re-running the same command resumes")
-    parser.add_argument("--export-to", help="copy the best model file here when done")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--stop-at", type=int, help="stop after this step (checkpoint kept; rerun resumes)")
-    parser.add_argument("--time-limit", type=float, metavar="MINUTES",
-                        help="stop after this many minutes (checkpoint kept; rerun resumes)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "lr_milestones":
-            parser.add_argument(flag, type=float, nargs="*", default=None)
-        elif f.type in ("bool",):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
-                                metavar="BOOL")
-        else:
-            typ = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
-            parser.add_argument(flag, type=typ, default=None)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.config:
-        model_cfg, cfg = load_recipe(args.config)
-    else:
-        model_cfg, cfg = ModelConfig(), TrainConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    cfg = TrainConfig(**{**asdict(cfg), **overrides})
-    summary = train(model_cfg, cfg, args.out, resume=not args.no_resume, progress=not args.quiet,
-                     export_to=args.export_to, recipe_name=args.config, stop_at=args.stop_at,
-                     time_limit_s=None if args.time_limit is None else 60 * args.time_limit)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary))
-    return 0

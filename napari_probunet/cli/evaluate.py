@@ -1,0 +1,95 @@
+"""``probunet evaluate``: GED, Hungarian-matched IoU and calibration of a model, on screen or
+as JSON (the evaluation is :mod:`napari_probunet.training.evaluate`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import suppress
+
+from napari_probunet.errors import UserError
+from napari_probunet.files import check_writable
+from napari_probunet.model.modelfile import load_model
+from napari_probunet.review.calibration import RELIABILITY_BINS
+from napari_probunet.training.evaluate import (
+    DEFAULT_SAMPLES,
+    evaluate_model,
+    format_report,
+    open_data,
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``probunet evaluate``."""
+    parser.add_argument("--model", default="default",
+                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
+                        "lesions (synthetic demo), default")
+    parser.add_argument("--data", required=True,
+                        help="a multi-rater folder, or synthetic:KIND?n=N&seed=S[&size=H]")
+    parser.add_argument("--samples", type=int, nargs="+", default=list(DEFAULT_SAMPLES),
+                        metavar="N", help="sample counts to report (default: 16 100)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto = CUDA, then MPS, then CPU")
+    parser.add_argument("--bins", type=int, default=RELIABILITY_BINS,
+                        help="bins of the reliability table (default 10)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout (progress goes to stderr)")
+    parser.add_argument("--out", metavar="FILE", help="also write the JSON object to FILE")
+    parser.add_argument("--per-image", action="store_true", help="include per-image numbers")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice; 1 is often faster "
+                        "for small models on a busy machine)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--baseline", metavar="MODEL",
+                        help="also evaluate this model (e.g. a trained deterministic U-Net, "
+                        "recipes/lidc_unet.toml) on the same data and report it beside")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate (and the baseline), write ``--out``, print the report; returns the exit code."""
+    if args.bins < 1:
+        raise UserError("--bins must be at least 1")
+    out = check_writable(args.out, "result.json")  # before any work: fail fast, nothing lost
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        import torch  # lazy: `probunet evaluate --help` does not load torch
+
+        torch.set_num_threads(args.threads)
+    cases, spec = open_data(args.data)
+    model = load_model(args.model, device="cpu")
+    baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast
+    result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
+                            device=args.device, progress=not args.quiet, n_bins=args.bins,
+                            per_image=args.per_image)
+    result = {"model": str(args.model), "data": spec, **result}
+    if baseline is not None:
+        base = evaluate_model(baseline, cases,
+                              n_samples=args.samples, seed=args.seed, device=args.device,
+                              progress=not args.quiet, n_bins=args.bins)
+        result["baseline"] = {"model": str(args.baseline), **base}
+    text = json.dumps(result, indent=2, allow_nan=False)
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text + "\n")
+            tmp.replace(out)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink()
+            print(text)  # the evaluation is not lost
+            raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the result "
+                            "was printed above instead") from None
+    if args.json:
+        for note in result.get("notes", []):
+            print(f"probunet evaluate: note: {note}", file=sys.stderr)
+        print(text)
+    else:
+        print(format_report(result))
+        if args.out:
+            print(f"\nwrote {args.out}")
+    return 0

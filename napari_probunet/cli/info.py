@@ -1,0 +1,56 @@
+"""``probunet info``: show what a model file contains, without building the network.
+
+The description itself (header checked as loading checks it, sha256, weights finite or not)
+is :func:`napari_probunet.model.modelfile.describe_model`; this module only parses the
+arguments and prints it, as a table or (``--json``) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from napari_probunet.model import modelfile
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default="default",
+                        help="model file, or a bundled model: lidc, lesions, default (= "
+                        f"{modelfile.DEFAULT_MODEL_NAME})")
+    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    described = modelfile.describe_model(args.model)
+    info = described.to_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    _print_table(described.path, described.metadata, info)
+    return 0
+
+
+def _print_table(path, meta: dict, info: dict) -> None:
+    """The description as aligned ``key value`` lines: file, size, weights, the configuration
+    that matters to a user, the domain the model was trained on and its provenance."""
+    cfg = meta.get("config", {})
+    bundled = modelfile.bundled_model_of(path)
+    if bundled is not None:
+        print(f"bundled      {bundled.name}: {bundled.title}")
+    print(f"model file   {path}")
+    print(f"sha256       {info['sha256']}")
+    print(f"size         {info['bytes'] / 1e6:.2f} MB, format {meta['format_version']}")
+    print(f"weights      {info['weights']}")
+    for key in ("class_names", "channels", "latent_dim", "input_size", "beta", "preprocessing"):
+        print(f"{key:<12} {cfg.get(key)}")
+    if cfg.get("deterministic"):
+        print("kind         deterministic U-Net (baseline): every sample is the same map")
+    domain = cfg.get("domain") or {}
+    for key in ("modality", "description", "intensity", "training_data"):
+        if domain.get(key):
+            print(f"{key:<12} {domain[key]}")
+    if domain.get("reference"):
+        print(f"domain check {len(domain['reference'])} reference images, threshold "
+              f"{domain.get('threshold', 0):.2f} (napari_probunet.review.domain)")
+    for key, value in (meta.get("provenance") or {}).items():
+        print(f"{key:<12} {json.dumps(value) if isinstance(value, (dict, list)) else value}")

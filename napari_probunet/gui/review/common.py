@@ -1,0 +1,125 @@
+"""What the parts of the review widget share: settings, shortcuts, colours, dialogs, helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+
+from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+from napari_probunet.review import export
+
+#: keyboard shortcuts, bound on the viewer while the widget is open
+KEY_NEXT = "."
+KEY_PREVIOUS = ","
+KEY_ACCEPT = "Shift-Enter"
+KEY_SAMPLE = "Control-Enter"
+KEY_EXPORT = "Control-Shift-E"
+#: whole-image sampling is refused above this many pixels (use an ROI)
+WHOLE_IMAGE_LIMIT = 1024 * 1024
+#: ROI side when no model is loaded yet (the model's config.input_size otherwise)
+FALLBACK_ROI = 128
+#: autosave the correction this long after the last edit
+AUTOSAVE_MS = 2000
+ROI_MODES = ("whole", "rectangle", "click")
+ROI_LABELS = ("Whole image", "Rectangle (Shapes layer)", "Click on the lesion")
+#: the "Slices" choice for a 3D/4D stack
+SLICE_LABELS = ("Current slice", "All slices")
+#: colours of label values 1, 2, ... (hypotheses, correction)
+HYPOTHESIS_COLOURS = [(0.25, 0.8, 1.0), (0.6, 1.0, 0.3), (1.0, 0.45, 0.8), (0.7, 0.55, 1.0)]
+CORRECTION_COLOURS = [(1.0, 0.72, 0.1), (1.0, 0.35, 0.2), (0.95, 0.95, 0.3), (1.0, 0.5, 0.6)]
+EXPORT_FILTERS = {
+    "TIFF (*.tif *.tiff)": ".tif",
+    "PNG (*.png)": ".png",
+    "NumPy (*.npy)": ".npy",
+    "NIfTI (*.nii.gz *.nii)": ".nii.gz",
+}
+
+
+def colormap(num_classes: int, colours):
+    """napari's colormap for label values 1 .. num_classes - 1 in ``colours`` (0: transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    table = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for c in range(1, num_classes):
+        table[c] = (*colours[(c - 1) % len(colours)], 1.0)
+    return DirectLabelColormap(color_dict=table)
+
+
+def remove_layers(viewer, layers) -> None:
+    """Remove several layers the way napari's "delete selected layers" does, keeping the
+    user's selection.
+
+    They are selected and removed in one batch (one scene-graph update, one garbage
+    collection). Removing Labels layers one by one without a repaint in between, and then
+    adding a layer, crashes napari 0.9.2 in ``glDrawArrays`` with software OpenGL (the same
+    class of bug as napari issue #8471); its own batched removal of the selection does not.
+    """
+    ours = [la for la in layers if la in viewer.layers]
+    if not ours:
+        return
+    selection = viewer.layers.selection
+    active = selection.active
+    keep = [la for la in selection if la not in ours]
+    selection.clear()
+    selection.update(ours)
+    viewer.layers.remove_selected()
+    selection.clear()
+    selection.update([la for la in keep if la in viewer.layers])
+    if active is not None and active in viewer.layers:
+        selection.active = active
+
+
+def is_bundle_layer(layer) -> bool:
+    """A layer that the bundle reader made (its metadata names the bundle format)."""
+    meta = getattr(layer, "metadata", None) or {}
+    return meta.get("bundle_format_version") is not None and "image_signature" in meta
+
+
+def keybinding(key: str):
+    from app_model.types import KeyBinding
+
+    return KeyBinding.from_str(key)
+
+
+def run_all(callbacks: list[Callable[[], None]]) -> None:
+    """Call and forget each callback (last first), ignoring their errors."""
+    while callbacks:
+        callback = callbacks.pop()
+        with suppress(Exception):
+            callback()
+
+
+def html(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ----------------------------------------------------------------------------- dialogs
+
+
+def ask_yes_no(parent, title: str, text: str) -> bool:
+    answer = QMessageBox.question(
+        parent, title, text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def ask_save_path(parent, default: str) -> str | None:
+    path, chosen = QFileDialog.getSaveFileName(
+        parent, "Export the correction", default, ";;".join(EXPORT_FILTERS),
+        options=QFileDialog.Option.DontConfirmOverwrite,  # the widget asks itself
+    )
+    if not path:
+        return None
+    if export.mask_suffix(path) not in export.SUFFIXES:
+        path += EXPORT_FILTERS.get(chosen, ".tif")
+    return path
+
+
+def ask_model_path(parent, folder: str) -> str | None:
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Open a Probabilistic U-Net model file", folder,
+        "Model files (*.safetensors);;All files (*)")
+    return path or None

@@ -1,0 +1,355 @@
+"""The review widget's Best fit & export box: the editable correction and never losing it.
+
+:class:`Correction` turns the chosen hypothesis (or an explorer point) into an editable
+``<image> correction`` Labels layer, autosaves it 2 s after the last edit, offers to restore an
+autosave when the same image is sampled again, keeps the edits of a deleted correction, and
+exports it (:mod:`napari_probunet.review.export`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout
+
+from napari_probunet.errors import UserError
+from napari_probunet.gui.placement import Plane, move_to, placement, plane_shape
+from napari_probunet.gui.review.common import (
+    AUTOSAVE_MS,
+    CORRECTION_COLOURS,
+    KEY_ACCEPT,
+    KEY_EXPORT,
+    colormap,
+)
+from napari_probunet.review import export
+from napari_probunet.review.geometry import as_2d, embed
+from napari_probunet.review.state import Choice
+
+
+class Correction:
+    """The correction layer of a :class:`ReviewWidget`: best fit, autosave, restore, export."""
+
+    #: controls the widget exposes as its own attributes
+    CONTROLS = ("best_fit_button", "correction_label", "export_button")
+
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        self.viewer = widget.viewer
+        self.state = widget.state
+        self._declined_recovery: set[str] = set()
+        self._last_autosaved: np.ndarray | None = None
+        self._autosave_failed = False
+        self._saved_at: str | None = None  # time of the last autosave of the correction
+        self.timer = QTimer(widget)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(AUTOSAVE_MS)
+        self.timer.timeout.connect(self.autosave_now)
+        self.box = self._build()
+        # (lambdas: `clicked` would pass its `checked` flag as the first argument)
+        self.best_fit_button.clicked.connect(lambda: widget.use_as_best_fit())
+        self.export_button.clicked.connect(lambda: widget.export())
+
+    def _build(self) -> QGroupBox:
+        box = QGroupBox("Best fit && export")
+        lay = QVBoxLayout(box)
+        self.best_fit_button = QPushButton("Use as best fit")
+        self.best_fit_button.setToolTip(
+            f"Copy the shown hypothesis into an editable '<image> correction' layer, ready for "
+            f"the brush (key: {KEY_ACCEPT})")
+        lay.addWidget(self.best_fit_button)
+        self.correction_label = QLabel("No correction yet")
+        self.correction_label.setWordWrap(True)
+        lay.addWidget(self.correction_label)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save the correction (TIFF, PNG, NPY or NIfTI) with a JSON "
+                                      "record of the model, image, hypothesis and edits "
+                                      f"(key: {KEY_EXPORT})")
+        lay.addWidget(self.export_button)
+        return box
+
+    @property
+    def layer(self) -> Labels | None:
+        """The correction layer, if it is in the viewer."""
+        layer = self.state.correction_layer
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def watch(self, layer) -> None:
+        """Autosave ``layer`` (the state's correction) when it is edited."""
+        layer.events.paint.connect(self._on_edited)
+        layer.events.set_data.connect(self._on_edited)
+
+    def _unwatch(self) -> None:
+        old = self.state.correction_layer
+        if old is not None:
+            with suppress(Exception):
+                old.events.paint.disconnect(self._on_edited)
+                old.events.set_data.disconnect(self._on_edited)
+
+    # ------------------------------------------------------------------ best fit
+    def on_best_fit_requested(self, choice: Choice) -> None:
+        """Create (or replace) ``<image> correction`` from a hypothesis or an explorer point."""
+        enc = self.state.encoded
+        if enc is None:
+            show_error("No image region is encoded: click Sample first.")
+            return
+        labels = np.asarray(choice.labels)
+        if labels.shape != (enc.roi[2], enc.roi[3]):
+            show_error(f"The chosen map is {labels.shape[0]}x{labels.shape[1]} but the encoded "
+                       f"region is {enc.roi[2]}x{enc.roi[3]}; sample again and retry.")
+            return
+        layer = self.widget.roi_tool.find_image(enc.layer_name)
+        if layer is None:
+            show_error(f"The image layer '{enc.layer_name}' is gone; the correction needs it to "
+                       "be placed. Open the image again and sample.")
+            return
+        plane = Plane(layer=layer, index=tuple(enc.slice_index), shape=plane_shape(layer))
+        label = (f"hypothesis {choice.index + 1}" if choice.source == "hypothesis"
+                 else "the explorer's point")
+        existing = self._correction_for(enc.layer_name)
+        if existing is not None:
+            edited = export.pixels_changed(as_2d(existing.data),
+                                           existing.metadata.get("source_labels"))
+            if edited and not self.widget.confirm(
+                    "Replace the correction?",
+                    f"'{existing.name}' has {edited} pixel(s) edited by hand. Replace it with "
+                    f"{label}? The edits are lost unless you export them first."):
+                show_info("The correction was kept.")
+                return
+        meta = self._record(choice, labels, layer, plane)
+        correction = self._make(layer, plane, enc.roi, labels.copy(), meta, existing)
+        self.state.choose(choice, correction)
+        unc = self.widget.hypothesis_view.uncertainty
+        if unc is not None and unc in self.viewer.layers:
+            unc.visible = False  # it would wash out the correction's colour; one click brings it back
+        show_info(f"{label.capitalize()} is now '{enc.layer_name} correction': edit it with the "
+                  "brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
+
+    def _record(self, choice: Choice, labels: np.ndarray, layer, plane: Plane) -> dict[str, Any]:
+        """The correction layer's metadata: where it came from (the export record's source)."""
+        w, enc, hyp = self.widget, self.state.encoded, self.state.hypotheses
+        # hypotheses from an opened bundle carry their own model record (there may be no model)
+        bundle = w.bundles.record if choice.source == "hypothesis" else None
+        model_sha = bundle.get("model_sha256") if bundle else w.model_sha()
+        model_name = bundle.get("model_name") if bundle else w.model_name()
+        class_names = (list(self.state.model.config.class_names) if self.state.model
+                       else None)
+        if bundle and bundle.get("class_names"):
+            class_names = list(bundle["class_names"])
+        return {
+            "kind": "correction", "source": choice.source, "index": choice.index,
+            "z": [float(v) for v in np.asarray(choice.z).ravel()],
+            "seed": hyp.seed if (hyp is not None and choice.source == "hypothesis") else None,
+            "n_samples": len(hyp.labels) if hyp is not None else None,
+            "roi": list(enc.roi), "image_layer": enc.layer_name,
+            "slice_index": list(enc.slice_index), "plane_shape": list(plane.shape),
+            "image_signature": enc.image_signature,
+            "plane_signature": w.hypothesis_view.plane_signature or enc.image_signature,
+            "model_sha256": model_sha, "model_name": model_name,
+            "class_names": class_names,
+            "scale": [float(s) for s in layer.scale[-2:]],
+            "translate": [float(t) for t in layer.translate[-2:]],
+            "source_labels": labels.copy(),
+        }
+
+    def _make(self, layer, plane: Plane, roi, labels2d: np.ndarray,
+              meta: dict[str, Any], existing: Labels | None) -> Labels:
+        viewer = self.viewer
+        place = placement(layer, roi, plane.index)
+        data = embed(labels2d, plane.index)
+        name = f"{meta['image_layer']} correction"
+        num_classes = self.state.model.config.num_classes if self.state.model else max(
+            2, len(meta.get("class_names") or ()))
+        self._unwatch()
+        if existing is not None and existing in viewer.layers and existing.data.shape == data.shape:
+            correction = existing
+            correction.metadata = meta
+            correction.data = data
+            move_to(correction, place)
+            correction.visible = True
+        else:
+            if existing is not None and existing in viewer.layers:
+                viewer.layers.remove(existing)
+            correction = Labels(data, name=name, opacity=0.7, metadata=meta,
+                                colormap=colormap(max(num_classes, 2), CORRECTION_COLOURS),
+                                **place)
+            viewer.layers.append(correction)
+        for la in self.widget.hypothesis_view.layers:
+            if la in viewer.layers:
+                la.visible = False
+        viewer.layers.selection.active = correction
+        correction.selected_label = 1
+        correction.brush_size = max(1, min(labels2d.shape) // 16)
+        correction.mode = "paint"
+        self.state.set_correction_layer(correction)
+        self._last_autosaved = labels2d.copy()
+        self._saved_at = None
+        self.watch(correction)
+        self.update_label()
+        self.widget.update_buttons()
+        return correction
+
+    def _correction_for(self, image_name: str) -> Labels | None:
+        layer = self.layer
+        return layer if layer is not None and layer.metadata.get("image_layer") == image_name \
+            else None
+
+    def update_label(self, saved: str | None = None) -> None:
+        layer = self.layer
+        if layer is None:
+            self.correction_label.setText("No correction yet")
+            return
+        meta = layer.metadata
+        source = (f"hypothesis {meta['index'] + 1}" if meta.get("source") == "hypothesis"
+                  else "an explorer point")
+        edited = export.pixels_changed(as_2d(layer.data), meta.get("source_labels"))
+        text = f"'{layer.name}' from {source} · {edited or 0} pixel(s) edited"
+        if saved:
+            text += f" · autosaved {saved}"
+        self.correction_label.setText(text)
+
+    # ------------------------------------------------------------------ autosave and restore
+    def _on_edited(self, event=None) -> None:
+        if not self.widget.closed:
+            self.timer.start()
+            self.update_label(saved=self._saved_at)
+
+    def autosave_now(self) -> Path | None:
+        layer = self.layer
+        if layer is None:
+            return None
+        data = as_2d(layer.data)
+        if self._last_autosaved is not None and np.array_equal(data, self._last_autosaved):
+            with suppress(RuntimeError):
+                self.update_label()
+            return None
+        meta = layer.metadata
+        info = {k: v for k, v in meta.items() if k != "source_labels"}
+        try:
+            path = export.save_recovery(meta["plane_signature"], data, info,
+                                        source_labels=meta.get("source_labels"),
+                                        folder=self.widget.recovery_dir)
+        except (OSError, KeyError, ValueError) as exc:
+            if not self._autosave_failed:
+                show_warning(f"Autosave failed ({exc}); your edits are still in napari. Export "
+                             "them to keep them.")
+            self._autosave_failed = True
+            return None
+        self._autosave_failed = False
+        self._last_autosaved = data.copy()
+        self._saved_at = time.strftime("%H:%M:%S")
+        with suppress(RuntimeError):
+            self.update_label(saved=self._saved_at)
+        return path
+
+    def flush(self) -> None:
+        """Autosave now an edit still waiting for its timer (the widget is closing)."""
+        with suppress(RuntimeError):
+            if self.timer.isActive():
+                self.timer.stop()
+                self.autosave_now()
+
+    def offer_restore(self, plane_signature: str, image_name: str, plane: Plane) -> None:
+        """Offer the autosaved correction of this plane, if any, after sampling it again."""
+        folder = self.widget.recovery_dir
+        if plane_signature in self._declined_recovery or self._correction_for(image_name):
+            return
+        found = export.load_recovery(plane_signature, folder)
+        if found is None:
+            return
+        correction, source, info = found
+        roi = tuple(info.get("roi") or ())
+        if len(roi) != 4 or correction.shape != (roi[2], roi[3]):
+            return
+        edited = export.pixels_changed(correction, source)
+        what = (f"hypothesis {info['index'] + 1}" if info.get("source") == "hypothesis"
+                else "an explorer point")
+        if not self.widget.confirm(
+                "Restore the autosaved correction?",
+                f"A correction of this image was autosaved on {info.get('saved', '?')} (from "
+                f"{what}, {edited if edited is not None else '?'} pixel(s) edited by hand). "
+                "Restore it?"):
+            self._declined_recovery.add(plane_signature)
+            show_info("The autosaved correction was not restored; it stays in "
+                      f"{export.recovery_path(plane_signature, folder).parent}.")
+            return
+        meta = dict(info, kind="correction", image_layer=image_name,
+                    source_labels=source if source is not None else correction.copy())
+        meta.pop("saved", None)
+        layer = self._make(plane.layer, plane, roi, correction, meta, None)
+        self._last_autosaved = correction.copy()
+        z = np.asarray(info.get("z") or [], np.float32)
+        self.state.choose(Choice(source=info.get("source", "hypothesis"),
+                                 index=info.get("index"), z=z, labels=meta["source_labels"]),
+                          layer)
+        show_info(f"Restored the autosaved correction as '{image_name} correction'.")
+
+    def on_layer_removed(self, layer) -> None:
+        """The correction layer was deleted: keep its last edits in the recovery file
+        (deleting a layer is easily a slip)."""
+        if layer is not self.state.correction_layer:
+            return
+        if self.timer.isActive():
+            self.timer.stop()
+        data = as_2d(layer.data)
+        if self._last_autosaved is None or not np.array_equal(data, self._last_autosaved):
+            meta = layer.metadata
+            with suppress(OSError, KeyError, ValueError):
+                export.save_recovery(meta["plane_signature"], data,
+                                     {k: v for k, v in meta.items() if k != "source_labels"},
+                                     source_labels=meta.get("source_labels"),
+                                     folder=self.widget.recovery_dir)
+                show_info("The deleted correction was autosaved; sample the same image again "
+                          "to restore it.")
+        self._unwatch()
+        self.state.drop_correction()
+        self.update_label()
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | os.PathLike | None = None) -> Path | None:
+        layer = self.layer
+        if layer is None:
+            show_warning("There is no correction to export yet: pick a hypothesis with 'Use as "
+                         "best fit' first.")
+            return None
+        meta = layer.metadata
+        settings = self.widget.settings
+        asked = path is None
+        if asked:
+            folder = str(settings().value("export_folder", str(Path.home())))
+            stem = f"{meta.get('image_layer', 'image')}_correction".replace(" ", "_")
+            path = self.widget.ask_save_path(str(Path(folder) / f"{stem}.tif"))
+            if not path:
+                return None
+        path = Path(path).expanduser()
+        crop = as_2d(layer.data)
+        mask, record = export.layer_mask_and_record(crop, meta, name=layer.name)
+        json_path = export.record_path(path)
+        exists = [p.name for p in (path, json_path) if p.exists()]
+        if exists and not self.widget.confirm(
+                "Replace the existing file?",
+                f"{' and '.join(exists)} already exist(s) in {path.parent}. Replace?"):
+            show_info("Nothing was exported (the existing file is kept).")
+            return None
+        try:
+            written, record_file = export.export_correction(
+                mask, path, record, overwrite=bool(exists), scale=meta.get("scale"))
+        except UserError as exc:
+            show_error(str(exc))
+            return None
+        if asked:
+            settings().setValue("export_folder", str(path.parent))
+        with suppress(KeyError, OSError, ValueError):
+            if np.array_equal(crop, as_2d(layer.data)):
+                export.discard_recovery(meta["plane_signature"], self.widget.recovery_dir)
+                self._last_autosaved = crop.copy()
+        show_info(f"Saved {written.name} and {record_file.name} in {written.parent}.")
+        self.update_label()
+        return written

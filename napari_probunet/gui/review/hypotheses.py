@@ -1,0 +1,269 @@
+"""The hypothesis layers of the review widget: showing them, cycling through them.
+
+``<image> hypothesis 01`` … are ROI-sized Labels layers placed over the image
+(:mod:`napari_probunet.gui.placement`); only one is visible at a time (``.``/``,`` cycle), and
+``<image> uncertainty`` shows where the samples disagree. A new run reuses the previous layers
+where it can, and adds new ones a few per event-loop turn so that the viewer stays responsive.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QTimer
+
+from napari_probunet.gui.napari_compat import no_layer_activation
+from napari_probunet.gui.placement import move_to
+from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap, remove_layers
+from napari_probunet.review.geometry import embed
+from napari_probunet.review.jobs import Sampled
+
+
+class HypothesisLayers:
+    """The hypothesis and uncertainty layers of a :class:`ReviewWidget`, and which one shows."""
+
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        self.viewer = widget.viewer
+        self.state = widget.state
+        self.current = 0
+        self.layers: list[Labels] = []  # ours, also while state's list is cleared
+        self.pending: list[tuple[Labels, Labels | None]] = []  # layers still to add
+        self.uncertainty: Image | None = None
+        #: signature of the whole plane the hypotheses were drawn on (autosave key)
+        self.plane_signature: str | None = None
+
+    def adopt(self, layers: list, uncertainty, plane_signature: str | None) -> None:
+        """Take over hypothesis layers made elsewhere (a reopened widget, an opened bundle)."""
+        self.layers = list(layers)
+        self.uncertainty = uncertainty
+        self.plane_signature = plane_signature
+
+    # ------------------------------------------------------------------ a new run
+    def show_sampled(self, result: Sampled, run) -> None:
+        """Show a sampling result (``run`` is the GUI's ``SamplingRun``) and make it the state's
+        hypotheses."""
+        from napari_probunet.session import Hypotheses
+
+        w = self.widget
+        self._show(result, run)
+        w.bundles.record = None
+        request = result.request
+        self.state.set_hypotheses(
+            Hypotheses(labels=result.labels, z=result.z, seed=request.seed),
+            self.layers, self.uncertainty)
+        self.plane_signature = result.plane_signature
+        self.current = 0
+        w.emit(self.state.hypotheses_changed)
+        w.emit(self.state.current_hypothesis_changed, 0)
+        self.update_navigation()
+
+    def _layer_data(self, result: Sampled):
+        """``(metadata shared by all layers, hypothesis i -> layer data, uncertainty data)``."""
+        request = result.request
+        w = self.widget
+        base = {
+            "seed": request.seed, "n_samples": request.n, "roi": list(request.roi),
+            "image_layer": request.layer_name, "slice_index": list(request.index),
+            "plane_shape": list(request.plane.shape[:2]),
+            "image_signature": result.image_signature,
+            "plane_signature": result.plane_signature, "model_sha256": w.model_sha(),
+            "model_name": w.model_name(),
+        }
+        if result.stack_labels is None:
+            def to_layer(i):
+                # a copy: brush edits on a hypothesis layer must not change state.hypotheses
+                return embed(result.labels[i].copy(), request.index)
+
+            return base, to_layer, embed(result.uncertainty, request.index)
+        lead = (1,) * (len(request.index) - 1)
+        base.update(slices="all", stack_axis=len(request.index) - 1,
+                    slices_done=result.slices_done, z_per_slice=None)
+
+        def to_stack_layer(i):
+            return result.stack_labels[i].reshape(lead + result.stack_labels.shape[1:])
+
+        unc = result.stack_uncertainty.reshape(lead + result.stack_uncertainty.shape)
+        return base, to_stack_layer, unc
+
+    def _show(self, result: Sampled, run) -> None:
+        """Put the hypotheses and the uncertainty map into layers, reusing the previous ones."""
+        request = result.request
+        n, viewer, place = request.n, self.viewer, run.placement
+        self.current = 0
+        num_classes = self.state.model.config.num_classes if self.state.model else 2
+        width = max(2, len(str(n)))
+        base, to_layer, unc_data = self._layer_data(result)
+        old = [la for la in self.layers if la in viewer.layers]
+        shape = to_layer(0).shape
+        # reuse the previous layers (a new ROI size just changes their data): fewer layers to
+        # build, and fewer to remove (see remove_layers)
+        reuse = [la for la in old if la.data.ndim == len(shape)][:n]
+        drop = [la for la in old if la not in reuse]
+        new_layers: list[Labels] = []
+        layers: list[Labels] = []
+        for i in range(n):
+            name = f"{request.layer_name} hypothesis {i + 1:0{width}d}"
+            meta = dict(base, kind="hypothesis", index=i, z=[float(v) for v in result.z[i]])
+            if result.stack_labels is not None:
+                meta["z_per_slice"] = [None if zs is None else zs[i] for zs in result.z_per_slice]
+            if i < len(reuse):
+                la = reuse[i]
+                la.metadata = meta
+                la.data = to_layer(i)
+                update_layer(la, name, i == 0, place)
+            else:
+                la = Labels(to_layer(i), name=name, visible=i == 0, opacity=0.6, metadata=meta,
+                            colormap=colormap(num_classes, HYPOTHESIS_COLOURS), **place)
+                new_layers.append(la)
+            layers.append(la)
+        unc, new_unc = self._uncertainty_layer(request.layer_name, unc_data,
+                                               dict(base, kind="uncertainty"), place,
+                                               num_classes, drop)
+        self.pending.clear()
+        if drop:
+            with no_layer_activation(viewer.layers):
+                remove_layers(viewer, drop)
+        with no_layer_activation(viewer.layers):
+            if new_unc is not None:
+                viewer.layers.append(new_unc)
+        # New hypothesis layers join the viewer a few per event-loop turn: napari builds
+        # Qt controls and vispy overlays for every Labels layer (about 0.1-0.3 s each here),
+        # so the shown hypothesis and the uncertainty map appear at once and the hidden ones
+        # follow while the viewer stays responsive. Hypothesis k goes right below k-1.
+        previous = {la: (layers[i - 1] if i else None) for i, la in enumerate(layers)}
+        self.pending = [(la, previous[la]) for la in new_layers]
+        self.layers = layers
+        self.uncertainty = unc
+        self.add_pending()
+
+    def _uncertainty_layer(self, image_name: str, data, meta: dict[str, Any],
+                           place: dict[str, Any], num_classes: int, drop: list):
+        """Reuse the uncertainty layer for ``data`` or make a new one (the old one joins
+        ``drop``): ``(the layer, the new layer to add or None)``."""
+        name = f"{image_name} uncertainty"
+        unc = self.uncertainty
+        if unc is not None and unc in self.viewer.layers and unc.data.ndim == data.ndim:
+            unc.data = data
+            unc.metadata = meta
+            update_layer(unc, name, unc.visible, place)
+            return unc, None
+        if unc is not None and unc in self.viewer.layers:
+            drop.append(unc)
+        new = Image(data, name=name, colormap="magma", blending="additive", opacity=0.7,
+                    metadata=meta, contrast_limits=(0.0, max(1e-6, 1 - 1 / num_classes)),
+                    **place)
+        return new, new
+
+    def add_pending(self) -> None:
+        """Add queued hypothesis layers for about 40 ms (at least one), then yield to Qt."""
+        if self.widget.closed:
+            return
+        viewer = self.viewer
+        start = time.perf_counter()
+        with no_layer_activation(viewer.layers):
+            while self.pending:
+                layer, previous = self.pending.pop(0)
+                if layer not in self.layers or layer in viewer.layers:
+                    continue
+                if previous is not None and previous in viewer.layers:
+                    viewer.layers.insert(viewer.layers.index(previous), layer)
+                else:
+                    viewer.layers.append(layer)
+                if time.perf_counter() - start > 0.04:
+                    break
+        self.keep_correction_on_top()
+        if self.pending:
+            QTimer.singleShot(0, self.add_pending)
+        else:
+            self.update_navigation()
+
+    def _add_now(self, layer) -> None:
+        """Add a queued hypothesis layer at once (the one the user asked to see)."""
+        for k, (queued, _) in enumerate(self.pending):
+            if queued is layer:
+                del self.pending[k]
+                viewer = self.viewer
+                # right below the nearest earlier hypothesis already there, so that the
+                # list stays in order when the ones in between arrive
+                ours = self.layers
+                earlier = next((la for la in reversed(ours[:ours.index(layer)])
+                                if la in viewer.layers), None)
+                with no_layer_activation(viewer.layers):
+                    if earlier is not None:
+                        viewer.layers.insert(viewer.layers.index(earlier), layer)
+                    else:
+                        viewer.layers.append(layer)
+                self.keep_correction_on_top()
+                return
+
+    def keep_correction_on_top(self) -> None:
+        viewer = self.viewer
+        correction = self.state.correction_layer
+        if correction is not None and correction in viewer.layers:
+            i = viewer.layers.index(correction)
+            if i != len(viewer.layers) - 1:
+                viewer.layers.move(i, len(viewer.layers))
+
+    # ------------------------------------------------------------------ navigation
+    def show(self, index: int, notify: bool = True) -> None:
+        """Show hypothesis ``index`` (wraps around) and hide the others."""
+        hyp = self.state.hypotheses
+        if hyp is None or not self.layers:
+            show_info("No hypotheses yet: click Sample first.")
+            return
+        n = len(self.layers)
+        self.current = int(index) % n
+        for i, layer in enumerate(self.layers):
+            # layers still queued too: they join the viewer with the right visibility
+            layer.visible = i == self.current
+        self._add_now(self.layers[self.current])
+        self.update_navigation()
+        if notify:
+            self.widget.emit(self.state.current_hypothesis_changed, self.current)
+
+    def select(self, index: int) -> None:
+        """Make ``index`` the current hypothesis without changing which layers show (the user
+        selected its layer, or picked it as the best fit)."""
+        if index != self.current:
+            self.current = index
+            self.update_navigation()
+            self.widget.emit(self.state.current_hypothesis_changed, index)
+
+    def on_current_changed_elsewhere(self, index: int) -> None:
+        if not self.widget.emitting and self.layers:
+            self.show(index, notify=False)
+
+    def on_active_layer(self, event=None) -> None:
+        active = self.viewer.layers.selection.active
+        if active is not None and active in self.layers:
+            self.select(self.layers.index(active))
+
+    def update_navigation(self) -> None:
+        n = len(self.layers)
+        hyp = self.state.hypotheses
+        if hyp is None or n == 0 or len(hyp.labels) != n or not 0 <= self.current < n:
+            self.widget.hypothesis_label.setText("No hypotheses yet")
+        else:
+            layer = self.layers[self.current]
+            area = int(np.count_nonzero(hyp.labels[self.current]))
+            queued = any(layer is q for q, _ in self.pending)
+            where = ("" if layer in self.viewer.layers
+                     else " (layer being added)" if queued else " (layer deleted)")
+            self.widget.hypothesis_label.setText(
+                f"Hypothesis {self.current + 1}/{n} · {area} px{where}")
+        self.widget.update_buttons()
+
+
+def update_layer(layer, name: str, visible: bool, place: dict[str, Any]) -> None:
+    """Rename, show/hide and move a reused layer, touching only what changes (each setter
+    makes napari recompute extents and redraw)."""
+    if layer.name != name:
+        layer.name = name
+    if layer.visible != visible:
+        layer.visible = visible
+    move_to(layer, place)

@@ -1,0 +1,303 @@
+"""The review widget's Model box: which model, on which device, and what it was trained on.
+
+:class:`ModelPanel` lists the bundled models and an opened model file, loads one off the GUI
+thread (``jobs.model_job`` through :func:`~napari_probunet.gui.review.sampling.start_job`),
+remembers the device, describes the loaded model and warns, without blocking, when an image
+looks unlike what the model was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from napari_probunet.errors import UserError
+from napari_probunet.gui.review.common import html
+from napari_probunet.gui.review.sampling import start_job
+from napari_probunet.review.jobs import model_job
+
+log = logging.getLogger(__name__)
+
+
+class ModelPanel:
+    """The Model box and model loading of a :class:`ReviewWidget`."""
+
+    #: controls the widget exposes as its own attributes
+    CONTROLS = ("model_label", "model_combo", "open_model_button", "domain_label",
+                "device_combo")
+
+    def __init__(self, widget) -> None:
+        self.widget = widget
+        self.state = widget.state
+        self.worker = None
+        self.error: str | None = None  # why the last load failed, shown in the box
+        self.sample_when_ready = False  # Sample was clicked while the model loaded
+        self._domain_warned: tuple | None = None
+        self.box = self._build()
+        self.open_model_button.clicked.connect(self._on_open_model_clicked)
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.device_combo.activated.connect(self._on_device_chosen)
+
+    def _build(self) -> QGroupBox:
+        box = QGroupBox("Model")
+        lay = QVBoxLayout(box)
+        self.model_label = QLabel("No model loaded")
+        self.model_label.setWordWrap(True)
+        self.model_label.setTextFormat(Qt.TextFormat.RichText)
+        lay.addWidget(self.model_label)
+        row = QHBoxLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The models that ship with napari-probunet; a model file "
+                                    "opened with 'Open model…' is listed too")
+        self._fill_model_combo()
+        self.open_model_button = QPushButton("Open model…")
+        self.open_model_button.setToolTip("Load a Probabilistic U-Net model file (.safetensors)")
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.open_model_button)
+        lay.addLayout(row)
+        self.domain_label = QLabel("")
+        self.domain_label.setWordWrap(True)
+        self.domain_label.setTextFormat(Qt.TextFormat.RichText)
+        self.domain_label.setVisible(False)
+        lay.addWidget(self.domain_label)
+        form = QFormLayout()
+        self.device_combo = QComboBox()
+        self.device_combo.setToolTip("Where the model runs; auto picks CUDA, then MPS, then CPU. "
+                                     "Remembered between sessions.")
+        form.addRow("Device", self.device_combo)
+        lay.addLayout(form)
+        return box
+
+    # ------------------------------------------------------------------ device
+    def fill_devices(self) -> None:
+        from napari_probunet.device import available_devices
+
+        devices = available_devices()
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        self.device_combo.addItem(f"auto ({devices[0]})", "auto")
+        for d in devices:
+            self.device_combo.addItem(d, d)
+        remembered = str(self.widget.settings().value("device", "auto"))
+        i = self.device_combo.findData(remembered)
+        if i < 0:
+            show_info(f"The device used last time ({remembered}) is not available here; "
+                      "using auto.")
+            i = 0
+        self.device_combo.setCurrentIndex(i)
+        self.device_combo.blockSignals(False)
+
+    @property
+    def device(self) -> str:
+        return self.device_combo.currentData() or "auto"
+
+    def device_names(self) -> list[str]:
+        return [self.device_combo.itemData(i) for i in range(self.device_combo.count())]
+
+    def set_device(self, device: str) -> None:
+        i = self.device_combo.findData(device)
+        if i < 0:
+            show_error(f"Device {device!r} is not available on this machine "
+                       f"(available: {', '.join(self.device_names())}).")
+            return
+        self.device_combo.setCurrentIndex(i)
+        self._on_device_chosen(i)
+
+    def _on_device_chosen(self, _index: int) -> None:
+        self.widget.settings().setValue("device", self.device)
+        if self.state.model is not None and not self.widget.busy:
+            self._start(self.state.model)
+        elif self.widget.busy:
+            show_info("The new device is used from the next model load (the model is busy).")
+
+    # ------------------------------------------------------------------ model choice
+    def _fill_model_combo(self, custom: str | None = None) -> None:
+        """Bundled models by their plain names, then the opened model file, if any."""
+        from napari_probunet.model.modelfile import BUNDLED_MODELS
+
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for m in BUNDLED_MODELS:
+            if m.path.exists():
+                self.model_combo.addItem(m.title, m.name)
+        if custom:
+            self.model_combo.addItem(f"File: {Path(custom).name}", custom)
+            self.model_combo.setItemData(self.model_combo.count() - 1, custom,
+                                         Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.blockSignals(False)
+
+    def _sync_model_combo(self) -> None:
+        """Show the loaded model in the model choice."""
+        from napari_probunet.model.modelfile import bundled_model_of
+
+        model = self.state.model
+        path = getattr(model, "source_path", None) if model is not None else None
+        bundled = bundled_model_of(path)
+        self._fill_model_combo(None if bundled is not None or path is None else path)
+        key = bundled.name if bundled is not None else path
+        i = self.model_combo.findData(key) if key is not None else -1
+        self.model_combo.blockSignals(True)
+        self.model_combo.setCurrentIndex(i)
+        self.model_combo.blockSignals(False)
+
+    def _on_model_chosen(self, index: int) -> None:
+        key = self.model_combo.itemData(index)
+        if not key:
+            return
+        from napari_probunet.model.modelfile import bundled_model
+
+        if bundled_model(str(key)) is not None:
+            self.load_bundled_model(str(key))
+        else:
+            self.load_model_file(str(key))
+
+    def _on_open_model_clicked(self) -> None:
+        settings = self.widget.settings
+        folder = str(settings().value("model_folder", str(Path.home())))
+        path = self.widget.ask_model_path(folder)
+        if path:
+            settings().setValue("model_folder", str(Path(path).expanduser().parent))
+            self.load_model_file(path)
+
+    # ------------------------------------------------------------------ loading
+    def load_bundled_model(self, name: str = "default") -> None:
+        from napari_probunet.model.modelfile import BUNDLED_MODELS, bundled_model
+
+        bundled = bundled_model(name)
+        if bundled is None:
+            show_error(f"There is no bundled model called {name!r} (bundled: "
+                       f"{', '.join(m.name for m in BUNDLED_MODELS)}).")
+            return
+        if not bundled.path.exists():
+            message = (f"The bundled model is not installed ({bundled.path.name} is missing "
+                       "from the package). Open a model file with 'Open model…', or reinstall "
+                       "napari-probunet.")
+            self.error = message
+            self.show_model()
+            show_warning(message)
+            return
+        self._start(str(bundled.path))
+
+    def load_model_file(self, path: str | os.PathLike) -> None:
+        self._start(os.fspath(Path(path).expanduser()))
+
+    def _start(self, source) -> None:
+        if self.widget.sampler.worker is not None:
+            show_warning("Sampling is running: wait for it to finish or click Cancel, then "
+                         "change the model or device.")
+            return
+        if self.worker is not None:
+            show_warning("A model is already loading; wait a moment.")
+            return
+        self.error = None
+        name = Path(source).name if isinstance(source, (str, os.PathLike)) else "the model"
+        self.model_label.setText(f"Loading {name}…")
+        self.worker = start_job(model_job, self.state, source, self.device,
+                                returned=self._on_loaded, errored=self._on_failed,
+                                finished=self._on_finished)
+        self.widget.update_buttons()
+
+    def _on_loaded(self, result) -> None:
+        model, session = result
+        self.state.set_model(model, session, self.device)
+        self.show_model()
+        self.widget.on_model_loaded()
+
+    def _on_failed(self, exc: BaseException) -> None:
+        self.error = str(exc) if isinstance(exc, UserError) else (
+            f"could not load the model ({type(exc).__name__}: {exc})")
+        if not isinstance(exc, UserError):
+            log.error("model loading failed", exc_info=exc)
+        kept = " The previous model stays loaded." if self.state.model is not None else ""
+        show_error(f"Model not loaded: {self.error}.{kept}")
+        self.sample_when_ready = False
+        self.show_model()
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.widget.update_buttons()
+        if self.sample_when_ready:
+            self.sample_when_ready = False
+            if self.state.session is not None:
+                self.widget.sample()
+
+    # ------------------------------------------------------------------ what it shows
+    def show_model(self) -> None:
+        model = self.state.model
+        if model is None:
+            text = "<b>No model loaded</b>"
+            if self.error:
+                text += f"<br><span style='color:#e06c5a'>{html(self.error)}</span>"
+            self.model_label.setText(text)
+            self.model_label.setToolTip("")
+        else:
+            self.model_label.setText(self._describe(model))
+            prov = (getattr(model, "metadata", None) or {}).get("provenance") or {}
+            tip = [f"sha256: {model.source_sha256}" if model.source_sha256 else "not from a file"]
+            tip += [f"{k}: {v}" for k, v in prov.items() if isinstance(v, (str, int, float))]
+            self.model_label.setToolTip("\n".join(tip))
+        self._sync_model_combo()
+        self.widget.update_buttons()
+        self.widget.roi_tool.show_roi()
+
+    def _describe(self, model) -> str:
+        """The Model box's text for ``model``: name, classes, input, latent, domain, device."""
+        from napari_probunet.model.modelfile import bundled_model_of
+        from napari_probunet.review.domain import Domain
+
+        cfg = model.config
+        path = Path(model.source_path) if model.source_path else None
+        name = path.name if path else "model built in code"
+        bundled = bundled_model_of(path)
+        if bundled is not None:
+            name = f"{bundled.title} (bundled model)"
+        device = self.state.session.device if self.state.session else "?"
+        classes = ", ".join(cfg.class_names)
+        kind = " · <b>deterministic</b> (one map)" if cfg.deterministic else ""
+        domain = Domain.from_dict(cfg.domain)
+        trained = ""
+        if domain is not None and domain.description:
+            trained = f"<br>Trained on: {html(domain.description)}"
+            if domain.intensity:
+                trained += f"<br>Input: {html(domain.intensity)}"
+        elif domain is None:
+            trained = "<br>Trained on: not recorded in this model file"
+        return (f"<b>{html(name)}</b><br>{cfg.num_classes} classes ({html(classes)})"
+                f" · input {cfg.input_size}×{cfg.input_size} · latent {cfg.latent_dim}{kind}"
+                f"{trained}<br>running on <b>{device}</b>")
+
+    def check_domain(self, image: np.ndarray) -> None:
+        """Warn, without blocking, when the image given to the model looks unlike what it was
+        trained on (napari_probunet.review.domain): in the Model box and, once per image, as a
+        notification."""
+        from napari_probunet.review.domain import check_image
+
+        session = self.state.session
+        if session is None:
+            return
+        found = check_image(session.config, image).warnings
+        if not found:
+            self.domain_label.setVisible(False)
+            self.domain_label.setText("")
+            return
+        text = "; ".join(found)
+        self.domain_label.setText(f"<span style='color:#e5a445'>⚠ This image: {html(text)}</span>")
+        self.domain_label.setVisible(True)
+        key = (id(session), text)
+        if key != self._domain_warned:  # once per model and finding, not on every slice
+            self._domain_warned = key
+            show_warning(f"This image may be outside what the model knows: {text}")
