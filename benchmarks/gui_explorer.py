@@ -123,6 +123,7 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
     from qtpy.QtGui import QMouseEvent
     from qtpy.QtWidgets import QApplication
 
+    from napari_probunet.gui import napari_compat
     from napari_probunet.gui.explorer.widget import ExplorerWidget
 
     image = _large_image()
@@ -135,7 +136,7 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
     viewer.add_image(image, name="image", colormap="gray")
     explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Latent-space explorer", area="right")
-    viewer.window._qt_window.resize(*window)
+    napari_compat.main_window(viewer).resize(*window)
     _encode(viewer, model, image, "image", (0, 0, size, size))
     if not _app_wait(app, lambda: explorer.plane is not None and explorer.idle, 120):
         raise RuntimeError("the explorer did not get ready")
@@ -145,7 +146,7 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
         app.processEvents()
         time.sleep(0.01)
 
-    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    canvas = napari_compat.vispy_canvas(viewer)
     stats = {"draws": 0, "displayed": 0, "last_frames": explorer.frames, "moves": 0,
              "draw_times": []}
 
@@ -340,6 +341,7 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_probunet.gui import napari_compat
     from napari_probunet.gui.dock import get_state
     from napari_probunet.gui.explorer.widget import ExplorerWidget
     from napari_probunet.model.modelfile import load_model
@@ -369,7 +371,7 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
-    viewer.window._qt_window.resize(1400, 880)
+    napari_compat.main_window(viewer).resize(1400, 880)
     viewer.add_image(image, name="lesion", colormap="gray", contrast_limits=contrast)
     for name, mask in graders.items():
         viewer.add_labels(mask, name=name, visible=False, opacity=0.5)

@@ -307,7 +307,7 @@ def test_an_interrupted_write_leaves_the_previous_bundle_intact(study, model_fil
     path = out / "a.probunet.zip"
     before = path.read_bytes()
     b = bundles.read_bundle(path)
-    real, calls = bundles._npy_bytes, []
+    real, calls = bundles.npy_bytes, []
 
     def dies_on_the_third_array(array):
         calls.append(1)
@@ -315,7 +315,7 @@ def test_an_interrupted_write_leaves_the_previous_bundle_intact(study, model_fil
             raise KeyboardInterrupt  # Ctrl-C (or a kill) in the middle of the archive
         return real(array)
 
-    monkeypatch.setattr(bundles, "_npy_bytes", dies_on_the_third_array)
+    monkeypatch.setattr(bundles, "npy_bytes", dies_on_the_third_array)
     with pytest.raises(KeyboardInterrupt):
         bundles.write_bundle(path, b)
     assert path.read_bytes() == before

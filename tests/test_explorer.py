@@ -13,13 +13,15 @@ from qtpy.QtCore import QEvent, QPointF, Qt
 from qtpy.QtGui import QMouseEvent
 from qtpy.QtWidgets import QApplication
 
+from napari_probunet.gui import napari_compat
 from napari_probunet.gui.dock import get_state
 from napari_probunet.gui.explorer.widget import HOLD_HYPOTHESIS, ExplorerWidget
+from napari_probunet.iou import foreground_iou
 from napari_probunet.model.testing import tiny_model, train_two_mode_model, two_mode_case
 from napari_probunet.review import plane as core
 from napari_probunet.review.geometry import region_translate
 from napari_probunet.review.state import Encoded
-from napari_probunet.session import Session, foreground_iou
+from napari_probunet.session import Session
 
 # ----------------------------------------------------------------------------------- helpers
 
@@ -246,9 +248,9 @@ def test_click_decodes_the_latent_of_the_plane_point(explorer, qtbot):
     np.testing.assert_allclose(widget.point, (1, -2), atol=0.05)
     assert np.array_equal(layer.data, session.decode(widget.current_z))
     # the in-place partial updates left the displayed colours as a full refresh makes them
-    shown = np.array(layer._slice.image.view, copy=True)
+    shown = napari_compat.displayed_texture(layer)
     layer.refresh()
-    assert np.array_equal(shown, layer._slice.image.view)
+    assert shown is not None and np.array_equal(shown, napari_compat.displayed_texture(layer))
     # keyboard nudges by 0.1 sigma
     widget.map.setFocus()
     qtbot.keyClick(widget.map, Qt.Key.Key_Left)
@@ -555,5 +557,5 @@ def test_both_widgets_docked_from_the_plugins_menu_fit_a_1366x768_screen(make_na
     viewer.window.add_plugin_dock_widget("napari-probunet", "Probabilistic U-Net")
     viewer.window.add_plugin_dock_widget("napari-probunet", "Latent-space explorer")
     qtbot.wait(200)
-    hint = viewer.window._qt_window.minimumSizeHint()
+    hint = napari_compat.main_window(viewer).minimumSizeHint()
     assert hint.width() <= 1366 and hint.height() <= 768 - 40, (hint.width(), hint.height())

@@ -25,7 +25,7 @@ from napari_probunet.errors import UserError
 from napari_probunet.model.modelfile import load_model, save_model
 from napari_probunet.model.testing import tiny_model
 from napari_probunet.review import bundle as bundles
-from napari_probunet.review import export
+from napari_probunet.review import recovery
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -333,20 +333,20 @@ SIGNATURE = "sha256:" + "c0" * 20
 def recovery_bytes(folder) -> bytes:
     correction = np.zeros((9, 7), np.uint8)
     correction[2:5, 1:4] = 1
-    path = export.save_recovery(SIGNATURE, correction, {"roi": [0, 0, 9, 7], "index": 2},
+    path = recovery.save_recovery(SIGNATURE, correction, {"roi": [0, 0, 9, 7], "index": 2},
                                 source_labels=np.zeros((9, 7), np.uint8), folder=folder / "rec")
     return path.read_bytes()
 
 
 def _check_recovery(path: Path) -> None:
-    got = _accepted_or_refused(export.read_recovery_file, path)
+    got = _accepted_or_refused(recovery.read_recovery_file, path)
     if got is not None:
         correction, source, info = got
         assert correction.ndim == 2 and isinstance(info, dict)
-    signature_path = export.recovery_path(SIGNATURE, path.parent)
+    signature_path = recovery.recovery_path(SIGNATURE, path.parent)
     if signature_path != path:
         signature_path.write_bytes(path.read_bytes())
-    offered = export.load_recovery(SIGNATURE, path.parent)  # never raises
+    offered = recovery.load_recovery(SIGNATURE, path.parent)  # never raises
     assert (offered is None) == (got is None)
 
 
@@ -357,7 +357,7 @@ def test_fuzzed_recovery_files_are_offered_or_ignored(recovery_bytes, folder, da
     for _ in range(data.draw(st.integers(1, 6))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     cut = data.draw(st.none() | st.integers(0, len(raw)))
-    path = folder / "fuzz-rec" / export.recovery_path(SIGNATURE, ".").name
+    path = folder / "fuzz-rec" / recovery.recovery_path(SIGNATURE, ".").name
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(bytes(raw[:cut] if cut is not None else raw))
     _check_recovery(path)
@@ -370,6 +370,6 @@ def test_fuzzed_recovery_members_are_offered_or_ignored(recovery_bytes, folder, 
     with zipfile.ZipFile(io.BytesIO(recovery_bytes)) as zf:
         members = {name: zf.read(name) for name in zf.namelist()}
     members[f"{member}.npy"] = content
-    path = folder / "fuzz-members" / export.recovery_path(SIGNATURE, ".").name
+    path = folder / "fuzz-members" / recovery.recovery_path(SIGNATURE, ".").name
     path.parent.mkdir(exist_ok=True)
     _check_recovery(_write_zip(path, members))

@@ -262,7 +262,7 @@ NAPARI_READER = ("from napari_probunet._reader import get_reader; "
 SAFE_PICKLE = ("from napari_probunet.data.safe_pickle import safe_load_path; "
                "safe_load_path(path)")
 LOAD_MODEL = "from napari_probunet.model.modelfile import load_model; load_model(path)"
-READ_RECOVERY = ("from napari_probunet.review.export import read_recovery_file; "
+READ_RECOVERY = ("from napari_probunet.review.recovery import read_recovery_file; "
                  "read_recovery_file(path)")
 
 #: kind -> (file name, maker, reader, error class, limit named in the message)
@@ -367,19 +367,19 @@ def test_every_limit_is_documented_with_its_variable():
 
 
 def test_a_damaged_or_oversized_recovery_file_counts_as_none(tmp_path, monkeypatch):
-    from napari_probunet.review import export
+    from napari_probunet.review import recovery
 
     signature = "sha256:" + "ab" * 20
-    path = export.recovery_path(signature, tmp_path)
+    path = recovery.recovery_path(signature, tmp_path)
     recovery_declaring(path)
     with pytest.raises(LimitError, match="MAX_IMAGE_PIXELS"):
-        export.read_recovery_file(path)
+        recovery.read_recovery_file(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert export.load_recovery(signature, tmp_path) is None
+        assert recovery.load_recovery(signature, tmp_path) is None
     assert any("PROBUNET_MAX_IMAGE_PIXELS" in str(w.message) for w in caught)
     monkeypatch.setenv("PROBUNET_MAX_IMAGE_PIXELS", str(40000 * 40000))
-    assert export.load_recovery(signature, tmp_path) is None  # raised: read, found truncated
+    assert recovery.load_recovery(signature, tmp_path) is None  # raised: read, found truncated
     assert path.exists()  # left for inspection
 
 

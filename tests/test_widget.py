@@ -27,6 +27,7 @@ from napari_probunet.gui.review.widget import ReviewWidget
 from napari_probunet.model.modelfile import file_sha256
 from napari_probunet.model.testing import two_mode_case, wait_idle
 from napari_probunet.review import export
+from napari_probunet.review.recovery import load_recovery, recovery_path
 from napari_probunet.review.state import Choice
 from napari_probunet.session import image_signature, pixel_disagreement
 
@@ -541,7 +542,7 @@ def test_bundled_model_loads_off_the_gui_thread(make_napari_viewer, qtbot, monke
     monkeypatch.setattr(modelfile, "DEFAULT_MODEL_NAME", "lesions")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
-    assert widget.model_loading  # loading in a napari thread worker
+    assert widget.model_loading  # loading in the background
     widget.n_spin.setValue(4)
     viewer.add_image(two_mode_case()[0], name="case")
     assert not widget.sample()  # queued until the model is there
@@ -577,10 +578,10 @@ def test_autosave_and_restore_on_reopening(review, qtbot, tmp_path, notes):
     correction = viewer.layers["case correction"]
     correction.paint((3, 3), 1)
     painted = correction.data.copy()
-    recovery = export.recovery_path(image_signature(image))
+    recovery = recovery_path(image_signature(image))
     assert recovery.parent == tmp_path / "recovery"
     qtbot.waitUntil(recovery.exists, timeout=5000)
-    saved, source, info = export.load_recovery(image_signature(image))
+    saved, source, info = load_recovery(image_signature(image))
     np.testing.assert_array_equal(saved, painted)
     assert info["index"] == 2 and "autosaved" in widget.correction_label.text()
 

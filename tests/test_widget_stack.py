@@ -68,7 +68,7 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
     original = _jobs.decode_region
 
     def held(*args, **kwargs):  # hold the worker after the first slice until Cancel is clicked
-        out = original(*args, **kwargs)
+        out = yield from original(*args, **kwargs)
         decoded.append(1)
         if len(decoded) == 1:
             clicked.wait(20)

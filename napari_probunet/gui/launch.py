@@ -155,26 +155,42 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     The review widget alone is docked, so that the image gets the room; the explorer's
     pictures are made by its own script.
     """
-    import numpy as np
-
     folder = Path(folder)
     model = model or "lidc"  # the real CT sample with the model trained on real CT
-    out = []
+    return [*_review_scenes(folder, model), _graders_scene(folder, model), _click_scene(folder)]
+
+
+def _open_for_pictures(sample_name: str, model: str):
     viewer = _make_viewer()
     review = open_review(viewer, explorer=False, scripted=True)
-    viewer.open_sample(PLUGIN, "lidc_nodule")
-    image = viewer.layers[0]
+    viewer.open_sample(PLUGIN, sample_name)
     load_model(review, model)
-    viewer.layers.selection.active = image
-    out.append(screenshot(viewer, folder / "review-start.png"))
+    return viewer, review
 
-    sample(review)
-    # a hypothesis that draws something (the first may be one of the empty ones): the one of
-    # median area among those that are not empty
-    areas = review.state.hypotheses.labels.reshape(len(review.state.hypotheses.labels), -1).sum(1)
+
+def _show_a_drawn_hypothesis(review) -> None:
+    """Show a hypothesis that draws something (the first may be one of the empty ones): the
+    one of median area among those that are not empty."""
+    import numpy as np
+
+    labels = review.state.hypotheses.labels
+    areas = labels.reshape(len(labels), -1).sum(1)
     drawn = [int(i) for i in np.argsort(areas) if areas[i] > 0]
     if drawn:
         review.show_hypothesis(drawn[len(drawn) // 2])
+
+
+def _review_scenes(folder: Path, model: str) -> list[Path]:
+    """Start, sampled, cycled, best fit with a brush stroke, and the widget alone."""
+    import numpy as np
+
+    viewer, review = _open_for_pictures("lidc_nodule", model)
+    image = viewer.layers[0]
+    viewer.layers.selection.active = image
+    out = [screenshot(viewer, folder / "review-start.png")]
+
+    sample(review)
+    _show_a_drawn_hypothesis(review)
     viewer.layers.selection.active = image
     out.append(screenshot(viewer, folder / "review-main.png"))
 
@@ -202,43 +218,40 @@ def take_guide_screenshots(folder: str | Path, model: str | None = None) -> list
     review.grab().save(str(folder / "review-widget.png"))
     out.append(folder / "review-widget.png")
     viewer.close()
+    return out
 
-    # a nodule that 2 of the 4 radiologists marked: their outlines beside a hypothesis
-    viewer = _make_viewer()
-    review = open_review(viewer, explorer=False, scripted=True)
-    viewer.open_sample(PLUGIN, "lidc_nodule_2of4")
+
+def _graders_scene(folder: Path, model: str) -> Path:
+    """A nodule that 2 of the 4 radiologists marked: their outlines beside a hypothesis."""
+    viewer, review = _open_for_pictures("lidc_nodule_2of4", model)
     image = viewer.layers[0]
-    load_model(review, model)
     sample(review)
-    areas = review.state.hypotheses.labels.reshape(len(review.state.hypotheses.labels), -1).sum(1)
-    drawn = [int(i) for i in np.argsort(areas) if areas[i] > 0]
-    if drawn:
-        review.show_hypothesis(drawn[len(drawn) // 2])
+    _show_a_drawn_hypothesis(review)
     viewer.layers[f"{image.name} uncertainty"].visible = False
     for layer in viewer.layers:
         if layer.metadata.get("kind") == "grader" and layer.data.any():
             layer.visible = True
             layer.contour = 1  # outlines, so that the hypothesis shows through
     viewer.layers.selection.active = image
-    out.append(screenshot(viewer, folder / "review-lidc.png"))
+    path = screenshot(viewer, folder / "review-lidc.png")
     viewer.close()
+    return path
 
-    # the large (synthetic) slice and the synthetic model: click on the lesion
+
+def _click_scene(folder: Path) -> Path:
+    """The large (synthetic) slice and the synthetic model: click on the lesion."""
     from napari_probunet.gui.samples import LARGE_OFFSET
 
-    viewer = _make_viewer()
-    review = open_review(viewer, explorer=False, scripted=True)
-    viewer.open_sample(PLUGIN, "lesion_large")
-    load_model(review, "lesions")
+    viewer, review = _open_for_pictures("lesion_large", "lesions")
     review.set_roi_mode("click")
     settle()
     image = viewer.layers["CT slice"]
     review.set_click_roi(image.data_to_world((LARGE_OFFSET[0] + 32, LARGE_OFFSET[1] + 32)))
     wait_until(lambda: not review.busy, what="sampling")
     viewer.layers.selection.active = image
-    out.append(screenshot(viewer, folder / "review-roi.png"))
+    path = screenshot(viewer, folder / "review-roi.png")
     viewer.close()
-    return out
+    return path
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -18,6 +18,10 @@ API (used by the review widget and the explorer):
   ``r0:r1`` and columns ``c0:c1`` of a 2D Labels view from ``new``; False when the fast path
   does not apply and the caller must refresh the layer itself.
 - :func:`unwrap_viewer` ``(viewer)``: the viewer behind the proxy napari hands to plugins.
+- :func:`displayed_texture` ``(layer)``: what a Labels layer's 2D view sends to the canvas (for
+  tests and benchmarks that check a partial repaint); :func:`main_window` ``(viewer)``: the Qt
+  main window (to size it for a screenshot); :func:`vispy_canvas` ``(viewer)``: the vispy
+  canvas (to count its draws in a benchmark).
 - :data:`NAPARI_VERSION`, :func:`private_api_supported`.
 """
 
@@ -118,3 +122,22 @@ def write_labels_region(layer, new: np.ndarray, r0: int, r1: int, c0: int, c1: i
     except (AttributeError, TypeError, ValueError, IndexError):
         return False
     return True
+
+
+def displayed_texture(layer) -> np.ndarray | None:
+    """The colour-mapped 2D view a Labels ``layer`` last sent to the canvas (a copy), or None
+    where napari keeps it elsewhere. What :func:`write_labels_region` writes into."""
+    try:
+        return np.array(layer._slice.image.view, copy=True)
+    except AttributeError:
+        return None
+
+
+def main_window(viewer):
+    """The viewer's Qt main window (``QMainWindow``): napari exposes no public handle to it."""
+    return unwrap_viewer(viewer).window._qt_window
+
+
+def vispy_canvas(viewer):
+    """The vispy ``SceneCanvas`` that draws the viewer (its ``events.draw`` counts frames)."""
+    return unwrap_viewer(viewer).window._qt_viewer.canvas._scene_canvas

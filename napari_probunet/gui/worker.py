@@ -18,8 +18,8 @@ takes that lock in one method (:meth:`SessionWorker._locked`) around each unit o
 
 Results reach the GUI thread through Qt signals (:class:`WorkerSignals`, queued across threads).
 
-How a widget uses it (the explorer does exactly this; the review widget, which today runs
-napari's ``thread_worker``, should switch to it)::
+How a widget uses it (the explorer does exactly this; the review widget through
+:class:`~napari_probunet.gui.review.runner.JobRunner`, which turns the messages into callbacks)::
 
     self._worker = SessionWorker(state.lock, parent=self, name="probunet-review")
     self._worker.signals.job_result.connect(self._on_job_result)
@@ -33,12 +33,17 @@ napari's ``thread_worker``, should switch to it)::
     ...
     def _on_job_result(self, message):
         self._worker.delivered()             # always first: keeps `idle` honest
-        token, kind, item, error = message   # kind "<kind>:done" (item None) when a job ends
-        if token != self._token:
+        token, kind, item, error = message   # kind "<kind>:done" (item: what the job
+        if token != self._token:             # returned) when a job ends
             return                           # stale: the model or the region changed since
         ...
     # closeEvent / the viewer goes away:
     self._worker.stop()
+
+A job ends with exactly one of: ``"<kind>:done"`` (its return value as the item; a
+:func:`returning` job returns its function's result), a message with ``error`` set, or, after
+:meth:`~SessionWorker.cancel_job`, ``"<kind>:cancelled"``. (A job replaced by :meth:`submit`
+or dropped by :meth:`cancel` or :meth:`stop` just stops, with no last message.)
 
 Rules that keep it correct: never touch napari layers or Qt widgets inside a job (pass arrays
 in, get arrays out; the GUI thread applies them); bump the widget's token and call
@@ -64,8 +69,9 @@ class WorkerSignals(QObject):
 
     ``latest_ready()``: a latest-request result waits in :meth:`SessionWorker.take_latest`.
     ``job_result((token, kind, item, error))``: one step of a job, its failure (``error`` set,
-    ``item`` None), or its end (``kind`` is ``"<kind>:done"``). A failed latest request also
-    arrives here, with the ``kind`` it was requested under.
+    ``item`` None), its end (``kind`` is ``"<kind>:done"``, ``item`` what the job returned) or,
+    after :meth:`SessionWorker.cancel_job`, its stop (``"<kind>:cancelled"``, ``item`` None).
+    A failed latest request also arrives here, with the ``kind`` it was requested under.
     """
 
     latest_ready = Signal()
@@ -103,6 +109,7 @@ class SessionWorker:
         self._result: LatestResult | None = None
         self._jobs: deque = deque()
         self._current: tuple | None = None
+        self._cancelled: list[tuple] = []  # jobs stopped by cancel_job, to be announced
         self._busy = False
         self._in_flight = 0  # job results sent but not handled by the GUI yet
         self._stopped = False
@@ -147,6 +154,19 @@ class SessionWorker:
             self._jobs.clear()
             self._cond.notify()
 
+    def cancel_job(self, kind: str) -> None:
+        """Stop the job of ``kind``: a queued one now, a running one after its running step
+        (whose item still arrives). Then ``"<kind>:cancelled"`` arrives instead of
+        ``"<kind>:done"``, unless the job failed in that step (its error is its end)."""
+        with self._cond:
+            stopped = [j for j in self._jobs if j[1] == kind]
+            self._jobs = deque(j for j in self._jobs if j[1] != kind)
+            if self._current is not None and self._current[1] == kind:
+                stopped.append(self._current)
+                self._current = None
+            self._cancelled.extend(stopped)
+            self._cond.notify()
+
     def delivered(self) -> None:
         """The GUI handled one job result (call it first thing in the ``job_result`` slot)."""
         with self._cond:
@@ -157,7 +177,7 @@ class SessionWorker:
         """Nothing requested, queued, running, or sent and not handled yet."""
         with self._cond:
             return not (self._request or self._result or self._jobs or self._current
-                        or self._busy or self._in_flight)
+                        or self._cancelled or self._busy or self._in_flight)
 
     def stop(self) -> None:
         """End the thread after the running step (the widget is closing)."""
@@ -165,6 +185,7 @@ class SessionWorker:
             self._stopped = True
             self._request = self._current = None
             self._jobs.clear()
+            self._cancelled.clear()
             self._cond.notify()
 
     # -- worker side -----------------------------------------------------------------------------
@@ -196,23 +217,28 @@ class SessionWorker:
         while True:
             with self._cond:
                 while not self._stopped and not (
-                        self._wants_latest() or self._current is not None or self._jobs):
+                        self._cancelled or self._wants_latest() or self._current is not None
+                        or self._jobs):
                     self._cond.wait()
                 if self._stopped:
                     return
                 self._busy = True
-                if self._wants_latest():
+                notices, self._cancelled = self._cancelled, []
+                request = step = None
+                if notices:
+                    pass  # announce cancelled jobs first: the GUI waits for them
+                elif self._wants_latest():
                     request, self._request = self._request, None
-                    step = None
                 else:
-                    request = None
                     if self._current is None:
                         self._current = self._jobs.popleft()
                     step = self._current
             try:
+                for token, kind, _job in notices:
+                    self._send((token, kind + ":cancelled", None, None))
                 if request is not None:
                     self._run_latest(*request)
-                else:
+                elif step is not None:
                     self._step(step)
             finally:
                 with self._cond:
@@ -236,8 +262,8 @@ class SessionWorker:
         token, kind, job = entry
         try:
             item = self._locked(lambda: next(job))
-        except StopIteration:
-            item, error, done = None, None, True
+        except StopIteration as end:
+            item, error, done = end.value, None, True
         except Exception as exc:  # noqa: BLE001 - reported on the GUI thread
             item, error, done = None, exc, True
         else:
@@ -246,8 +272,12 @@ class SessionWorker:
             with self._cond:
                 if self._current is entry:
                     self._current = None
+                cancelled = any(e is entry for e in self._cancelled)
+                if cancelled and error is not None:  # its error is its end: no notice
+                    self._cancelled = [e for e in self._cancelled if e is not entry]
             if error is None:
-                self._send((token, kind + ":done", None, None))
+                if not cancelled:  # else "<kind>:cancelled" follows, not its result
+                    self._send((token, kind + ":done", item, None))
                 return
         self._send((token, kind, item, error))
 
@@ -255,3 +285,9 @@ class SessionWorker:
 def once(fn: Callable[[], Any]) -> Iterator:
     """A one-step job: ``submit(token, kind, once(fn))`` sends ``fn()``'s result."""
     yield fn()
+
+
+def returning(fn: Callable[[], Any]) -> Iterator:
+    """A one-step job whose end, ``"<kind>:done"``, carries ``fn()``'s result."""
+    return fn()
+    yield  # a generator: the worker runs it under the lock like any job

@@ -71,5 +71,6 @@ def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: fl
 
 
 def wait_idle(qtbot, widget, timeout: int = 60_000) -> None:
-    """Wait (processing Qt events) until the review widget's background job is done."""
+    """Wait (processing Qt events) until the review widget is no longer ``busy``: no model
+    loading, no sampling run, no hypothesis layers still to add."""
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)

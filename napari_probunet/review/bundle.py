@@ -252,7 +252,7 @@ def check_manifest(manifest: Any, where: str = "bundle") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
@@ -283,7 +283,7 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
                                  compresslevel=compresslevel) as zf:
                 zf.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
                 for key, array in arrays.items():
-                    zf.writestr(f"{key}.npy", _npy_bytes(array))
+                    zf.writestr(f"{key}.npy", npy_bytes(array))
         files.commit_replace(tmp, path)
     finally:
         if tmp.exists():

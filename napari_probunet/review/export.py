@@ -57,23 +57,12 @@ import numpy as np
 
 from napari_probunet import files
 from napari_probunet.errors import UserError
-from napari_probunet.review.provenance import (  # noqa: F401 (pixels_changed: widgets use it)
+from napari_probunet.review.provenance import (
     Provenance,
     jsonable,
     now_iso,
     pixels_changed,
     versions,
-)
-
-# Until the widgets and the tests import them from their own module, the autosave's names are
-# also reachable here (napari_probunet.review.recovery is their home).
-from napari_probunet.review.recovery import (  # noqa: F401
-    discard_recovery,
-    load_recovery,
-    read_recovery_file,
-    recovery_dir,
-    recovery_path,
-    save_recovery,
 )
 
 #: file types :func:`export_correction` writes, by suffix

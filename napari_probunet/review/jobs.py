@@ -1,10 +1,15 @@
 """The review widget's background jobs: load a model, sample one slice or every slice of a stack.
 
-Plain (generator) functions that a GUI runs on a worker thread: no Qt, no napari. They take
-arrays (the GUI reads the layer on its own thread, see :class:`SamplingJob`), yield progress
-messages and return the result for the GUI thread to show. Every use of the shared
-:class:`~napari_probunet.session.Session` goes through :func:`using_session` (the review
-state's lock and the torch thread count), the one place that takes the lock.
+Plain generators (and one function) that a GUI runs on a worker thread: no Qt, no napari.
+They take arrays (the GUI reads the layer on its own thread, see :class:`SamplingJob`), yield
+progress messages and return the result for the GUI thread to show.
+
+They take no lock: whoever runs them holds the session's lock (:attr:`ReviewState.lock
+<napari_probunet.review.state.ReviewState.lock>`) around each step, i.e. each ``next()``
+(the GUI's :class:`~napari_probunet.gui.worker.SessionWorker` does; a script with the session to
+itself need not). So a step is a unit of work on the shared session that no other user may
+split (encoding and drawing the latents of that encoding), and steps are kept short (one
+chunk of decodes) so that another widget gets the session in between.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
-from napari_probunet.review.state import Encoded, ReviewState
+from napari_probunet.review.state import Encoded
 
 #: pixel-samples decoded per worker step (progress and Cancel granularity)
 CHUNK_PIXELS = 1 << 18
@@ -91,18 +96,6 @@ def _check_region(region: np.ndarray, name: str) -> None:
 
 
 @contextmanager
-def using_session(state: ReviewState, threads: int | None = None):
-    """Hold the review state's session lock (and run torch on ``threads`` intra-op threads)
-    inside the block: the one way this module, and the GUI, use the shared session."""
-    with state.lock:
-        if threads is None:
-            yield
-        else:
-            with _torch_threads(threads):
-                yield
-
-
-@contextmanager
 def _torch_threads(n: int):
     """Run torch on ``n`` intra-op threads inside the block (set per calling thread)."""
     import torch
@@ -117,12 +110,13 @@ def _torch_threads(n: int):
             torch.set_num_threads(before)
 
 
-def sampling_job(state: ReviewState, session, request: SamplingJob):
+def sampling_job(session, request: SamplingJob):
     """Encode the ROI (unless the session holds it already), then decode ``n`` samples.
 
     Yields ``("stage", text)``, ``("encoded", Encoded)`` and ``("progress", done)``; returns a
     :class:`Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
     for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
+    Steps: encoding and drawing the latents are one step; then one chunk per step.
     """
     from napari_probunet.session import image_signature, pixel_disagreement
 
@@ -130,65 +124,67 @@ def sampling_job(state: ReviewState, session, request: SamplingJob):
     _check_region(region, request.layer_name)
     signature = image_signature(region)
     plane_signature = image_signature(request.plane)
-    with using_session(state):
-        if not (session.has_image and session.image_signature == signature):
-            yield ("stage", "Encoding the image…")
-            with _torch_threads(ENCODE_THREADS):
-                session.set_image(region)
-            yield ("encoded", Encoded(
-                layer_name=request.layer_name, slice_index=request.index,
-                roi=request.roi, image_signature=signature, image=region))
+    if session.has_image and session.image_signature == signature:
         z = session.draw_latents(request.n, request.seed)
+    else:
+        yield ("stage", "Encoding the image…")
+        with _torch_threads(ENCODE_THREADS):
+            session.set_image(region)
+        z = session.draw_latents(request.n, request.seed)
+        yield ("encoded", Encoded(
+            layer_name=request.layer_name, slice_index=request.index,
+            roi=request.roi, image_signature=signature, image=region))
     labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
     yield ("stage", "Sampling…")
-    for stop in _decode_in_chunks(state, session, z, signature, labels):
+    for stop in _decode_in_chunks(session, z, signature, labels):
         yield ("progress", stop)
     uncertainty = pixel_disagreement(labels, session.config.num_classes)
     return Sampled(request, labels, z, uncertainty, signature, plane_signature)
 
 
-def decode_region(state: ReviewState, session, region: np.ndarray, n: int, seed: int):
-    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed``:
-    ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
+def decode_region(session, region: np.ndarray, n: int, seed: int):
+    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed`` (a part of a job:
+    ``yield from`` it). Yields ``("decoded", done)`` after the encoding (0) and each chunk;
+    returns ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
     from napari_probunet.session import image_signature
 
     signature = image_signature(region)
-    with using_session(state):
-        if not (session.has_image and session.image_signature == signature):
-            with _torch_threads(ENCODE_THREADS):
-                session.set_image(region)
-        z = session.draw_latents(n, seed)
+    if not (session.has_image and session.image_signature == signature):
+        with _torch_threads(ENCODE_THREADS):
+            session.set_image(region)
+    z = session.draw_latents(n, seed)
+    yield ("decoded", 0)
     labels = np.empty((n, *region.shape[:2]), np.uint8)
-    for _ in _decode_in_chunks(state, session, z, signature, labels):
-        pass
+    for stop in _decode_in_chunks(session, z, signature, labels):
+        yield ("decoded", stop)
     return labels, z, signature
 
 
-def _decode_in_chunks(state: ReviewState, session, z: np.ndarray, signature: str,
-                      labels: np.ndarray):
-    """Decode ``z`` into ``labels`` a chunk at a time (yielding how many are done), checking
+def _decode_in_chunks(session, z: np.ndarray, signature: str, labels: np.ndarray):
+    """Decode ``z`` into ``labels`` a chunk per step (yielding how many are done), checking
     that the session still holds the image ``signature`` (another widget may re-encode)."""
     n = len(z)
     chunk = max(1, min(n, CHUNK_PIXELS // max(1, labels.shape[1] * labels.shape[2])))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        with using_session(state, DECODE_THREADS):
-            if session.image_signature != signature:
-                raise UserError("the encoded image changed while sampling; click Sample again")
+        if session.image_signature != signature:
+            raise UserError("the encoded image changed while sampling; click Sample again")
+        with _torch_threads(DECODE_THREADS):
             labels[start:stop] = session.decode(z[start:stop])
         yield stop
 
 
-def stack_job(state: ReviewState, session, request: SamplingJob):
+def stack_job(session, request: SamplingJob):
     """"All slices": sample every slice of ``request.stack``, the current slice (the last
     entry of ``request.index``) first, then the others in order, each with the same seed.
 
-    Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice) and
-    ``("slice", (done, total))``; returns a :class:`Sampled` whose ``labels``/``z`` are the
-    current slice's and whose ``stack_*`` hold the whole stack. A blank (constant) slice other
-    than the current one gets empty labels and ``None`` latents. ``request.stop`` (Cancel)
-    ends the run between slices: the slices done are kept, the others stay empty. Finally the
-    session holds the current slice's encoding again.
+    Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice),
+    ``("slice", (done, total))`` and :func:`decode_region`'s ``("decoded", done)``; returns a
+    :class:`Sampled` whose ``labels``/``z`` are the current slice's and whose ``stack_*`` hold
+    the whole stack. A blank (constant) slice other than the current one gets empty labels and
+    ``None`` latents. ``request.stop`` (Cancel) ends the run between slices: the slices done
+    are kept, the others stay empty. Finally the session holds the current slice's encoding
+    again.
     """
     from napari_probunet.session import image_signature, pixel_disagreement
 
@@ -216,7 +212,7 @@ def stack_job(state: ReviewState, session, request: SamplingJob):
             except InputError:
                 region = None  # a blank slice: empty labels, no latents
         if region is not None:
-            labels, z, signature = decode_region(state, session, region, n, seed)
+            labels, z, signature = yield from decode_region(session, region, n, seed)
             stack_labels[:, k] = labels
             stack_unc[k] = pixel_disagreement(labels, num_classes)
             z_per_slice[k] = [[float(v) for v in row] for row in z]
@@ -230,21 +226,21 @@ def stack_job(state: ReviewState, session, request: SamplingJob):
     labels, z, signature = current
     if session.image_signature != signature:  # give the session back the current slice
         yield ("stage", "Encoding the current slice…")
-        with using_session(state, ENCODE_THREADS):
+        with _torch_threads(ENCODE_THREADS):
             session.set_image(current_region)
     return Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
                    z_per_slice=z_per_slice, slices_done=done)
 
 
-def model_job(state: ReviewState, source, device: str):
+def model_job(source, device: str):
     """Load a model file (or move a loaded model) and make a session on ``device``:
-    ``(model, session)``."""
+    ``(model, session)``. A function, not a generator: one step (a loaded model is shared
+    with the current session, so the runner's lock covers it)."""
     from napari_probunet.model.modelfile import load_model
     from napari_probunet.session import Session
 
     if isinstance(source, (str, os.PathLike)):
         model = load_model(source, device="cpu")
         return model, Session(model, device)
-    with using_session(state):  # the model object is shared with the current session
-        return source, Session(source, device)
+    return source, Session(source, device)

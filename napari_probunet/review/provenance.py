@@ -59,6 +59,12 @@ KIND_KEYS = {
 OPTIONAL_KEYS = ("source", "index", "z", "class_names", "scale", "translate", "source_labels")
 #: keys of a run over all slices, present together
 STACK_KEYS = ("slices", "stack_axis", "slices_done", "z_per_slice")
+#: the order of a correction's keys, as the review widget has always written them: an
+#: autosave keeps the record as JSON text, so the order is part of the file
+CORRECTION_ORDER = ("kind", "source", "index", "z", "seed", "n_samples", "roi", "image_layer",
+                    "slice_index", "plane_shape", "image_signature", "plane_signature",
+                    "model_sha256", "model_name", "class_names", "scale", "translate",
+                    "source_labels")
 
 
 def _as_list(value: Any) -> Any:
@@ -103,7 +109,8 @@ class Provenance:
     # ------------------------------------------------------------------ conversion
     def to_metadata(self) -> dict[str, Any]:
         """The record as a layer's metadata dict (the keys and values the widgets, the
-        reader, the exporter and the autosave have always used)."""
+        reader, the exporter and the autosave have always used; a correction's keys in
+        :data:`CORRECTION_ORDER`, the order its autosave has always written)."""
         out: dict[str, Any] = {}
         if self.kind is not None:
             out["kind"] = self.kind
@@ -117,6 +124,9 @@ class Provenance:
         if self.slices is not None:
             for key in STACK_KEYS:
                 out[key] = getattr(self, key)
+        if self.kind == "correction":
+            first = {k: out.pop(k) for k in CORRECTION_ORDER if k in out}
+            out = {**first, **out}
         out.update(self.extra)
         return out
 

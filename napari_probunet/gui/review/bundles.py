@@ -3,7 +3,8 @@
 napari's reader adds a bundle's layers one by one; :class:`BundleAdopter` waits until all are
 in (a zero-delay timer), then makes them the state's hypotheses, ready to cycle, pick as the
 best fit, edit and export with no model run. The bundle's record (model, seed, …) stays
-available as :attr:`BundleAdopter.record` for the correction's provenance.
+available as :attr:`BundleAdopter.record` (a
+:class:`~napari_probunet.review.provenance.Provenance`) for the correction's provenance.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from qtpy.QtCore import QTimer
 from napari_probunet.gui.review.common import is_bundle_layer
 from napari_probunet.review.bundle import collect_layers
 from napari_probunet.review.geometry import as_2d
-from napari_probunet.review.jobs import using_session
+from napari_probunet.review.provenance import Provenance
 from napari_probunet.review.state import Encoded
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class _Found:
     image: Any
     layers: list[Any]  # hypothesis layers, by index
     uncertainty: Any
-    meta: dict[str, Any]  # the shared record (that of the first hypothesis)
+    record: Provenance  # the shared record (that of the first hypothesis)
     labels: np.ndarray  # (n, h, w) uint8
     z: np.ndarray  # (n, d) float32
     roi: tuple[int, int, int, int]
@@ -45,7 +46,7 @@ class BundleAdopter:
     def __init__(self, widget) -> None:
         self.widget = widget
         #: the shared record (model, seed, ...) of the bundle whose hypotheses are adopted
-        self.record: dict[str, Any] | None = None
+        self.record: Provenance | None = None
         self._signature: str | None = None  # image signature of a bundle to adopt
         self.timer = QTimer(widget)  # adopt a bundle once all its layers are in
         self.timer.setSingleShot(True)
@@ -59,7 +60,7 @@ class BundleAdopter:
     def on_layer_inserted(self, layer) -> None:
         if is_bundle_layer(layer) and not self.widget.closed:
             # napari adds a bundle's layers one by one: adopt them once all are in
-            self._signature = layer.metadata.get("image_signature")
+            self._signature = Provenance.from_metadata(layer.metadata).image_signature
             self.timer.start()
 
     def _on_timer(self) -> None:
@@ -72,29 +73,30 @@ class BundleAdopter:
         list), or None (with a warning when it is incomplete)."""
         layers = self.widget.viewer.layers
         if image_signature is None:
-            images = [la for la in layers
-                      if is_bundle_layer(la) and la.metadata.get("kind") == "image"]
+            images = [la for la in layers if is_bundle_layer(la)
+                      and Provenance.from_metadata(la.metadata).kind == "image"]
             if not images:
                 return None
-            image_signature = images[-1].metadata.get("image_signature")
+            image_signature = Provenance.from_metadata(images[-1].metadata).image_signature
         found = collect_layers(layers, image_signature)
         hyps = [la for la in found.hypotheses if is_bundle_layer(la)]
         image = found.image
         if image is None or not hyps:
             return None
-        meta = dict(hyps[0].metadata)
-        indices = [la.metadata.get("index") for la in hyps]
-        if indices != list(range(len(hyps))) or len(hyps) != meta.get("n_samples", len(hyps)):
+        records = [Provenance.from_metadata(la.metadata) for la in hyps]
+        record = records[0]
+        indices = [r.index for r in records]
+        if indices != list(range(len(hyps))) or len(hyps) != record.n_samples:
             show_warning(f"The bundle of '{image.name}' lacks some hypothesis layers; open it "
                          "again to review its hypotheses.")
             return None
         labels = np.stack([as_2d(la.data) for la in hyps]).astype(np.uint8, copy=False)
-        z = np.array([la.metadata.get("z") or [] for la in hyps], np.float32)
-        roi = tuple(int(v) for v in meta.get("roi") or (0, 0, *labels.shape[1:]))
+        z = np.array([r.z or [] for r in records], np.float32)
+        roi = tuple(int(v) for v in record.roi or (0, 0, *labels.shape[1:]))
         if (roi[2], roi[3]) != labels.shape[1:]:
             show_warning(f"The bundle of '{image.name}' does not fit its region; not adopted.")
             return None
-        return _Found(image, hyps, found.uncertainty, meta, labels, z, roi)
+        return _Found(image, hyps, found.uncertainty, record, labels, z, roi)
 
     def adopt(self, image_signature: str | None = None, *, notify: bool = True) -> bool:
         """See :meth:`ReviewWidget.adopt_bundle_layers`."""
@@ -103,23 +105,22 @@ class BundleAdopter:
         w = self.widget
         if w.closed:
             return False
-        if w.sampler.worker is not None:
+        if w.sampler.running:
             show_info("The opened bundle's hypotheses are not adopted while sampling runs.")
             return False
         found = self._find(image_signature)
         if found is None:
             return False
-        st, meta = w.state, found.meta
-        signature = meta.get("image_signature")  # the bundle's (collect_layers matched it)
+        st, record = w.state, found.record
+        signature = record.image_signature  # the bundle's (collect_layers matched it)
         encoded = Encoded(layer_name=found.image.name, slice_index=(), roi=found.roi,
                           image_signature=signature, image=np.asarray(found.image.data))
-        in_session = self._encode(encoded, meta.get("model_sha256"))
+        in_session = self._encode(encoded, record.model_sha256)
         st.set_hypotheses(Hypotheses(labels=found.labels, z=found.z,
-                                     seed=int(meta.get("seed") or 0)),
+                                     seed=int(record.seed or 0)),
                           found.layers, found.uncertainty, encoded=encoded)
-        w.hypothesis_view.adopt(found.layers, found.uncertainty,
-                           meta.get("plane_signature") or signature)
-        self.record = meta
+        w.hypothesis_view.adopt(found.layers, found.uncertainty, record.signature)
+        self.record = record
         self._show(found, in_session, notify)
         return True
 
@@ -130,10 +131,13 @@ class BundleAdopter:
         session = st.session
         if session is None or not model_sha256 or session.model_sha256 != model_sha256:
             return False
+
+        def encode():
+            if not (session.has_image and session.image_signature == encoded.image_signature):
+                session.set_image(encoded.image)
+
         try:
-            with using_session(st):
-                if not (session.has_image and session.image_signature == encoded.image_signature):
-                    session.set_image(encoded.image)
+            self.widget.jobs.call_now(encode)  # on the GUI thread, under the session lock
         except Exception as exc:  # noqa: BLE001 (the review works without it)
             log.warning("could not encode the bundle's image: %s", exc)
             return False
@@ -141,15 +145,15 @@ class BundleAdopter:
 
     def _show(self, found: _Found, in_session: bool, notify: bool) -> None:
         """Show the first hypothesis, set the Sampling box to the bundle's, tell the others."""
-        w, st, meta, hyps = self.widget, self.widget.state, found.meta, found.layers
+        w, st, record, hyps = self.widget, self.widget.state, found.record, found.layers
         w.hypothesis_view.current = 0
         for i, la in enumerate(hyps):
             if la.visible != (i == 0):
                 la.visible = i == 0
         if w.image_combo.findText(found.image.name) >= 0:
             w.image_combo.setCurrentText(found.image.name)
-        if meta.get("seed") is not None:
-            w.seed_spin.setValue(int(meta["seed"]))
+        if record.seed is not None:
+            w.seed_spin.setValue(int(record.seed))
         w.n_spin.setValue(len(hyps))
         if in_session:
             w.emit(st.image_encoded)
@@ -158,5 +162,5 @@ class BundleAdopter:
         w.hypothesis_view.update_navigation()
         w.progress.setFormat(f"{len(hyps)} hypotheses from the bundle")
         if notify:
-            case = meta.get("case_id") or found.image.name
+            case = record.extra.get("case_id") or found.image.name
             show_info(f"Opened bundle {case}: {len(hyps)} hypotheses ready (no model run)")

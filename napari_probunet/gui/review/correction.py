@@ -3,7 +3,9 @@
 :class:`Correction` turns the chosen hypothesis (or an explorer point) into an editable
 ``<image> correction`` Labels layer, autosaves it 2 s after the last edit, offers to restore an
 autosave when the same image is sampled again, keeps the edits of a deleted correction, and
-exports it (:mod:`napari_probunet.review.export`).
+exports it (:mod:`napari_probunet.review.export`). The layer's metadata is its
+:class:`~napari_probunet.review.provenance.Provenance`; the autosave is
+:mod:`napari_probunet.review.recovery`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from napari.layers import Labels
@@ -29,8 +30,9 @@ from napari_probunet.gui.review.common import (
     KEY_EXPORT,
     colormap,
 )
-from napari_probunet.review import export
+from napari_probunet.review import export, recovery
 from napari_probunet.review.geometry import as_2d, embed
+from napari_probunet.review.provenance import Provenance, pixels_changed
 from napari_probunet.review.state import Choice
 
 
@@ -115,16 +117,16 @@ class Correction:
                  else "the explorer's point")
         existing = self._correction_for(enc.layer_name)
         if existing is not None:
-            edited = export.pixels_changed(as_2d(existing.data),
-                                           existing.metadata.get("source_labels"))
+            edited = Provenance.from_metadata(existing.metadata).pixels_edited(
+                as_2d(existing.data))
             if edited and not self.widget.confirm(
                     "Replace the correction?",
                     f"'{existing.name}' has {edited} pixel(s) edited by hand. Replace it with "
                     f"{label}? The edits are lost unless you export them first."):
                 show_info("The correction was kept.")
                 return
-        meta = self._record(choice, labels, layer, plane)
-        correction = self._make(layer, plane, enc.roi, labels.copy(), meta, existing)
+        prov = self._record(choice, labels, layer, plane)
+        correction = self._make(layer, plane, enc.roi, labels.copy(), prov, existing)
         self.state.choose(choice, correction)
         unc = self.widget.hypothesis_view.uncertainty
         if unc is not None and unc in self.viewer.layers:
@@ -132,41 +134,41 @@ class Correction:
         show_info(f"{label.capitalize()} is now '{enc.layer_name} correction': edit it with the "
                   "brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
 
-    def _record(self, choice: Choice, labels: np.ndarray, layer, plane: Plane) -> dict[str, Any]:
-        """The correction layer's metadata: where it came from (the export record's source)."""
+    def _record(self, choice: Choice, labels: np.ndarray, layer, plane: Plane) -> Provenance:
+        """Where the correction came from (its layer's metadata, the export record's source)."""
         w, enc, hyp = self.widget, self.state.encoded, self.state.hypotheses
         # hypotheses from an opened bundle carry their own model record (there may be no model)
         bundle = w.bundles.record if choice.source == "hypothesis" else None
-        model_sha = bundle.get("model_sha256") if bundle else w.model_sha()
-        model_name = bundle.get("model_name") if bundle else w.model_name()
+        model_sha = bundle.model_sha256 if bundle is not None else w.model_sha()
+        model_name = bundle.model_name if bundle is not None else w.model_name()
         class_names = (list(self.state.model.config.class_names) if self.state.model
                        else None)
-        if bundle and bundle.get("class_names"):
-            class_names = list(bundle["class_names"])
-        return {
-            "kind": "correction", "source": choice.source, "index": choice.index,
-            "z": [float(v) for v in np.asarray(choice.z).ravel()],
-            "seed": hyp.seed if (hyp is not None and choice.source == "hypothesis") else None,
-            "n_samples": len(hyp.labels) if hyp is not None else None,
-            "roi": list(enc.roi), "image_layer": enc.layer_name,
-            "slice_index": list(enc.slice_index), "plane_shape": list(plane.shape),
-            "image_signature": enc.image_signature,
-            "plane_signature": w.hypothesis_view.plane_signature or enc.image_signature,
-            "model_sha256": model_sha, "model_name": model_name,
-            "class_names": class_names,
-            "scale": [float(s) for s in layer.scale[-2:]],
-            "translate": [float(t) for t in layer.translate[-2:]],
-            "source_labels": labels.copy(),
-        }
+        if bundle is not None and bundle.class_names:
+            class_names = list(bundle.class_names)
+        return Provenance(
+            kind="correction", source=choice.source, index=choice.index,
+            z=[float(v) for v in np.asarray(choice.z).ravel()],
+            seed=hyp.seed if (hyp is not None and choice.source == "hypothesis") else None,
+            n_samples=len(hyp.labels) if hyp is not None else None,
+            roi=enc.roi, image_layer=enc.layer_name, slice_index=enc.slice_index,
+            plane_shape=plane.shape, image_signature=enc.image_signature,
+            plane_signature=w.hypothesis_view.plane_signature or enc.image_signature,
+            model_sha256=model_sha, model_name=model_name, class_names=class_names,
+            scale=[float(s) for s in layer.scale[-2:]],
+            translate=[float(t) for t in layer.translate[-2:]],
+            source_labels=labels.copy())
 
     def _make(self, layer, plane: Plane, roi, labels2d: np.ndarray,
-              meta: dict[str, Any], existing: Labels | None) -> Labels:
+              prov: Provenance, existing: Labels | None) -> Labels:
+        """Put ``labels2d`` (the ROI crop) into the correction layer (``existing`` reused when
+        it fits), with ``prov`` as its metadata, ready for the brush."""
         viewer = self.viewer
+        meta = prov.to_metadata()
         place = placement(layer, roi, plane.index)
         data = embed(labels2d, plane.index)
-        name = f"{meta['image_layer']} correction"
+        name = f"{prov.image_layer} correction"
         num_classes = self.state.model.config.num_classes if self.state.model else max(
-            2, len(meta.get("class_names") or ()))
+            2, len(prov.class_names or ()))
         self._unwatch()
         if existing is not None and existing in viewer.layers and existing.data.shape == data.shape:
             correction = existing
@@ -198,18 +200,19 @@ class Correction:
 
     def _correction_for(self, image_name: str) -> Labels | None:
         layer = self.layer
-        return layer if layer is not None and layer.metadata.get("image_layer") == image_name \
-            else None
+        if layer is None or Provenance.from_metadata(layer.metadata).image_layer != image_name:
+            return None
+        return layer
 
     def update_label(self, saved: str | None = None) -> None:
         layer = self.layer
         if layer is None:
             self.correction_label.setText("No correction yet")
             return
-        meta = layer.metadata
-        source = (f"hypothesis {meta['index'] + 1}" if meta.get("source") == "hypothesis"
+        prov = Provenance.from_metadata(layer.metadata)
+        source = (f"hypothesis {prov.hypothesis_number}" if prov.source == "hypothesis"
                   else "an explorer point")
-        edited = export.pixels_changed(as_2d(layer.data), meta.get("source_labels"))
+        edited = prov.pixels_edited(as_2d(layer.data))
         text = f"'{layer.name}' from {source} · {edited or 0} pixel(s) edited"
         if saved:
             text += f" · autosaved {saved}"
@@ -230,12 +233,8 @@ class Correction:
             with suppress(RuntimeError):
                 self.update_label()
             return None
-        meta = layer.metadata
-        info = {k: v for k, v in meta.items() if k != "source_labels"}
         try:
-            path = export.save_recovery(meta["plane_signature"], data, info,
-                                        source_labels=meta.get("source_labels"),
-                                        folder=self.widget.recovery_dir)
+            path = self._save_recovery(layer, data)
         except (OSError, KeyError, ValueError) as exc:
             if not self._autosave_failed:
                 show_warning(f"Autosave failed ({exc}); your edits are still in napari. Export "
@@ -261,15 +260,17 @@ class Correction:
         folder = self.widget.recovery_dir
         if plane_signature in self._declined_recovery or self._correction_for(image_name):
             return
-        found = export.load_recovery(plane_signature, folder)
+        found = recovery.load_recovery(plane_signature, folder)
         if found is None:
             return
         correction, source, info = found
-        roi = tuple(info.get("roi") or ())
-        if len(roi) != 4 or correction.shape != (roi[2], roi[3]):
+        prov = Provenance.from_recovery(
+            info, image_name, source if source is not None else correction.copy())
+        roi = prov.region
+        if roi is None or correction.shape != (roi[2], roi[3]):
             return
-        edited = export.pixels_changed(correction, source)
-        what = (f"hypothesis {info['index'] + 1}" if info.get("source") == "hypothesis"
+        edited = pixels_changed(correction, source)
+        what = (f"hypothesis {prov.hypothesis_number}" if prov.source == "hypothesis"
                 else "an explorer point")
         if not self.widget.confirm(
                 "Restore the autosaved correction?",
@@ -278,16 +279,13 @@ class Correction:
                 "Restore it?"):
             self._declined_recovery.add(plane_signature)
             show_info("The autosaved correction was not restored; it stays in "
-                      f"{export.recovery_path(plane_signature, folder).parent}.")
+                      f"{recovery.recovery_path(plane_signature, folder).parent}.")
             return
-        meta = dict(info, kind="correction", image_layer=image_name,
-                    source_labels=source if source is not None else correction.copy())
-        meta.pop("saved", None)
-        layer = self._make(plane.layer, plane, roi, correction, meta, None)
+        layer = self._make(plane.layer, plane, roi, correction, prov, None)
         self._last_autosaved = correction.copy()
-        z = np.asarray(info.get("z") or [], np.float32)
-        self.state.choose(Choice(source=info.get("source", "hypothesis"),
-                                 index=info.get("index"), z=z, labels=meta["source_labels"]),
+        z = np.asarray(prov.z or [], np.float32)
+        self.state.choose(Choice(source=prov.choice_source, index=prov.index, z=z,
+                                 labels=prov.source_labels),
                           layer)
         show_info(f"Restored the autosaved correction as '{image_name} correction'.")
 
@@ -300,17 +298,21 @@ class Correction:
             self.timer.stop()
         data = as_2d(layer.data)
         if self._last_autosaved is None or not np.array_equal(data, self._last_autosaved):
-            meta = layer.metadata
             with suppress(OSError, KeyError, ValueError):
-                export.save_recovery(meta["plane_signature"], data,
-                                     {k: v for k, v in meta.items() if k != "source_labels"},
-                                     source_labels=meta.get("source_labels"),
-                                     folder=self.widget.recovery_dir)
+                self._save_recovery(layer, data)
                 show_info("The deleted correction was autosaved; sample the same image again "
                           "to restore it.")
         self._unwatch()
         self.state.drop_correction()
         self.update_label()
+
+    def _save_recovery(self, layer, data: np.ndarray) -> Path:
+        """Autosave ``data`` (the ``(h, w)`` crop) of the correction ``layer`` with its record
+        (:func:`napari_probunet.review.recovery.save_recovery`, which raises what it raises)."""
+        prov = Provenance.from_metadata(layer.metadata)
+        return recovery.save_recovery(prov.plane_signature, data, prov.recovery_info(),
+                                      source_labels=prov.source_labels,
+                                      folder=self.widget.recovery_dir)
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
@@ -320,11 +322,12 @@ class Correction:
                          "best fit' first.")
             return None
         meta = layer.metadata
+        prov = Provenance.from_metadata(meta)
         settings = self.widget.settings
         asked = path is None
         if asked:
             folder = str(settings().value("export_folder", str(Path.home())))
-            stem = f"{meta.get('image_layer', 'image')}_correction".replace(" ", "_")
+            stem = f"{prov.image_layer}_correction".replace(" ", "_")
             path = self.widget.ask_save_path(str(Path(folder) / f"{stem}.tif"))
             if not path:
                 return None
@@ -340,7 +343,7 @@ class Correction:
             return None
         try:
             written, record_file = export.export_correction(
-                mask, path, record, overwrite=bool(exists), scale=meta.get("scale"))
+                mask, path, record, overwrite=bool(exists), scale=prov.scale)
         except UserError as exc:
             show_error(str(exc))
             return None
@@ -348,7 +351,7 @@ class Correction:
             settings().setValue("export_folder", str(path.parent))
         with suppress(KeyError, OSError, ValueError):
             if np.array_equal(crop, as_2d(layer.data)):
-                export.discard_recovery(meta["plane_signature"], self.widget.recovery_dir)
+                recovery.discard_recovery(prov.plane_signature, self.widget.recovery_dir)
                 self._last_autosaved = crop.copy()
         show_info(f"Saved {written.name} and {record_file.name} in {written.parent}.")
         self.update_label()

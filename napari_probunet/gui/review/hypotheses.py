@@ -21,6 +21,7 @@ from napari_probunet.gui.placement import move_to
 from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap, remove_layers
 from napari_probunet.review.geometry import embed
 from napari_probunet.review.jobs import Sampled
+from napari_probunet.review.provenance import Provenance
 
 
 class HypothesisLayers:
@@ -63,17 +64,15 @@ class HypothesisLayers:
         self.update_navigation()
 
     def _layer_data(self, result: Sampled):
-        """``(metadata shared by all layers, hypothesis i -> layer data, uncertainty data)``."""
+        """``(the record shared by all layers, hypothesis i -> layer data, uncertainty data)``."""
         request = result.request
         w = self.widget
-        base = {
-            "seed": request.seed, "n_samples": request.n, "roi": list(request.roi),
-            "image_layer": request.layer_name, "slice_index": list(request.index),
-            "plane_shape": list(request.plane.shape[:2]),
-            "image_signature": result.image_signature,
-            "plane_signature": result.plane_signature, "model_sha256": w.model_sha(),
-            "model_name": w.model_name(),
-        }
+        base = Provenance(
+            image_layer=request.layer_name, roi=request.roi,
+            plane_shape=request.plane.shape[:2], slice_index=request.index,
+            image_signature=result.image_signature, plane_signature=result.plane_signature,
+            model_sha256=w.model_sha(), model_name=w.model_name(),
+            seed=request.seed, n_samples=request.n)
         if result.stack_labels is None:
             def to_layer(i):
                 # a copy: brush edits on a hypothesis layer must not change state.hypotheses
@@ -81,8 +80,9 @@ class HypothesisLayers:
 
             return base, to_layer, embed(result.uncertainty, request.index)
         lead = (1,) * (len(request.index) - 1)
-        base.update(slices="all", stack_axis=len(request.index) - 1,
-                    slices_done=result.slices_done, z_per_slice=None)
+        # (z_per_slice stays None on the shared record: each hypothesis gets its own)
+        base = base.with_(slices="all", stack_axis=len(request.index) - 1,
+                          slices_done=result.slices_done)
 
         def to_stack_layer(i):
             return result.stack_labels[i].reshape(lead + result.stack_labels.shape[1:])
@@ -108,9 +108,11 @@ class HypothesisLayers:
         layers: list[Labels] = []
         for i in range(n):
             name = f"{request.layer_name} hypothesis {i + 1:0{width}d}"
-            meta = dict(base, kind="hypothesis", index=i, z=[float(v) for v in result.z[i]])
+            hyp = base.with_(kind="hypothesis", index=i, z=[float(v) for v in result.z[i]])
             if result.stack_labels is not None:
-                meta["z_per_slice"] = [None if zs is None else zs[i] for zs in result.z_per_slice]
+                hyp = hyp.with_(z_per_slice=[None if zs is None else zs[i]
+                                             for zs in result.z_per_slice])
+            meta = hyp.to_metadata()
             if i < len(reuse):
                 la = reuse[i]
                 la.metadata = meta
@@ -122,8 +124,8 @@ class HypothesisLayers:
                 new_layers.append(la)
             layers.append(la)
         unc, new_unc = self._uncertainty_layer(request.layer_name, unc_data,
-                                               dict(base, kind="uncertainty"), place,
-                                               num_classes, drop)
+                                               base.with_(kind="uncertainty").to_metadata(),
+                                               place, num_classes, drop)
         self.pending.clear()
         if drop:
             with no_layer_activation(viewer.layers):

@@ -1,7 +1,8 @@
 """The review widget's Model box: which model, on which device, and what it was trained on.
 
 :class:`ModelPanel` lists the bundled models and an opened model file, loads one off the GUI
-thread (``jobs.model_job`` through :func:`~napari_probunet.gui.review.sampling.start_job`),
+thread (``jobs.model_job``, a job of kind ``"load"`` on the widget's
+:class:`~napari_probunet.gui.review.runner.JobRunner`),
 remembers the device, describes the loaded model and warns, without blocking, when an image
 looks unlike what the model was trained on.
 """
@@ -27,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.review.common import html
-from napari_probunet.gui.review.sampling import start_job
+from napari_probunet.gui.worker import returning
 from napari_probunet.review.jobs import model_job
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ class ModelPanel:
     def __init__(self, widget) -> None:
         self.widget = widget
         self.state = widget.state
-        self.worker = None
         self.error: str | None = None  # why the last load failed, shown in the box
         self.sample_when_ready = False  # Sample was clicked while the model loaded
         self._domain_warned: tuple | None = None
@@ -174,6 +174,11 @@ class ModelPanel:
             self.load_model_file(path)
 
     # ------------------------------------------------------------------ loading
+    @property
+    def loading(self) -> bool:
+        """A model is being loaded (in the background) and has not finished."""
+        return self.widget.jobs.running("load")
+
     def load_bundled_model(self, name: str = "default") -> None:
         from napari_probunet.model.modelfile import BUNDLED_MODELS, bundled_model
 
@@ -196,19 +201,20 @@ class ModelPanel:
         self._start(os.fspath(Path(path).expanduser()))
 
     def _start(self, source) -> None:
-        if self.widget.sampler.worker is not None:
+        if self.widget.sampler.running:
             show_warning("Sampling is running: wait for it to finish or click Cancel, then "
                          "change the model or device.")
             return
-        if self.worker is not None:
+        if self.loading:
             show_warning("A model is already loading; wait a moment.")
             return
         self.error = None
         name = Path(source).name if isinstance(source, (str, os.PathLike)) else "the model"
         self.model_label.setText(f"Loading {name}…")
-        self.worker = start_job(model_job, self.state, source, self.device,
-                                returned=self._on_loaded, errored=self._on_failed,
-                                finished=self._on_finished)
+        device = self.device
+        self.widget.jobs.start("load", returning(lambda: model_job(source, device)),
+                               returned=self._on_loaded, errored=self._on_failed,
+                               finished=self._on_finished)
         self.widget.update_buttons()
 
     def _on_loaded(self, result) -> None:
@@ -228,7 +234,6 @@ class ModelPanel:
         self.show_model()
 
     def _on_finished(self) -> None:
-        self.worker = None
         self.widget.update_buttons()
         if self.sample_when_ready:
             self.sample_when_ready = False

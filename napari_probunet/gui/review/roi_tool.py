@@ -23,6 +23,7 @@ from napari_probunet.gui.review.common import (
     WHOLE_IMAGE_LIMIT,
 )
 from napari_probunet.review.geometry import bounding_roi, centred_roi
+from napari_probunet.review.provenance import Provenance
 
 
 class RoiTool:
@@ -80,7 +81,8 @@ class RoiTool:
     # ------------------------------------------------------------------ the image
     def image_layers(self) -> list[Image]:
         return [layer for layer in self.viewer.layers
-                if isinstance(layer, Image) and layer.metadata.get("kind") != "uncertainty"]
+                if isinstance(layer, Image)
+                and Provenance.from_metadata(layer.metadata).kind != "uncertainty"]
 
     def image_layer(self) -> Image | None:
         return self.find_image(self.image_combo.currentText())

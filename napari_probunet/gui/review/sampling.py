@@ -1,13 +1,10 @@
-"""The review widget's Sampling box, and the one place it starts background jobs.
-
-:func:`start_job` runs a job of :mod:`napari_probunet.review.jobs` (model loading, sampling) in
-a napari thread worker and connects its signals; the widget starts no thread anywhere else, so
-moving to another worker is a change here only. The jobs take arrays and hold the session
-lock themselves (``jobs.using_session``).
+"""The review widget's Sampling box and its sampling runs.
 
 :class:`Sampler` owns the Sampling box (hypotheses, seed, Sample/Cancel, progress, and the
-hypothesis navigation row): it reads the image region on the GUI thread, starts the job and
-hands the result to the hypothesis layers.
+hypothesis navigation row): it reads the image region on the GUI thread, starts the job
+(:mod:`napari_probunet.review.jobs`, which takes arrays) as kind ``"sample"`` on the widget's
+:class:`~napari_probunet.gui.review.runner.JobRunner` and hands the result to the hypothesis
+layers.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -43,22 +39,6 @@ from napari_probunet.review.jobs import Sampled, SamplingJob, sampling_job, stac
 log = logging.getLogger(__name__)
 
 
-def start_job(job, *args, returned, errored, finished, yielded=None, aborted=None):
-    """Run ``job(*args)`` (a function or generator of ``review.jobs``) off the GUI thread;
-    the callbacks run on the GUI thread. Returns the worker (``worker.quit()`` stops a
-    generator job at its next yield)."""
-    worker = create_worker(job, *args, _start_thread=False, _ignore_errors=True)
-    if yielded is not None:
-        worker.yielded.connect(yielded)
-    worker.returned.connect(returned)
-    worker.errored.connect(errored)
-    if aborted is not None:
-        worker.aborted.connect(aborted)
-    worker.finished.connect(finished)
-    worker.start()
-    return worker
-
-
 @dataclass
 class SamplingRun:
     """One sampling run as the GUI sees it: the job, and where its results go."""
@@ -78,7 +58,6 @@ class Sampler:
 
     def __init__(self, widget) -> None:
         self.widget = widget
-        self.worker = None
         self.run: SamplingRun | None = None
         self.last_seconds: float | None = None
         self.box = self._build()
@@ -149,13 +128,18 @@ class Sampler:
         self.seed_spin.setValue(int(np.random.default_rng().integers(0, 2**31 - 1)))
 
     # ------------------------------------------------------------------ a run
+    @property
+    def running(self) -> bool:
+        """A sampling run was started and has not finished."""
+        return self.widget.jobs.running("sample")
+
     def sample(self) -> bool:
-        """Start sampling (the Sample button). Returns whether a worker was started."""
+        """Start sampling (the Sample button). Returns whether a run was started."""
         w = self.widget
-        if self.worker is not None:
+        if self.running:
             show_warning("Sampling is already running: wait for it to finish or click Cancel.")
             return False
-        if w.model_panel.worker is not None:
+        if w.model_panel.loading:
             w.model_panel.sample_when_ready = True
             show_info("The model is still loading; sampling starts as soon as it is ready.")
             return False
@@ -181,8 +165,8 @@ class Sampler:
         self.progress.setRange(0, run.job.n)
         self.progress.setValue(0)
         self.progress.setFormat("Preparing…")
-        self.worker = start_job(
-            job, w.state, session, run.job, yielded=self._on_yielded,
+        w.jobs.start(
+            "sample", job(session, run.job), yielded=self._on_yielded,
             returned=partial(self._on_sampled, run), errored=self._on_failed,
             aborted=self._on_aborted, finished=self._on_finished)
         w.update_buttons()
@@ -203,24 +187,24 @@ class Sampler:
 
     def cancel(self) -> None:
         """Stop sampling (the Cancel button); the previous hypotheses stay."""
-        if self.worker is not None:
+        if self.running:
             self.progress.setFormat("Cancelling…")
             run = self.run
             if run is not None and run.job.stop is not None:
                 run.job.stop.set()  # all slices: stop after this slice, keep those done
             else:
-                self.worker.quit()
+                self.widget.jobs.cancel("sample")
 
     def stop_if_reading(self, layer) -> None:
         """Stop the run when ``layer`` (just removed) is the image it samples."""
         run = self.run
-        if run is not None and layer is run.plane.layer and self.worker:
-            self.worker.quit()
+        if run is not None and layer is run.plane.layer and self.running:
+            self.widget.jobs.cancel("sample")
             show_warning(f"The image layer '{layer.name}' was removed while sampling; sampling "
                          "was stopped.")
 
     def _on_yielded(self, message) -> None:
-        kind, value = message
+        kind, value = message  # ("decoded", done) of each slice of "All slices": not shown
         if kind == "stage":
             self.progress.setFormat(value)
         elif kind == "progress":
@@ -267,6 +251,5 @@ class Sampler:
         show_info("Sampling cancelled; the previous hypotheses are unchanged.")
 
     def _on_finished(self) -> None:
-        self.worker = None
         self.run = None
         self.widget.update_buttons()

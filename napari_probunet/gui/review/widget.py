@@ -24,11 +24,14 @@ editable best fit) and ``ROI`` (the region shown as a rectangle).
 
 The widget composes its parts, one per box or concern, each in its own module of this package:
 :class:`~.model_panel.ModelPanel` (Model box), :class:`~.roi_tool.RoiTool` (Input box, the
-region of interest), :class:`~.sampling.Sampler` (Sampling box and the background jobs of
-:mod:`napari_probunet.review.jobs`), :class:`~.hypotheses.HypothesisLayers` (showing and
-cycling the hypotheses), :class:`~.bundles.BundleAdopter` (opened bundles) and
-:class:`~.correction.Correction` (best fit, autosave, restore, export). The widget keeps the
-public API, the viewer's events and the keyboard shortcuts.
+region of interest), :class:`~.sampling.Sampler` (Sampling box and sampling runs),
+:class:`~.hypotheses.HypothesisLayers` (showing and cycling the hypotheses),
+:class:`~.bundles.BundleAdopter` (opened bundles), :class:`~.correction.Correction` (best fit,
+autosave, restore, export) and :class:`~.runner.JobRunner` (the jobs of
+:mod:`napari_probunet.review.jobs` on the widget's
+:class:`~napari_probunet.gui.worker.SessionWorker`, as the explorer's: one threading model, the
+session lock taken there only). The widget keeps the public API, the viewer's events and the
+keyboard shortcuts.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ from napari_probunet.gui.review.correction import Correction
 from napari_probunet.gui.review.hypotheses import HypothesisLayers
 from napari_probunet.gui.review.model_panel import ModelPanel
 from napari_probunet.gui.review.roi_tool import RoiTool
+from napari_probunet.gui.review.runner import JobRunner
 from napari_probunet.gui.review.sampling import Sampler
+from napari_probunet.review.provenance import Provenance
 from napari_probunet.review.state import Choice, Encoded
 
 
@@ -106,11 +111,12 @@ class ReviewWidget(QWidget):
         self.confirm: Callable[[str, str], bool] = lambda title, text: ask_yes_no(self, title, text)
         self.ask_save_path: Callable[[str], str | None] = lambda d: ask_save_path(self, d)
         self.ask_model_path: Callable[[str], str | None] = lambda d: ask_model_path(self, d)
-        self.recovery_dir: str | os.PathLike | None = None  # None: export.recovery_dir()
+        self.recovery_dir: str | os.PathLike | None = None  # None: recovery.recovery_dir()
         self.closed = False
         self.emitting = False  # the widget is emitting a state event (its own: ignore it)
         self._disconnectors: list[Callable[[], None]] = []
 
+        self.jobs = JobRunner(self.state.lock, self)  # loading and sampling, off the GUI thread
         self.model_panel = ModelPanel(self)
         self.roi_tool = RoiTool(self)
         self.sampler = Sampler(self)
@@ -149,11 +155,11 @@ class ReviewWidget(QWidget):
         st = self.state
         if st.hypotheses is not None and st.hypothesis_layers \
                 and len(st.hypothesis_layers) == len(st.hypotheses.labels):
-            meta = st.hypothesis_layers[0].metadata
+            record = Provenance.from_metadata(st.hypothesis_layers[0].metadata)
             self.hypothesis_view.adopt(st.hypothesis_layers, st.uncertainty_layer,
-                                  meta.get("plane_signature"))
+                                       record.plane_signature)
             if is_bundle_layer(st.hypothesis_layers[0]):
-                self.bundles.record = dict(meta)
+                self.bundles.record = record
             self.hypothesis_view.update_navigation()
         if self.correction.layer is not None:
             self.correction.watch(self.correction.layer)
@@ -204,8 +210,7 @@ class ReviewWidget(QWidget):
             return
         self.closed = True
         self.correction.flush()
-        if self.sampler.worker is not None:
-            self.sampler.worker.quit()
+        self.jobs.cancel("sample")
         self.bundles.stop()
         self.roi_tool.set_click_callback(False)
         run_all(self._disconnectors)
@@ -231,13 +236,12 @@ class ReviewWidget(QWidget):
     @property
     def busy(self) -> bool:
         """A model is loading, sampling runs, or hypothesis layers are still being added."""
-        return (self.sampler.worker is not None or self.model_panel.worker is not None
-                or bool(self.hypothesis_view.pending))
+        return self.jobs.busy or bool(self.hypothesis_view.pending)
 
     @property
     def model_loading(self) -> bool:
-        """A model is being loaded (in a background worker)."""
-        return self.model_panel.worker is not None
+        """A model is being loaded (in the background)."""
+        return self.model_panel.loading
 
     @property
     def model_error(self) -> str | None:
@@ -263,7 +267,7 @@ class ReviewWidget(QWidget):
         self.emit(self.state.model_changed)
         record = self.bundles.record
         if record is not None:  # keep the opened bundle's hypotheses
-            self.adopt_bundle_layers(record.get("image_signature"), notify=False)
+            self.adopt_bundle_layers(record.image_signature, notify=False)
 
     def _on_model_changed_elsewhere(self) -> None:
         if not self.emitting:
@@ -320,7 +324,7 @@ class ReviewWidget(QWidget):
         """
         roi = self.roi_tool.set_click_roi(world_position)
         if roi is not None and self.sample_on_click.isChecked() and self.state.session is not None:
-            if self.sampler.worker is None:
+            if not self.sampler.running:
                 self.sample()
             else:
                 show_info("Sampling is running; the new region is used on the next Sample.")
@@ -340,7 +344,7 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ sampling
     def sample(self) -> bool:
-        """Start sampling (the Sample button). Returns whether a worker was started."""
+        """Start sampling (the Sample button). Returns whether a run was started."""
         return self.sampler.sample()
 
     def cancel(self) -> None:
@@ -447,8 +451,8 @@ class ReviewWidget(QWidget):
         """Enable what can be done now (and say why Sample cannot)."""
         if self.closed:
             return
-        running = self.sampler.worker is not None
-        loading = self.model_panel.worker is not None
+        running = self.sampler.running
+        loading = self.model_panel.loading
         image = self.image_layer()
         self.slices_combo.setEnabled(image is not None and image.ndim >= 3)
         self.cancel_button.setEnabled(running)

@@ -1,0 +1,103 @@
+"""The review widget's background jobs, on the same kind of worker as the explorer's.
+
+The widget runs its jobs (:mod:`napari_probunet.review.jobs`: loading a model, sampling one
+slice or all slices) on one :class:`~napari_probunet.gui.worker.SessionWorker`, which holds the
+session lock around each step; the widget takes the lock nowhere else (bundle adoption encodes
+through :meth:`JobRunner.call_now`). :class:`JobRunner` turns the worker's messages into
+callbacks on the GUI thread, the ones napari's thread workers had, so that the parts read like
+this::
+
+    widget.jobs.start("sample", sampling_job(session, request), yielded=..., returned=...,
+                      errored=..., aborted=..., finished=...)
+
+At most one job of a kind runs (the parts refuse a second one); ``finished`` always comes
+last, after ``returned``, ``errored`` or ``aborted``, and :attr:`JobRunner.busy` is true until
+then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from napari_probunet.gui.worker import SessionWorker
+
+
+@dataclass
+class _Callbacks:
+    """Where the messages of one job go (each called on the GUI thread)."""
+
+    returned: Callable[[Any], None]
+    errored: Callable[[BaseException], None]
+    finished: Callable[[], None]
+    yielded: Callable[[Any], None] | None = None
+    aborted: Callable[[], None] | None = None
+
+
+class JobRunner:
+    """One widget's jobs, by kind (``"load"``, ``"sample"``), on its own :class:`SessionWorker`.
+
+    Args:
+        lock: the session's lock (:attr:`ReviewState.lock`).
+        parent: the widget (the worker's signals go with it; its end stops the worker). A
+            closed widget keeps its worker: a model still loading then still arrives in the
+            state, for the explorer, as it did with napari's thread workers.
+    """
+
+    def __init__(self, lock, parent) -> None:
+        self._worker = worker = SessionWorker(lock, parent=parent, name="probunet-review")
+        worker.signals.job_result.connect(self._on_result)
+        parent.destroyed.connect(lambda *_: worker.stop())
+        self._running: dict[str, tuple[object, _Callbacks]] = {}  # kind -> (token, callbacks)
+
+    def start(self, kind: str, job: Iterator, *, returned, errored, finished, yielded=None,
+              aborted=None) -> None:
+        """Run ``job`` (a generator of :mod:`~napari_probunet.review.jobs`, or
+        :func:`~napari_probunet.gui.worker.returning` of a function) off the GUI thread:
+        ``yielded(item)`` for each item, then ``returned(value)`` (what it returned),
+        ``errored(exc)`` or, after :meth:`cancel`, ``aborted()``; then ``finished()``."""
+        token = object()  # this run's messages: any other is stale
+        self._running[kind] = (token, _Callbacks(returned, errored, finished, yielded, aborted))
+        self._worker.submit(token, kind, job)
+
+    def running(self, kind: str) -> bool:
+        """A job of ``kind`` was started and has not finished (``finished`` not called yet)."""
+        return kind in self._running
+
+    @property
+    def busy(self) -> bool:
+        """Some job has not finished."""
+        return bool(self._running)
+
+    def cancel(self, kind: str) -> None:
+        """Stop the job of ``kind`` after its running step (``aborted``, then ``finished``)."""
+        if kind in self._running:
+            self._worker.cancel_job(kind)
+
+    def call_now(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the GUI thread, under the session lock (keep it short)."""
+        return self._worker.call_now(fn)
+
+    def _on_result(self, message) -> None:
+        self._worker.delivered()
+        token, kind, item, error = message
+        kind, _, end = kind.partition(":")
+        entry = self._running.get(kind)
+        if entry is None or entry[0] is not token:
+            return  # stale (cannot happen while one job of a kind runs at a time)
+        callbacks = entry[1]
+        if error is None and not end:
+            if callbacks.yielded is not None:
+                callbacks.yielded(item)
+            return
+        try:  # the job ended: "finished" even if a callback fails
+            if error is not None:
+                callbacks.errored(error)
+            elif end == "done":
+                callbacks.returned(item)
+            elif callbacks.aborted is not None:
+                callbacks.aborted()
+        finally:
+            del self._running[kind]
+            callbacks.finished()
