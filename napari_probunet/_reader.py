@@ -1,5 +1,5 @@
-"""Open hypothesis bundles (``*.probunet.zip``), NIfTI files and multi-rater case folders in
-napari: the npe2 reader contributions (``napari.yaml``), and nothing but the napari glue.
+"""Open hypothesis bundles (``*.probunet.zip``), NIfTI files, DICOM series and multi-rater
+case folders in napari: the npe2 reader contributions (``napari.yaml``), and nothing but the napari glue.
 
 - :func:`get_reader` / :func:`read_bundles`: a bundle written by ``probunet sample`` opens as
   the layers the review widget would have made for the whole image, with no model run:
@@ -11,6 +11,7 @@ napari: the npe2 reader contributions (``napari.yaml``), and nothing but the nap
   - ``<name> grader 1`` ...: the graders' masks of a multi-rater case (Labels, hidden).
 
 - :func:`get_nifti_reader` / :func:`read_nifti`: napari has no NIfTI reader of its own.
+- :func:`get_dicom_reader` / :func:`read_dicom`: a DICOM series (folder or file) in HU.
 - :func:`get_case_reader` / :func:`read_case`: an image and each grader's mask.
 
 Every bundle layer's ``metadata`` is the bundle's provenance record
@@ -124,6 +125,33 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
 # ----------------------------------------------------------------------------- NIfTI
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: napari's reader preferences (``settings.plugins.extension2reader``) this plugin fills in
+NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+
+
+def prefer_for_nifti(settings=None) -> list[str]:
+    """Make this plugin napari's reader for ``*.nii``/``*.nii.gz`` where the user has chosen
+    none: napari's own reader claims them too but has no backend for NIfTI ("Could not find a
+    backend"), so without a preference napari asks which plugin to use, or
+    ``viewer.open(path)`` fails. A choice the user made is never changed. Returns the
+    patterns set. Run when the plugin is activated (``on_activate`` in the manifest)."""
+    if settings is None:
+        from napari.settings import get_settings
+
+        settings = get_settings()
+    prefs = dict(settings.plugins.extension2reader)
+    missing = [p for p in NIFTI_PATTERNS if p not in prefs]
+    if missing:
+        settings.plugins.extension2reader = {**prefs, **dict.fromkeys(missing, "napari-probunet")}
+    return missing
+
+
+def on_activate(context=None) -> None:
+    """npe2 calls this when the plugin is first used (a widget, a reader, a sample)."""
+    from contextlib import suppress
+
+    with suppress(Exception):  # settings that cannot be changed: napari asks, as before
+        prefer_for_nifti()
 
 
 def get_nifti_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable | None:
@@ -141,7 +169,9 @@ def read_nifti(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
 
     - A correction exported by the review (its ``<file>.json`` record beside it) opens as a
       **Labels** layer exactly as it was saved (rows first, as the review's arrays are), named
-      and placed as in the record (its pixel spacing as the layer's scale).
+      and placed as in the record (its pixel spacing as the layer's scale). One exported as
+      the whole scan (the record's ``volume`` is ``placed``) opens in the scan's layer order
+      and spacing instead, over the scan's image layer, with its ``metadata["source"]``.
     - Any other NIfTI (a CT volume, say) opens as an **Image** with its axes reversed to
       napari's order (slices, rows, columns: NIfTI stores x first) and the voxel spacing of its
       header as the scale; values as stored (Hounsfield units for CT). Integer volumes with a
@@ -150,53 +180,103 @@ def read_nifti(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
     return [_nifti_layer(p) for p in _paths(path)]
 
 
-def _open_nifti(p: str):
-    """``(image, data)`` of the NIfTI file ``p``: its header read and its declared size checked
-    against the limits before the array is read (:class:`~napari_probunet.errors.DataError`)."""
-    import nibabel
-    import numpy as np
-
-    from napari_probunet import limits
-    from napari_probunet.errors import DataError
-
-    try:
-        img = nibabel.load(p)
-        shape, dtype = tuple(int(s) for s in img.shape), np.dtype(img.get_data_dtype())
-    except Exception as exc:  # nibabel raises its own types for a broken header
-        raise DataError(f"{p}: cannot read this NIfTI file ({type(exc).__name__}: {exc}); "
-                        "it may be truncated or not what its name says.") from None
-    if len(shape) < 2:
-        raise DataError(f"{p}: the NIfTI array has shape {shape}; expected an image or volume.")
-    limits.check_plane(shape[0], shape[1], f"{p}: the NIfTI plane", DataError)
-    limits.check_decoded(limits.array_bytes(shape, dtype.itemsize), os.path.getsize(p),
-                         f"{p}: the NIfTI array", DataError)
-    return img, np.asanyarray(img.dataobj)
-
-
 def _nifti_layer(p: str) -> LayerData:
     """One NIfTI file as a layer (see :func:`read_nifti`)."""
     import numpy as np
 
+    from napari_probunet.data.volumes import nifti_name, nifti_volume, open_nifti
     from napari_probunet.review.export import read_record
 
-    img, data = _open_nifti(p)
-    zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
-    name = Path(p).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
+    img, data = open_nifti(p)
     record = read_record(p)
+    if record is not None and isinstance(record.get("volume"), dict) and record["volume"].get(
+            "placed"):  # the whole scan in the file's axis order: as the scan's image opens
+        volume = nifti_volume(img, data, p)
+        return (volume.data, {"name": nifti_name(p), "scale": list(volume.spacing),
+                              "metadata": {"kind": "correction-file", "source_path": p,
+                                           "record": record, "source": volume.source()}},
+                "labels")
     if record is not None:
-        return (np.asarray(data), {"name": name, "scale": zooms,
+        zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
+        return (np.asarray(data), {"name": nifti_name(p), "scale": zooms,
                                    "metadata": {"kind": "correction-file", "source_path": p,
                                                 "record": record}}, "labels")
-    volume = np.transpose(np.asarray(data), tuple(reversed(range(data.ndim))))
-    scale = list(reversed(zooms))
-    labels = (np.issubdtype(volume.dtype, np.integer) and volume.size
-              and len(np.unique(volume[:: max(1, volume.shape[0] // 8)])) <= 16)
-    meta = {"source_path": p, "nifti_affine": np.asarray(img.affine).tolist()}
-    return (volume, {"name": name, "scale": scale, "metadata": meta},
-            "labels" if labels else "image")
+    volume = nifti_volume(img, data, p)
+    v = volume.data
+    labels = (np.issubdtype(v.dtype, np.integer) and v.size
+              and len(np.unique(v[:: max(1, v.shape[0] // 8)])) <= 16)
+    if labels:
+        meta = {"source_path": p, "nifti_affine": volume.source()["affine"],
+                "source": volume.source()}
+        return (v, {"name": volume.name, "scale": list(volume.spacing), "metadata": meta},
+                "labels")
+    return _volume_layer(volume, notify=v.ndim >= 3)
+
+
+def _volume_layer(volume, notify: bool = True) -> LayerData:
+    """A :class:`~napari_probunet.data.volumes.Volume` as an Image layer: its values as read
+    (Hounsfield units for CT: never re-windowed, the model takes them as they are), its
+    spacing as the scale, grey, and for CT the lung window as the contrast limits (named in
+    the metadata). ``metadata["source"]`` is :meth:`Volume.source` (format, path, shape and
+    affine of the file), for an export aligned with the original."""
+    from napari_probunet.data.volumes import LUNG_WINDOW, window_limits
+
+    source = volume.source()
+    meta = {"kind": "image", "source_path": volume.path, "source": source,
+            "units": volume.units}
+    if volume.format == "nifti":
+        meta["nifti_affine"] = source["affine"]
+    kwargs: dict[str, Any] = {"name": volume.name, "scale": list(volume.spacing),
+                              "colormap": "gray"}
+    low, high = window_limits(LUNG_WINDOW)
+    if volume.units == "HU":
+        kwargs["contrast_limits"] = [low, high]
+        meta["window"] = {**LUNG_WINDOW, "low": low, "high": high,
+                          "note": "display only: the data stay in HU, the model needs no "
+                                  "window (it stretches each crop's own range)"}
+    kwargs["metadata"] = meta
+    if notify:
+        from napari.utils.notifications import show_info
+
+        window = f"; lung window {low:g}..{high:g} HU" if volume.units == "HU" else ""
+        notes = f" Note: {'; '.join(volume.notes)}." if volume.notes else ""
+        show_info(f"Opened {volume.describe()}{window}.{notes}")
+    return (volume.data, kwargs, "image")
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def get_dicom_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable | None:
+    """npe2 reader: :func:`read_dicom` for one ``.dcm``/``.dicom`` file, several such files,
+    or one folder holding DICOM files (directly, or in subfolders: then the reader says which
+    series to choose). A folder that :func:`get_case_reader` takes (a multi-rater case, an
+    LIDC nodule folder) is left to it; anything else: None."""
+    from napari_probunet.data.volumes import is_dicom_folder, is_dicom_name
+
+    paths = _paths(path)
+    if not paths:
+        return None
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        if get_case_reader(paths[0]) is not None or not is_dicom_folder(paths[0]):
+            return None
+        return read_dicom
+    if all(is_dicom_name(p) and Path(p).is_file() for p in paths):
+        return read_dicom
+    return None
+
+
+def read_dicom(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
+    """A DICOM series (a folder, one file of it: its whole series, or its files) as one Image
+    layer in Hounsfield units (:func:`napari_probunet.data.volumes.read_dicom_series`):
+    named by its SeriesDescription (else the folder), scaled by its spacing, grey, shown in
+    the lung window (-1350..150 HU), its affine in ``metadata["source"]``; a notification says
+    what was opened. Refusals (several series, no pixels, compressed without a decoder...) are
+    :class:`~napari_probunet.errors.DataError` naming the way out."""
+    from napari_probunet.data.volumes import read_dicom_series
+
+    paths = _paths(path)
+    return [_volume_layer(read_dicom_series(paths if len(paths) > 1 else paths[0]))]
 
 
 def read_bundles(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
