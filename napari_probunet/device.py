@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from napari_probunet.errors import UserError
+
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
@@ -22,8 +24,6 @@ def available_devices() -> list[str]:
 def resolve_device(device: str | None = "auto"):
     """``"auto"`` (or ``None``) picks CUDA, then MPS, then CPU; anything else must be available."""
     import torch
-
-    from napari_probunet.errors import UserError
 
     if device is None or device == "auto":
         return torch.device(available_devices()[0])

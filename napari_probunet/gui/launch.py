@@ -26,6 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from napari_probunet.gui.samples import LARGE_OFFSET, sample_lesion_large
+from napari_probunet.model.config import ModelConfig
+from napari_probunet.model.modelfile import (
+    DEFAULT_MODEL,
+    DEFAULT_MODEL_NAME,
+    bundled_model,
+    save_model,
+)
+
 PLUGIN = "napari-probunet"
 REVIEW = "Probabilistic U-Net"
 EXPLORER = "Latent-space explorer"
@@ -36,8 +45,6 @@ SAMPLES = ("lidc_nodule", "lidc_nodule_2of4", "lidc_nodule_1of4", "lesion", "les
 def default_sample() -> str:
     """The sample that suits the default model: a real CT nodule for the LIDC model, else the
     synthetic lesion."""
-    from napari_probunet.model.modelfile import DEFAULT_MODEL_NAME
-
     return "lidc_nodule" if DEFAULT_MODEL_NAME == "lidc" else "lesion"
 WINDOW = (1400, 900)
 
@@ -97,8 +104,6 @@ def open_review(viewer, explorer: bool = True, scripted: bool = False):
 def load_model(review, model: str | None) -> None:
     """Wait for the default model, or load ``model`` (a file or a bundled model's name)
     instead; raise if none could be loaded."""
-    from napari_probunet.model.modelfile import bundled_model
-
     wait_until(lambda: not review.busy, what="the bundled model")
     if model:
         if bundled_model(model) is not None:
@@ -240,8 +245,6 @@ def _graders_scene(folder: Path, model: str) -> Path:
 
 def _click_scene(folder: Path) -> Path:
     """The large (synthetic) slice and the synthetic model: click on the lesion."""
-    from napari_probunet.gui.samples import LARGE_OFFSET
-
     viewer, review = _open_for_pictures("lesion_large", "lesions")
     review.set_roi_mode("click")
     settle()
@@ -260,14 +263,10 @@ def _click_scene(folder: Path) -> Path:
 def _bench_model(model: str | None) -> str:
     """The model to time: ``model``, else the bundled one, else the default architecture with
     random weights (the timing does not depend on the weights)."""
-    from napari_probunet.model.modelfile import DEFAULT_MODEL
-
     if model:
         return model
     if DEFAULT_MODEL.exists():
         return str(DEFAULT_MODEL)
-    from napari_probunet.model.config import ModelConfig
-    from napari_probunet.model.modelfile import save_model
     from napari_probunet.model.network import ProbUNet
 
     path = Path(tempfile.mkdtemp(prefix="probunet-bench-")) / "default_architecture.safetensors"
@@ -285,8 +284,6 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
     image (no encoding, layers reused).
     """
     import torch
-
-    from napari_probunet.gui.samples import sample_lesion_large
 
     base = sample_lesion_large()[0][0]
     model_path = _bench_model(model)
@@ -358,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="benchmark repetitions")
     args = parser.parse_args(argv)
     if args.sample is None:
-        from napari_probunet.model.modelfile import bundled_model
-
         chosen = bundled_model(args.model) if args.model else None
         args.sample = ("lesion" if chosen is not None and chosen.name == "lesions"
                        else "lidc_nodule" if chosen is not None else default_sample())
@@ -383,8 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample == "lesion_large":
         review.set_roi_mode("click")
     if args.model:
-        from napari_probunet.model.modelfile import bundled_model
-
         # the default model is loading in the background: open the chosen one after it
         wait_until(lambda: not review.busy, what="the bundled model")
         if bundled_model(args.model) is not None:

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_probunet import files, limits
+from napari_probunet.device import resolve_device
 from napari_probunet.errors import ModelFileError
+from napari_probunet.model.config import ModelConfig
 
 FORMAT_VERSION = 1
 METADATA_KEY = "probunet"
@@ -304,8 +306,6 @@ _DEPTHS = ("convs_per_block", "fcomb_layers")
 def _check_config(name: str, cfg: Any):
     """The :class:`ModelConfig` of a model description, its sizes checked against the limits
     (:mod:`napari_probunet.limits`) before anything is allocated."""
-    from napari_probunet.model.config import ModelConfig
-
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{name}: the model description has no configuration object")
 
@@ -377,7 +377,6 @@ def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
     import torch
     from safetensors.torch import load_file
 
-    from napari_probunet.device import resolve_device
     from napari_probunet.model.network import ProbUNet
 
     p = resolve_model_path(path)

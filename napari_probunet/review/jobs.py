@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
+from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.state import Encoded
 
 #: pixel-samples decoded per worker step (progress and Cancel granularity)
@@ -237,7 +238,6 @@ def model_job(source, device: str):
     """Load a model file (or move a loaded model) and make a session on ``device``:
     ``(model, session)``. A function, not a generator: one step (a loaded model is shared
     with the current session, so the runner's lock covers it)."""
-    from napari_probunet.model.modelfile import load_model
     from napari_probunet.session import Session
 
     if isinstance(source, (str, os.PathLike)):

@@ -27,8 +27,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_probunet.errors import UserError
 from napari_probunet.gui.explorer.layer import LAYER_KEY
 from napari_probunet.review import plane as core
+from napari_probunet.review.assess import FIT_IOU, KL_MARGIN, MIN_FIT_IOU
 
 ASSESS_TEXT = "Assess ticked annotations"
 
@@ -74,7 +76,6 @@ def assessment_job(session, masks: list, reference=None) -> Iterator:
     ``reference`` (the model's own samples of this image) is computed unless given; it does
     not change while the model and the region stay.
     """
-    from napari_probunet.errors import UserError
     from napari_probunet.review import assess as assess_mod
 
     ref = reference or assess_mod.reference(session)
@@ -88,8 +89,6 @@ def assessment_job(session, masks: list, reference=None) -> Iterator:
 
 
 def _rule_tooltip(ref) -> str:
-    from napari_probunet.review.assess import FIT_IOU, KL_MARGIN, MIN_FIT_IOU
-
     return (
         f"An annotation is marked when the model finds it less likely (KL to the prior) "
         f"than {ref.quantile:.0%} of its own samples of this image, by more than "
