@@ -5,7 +5,10 @@ The npe2 ``writers`` contribution (``.tif``, ``.tiff``, ``.png``, ``.npy``, ``.n
 review widget's Export… button, so both write the same files: for a correction (or hypothesis)
 layer of the review widget the whole image plane with the ROI crop in place and a record built
 from the layer's metadata; for any other Labels layer the layer's array as it is, with what can
-be recorded (name, shape, versions, time).
+be recorded (name, shape, versions, time). A layer that carries a scan's record (a correction
+of a slice of a NIfTI volume or DICOM series, a Labels layer opened from a NIfTI) saved as
+``.nii``/``.nii.gz`` is written as the whole scan in the file's axis order with the scan's
+affine (:mod:`napari_probunet.review.volume_export`).
 
 napari's save dialog has already asked before replacing an existing file, so this writer
 replaces the mask and its ``.json`` record.
@@ -22,8 +25,9 @@ from napari_probunet.review.provenance import Provenance
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """Write one Labels layer (npe2 single-layer writer); return the paths written.
 
-    The pixel spacing written (NIfTI) is the image layer's, from the layer's provenance record
-    (a correction's), else the Labels layer's own scale.
+    The pixel spacing written (NIfTI of a plane) is the image layer's, from the layer's
+    provenance record (a correction's), else the Labels layer's own scale; a scan's slice or
+    volume gets the scan's affine instead.
     """
     mask, record = layer_mask_and_record(data, meta.get("metadata"), name=meta.get("name"))
     scale = Provenance.from_metadata(meta.get("metadata")).scale or meta.get("scale")

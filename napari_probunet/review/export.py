@@ -17,6 +17,11 @@ Conventions
   in the record says so; the package's readers map it back to 0/1), ``.npy`` and
   ``.nii``/``.nii.gz`` (nibabel; the array as is, rows first, the pixel spacing in the header).
   Label values are class indices (``0`` = background) everywhere else.
+- **Scan-ready NIfTI**: when the image came from a scan (a NIfTI volume or a DICOM series: the
+  record's ``"volume"``, from the image layer's ``metadata["source"]``), a ``.nii``/``.nii.gz``
+  export holds the **whole volume's** label map instead, the corrected slice in place and
+  zeros elsewhere, in the file's axis order with the scan's affine, and the record's
+  ``"volume"`` says where the slice went (:mod:`napari_probunet.review.volume_export`).
 - **The record** ``<mask path>.json`` (e.g. ``case12_lesion.tif.json``): see
   :func:`correction_record`; a layer's record is read from its metadata, a
   :class:`~napari_probunet.review.provenance.Provenance` (:func:`layer_mask_and_record`).
@@ -64,6 +69,7 @@ from napari_probunet.review.provenance import (
     pixels_changed,
     versions,
 )
+from napari_probunet.review.volume_export import volume_mask, volume_source
 
 #: file types :func:`export_correction` writes, by suffix
 SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz")
@@ -144,13 +150,16 @@ def correction_record(
     model_sha256: str | None = None,
     model_name: str | None = None,
     class_names: list[str] | None = None,
+    volume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The provenance record of a correction (a JSON-able dict).
 
     ``correction`` and ``source_labels`` are the ROI crops (``(h, w)``): the edited map and the
     hypothesis (or explorer decode) it started from; ``pixels_changed_by_hand`` counts where they
     differ. ``index`` is 0-based (``session.sample(n, seed).labels[index]``); the record also
-    gives the 1-based number of the layer name (``hypothesis 03`` is index 2).
+    gives the 1-based number of the layer name (``hypothesis 03`` is index 2). ``volume``, the
+    image's scan record (its layer's ``metadata["source"]``), adds ``"volume": {"source": ...}``
+    (a NIfTI export then writes the whole scan, see the module docstring).
     """
     roi_d = None
     if roi is not None:
@@ -162,7 +171,7 @@ def correction_record(
                        "index": None if index is None else int(index),
                        "seed": seed, "n_samples": n_samples})
     choice["z"] = None if z is None else [float(v) for v in np.asarray(z).ravel()]
-    return jsonable({
+    record = jsonable({
         "record_version": RECORD_VERSION,
         "kind": RECORD_KIND,
         "image": {
@@ -183,6 +192,9 @@ def correction_record(
         "versions": versions(),
         "created": now_iso(),
     })
+    if volume is not None:
+        record["volume"] = {"source": jsonable(volume)}
+    return record
 
 
 def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | None = None):
@@ -193,7 +205,9 @@ def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | Non
     crop; the mask is then the whole image plane with the crop pasted at the ROI, and the record
     is built from the layer's provenance (source, hypothesis, z, seed, model, image signature,
     ROI, and for a correction the pixels edited by hand). Any other Labels layer is written as
-    it is, with a record of what is known (its name, shape, versions, time).
+    it is, with a record of what is known (its name, shape, versions, time). Either carries
+    the scan record (``"volume"``) when the layer has one (a correction of a scan's slice, a
+    Labels layer opened from a NIfTI).
     """
     prov = Provenance.from_metadata(metadata)
     arr = np.asarray(data)
@@ -210,10 +224,11 @@ def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | Non
             slice_index=prov.slice_index or (), scale=prov.scale,
             translate=prov.translate, model_sha256=prov.model_sha256,
             model_name=prov.model_name, class_names=prov.class_names,
+            volume=volume_source({"source": prov.volume}),
         )
         record["layer"] = name
         return paste_into_plane(crop, prov.roi, prov.plane_shape), record
-    record = correction_record(arr)
+    record = correction_record(arr, volume=volume_source(metadata))
     record.update(layer=name, extent="layer", roi=None)
     return arr, record
 
@@ -221,11 +236,13 @@ def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | Non
 # ----------------------------------------------------------------------------- writing
 
 
-def write_mask_file(mask: np.ndarray, path: Path, suffix: str, scale=None) -> dict[str, Any]:
+def write_mask_file(mask: np.ndarray, path: Path, suffix: str, scale=None, affine=None,
+                    codes: dict[str, int] | None = None) -> dict[str, Any]:
     """Write ``mask`` to ``path`` in the format of ``suffix``; return notes for the record.
 
-    The one place that knows the formats (``scale``: the pixel spacing, for NIfTI); the
-    export calls it on a hidden temporary file, never on the target itself.
+    The one place that knows the formats (for NIfTI ``scale``: the pixel spacing, or
+    ``affine``: a scan's, written as qform and sform with ``codes``, ``scanner`` by default);
+    the export calls it on a hidden temporary file, never on the target itself.
     """
     notes: dict[str, Any] = {}
     if suffix in (".tif", ".tiff"):
@@ -250,11 +267,18 @@ def write_mask_file(mask: np.ndarray, path: Path, suffix: str, scale=None) -> di
     elif suffix in (".nii", ".nii.gz"):
         import nibabel
 
-        affine = np.eye(4)
-        if scale is not None:
-            for i, s in enumerate(list(scale)[-mask.ndim:][:3]):
-                affine[i, i] = float(s)
-        image = nibabel.Nifti1Image(np.asarray(mask), affine)
+        if affine is None:
+            affine = np.eye(4)
+            if scale is not None:
+                for i, s in enumerate(list(scale)[-mask.ndim:][:3]):
+                    affine[i, i] = float(s)
+            image = nibabel.Nifti1Image(np.asarray(mask), affine)
+        else:
+            codes = codes or {"qform": 1, "sform": 1}
+            image = nibabel.Nifti1Image(np.asarray(mask), np.asarray(affine, float))
+            image.set_qform(image.affine, code=int(codes["qform"]))
+            image.set_sform(image.affine, code=int(codes["sform"]))
+            image.header.set_xyzt_units("mm")
         image.header.set_data_dtype(mask.dtype)
         nibabel.save(image, str(path))
     else:  # pragma: no cover - checked by the caller
@@ -392,6 +416,11 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     """
     path, suffix = _checked_target(path)
     mask = _checked_mask(mask, suffix)
+    mask, affine, volume = volume_mask(mask, record, suffix)
+    if volume is not None:  # the scan's record, and where the slice went (or why not)
+        record = {**record, "volume": volume}
+        if volume["placed"] and volume["slice_index"] is not None:
+            record["extent"] = "whole scan"
     json_path = record_path(path)
     if not overwrite:
         existing = [p.name for p in (path, json_path) if p.exists()]
@@ -405,7 +434,7 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     try:
         try:
             mode = files.ordinary_mode()
-            notes = _write_mask(pending, mask, path, suffix, scale, mode)
+            notes = _write_mask(pending, mask, path, suffix, (scale, affine, volume), mode)
             _write_record(pending, _full_record(record, path, suffix, mask, notes), json_path,
                           mode)
             _commit(pending, path, json_path, suffix, overwrite)
@@ -445,16 +474,20 @@ def _checked_mask(mask: np.ndarray, suffix: str) -> np.ndarray:
     return mask
 
 
-def _write_mask(pending: _Pending, mask: np.ndarray, path: Path, suffix: str, scale,
+def _write_mask(pending: _Pending, mask: np.ndarray, path: Path, suffix: str, geometry,
                 mode: int) -> dict[str, Any]:
     """Write the mask to a hidden temporary file beside ``path`` (``pending.mask``), flushed
-    to disk with the ordinary ``mode``; return the format's notes for the record."""
+    to disk with the ordinary ``mode``; return the format's notes for the record.
+    ``geometry``: ``(scale, affine, volume record)`` for NIfTI (see :func:`write_mask_file`)."""
+    scale, affine, volume = geometry
+    # a scan's affine and codes, only when there is one (the plane's call is as it was)
+    scan = {} if affine is None else {"affine": affine, "codes": volume.get("codes")}
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.{files.owner_tag()}.",
                                 suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     pending.mask = Path(name)
     try:
-        notes = write_mask_file(mask, pending.mask, suffix, scale=scale)
+        notes = write_mask_file(mask, pending.mask, suffix, scale=scale, **scan)
     except (OSError, UserError):
         raise
     except Exception as exc:  # the format's library refuses this mask

@@ -28,7 +28,9 @@ hypothesis or of the hypothesis a correction started from; for a correction also
 (``"hypothesis"`` or ``"explorer"``), ``class_names``, ``scale``, ``translate`` (the image
 layer's, last two axes) and ``source_labels`` (the ``(h, w)`` map it started from, an array,
 never written to JSON); for a run over all slices ``slices`` (``"all"``), ``stack_axis``,
-``slices_done`` and ``z_per_slice``. Keys this module does not know (a bundle's ``case_id``,
+``slices_done`` and ``z_per_slice``; for a correction of an image opened from a scan (a NIfTI
+volume, a DICOM series) ``volume``, the image layer's ``metadata["source"]`` (the file's shape
+and affine, the axes: :mod:`napari_probunet.review.volume_export` places the export there). Keys this module does not know (a bundle's ``case_id``,
 ``bundle_path``, ``prior_mu``..., an autosave's ``saved``) travel in :attr:`Provenance.extra`.
 
 Also here: :func:`versions` (the packages that made a record), :func:`now_iso` and
@@ -56,7 +58,8 @@ KIND_KEYS = {
                    "source_labels"),
 }
 #: keys present when not ``None``
-OPTIONAL_KEYS = ("source", "index", "z", "class_names", "scale", "translate", "source_labels")
+OPTIONAL_KEYS = ("source", "index", "z", "class_names", "scale", "translate", "source_labels",
+                 "volume")
 #: keys of a run over all slices, present together
 STACK_KEYS = ("slices", "stack_axis", "slices_done", "z_per_slice")
 #: the order of a correction's keys, as the review widget has always written them: an
@@ -104,6 +107,7 @@ class Provenance:
     stack_axis: int | None = None
     slices_done: Any = None
     z_per_slice: Any = None
+    volume: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ conversion

@@ -156,7 +156,8 @@ class Correction:
             model_sha256=model_sha, model_name=model_name, class_names=class_names,
             scale=[float(s) for s in layer.scale[-2:]],
             translate=[float(t) for t in layer.translate[-2:]],
-            source_labels=labels.copy())
+            source_labels=labels.copy(),
+            volume=export.volume_source(layer.metadata))  # a scan's: exported in place
 
     def _make(self, layer, plane: Plane, roi, labels2d: np.ndarray,
               prov: Provenance, existing: Labels | None) -> Labels:
