@@ -4,6 +4,15 @@
 (:mod:`napari_probunet.gui.placement`); only one is visible at a time (``.``/``,`` cycle), and
 ``<image> uncertainty`` shows where the samples disagree. A new run reuses the previous layers
 where it can, and adds new ones a few per event-loop turn so that the viewer stays responsive.
+
+Above :data:`LAYERS_ON_DEMAND_ABOVE` hypotheses, a layer joins the viewer only when it is
+needed: the first at once, then each one when it is shown (navigation, gallery, explorer) or
+shortlisted in the gallery, or all of them on :meth:`HypothesisLayers.add_all`. napari spends
+0.1-0.5 s on every Labels layer it adds (its Qt controls, vispy visuals and overlays, and a
+scene-graph update that grows with the layer count), so 100 layers took 30-55 s to arrive on the
+2-core machine and flooded the layer list; the gallery shows all of them at a glance instead.
+The layers not yet in the viewer exist (``hypothesis_layers`` lists them all, with their data
+and record) and keep their place: one joins right below the nearest earlier hypothesis.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ from napari_probunet.review.geometry import embed
 from napari_probunet.review.jobs import Sampled
 from napari_probunet.review.provenance import Provenance
 
+#: more hypotheses than this: their layers join the viewer on demand (see the module's doc)
+LAYERS_ON_DEMAND_ABOVE = 40
+
 
 class HypothesisLayers:
     """The hypothesis and uncertainty layers of a :class:`ReviewWidget`, and which one shows."""
@@ -34,6 +46,7 @@ class HypothesisLayers:
         self.current = 0
         self.layers: list[Labels] = []  # ours, also while state's list is cleared
         self.pending: list[tuple[Labels, Labels | None]] = []  # layers still to add
+        self.deferred: list[Labels] = []  # layers that join the viewer when needed
         self.uncertainty: Image | None = None
         #: signature of the whole plane the hypotheses were drawn on (autosave key)
         self.plane_signature: str | None = None
@@ -41,6 +54,7 @@ class HypothesisLayers:
     def adopt(self, layers: list, uncertainty, plane_signature: str | None) -> None:
         """Take over hypothesis layers made elsewhere (a reopened widget, an opened bundle)."""
         self.layers = list(layers)
+        self.deferred = []
         self.uncertainty = uncertainty
         self.plane_signature = plane_signature
 
@@ -138,6 +152,10 @@ class HypothesisLayers:
         # so the shown hypothesis and the uncertainty map appear at once and the hidden ones
         # follow while the viewer stays responsive. Hypothesis k goes right below k-1.
         previous = {la: (layers[i - 1] if i else None) for i, la in enumerate(layers)}
+        self.deferred = []
+        if n > LAYERS_ON_DEMAND_ABOVE:  # only the shown one now, the others on demand
+            self.deferred = [la for la in new_layers if la is not layers[0]]
+            new_layers = [la for la in new_layers if la is layers[0]]
         self.pending = [(la, previous[la]) for la in new_layers]
         self.layers = layers
         self.uncertainty = unc
@@ -184,8 +202,27 @@ class HypothesisLayers:
         else:
             self.update_navigation()
 
+    def join(self, index: int) -> None:
+        """Bring hypothesis ``index``'s layer into the viewer now if it is queued or waiting
+        on demand (as it is: shown or hidden)."""
+        if 0 <= index < len(self.layers):
+            self._add_now(self.layers[index])
+            self.update_navigation()
+
+    def add_all(self) -> None:
+        """Queue every layer waiting on demand; they join a few per event-loop turn."""
+        if self.deferred:
+            previous = {la: (self.layers[i - 1] if i else None)
+                        for i, la in enumerate(self.layers)}
+            self.pending.extend((la, previous[la]) for la in self.deferred)
+            self.deferred = []
+            self.add_pending()
+
     def _add_now(self, layer) -> None:
-        """Add a queued hypothesis layer at once (the one the user asked to see)."""
+        """Add a queued or on-demand hypothesis layer at once (the one the user asked for)."""
+        if any(la is layer for la in self.deferred):
+            self.deferred = [la for la in self.deferred if la is not layer]
+            self.pending.insert(0, (layer, None))
         for k, (queued, _) in enumerate(self.pending):
             if queued is layer:
                 del self.pending[k]
@@ -254,8 +291,10 @@ class HypothesisLayers:
             layer = self.layers[self.current]
             area = int(np.count_nonzero(hyp.labels[self.current]))
             queued = any(layer is q for q, _ in self.pending)
+            waiting = any(layer is la for la in self.deferred)
             where = ("" if layer in self.viewer.layers
-                     else " (layer being added)" if queued else " (layer deleted)")
+                     else " (layer being added)" if queued
+                     else " (no layer yet)" if waiting else " (layer deleted)")
             self.widget.hypothesis_label.setText(
                 f"Hypothesis {self.current + 1}/{n} · {area} px{where}")
         self.widget.update_buttons()

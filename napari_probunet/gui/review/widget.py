@@ -26,6 +26,7 @@ The widget composes its parts, one per box or concern, each in its own module of
 :class:`~.model_panel.ModelPanel` (Model box), :class:`~.roi_tool.RoiTool` (Input box, the
 region of interest), :class:`~.sampling.Sampler` (Sampling box and sampling runs),
 :class:`~.hypotheses.HypothesisLayers` (showing and cycling the hypotheses),
+:class:`~.gallery.Gallery` (all hypotheses as thumbnails: show, mark, pick),
 :class:`~.bundles.BundleAdopter` (opened bundles), :class:`~.correction.Correction` (best fit,
 autosave, restore, export) and :class:`~.runner.JobRunner` (the jobs of
 :mod:`napari_probunet.review.jobs` on the widget's
@@ -69,6 +70,7 @@ from napari_probunet.gui.review.common import (  # noqa: F401 (the widget's cons
     run_all,
 )
 from napari_probunet.gui.review.correction import Correction
+from napari_probunet.gui.review.gallery import Gallery
 from napari_probunet.gui.review.hypotheses import HypothesisLayers
 from napari_probunet.gui.review.model_panel import ModelPanel
 from napari_probunet.gui.review.roi_tool import RoiTool
@@ -122,6 +124,7 @@ class ReviewWidget(QWidget):
         self.sampler = Sampler(self)
         self.correction = Correction(self)
         self.hypothesis_view = HypothesisLayers(self)
+        self.gallery = Gallery(self)  # all hypotheses at a glance (gallery.py)
         self.bundles = BundleAdopter(self)
         self._build()
         self._connect()
@@ -140,7 +143,7 @@ class ReviewWidget(QWidget):
         # widget scrolls instead of squeezing its rows
         root = QVBoxLayout(scrolling_content(self, min_width=300))
         root.setContentsMargins(6, 6, 6, 6)
-        parts = (self.model_panel, self.roi_tool, self.sampler, self.correction)
+        parts = (self.model_panel, self.roi_tool, self.sampler, self.correction, self.gallery)
         for part in parts:
             root.addWidget(part.box)
             for name in part.CONTROLS:  # the controls, as widget attributes (scripts, tests)
