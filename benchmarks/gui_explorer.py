@@ -78,7 +78,7 @@ def _encode(viewer, model, image, image_name: str, roi, hypotheses: int = 16, se
             layer_kwargs=None):
     """Fill the viewer's review state as the review widget would (no dependency on it)."""
     from napari_probunet.gui.dock import get_state
-    from napari_probunet.review.state import Encoded
+    from napari_probunet.review.state import EncodedRegion
     from napari_probunet.session import Session
 
     state = get_state(viewer)
@@ -90,7 +90,7 @@ def _encode(viewer, model, image, image_name: str, roi, hypotheses: int = 16, se
         session.set_image(crop)
     state.model, state.session = model, session
     state.model_changed.emit()
-    state.encoded = Encoded(image_name, (), tuple(roi), session.image_signature, crop)
+    state.encoded = EncodedRegion(image_name, (), tuple(roi), session.image_signature, crop)
     state.image_encoded.emit()
     hyp = session.sample(hypotheses, seed=seed)
     state.hypotheses = hyp
@@ -280,7 +280,7 @@ def bench_grid(model, size: int = 128, n: int = 9) -> dict:
     session = Session(model, "cpu")
     session.set_image(image)
     mu, sigma = session.prior()
-    latents = core.Plane.through_prior(mu, sigma, 0, 1 if len(mu) > 1 else None).grid_latents(n)
+    latents = core.LatentPlane.through_prior(mu, sigma, 0, 1 if len(mu) > 1 else None).grid_latents(n)
     import torch
 
     def timed(threads: int) -> list[float]:

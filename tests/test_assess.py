@@ -16,7 +16,7 @@ from napari_probunet.model.modelfile import save_model
 from napari_probunet.model.testing import tiny_model, two_mode_case
 from napari_probunet.review import assess
 from napari_probunet.review.seeds import STREAM_REFERENCE, seed_for_index
-from napari_probunet.review.state import Encoded
+from napari_probunet.review.state import EncodedRegion
 from napari_probunet.session import Session
 
 
@@ -30,7 +30,7 @@ def encode(viewer, model, image, roi, scale, translate):
     session.set_image(crop)
     state.model, state.session = model, session
     state.model_changed.emit()
-    state.encoded = Encoded("image", (), roi, session.image_signature, crop)
+    state.encoded = EncodedRegion("image", (), roi, session.image_signature, crop)
     state.image_encoded.emit()
     return state, session
 

@@ -20,7 +20,7 @@ from napari_probunet.iou import foreground_iou
 from napari_probunet.model.testing import tiny_model, train_two_mode_model, two_mode_case
 from napari_probunet.review import plane as core
 from napari_probunet.review.geometry import region_translate
-from napari_probunet.review.state import Encoded
+from napari_probunet.review.state import EncodedRegion
 from napari_probunet.session import Session
 
 # ----------------------------------------------------------------------------------- helpers
@@ -43,7 +43,7 @@ def encode(viewer, model, image, *, roi=None, name="image", scale=(1.0, 1.0),
     session.set_image(crop)
     state.model, state.session = model, session
     state.model_changed.emit()
-    state.encoded = Encoded(name, (), (r0, c0, rh, rw), session.image_signature, crop)
+    state.encoded = EncodedRegion(name, (), (r0, c0, rh, rw), session.image_signature, crop)
     state.image_encoded.emit()
     hyp = session.sample(n, seed=seed)
     state.hypotheses = hyp
@@ -105,7 +105,7 @@ def image_64():
 def test_plane_maps_sigma_units_to_latents_and_back():
     mu = np.array([0.5, -1.0, 2.0, 0.0], np.float32)
     sigma = np.array([1.0, 0.5, 2.0, 0.25], np.float32)
-    plane = core.Plane.through_prior(mu, sigma, 2, 0)
+    plane = core.LatentPlane.through_prior(mu, sigma, 2, 0)
     z = plane.latent(1.5, -0.75)
     e2, e0 = np.eye(4, dtype=np.float32)[2], np.eye(4, dtype=np.float32)[0]
     np.testing.assert_array_equal(z, mu + sigma * (1.5 * e2 - 0.75 * e0))
@@ -113,7 +113,7 @@ def test_plane_maps_sigma_units_to_latents_and_back():
     assert plane.off_plane(z) == 0
     # other coordinates held at a hypothesis: only the plane's axes move
     base = np.array([9, 8, 7, 6], np.float32)
-    held = core.Plane.through_prior(mu, sigma, 2, 0, base=base)
+    held = core.LatentPlane.through_prior(mu, sigma, 2, 0, base=base)
     z = held.latent(1.0, 1.0)
     assert z[1] == 8 and z[3] == 6
     assert z[2] == mu[2] + sigma[2] and z[0] == mu[0] + sigma[0]
@@ -124,11 +124,11 @@ def test_plane_maps_sigma_units_to_latents_and_back():
     assert g[0, 0] < 0 < g[0, 1] and g[40].tolist() == [0, 0]
     np.testing.assert_allclose(g[:9, 0], -3 + (np.arange(9) + 0.5) * 6 / 9, atol=1e-6)
     # a line for one-dimensional latents
-    line = core.Plane.through_prior(mu[:1], sigma[:1], 0)
+    line = core.LatentPlane.through_prior(mu[:1], sigma[:1], 0)
     assert line.is_line and line.grid_latents(5).shape == (5, 1)
     assert line.coords(line.latent(2.0))[1] == 0
     with pytest.raises(ValueError):
-        core.Plane.through_prior(mu, sigma, 1, 1)
+        core.LatentPlane.through_prior(mu, sigma, 1, 1)
 
 
 def test_rank_axes_prefers_the_axis_that_changes_the_mask():
@@ -452,7 +452,7 @@ def test_a_slice_of_a_stack_gets_a_one_slice_layer_on_that_slice(explorer):
     session.set_image(crop)
     state.model, state.session = model, session
     state.model_changed.emit()
-    state.encoded = Encoded("stack", (1,), (8, 8, 32, 32), session.image_signature, crop)
+    state.encoded = EncodedRegion("stack", (1,), (8, 8, 32, 32), session.image_signature, crop)
     state.image_encoded.emit()
     widget.wait_ready()
     for u in (-1.0, 1.5):

@@ -20,7 +20,7 @@ and move their layers):
   ``place`` says (the "already placed?" check).
 - :func:`move_to` ``(layer, place)``: move a layer there, setting only what differs (each
   setter makes napari recompute extents and redraw).
-- :class:`Plane`, :func:`current_plane` ``(layer, viewer)``, :func:`plane_shape` ``(layer)``:
+- :class:`ImagePlane`, :func:`current_plane` ``(layer, viewer)``, :func:`plane_shape` ``(layer)``:
   the 2D plane of an image layer under review (the slice on screen), read on the GUI thread.
 
 The arithmetic is :func:`napari_probunet.review.geometry.region_translate` (no napari).
@@ -41,7 +41,7 @@ from napari_probunet.review.geometry import Roi, region_key, region_translate, s
 
 
 @dataclass(frozen=True)
-class Plane:
+class ImagePlane:
     """The 2D plane of an image layer under review.
 
     ``index`` holds the data indices of the leading (non-spatial) axes of a stack (``()`` for a
@@ -73,7 +73,7 @@ def plane_shape(layer) -> tuple[int, int]:
     return int(shape[layer.ndim - 2]), int(shape[layer.ndim - 1])
 
 
-def current_plane(layer, viewer) -> Plane:
+def current_plane(layer, viewer) -> ImagePlane:
     """The plane of ``layer`` shown in ``viewer`` now (the current slice of a 3D/4D stack)."""
     nd = layer.ndim  # spatial axes (an RGB layer's colour axis is not one)
     if nd < 2:
@@ -95,7 +95,7 @@ def current_plane(layer, viewer) -> Plane:
     if nd > 2:
         pos = np.asarray(layer.world_to_data(viewer.dims.point))[: nd - 2]
         index = tuple(int(np.clip(round(float(p)), 0, s - 1)) for p, s in zip(pos, shape[:-2]))
-    return Plane(layer=layer, index=index, shape=(shape[-2], shape[-1]))
+    return ImagePlane(layer=layer, index=index, shape=(shape[-2], shape[-1]))
 
 
 # ------------------------------------------------------------------ the rule

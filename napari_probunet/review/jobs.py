@@ -23,7 +23,7 @@ import numpy as np
 
 from napari_probunet.errors import InputError, UserError
 from napari_probunet.model.modelfile import load_model
-from napari_probunet.review.state import Encoded
+from napari_probunet.review.state import EncodedRegion
 
 #: pixel-samples decoded per worker step (progress and Cancel granularity)
 CHUNK_PIXELS = 1 << 18
@@ -43,7 +43,7 @@ class SamplingJob:
 
     region: np.ndarray  # (h, w) or (h, w, C): the ROI's pixels in the current plane
     plane: np.ndarray  # (H, W) or (H, W, C): the whole current plane (for its signature)
-    layer_name: str  # the image layer's name (messages, the Encoded record)
+    layer_name: str  # the image layer's name (messages, the EncodedRegion record)
     index: tuple[int, ...]  # the plane's leading (non-spatial) indices, () for a 2D image
     roi: tuple[int, int, int, int]
     n: int
@@ -114,7 +114,7 @@ def _torch_threads(n: int):
 def sampling_job(session, request: SamplingJob):
     """Encode the ROI (unless the session holds it already), then decode ``n`` samples.
 
-    Yields ``("stage", text)``, ``("encoded", Encoded)`` and ``("progress", done)``; returns a
+    Yields ``("stage", text)``, ``("encoded", EncodedRegion)`` and ``("progress", done)``; returns a
     :class:`Sampled`. The latents are those of ``session.sample(n, seed)`` (NumPy's generator
     for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
     Steps: encoding and drawing the latents are one step; then one chunk per step.
@@ -132,7 +132,7 @@ def sampling_job(session, request: SamplingJob):
         with _torch_threads(ENCODE_THREADS):
             session.set_image(region)
         z = session.draw_latents(request.n, request.seed)
-        yield ("encoded", Encoded(
+        yield ("encoded", EncodedRegion(
             layer_name=request.layer_name, slice_index=request.index,
             roi=request.roi, image_signature=signature, image=region))
     labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
@@ -179,7 +179,7 @@ def stack_job(session, request: SamplingJob):
     """"All slices": sample every slice of ``request.stack``, the current slice (the last
     entry of ``request.index``) first, then the others in order, each with the same seed.
 
-    Yields ``("stage", text)``, ``("encoded", Encoded)`` (the current slice),
+    Yields ``("stage", text)``, ``("encoded", EncodedRegion)`` (the current slice),
     ``("slice", (done, total))`` and :func:`decode_region`'s ``("decoded", done)``; returns a
     :class:`Sampled` whose ``labels``/``z`` are the current slice's and whose ``stack_*`` hold
     the whole stack. A blank (constant) slice other than the current one gets empty labels and
@@ -219,7 +219,7 @@ def stack_job(session, request: SamplingJob):
             z_per_slice[k] = [[float(v) for v in row] for row in z]
             if k == k0:
                 current = (labels, z, signature)
-                yield ("encoded", Encoded(layer_name=request.layer_name,
+                yield ("encoded", EncodedRegion(layer_name=request.layer_name,
                                           slice_index=request.index, roi=roi,
                                           image_signature=signature, image=current_region))
         done += 1

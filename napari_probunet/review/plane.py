@@ -10,7 +10,7 @@ or the latent of a chosen hypothesis. A model with a one-dimensional latent give
 (``v`` unused). Axes are numbered from 0 in code and shown from 1 to people ("z1 / sigma").
 
 Everything here is plain arithmetic on arrays so that it can be tested without a display:
-the plane and its grid (:class:`Plane`), the default choice of axes (:func:`axis_probes`,
+the plane and its grid (:class:`LatentPlane`), the default choice of axes (:func:`axis_probes`,
 :func:`rank_axes`), the background pictures (:func:`mosaic`, :func:`value_image`) and reading
 an annotation on the encoded region of interest in world coordinates (:func:`crop_to_region`).
 Placing a result layer over its image is the one placement rule of
@@ -43,7 +43,7 @@ def axis_name(axis: int) -> str:
 
 
 @dataclass(frozen=True)
-class Plane:
+class LatentPlane:
     """A plane (or, for ``axis_y=None``, a line) through the prior, in prior-sigma units.
 
     Attributes:
@@ -71,7 +71,7 @@ class Plane:
         axis_y: int | None = None,
         base: np.ndarray | None = None,
         extent: float = DEFAULT_EXTENT,
-    ) -> Plane:
+    ) -> LatentPlane:
         """Validate and build a plane; ``base=None`` holds the other coordinates at ``mu``."""
         mu = np.asarray(mu, np.float32).reshape(-1)
         sigma = np.asarray(sigma, np.float32).reshape(-1)
@@ -110,7 +110,7 @@ class Plane:
         return (self.axis_x,) if self.axis_y is None else (self.axis_x, self.axis_y)
 
     def latents(self, uv: np.ndarray) -> np.ndarray:
-        """Plane coordinates ``(k, 2)`` (or ``(k,)`` of ``u`` on a line) -> latents ``(k, d)``."""
+        """LatentPlane coordinates ``(k, 2)`` (or ``(k,)`` of ``u`` on a line) -> latents ``(k, d)``."""
         uv = np.asarray(uv, np.float32)
         if uv.ndim == 1:
             uv = np.stack([uv, np.zeros_like(uv)], axis=1)
@@ -295,7 +295,7 @@ def thumbnail(maps: np.ndarray, cell: int) -> np.ndarray:
 def mosaic(labels: np.ndarray, n_rows: int, n_cols: int, colors: np.ndarray,
            cell: int = 48, gap: int = 1, underlay: np.ndarray | None = None,
            alpha: float = 0.7) -> np.ndarray:
-    """Tile label maps into one RGBA picture (row-major, as :meth:`Plane.grid_coords`).
+    """Tile label maps into one RGBA picture (row-major, as :meth:`LatentPlane.grid_coords`).
 
     Args:
         labels: ``(k, H, W)`` label maps, ``k <= n_rows * n_cols`` (missing cells stay empty,

@@ -25,7 +25,7 @@ from psygnal import Signal
 
 
 @dataclass
-class Encoded:
+class EncodedRegion:
     """Which image region the session currently holds."""
 
     layer_name: str  # the napari image layer it came from
@@ -81,7 +81,7 @@ class ReviewState:
         self.model_path: str | None = None
         self.device: str = "auto"
         self.session = None  # Session
-        self.encoded: Encoded | None = None
+        self.encoded: EncodedRegion | None = None
         self.hypotheses = None  # session.Hypotheses for the encoded region
         self.hypothesis_layers: list[Any] = []  # napari Labels layers, one per hypothesis
         self.uncertainty_layer: Any = None
@@ -105,14 +105,14 @@ class ReviewState:
             self.device = device
             self._clear_encoding()
 
-    def set_encoded(self, encoded: Encoded | None) -> None:
+    def set_encoded(self, encoded: EncodedRegion | None) -> None:
         """The session now holds ``encoded``: hypotheses of the previous region are dropped."""
         with self._data_lock:
             self._clear_encoding()
             self.encoded = encoded
 
     def set_hypotheses(self, hypotheses, layers: list[Any], uncertainty_layer: Any = None,
-                       encoded: Encoded | None = None) -> None:
+                       encoded: EncodedRegion | None = None) -> None:
         """``hypotheses`` (a ``session.Hypotheses``) of the encoded region, shown by ``layers``
         (one per hypothesis) and ``uncertainty_layer``.
 

@@ -216,7 +216,7 @@ class AssessmentPanel(QGroupBox):
         return index if index is not None and index < len(self.assessments) else None
 
     # -- the table -----------------------------------------------------------------------------------
-    def fill(self, plane: core.Plane | None) -> None:
+    def fill(self, plane: core.LatentPlane | None) -> None:
         """Fill the table: a row per assessment, then a row per error; coordinates on ``plane``."""
         ax = plane.axes if plane is not None else (0, 1)
         heads = ["Annotation", "KL (nats)", "IoU"]

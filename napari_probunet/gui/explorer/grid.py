@@ -59,7 +59,7 @@ class BackgroundGrid:
         self._mosaic: np.ndarray | None = None
         self._started = 0.0
 
-    def start(self, plane: core.Plane) -> np.ndarray:
+    def start(self, plane: core.LatentPlane) -> np.ndarray:
         """Begin a new grid over ``plane``; return its latents ``(cells, d)``, row-major."""
         latents = plane.grid_latents(self.n)
         r0, r1, c0, c1 = self.focus

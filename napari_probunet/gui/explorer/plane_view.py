@@ -1,7 +1,7 @@
 """The plane the map shows, and its background grid decoded in the worker.
 
 :class:`PlaneView` turns the controls' choice (two latent axes, where the other coordinates are
-held) into a :class:`~napari_probunet.review.plane.Plane` through the prior, sets the map's
+held) into a :class:`~napari_probunet.review.plane.LatentPlane` through the prior, sets the map's
 axes, and decodes the background grid a row at a time (a worker job of kind ``"grid"`` that a
 new plane replaces), drawing each row as it arrives.
 """
@@ -37,7 +37,7 @@ class PlaneView:
         self.map, self.controls, self._worker = latent_map, controls, worker
         self._class_colors = class_colors
         self.grid = BackgroundGrid()
-        self.plane: core.Plane | None = None
+        self.plane: core.LatentPlane | None = None
         self.ranking: list[core.AxisScore] = []
         self.mu = self.sigma = None
         self._grid_token = 0  # bumped when the plane changes
@@ -67,12 +67,12 @@ class PlaneView:
         self.mu, self.sigma = mu, sigma
         self.grid.focus = focus
 
-    def rebuild(self, base: np.ndarray | None, session, token) -> core.Plane:
+    def rebuild(self, base: np.ndarray | None, session, token) -> core.LatentPlane:
         """The plane of the chosen axes, other coordinates held at ``base`` (None: the prior
         mean); a new grid is decoded with ``session`` when the axes or ``base`` changed."""
         x, y = self.controls.chosen_axes(len(self.mu))
         old_plane = self.plane
-        plane = core.Plane.through_prior(self.mu, self.sigma, x, y, base)
+        plane = core.LatentPlane.through_prior(self.mu, self.sigma, x, y, base)
         self.plane = plane
         self.map.hint = ""
         self.map.is_line = plane.is_line

@@ -178,7 +178,7 @@ class ExplorerWidget(QWidget):
 
     # -- public API ------------------------------------------------------------------------------
     @property
-    def plane(self) -> core.Plane | None:
+    def plane(self) -> core.LatentPlane | None:
         """The plane shown, or None before an image is encoded."""
         return self._view.plane
 

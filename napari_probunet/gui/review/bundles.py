@@ -22,7 +22,7 @@ from napari_probunet.gui.review.common import is_bundle_layer
 from napari_probunet.review.bundle import collect_layers
 from napari_probunet.review.geometry import as_2d
 from napari_probunet.review.provenance import Provenance
-from napari_probunet.review.state import Encoded
+from napari_probunet.review.state import EncodedRegion
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class BundleAdopter:
             return False
         st, record = w.state, found.record
         signature = record.image_signature  # the bundle's (collect_layers matched it)
-        encoded = Encoded(layer_name=found.image.name, slice_index=(), roi=found.roi,
+        encoded = EncodedRegion(layer_name=found.image.name, slice_index=(), roi=found.roi,
                           image_signature=signature, image=np.asarray(found.image.data))
         in_session = self._encode(encoded, record.model_sha256)
         st.set_hypotheses(Hypotheses(labels=found.labels, z=found.z,
@@ -124,7 +124,7 @@ class BundleAdopter:
         self._show(found, in_session, notify)
         return True
 
-    def _encode(self, encoded: Encoded, model_sha256: str | None) -> bool:
+    def _encode(self, encoded: EncodedRegion, model_sha256: str | None) -> bool:
         """Encode the bundle's image into the session if the loaded model is the one that
         wrote the bundle (for the explorer); otherwise leave the session alone."""
         st = self.widget.state

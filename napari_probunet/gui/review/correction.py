@@ -22,7 +22,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGroupBox, QLabel, QPushButton, QVBoxLayout
 
 from napari_probunet.errors import UserError
-from napari_probunet.gui.placement import Plane, move_to, placement, plane_shape
+from napari_probunet.gui.placement import ImagePlane, move_to, placement, plane_shape
 from napari_probunet.gui.review.common import (
     AUTOSAVE_MS,
     CORRECTION_COLOURS,
@@ -112,7 +112,7 @@ class Correction:
             show_error(f"The image layer '{enc.layer_name}' is gone; the correction needs it to "
                        "be placed. Open the image again and sample.")
             return
-        plane = Plane(layer=layer, index=tuple(enc.slice_index), shape=plane_shape(layer))
+        plane = ImagePlane(layer=layer, index=tuple(enc.slice_index), shape=plane_shape(layer))
         label = (f"hypothesis {choice.index + 1}" if choice.source == "hypothesis"
                  else "the explorer's point")
         existing = self._correction_for(enc.layer_name)
@@ -134,7 +134,7 @@ class Correction:
         show_info(f"{label.capitalize()} is now '{enc.layer_name} correction': edit it with the "
                   "brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
 
-    def _record(self, choice: Choice, labels: np.ndarray, layer, plane: Plane) -> Provenance:
+    def _record(self, choice: Choice, labels: np.ndarray, layer, plane: ImagePlane) -> Provenance:
         """Where the correction came from (its layer's metadata, the export record's source)."""
         w, enc, hyp = self.widget, self.state.encoded, self.state.hypotheses
         # hypotheses from an opened bundle carry their own model record (there may be no model)
@@ -159,7 +159,7 @@ class Correction:
             source_labels=labels.copy(),
             volume=export.volume_source(layer.metadata))  # a scan's: exported in place
 
-    def _make(self, layer, plane: Plane, roi, labels2d: np.ndarray,
+    def _make(self, layer, plane: ImagePlane, roi, labels2d: np.ndarray,
               prov: Provenance, existing: Labels | None) -> Labels:
         """Put ``labels2d`` (the ROI crop) into the correction layer (``existing`` reused when
         it fits), with ``prov`` as its metadata, ready for the brush."""
@@ -256,7 +256,7 @@ class Correction:
                 self.timer.stop()
                 self.autosave_now()
 
-    def offer_restore(self, plane_signature: str, image_name: str, plane: Plane) -> None:
+    def offer_restore(self, plane_signature: str, image_name: str, plane: ImagePlane) -> None:
         """Offer the autosaved correction of this plane, if any, after sampling it again."""
         folder = self.widget.recovery_dir
         if plane_signature in self._declined_recovery or self._correction_for(image_name):

@@ -14,7 +14,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel
 
 from napari_probunet.errors import UserError
-from napari_probunet.gui.placement import Plane, current_plane, placement, plane_shape
+from napari_probunet.gui.placement import ImagePlane, current_plane, placement, plane_shape
 from napari_probunet.gui.review.common import (
     FALLBACK_ROI,
     ROI_LABELS,
@@ -177,7 +177,7 @@ class RoiTool:
         model = self.widget.state.model
         return int(model.config.input_size) if model is not None else FALLBACK_ROI
 
-    def resolve_roi(self, layer, plane: Plane):
+    def resolve_roi(self, layer, plane: ImagePlane):
         """The ROI for the chosen mode, or raise a UserError that says what to do."""
         mode = self.roi_mode
         h, w = plane.shape
@@ -196,7 +196,7 @@ class RoiTool:
             return self.click[2]
         return self._rectangle_roi(layer, plane)
 
-    def _rectangle_roi(self, layer, plane: Plane):
+    def _rectangle_roi(self, layer, plane: ImagePlane):
         shapes = self._shapes_layer()
         if shapes is None or len(shapes.data) == 0:
             raise UserError("Draw a rectangle around the lesion in a Shapes layer first (the "
@@ -290,7 +290,7 @@ class RoiTool:
         self.show_roi()
         return roi
 
-    def _ensure_roi_layer(self, layer=None, plane: Plane | None = None) -> Shapes | None:
+    def _ensure_roi_layer(self, layer=None, plane: ImagePlane | None = None) -> Shapes | None:
         layer = layer or self.image_layer()
         if layer is None:
             return None
@@ -307,7 +307,7 @@ class RoiTool:
             roi_layer.scale, roi_layer.translate = kwargs["scale"], kwargs["translate"]
         return roi_layer
 
-    def _draw_roi(self, layer, plane: Plane, roi) -> None:
+    def _draw_roi(self, layer, plane: ImagePlane, roi) -> None:
         active = self.viewer.layers.selection.active
         roi_layer = self._ensure_roi_layer(layer, plane)
         r0, c0, h, w = roi

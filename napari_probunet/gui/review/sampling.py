@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet.errors import UserError
-from napari_probunet.gui.placement import Plane, current_plane, placement
+from napari_probunet.gui.placement import ImagePlane, current_plane, placement
 from napari_probunet.gui.review.common import KEY_NEXT, KEY_PREVIOUS, KEY_SAMPLE
 from napari_probunet.review.jobs import Sampled, SamplingJob, sampling_job, stack_job
 
@@ -44,7 +44,7 @@ class SamplingRun:
     """One sampling run as the GUI sees it: the job, and where its results go."""
 
     job: SamplingJob
-    plane: Plane  # the image layer's plane (compared with removed layers)
+    plane: ImagePlane  # the image layer's plane (compared with removed layers)
     placement: dict[str, Any]  # of the hypothesis layers (the stack's for "All slices")
     started: float
 
@@ -172,7 +172,7 @@ class Sampler:
         w.update_buttons()
         return True
 
-    def _prepare(self, layer, plane: Plane, roi) -> SamplingRun:
+    def _prepare(self, layer, plane: ImagePlane, roi) -> SamplingRun:
         """Read the region (and for "All slices" the stack) on the GUI thread: the job gets
         arrays, never the layer."""
         w = self.widget

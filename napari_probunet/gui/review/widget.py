@@ -77,7 +77,7 @@ from napari_probunet.gui.review.roi_tool import RoiTool
 from napari_probunet.gui.review.runner import JobRunner
 from napari_probunet.gui.review.sampling import Sampler
 from napari_probunet.review.provenance import Provenance
-from napari_probunet.review.state import Choice, Encoded
+from napari_probunet.review.state import Choice, EncodedRegion
 
 
 def _settings() -> QSettings:
@@ -359,7 +359,7 @@ class ReviewWidget(QWidget):
         """How long the last sampling run took, from the click to the layers."""
         return self.sampler.last_seconds
 
-    def on_encoded(self, encoded: Encoded) -> None:
+    def on_encoded(self, encoded: EncodedRegion) -> None:
         """A sampling job encoded a new region: the previous hypotheses are dropped."""
         self.bundles.record = None
         self.state.set_encoded(encoded)
