@@ -80,9 +80,11 @@ def get_case_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Ca
 
 def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
     """One multi-rater case as napari layers: the image, then one Labels layer per grader
-    (``radiologist 1`` ...), each in its own colour so that overlaid outlines stay apart. A
-    LIDC-IDRI nodule folder opens as a stack of its slices. Masks with grey levels are
-    thresholded (the data layer's rule) and a notification says so."""
+    (``radiologist 1`` ...), each in its own colour so that overlaid outlines stay apart (the
+    plugin's widgets draw ``kind: grader`` layers as outlines:
+    :func:`napari_probunet.gui.dock.outline_graders`). A LIDC-IDRI nodule folder opens as a
+    stack of its slices. Masks with grey levels are thresholded (the data layer's rule) and a
+    notification names them (:func:`grey_masks`)."""
     import warnings
 
     import numpy as np
@@ -105,10 +107,14 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
             case = read_case_folder(folder)
             image, masks, name = case.image, case.masks, folder.name
         caught = [str(w.message) for w in found]
-    if caught:
+    grey = grey_masks(folder)
+    if grey or caught:
         from napari.utils.notifications import show_info
 
-        show_info("; ".join(caught))
+        notes = ([f"{len(grey)} mask(s) with grey levels thresholded at > 127 "
+                  f"({', '.join(grey[:3])}{', ...' if len(grey) > 3 else ''})."]
+                 if grey else []) + caught
+        show_info(f"Opened {name}. " + " ".join(notes))
     meta = {"source_path": str(folder), "kind": "image"}
     layers: list[LayerData] = [(image, {"name": name, "metadata": meta}, "image")]
     for r, mask in enumerate(masks):
@@ -120,6 +126,30 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
             "metadata": {"kind": "grader", "grader": r + 1, "source_path": str(folder)},
         }, "labels"))
     return layers
+
+
+def grey_masks(folder: Path) -> list[str]:
+    """The mask files of a case folder that hold grey levels, not just a background and one
+    value (a JPEG's, or a lossy re-encoding's): the readers threshold them at > 127; the case
+    reader says so, naming them (relative to ``folder``)."""
+    import numpy as np
+
+    from napari_probunet.data.images import file_suffix, is_mask_name, load_array
+
+    if (folder / "images").is_dir():  # an LIDC nodule folder: mask-<r>/slice-<i>.png
+        files = sorted(folder.glob("mask-*/slice-*.png"))
+    else:  # the generic layout: lossy masks are thresholded (others must be labels)
+        files = sorted(f for f in folder.iterdir() if f.is_file() and is_mask_name(f)
+                       and file_suffix(f) in (".jpg", ".jpeg"))
+    found = []
+    for f in files:
+        try:
+            values = np.unique(load_array(f, labels=True))
+        except Exception:  # unreadable: the reader itself says why
+            continue
+        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+            found.append(f.relative_to(folder).as_posix())
+    return found
 
 
 # ----------------------------------------------------------------------------- NIfTI

@@ -559,3 +559,29 @@ def test_both_widgets_docked_from_the_plugins_menu_fit_a_1366x768_screen(make_na
     qtbot.wait(200)
     hint = napari_compat.main_window(viewer).minimumSizeHint()
     assert hint.width() <= 1366 and hint.height() <= 768 - 40, (hint.width(), hint.height())
+
+
+def test_radiologists_opened_by_the_case_reader_are_listed_and_assessed(explorer, tmp_path):
+    """A multi-rater case opened from disk (napari's File > Open, the case reader): its
+    radiologists' layers are candidates of "Assess annotations", and each is scored."""
+    from napari_probunet.data.readers import write_multirater_folder
+    from napari_probunet.data.synthetic import SyntheticDataset
+
+    viewer, widget = explorer
+    cases = list(SyntheticDataset("lesions", 1, seed=4, size=32))
+    root = write_multirater_folder(cases, tmp_path / "data")
+    folder = next(p for p in root.iterdir() if p.is_dir())
+    image, *raters = viewer.open(str(folder), plugin="napari-probunet")
+    names = [la.name for la in raters]
+    assert all(la.metadata["kind"] == "grader" and la.contour > 0 for la in raters)
+    encode(viewer, tiny_model(seed=0), image.data, name=image.name, n=4, layers=False)
+    widget.wait_ready()
+    listed = [widget.annotation_list.item(i).text() for i in range(widget.annotation_list.count())]
+    assert set(names) <= set(listed)
+    widget.assess(names)
+    widget.wait_idle(60000)
+    assert {a.name for a in widget.assessments} == set(names)
+    assert not widget.assessment_panel.errors
+    assert widget.table.rowCount() == len(names)
+    for a in widget.assessments:
+        assert np.isfinite(a.kl) and 0.0 <= a.iou <= 1.0

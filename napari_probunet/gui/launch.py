@@ -7,6 +7,7 @@ default bundled model (loaded in the background). Options::
     --sample lidc_nodule|lidc_nodule_2of4|lidc_nodule_1of4|lesion|lesion_faint|lesion_large
     --model FILE|lidc|lesions                   a model file or another bundled model
     --screenshot PATH                           sample 16 hypotheses, save a screenshot, quit
+    --raters                                    (with --screenshot) show the radiologists' outlines
     --screenshots FOLDER                        the user guide's pictures (review-*.png), quit
     --bench                                     time click-to-layers on a 256x256 image, quit
 
@@ -142,13 +143,16 @@ def screenshot(viewer, path: str | Path) -> Path:
 
 
 def take_main_screenshot(path: str | Path, sample_name: str = "lidc_nodule",
-                         model: str | None = None) -> Path:
-    """The review right after sampling 16 hypotheses of a sample (``--screenshot``)."""
+                         model: str | None = None, raters: bool = False) -> Path:
+    """The review right after sampling 16 hypotheses of a sample (``--screenshot``);
+    ``raters``: with the radiologists' masks shown (outlines, the uncertainty map hidden)."""
     viewer = _make_viewer()
     review = open_review(viewer, scripted=True)
     viewer.open_sample(PLUGIN, sample_name)
     load_model(review, model)
     sample(review)
+    if raters:
+        show_raters(viewer, review)
     out = screenshot(viewer, path)
     viewer.close()
     return out
@@ -226,18 +230,26 @@ def _review_scenes(folder: Path, model: str) -> list[Path]:
     return out
 
 
-def _graders_scene(folder: Path, model: str) -> Path:
-    """A nodule that 2 of the 4 radiologists marked: their outlines beside a hypothesis."""
-    viewer, review = _open_for_pictures("lidc_nodule_2of4", model)
-    image = viewer.layers[0]
-    sample(review)
+def show_raters(viewer, review) -> None:
+    """Show the radiologists who drew something (their outlines: graders are drawn as
+    contours by default) over a drawn hypothesis, the uncertainty map hidden."""
+    image = review.image_layer()
     _show_a_drawn_hypothesis(review)
-    viewer.layers[f"{image.name} uncertainty"].visible = False
+    unc = review.hypothesis_view.uncertainty
+    if unc is not None:
+        unc.visible = False
     for layer in viewer.layers:
         if layer.metadata.get("kind") == "grader" and layer.data.any():
             layer.visible = True
-            layer.contour = 1  # outlines, so that the hypothesis shows through
-    viewer.layers.selection.active = image
+    if image is not None:
+        viewer.layers.selection.active = image
+
+
+def _graders_scene(folder: Path, model: str) -> Path:
+    """A nodule that 2 of the 4 radiologists marked: their outlines beside a hypothesis."""
+    viewer, review = _open_for_pictures("lidc_nodule_2of4", model)
+    sample(review)
+    show_raters(viewer, review)
     path = screenshot(viewer, folder / "review-lidc.png")
     viewer.close()
     return path
@@ -348,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-explorer", action="store_true", help="dock the review widget only")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--screenshot", metavar="PATH", help="sample 16, save a screenshot, quit")
+    parser.add_argument("--raters", action="store_true", help="with --screenshot: show the "
+                        "radiologists' masks (as outlines) over a hypothesis")
     what.add_argument("--screenshots", metavar="FOLDER",
                       help="save the user guide's pictures (review-*.png) and quit")
     what.add_argument("--bench", action="store_true",
@@ -360,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                        else "lidc_nodule" if chosen is not None else default_sample())
 
     if args.screenshot:
-        print(take_main_screenshot(args.screenshot, args.sample, args.model))
+        print(take_main_screenshot(args.screenshot, args.sample, args.model, args.raters))
         return 0
     if args.screenshots:
         for path in take_guide_screenshots(args.screenshots, args.model):
@@ -372,9 +386,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
+    from napari_probunet.gui.dock import refit_after_docking
+
     viewer = _make_viewer()
     review = open_review(viewer, explorer=not args.no_explorer)
     viewer.open_sample(PLUGIN, args.sample)
+    refit_after_docking(viewer)  # fit the sample to the canvas once the docks have settled
     if args.sample == "lesion_large":
         review.set_roi_mode("click")
     if args.model:

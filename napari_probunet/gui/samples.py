@@ -12,6 +12,9 @@ radiologists marked the nodule.
 
 Every sample is one image layer plus the masks of its four graders as hidden Labels layers
 (``grader 1`` ... ``grader 4``), so the latent-space explorer has real annotations to place.
+Their ``metadata["kind"]`` is ``"grader"``: the plugin's widgets draw such layers as outlines
+(:func:`napari_probunet.gui.dock.outline_graders`; napari's Labels take no ``contour`` when
+they are made, so a layer data tuple cannot ask for it).
 The images come from the package's fixed ``lesions`` recipe
 (:func:`napari_probunet.data.synthetic.make_case`); the cases were picked by eye for a clearly
 visible lesion on which the graders disagree. The image metadata carries the known truth (the

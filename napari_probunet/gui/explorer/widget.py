@@ -39,7 +39,7 @@ import numpy as np
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QSplitter, QVBoxLayout, QWidget
 
-from napari_probunet.gui.dock import get_state, scrolling_content
+from napari_probunet.gui.dock import get_state, on_docked, scrolling_content
 from napari_probunet.gui.explorer.assessment import AssessmentPanel, candidate_names
 from napari_probunet.gui.explorer.controls import (
     HOLD_HYPOTHESIS,
@@ -167,6 +167,7 @@ class ExplorerWidget(QWidget):
         # not a method: it runs when the widget is destroyed and must not touch it
         self._teardown = _teardown(self._worker, relays, layers, self._on_layers_changed)
         self.destroyed.connect(self._teardown)
+        on_docked(self.viewer, self)  # graders as outlines; the image fitted to the narrower canvas
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
@@ -278,7 +279,7 @@ class ExplorerWidget(QWidget):
     def use_as_best_fit(self) -> Choice | None:
         """Hand the segmentation at the current point to the correction path (with its z)."""
         if not self.state.ready or self._live.z is None:
-            _notify("Encode an image region first (Probabilistic U-Net widget).")
+            _notify("Encode an image region first. Sample in the Probabilistic U-Net widget.")
             return None
         z = self._live.z.copy()
         labels = self._live.shown_labels(self._token, z)
@@ -286,8 +287,8 @@ class ExplorerWidget(QWidget):
             labels = self._worker.call_now(lambda: self.state.session.decode(z))
         choice = Choice(source="explorer", index=None, z=z, labels=labels)
         if len(self.state.best_fit_requested) == 0:
-            _notify("Nothing takes the best fit yet: open Plugins \u203a Probabilistic U-Net "
-                    "to turn it into an editable correction.")
+            _notify("Open the review widget. Nothing takes the best fit yet: open Plugins "
+                    "\u203a Probabilistic U-Net to turn it into an editable correction.")
         self.state.best_fit_requested.emit(choice)
         return choice
 
@@ -295,7 +296,7 @@ class ExplorerWidget(QWidget):
         """Assess the ticked Labels layers (or ``layer_names``) under the model, in the worker."""
         g = self._output.geometry
         if not self.state.ready or g is None:
-            _notify("Encode an image region first (Probabilistic U-Net widget).")
+            _notify("Encode an image region first. Sample in the Probabilistic U-Net widget.")
             return
         panel = self.assessment_panel
         names = list(layer_names) if layer_names is not None else panel.checked_names()
@@ -304,7 +305,7 @@ class ExplorerWidget(QWidget):
             self._refresh_annotation_list()
         submit = partial(self._worker.submit, self._token, "assess")
         if not panel.start(self.viewer, names, g, self.state.session, submit):
-            _notify("Tick the Labels layers to assess (graders' masks, a correction).")
+            _notify("Tick the layers to assess first. Graders' masks, a correction...")
 
     def class_colors(self, num_classes: int) -> np.ndarray:
         """RGBA uint8 per class, as napari colours them (the explorer layer's colormap)."""

@@ -87,14 +87,15 @@ class BundleAdopter:
         record = records[0]
         indices = [r.index for r in records]
         if indices != list(range(len(hyps))) or len(hyps) != record.n_samples:
-            show_warning(f"The bundle of '{image.name}' lacks some hypothesis layers; open it "
-                         "again to review its hypotheses.")
+            show_warning(f"Bundle not adopted. The bundle of '{image.name}' lacks some "
+                         "hypothesis layers: open it again to review its hypotheses.")
             return None
         labels = np.stack([as_2d(la.data) for la in hyps]).astype(np.uint8, copy=False)
         z = np.array([r.z or [] for r in records], np.float32)
         roi = tuple(int(v) for v in record.roi or (0, 0, *labels.shape[1:]))
         if (roi[2], roi[3]) != labels.shape[1:]:
-            show_warning(f"The bundle of '{image.name}' does not fit its region; not adopted.")
+            show_warning(f"Bundle not adopted. The bundle of '{image.name}' does not fit its "
+                         "region.")
             return None
         return _Found(image, hyps, found.uncertainty, record, labels, z, roi)
 
@@ -106,7 +107,7 @@ class BundleAdopter:
         if w.closed:
             return False
         if w.sampler.running:
-            show_info("The opened bundle's hypotheses are not adopted while sampling runs.")
+            show_info("Bundle not adopted while sampling runs. Open it again after.")
             return False
         found = self._find(image_signature)
         if found is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import suppress
 
-from qtpy.QtWidgets import QFileDialog, QMessageBox
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFileDialog, QLabel, QMessageBox, QSizePolicy
 
 from napari_probunet.review import export
 
@@ -92,6 +93,61 @@ def run_all(callbacks: list[Callable[[], None]]) -> None:
 
 def html(text: str) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that never widens its dock: it shows its full text where that fits,
+    else its short form, else the short form cut with "…"; the tooltip always holds the full
+    text (then ``about``, what the label means). Its size hint is the short form's;
+    :meth:`text` is the full text, :meth:`shown_text` what is on screen."""
+
+    def __init__(self, text: str = "", about: str = "") -> None:
+        super().__init__()
+        self.about = about
+        self.full, self.short = text, text
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.set_texts(text)
+
+    def set_texts(self, full: str, short: str | None = None) -> None:
+        """Show ``full`` (or ``short`` where ``full`` does not fit)."""
+        self.full, self.short = full, full if short is None else short
+        self.setToolTip("\n".join(t for t in (full, self.about) if t))
+        self.updateGeometry()
+        self._fit()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        self.set_texts(text)
+
+    def text(self) -> str:
+        """The full text (what the label means, whatever fits on screen)."""
+        return self.full
+
+    def shown_text(self) -> str:
+        """What the label shows now (the full text, the short form, or that cut)."""
+        return QLabel.text(self)
+
+    def text_width(self, text: str) -> int:
+        return self.fontMetrics().horizontalAdvance(text) + 2 * self.margin() + 4
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(self.text_width(self.short), super().sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return QSize(self.text_width("…"), super().minimumSizeHint().height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        width = self.width()
+        if self.text_width(self.full) <= width:
+            shown = self.full
+        else:
+            shown = self.fontMetrics().elidedText(self.short, Qt.TextElideMode.ElideRight,
+                                                  max(0, width - self.text_width("")))
+        if shown != QLabel.text(self):
+            QLabel.setText(self, shown)
 
 
 # ----------------------------------------------------------------------------- dialogs

@@ -104,13 +104,13 @@ class Correction:
             return
         labels = np.asarray(choice.labels)
         if labels.shape != (enc.roi[2], enc.roi[3]):
-            show_error(f"The chosen map is {labels.shape[0]}x{labels.shape[1]} but the encoded "
-                       f"region is {enc.roi[2]}x{enc.roi[3]}; sample again and retry.")
+            show_error(f"Sample again, then retry. The chosen map is {labels.shape[0]}x"
+                       f"{labels.shape[1]} but the encoded region is {enc.roi[2]}x{enc.roi[3]}.")
             return
         layer = self.widget.roi_tool.find_image(enc.layer_name)
         if layer is None:
-            show_error(f"The image layer '{enc.layer_name}' is gone; the correction needs it to "
-                       "be placed. Open the image again and sample.")
+            show_error(f"The image is gone. The layer '{enc.layer_name}' is needed to place "
+                       "the correction: open the image again and sample.")
             return
         plane = ImagePlane(layer=layer, index=tuple(enc.slice_index), shape=plane_shape(layer))
         label = (f"hypothesis {choice.index + 1}" if choice.source == "hypothesis"
@@ -131,8 +131,8 @@ class Correction:
         unc = self.widget.hypothesis_view.uncertainty
         if unc is not None and unc in self.viewer.layers:
             unc.visible = False  # it would wash out the correction's colour; one click brings it back
-        show_info(f"{label.capitalize()} is now '{enc.layer_name} correction': edit it with the "
-                  "brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
+        show_info(f"Best fit: {label}. It is now '{enc.layer_name} correction': edit it with "
+                  "the brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
 
     def _record(self, choice: Choice, labels: np.ndarray, layer, plane: ImagePlane) -> Provenance:
         """Where the correction came from (its layer's metadata, the export record's source)."""
@@ -238,7 +238,7 @@ class Correction:
             path = self._save_recovery(layer, data)
         except (OSError, KeyError, ValueError) as exc:
             if not self._autosave_failed:
-                show_warning(f"Autosave failed ({exc}); your edits are still in napari. Export "
+                show_warning(f"Autosave failed. {exc}; your edits are still in napari: export "
                              "them to keep them.")
             self._autosave_failed = True
             return None
@@ -279,7 +279,7 @@ class Correction:
                 f"{what}, {edited if edited is not None else '?'} pixel(s) edited by hand). "
                 "Restore it?"):
             self._declined_recovery.add(plane_signature)
-            show_info("The autosaved correction was not restored; it stays in "
+            show_info("Autosave not restored. It stays in "
                       f"{recovery.recovery_path(plane_signature, folder).parent}.")
             return
         layer = self._make(plane.layer, plane, roi, correction, prov, None)
@@ -288,7 +288,7 @@ class Correction:
         self.state.choose(Choice(source=prov.choice_source, index=prov.index, z=z,
                                  labels=prov.source_labels),
                           layer)
-        show_info(f"Restored the autosaved correction as '{image_name} correction'.")
+        show_info(f"Autosave restored. It is '{image_name} correction'.")
 
     def on_layer_removed(self, layer) -> None:
         """The correction layer was deleted: keep its last edits in the recovery file
@@ -301,7 +301,7 @@ class Correction:
         if self._last_autosaved is None or not np.array_equal(data, self._last_autosaved):
             with suppress(OSError, KeyError, ValueError):
                 self._save_recovery(layer, data)
-                show_info("The deleted correction was autosaved; sample the same image again "
+                show_info("The deleted correction was autosaved. Sample the same image again "
                           "to restore it.")
         self._unwatch()
         self.state.drop_correction()
@@ -319,8 +319,8 @@ class Correction:
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
         layer = self.layer
         if layer is None:
-            show_warning("There is no correction to export yet: pick a hypothesis with 'Use as "
-                         "best fit' first.")
+            show_warning("Nothing to export yet. Pick a hypothesis with 'Use as best fit' "
+                         "first.")
             return None
         meta = layer.metadata
         prov = Provenance.from_metadata(meta)
@@ -340,7 +340,7 @@ class Correction:
         if exists and not self.widget.confirm(
                 "Replace the existing file?",
                 f"{' and '.join(exists)} already exist(s) in {path.parent}. Replace?"):
-            show_info("Nothing was exported (the existing file is kept).")
+            show_info("Nothing was exported. The existing file is kept.")
             return None
         try:
             written, record_file = export.export_correction(
@@ -354,6 +354,6 @@ class Correction:
             if np.array_equal(crop, as_2d(layer.data)):
                 recovery.discard_recovery(prov.plane_signature, self.widget.recovery_dir)
                 self._last_autosaved = crop.copy()
-        show_info(f"Saved {written.name} and {record_file.name} in {written.parent}.")
+        show_info(f"Saved {written.name} and {record_file.name}. Folder: {written.parent}")
         self.update_label()
         return written

@@ -28,6 +28,7 @@ from qtpy.QtCore import QTimer
 from napari_probunet.gui.napari_compat import no_layer_activation
 from napari_probunet.gui.placement import move_to
 from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap, remove_layers
+from napari_probunet.review import export
 from napari_probunet.review.geometry import embed
 from napari_probunet.review.jobs import Sampled
 from napari_probunet.review.provenance import Provenance
@@ -77,8 +78,10 @@ class HypothesisLayers:
         w.emit(self.state.current_hypothesis_changed, 0)
         self.update_navigation()
 
-    def _layer_data(self, result: Sampled):
-        """``(the record shared by all layers, hypothesis i -> layer data, uncertainty data)``."""
+    def _layer_data(self, result: Sampled, image=None):
+        """``(the record shared by all layers, hypothesis i -> layer data, uncertainty data)``;
+        ``image`` is the image layer sampled (its scan record goes into the hypotheses' so that
+        File > Save writes a hypothesis as the whole scan, as the correction's export does)."""
         request = result.request
         w = self.widget
         base = Provenance(
@@ -86,7 +89,8 @@ class HypothesisLayers:
             plane_shape=request.plane.shape[:2], slice_index=request.index,
             image_signature=result.image_signature, plane_signature=result.plane_signature,
             model_sha256=w.model_sha(), model_name=w.model_name(),
-            seed=request.seed, n_samples=request.n)
+            seed=request.seed, n_samples=request.n,
+            volume=export.volume_source(getattr(image, "metadata", None)))
         if result.stack_labels is None:
             def to_layer(i):
                 # a copy: brush edits on a hypothesis layer must not change state.hypotheses
@@ -111,7 +115,7 @@ class HypothesisLayers:
         self.current = 0
         num_classes = self.state.model.config.num_classes if self.state.model else 2
         width = max(2, len(str(n)))
-        base, to_layer, unc_data = self._layer_data(result)
+        base, to_layer, unc_data = self._layer_data(result, run.plane.layer)
         old = [la for la in self.layers if la in viewer.layers]
         shape = to_layer(0).shape
         # reuse the previous layers (a new ROI size just changes their data): fewer layers to
@@ -285,19 +289,35 @@ class HypothesisLayers:
     def update_navigation(self) -> None:
         n = len(self.layers)
         hyp = self.state.hypotheses
+        label = self.widget.hypothesis_label
         if hyp is None or n == 0 or len(hyp.labels) != n or not 0 <= self.current < n:
-            self.widget.hypothesis_label.setText("No hypotheses yet")
+            label.set_texts("No hypotheses yet")
         else:
             layer = self.layers[self.current]
             area = int(np.count_nonzero(hyp.labels[self.current]))
             queued = any(layer is q for q, _ in self.pending)
             waiting = any(layer is la for la in self.deferred)
             where = ("" if layer in self.viewer.layers
-                     else " (layer being added)" if queued
-                     else " (no layer yet)" if waiting else " (layer deleted)")
-            self.widget.hypothesis_label.setText(
-                f"Hypothesis {self.current + 1}/{n} · {area} px{where}")
+                     else "layer being added" if queued
+                     else "no layer yet" if waiting else "layer deleted")
+            label.set_texts(*navigation_texts(self.current, n, area, where))
         self.widget.update_buttons()
+
+
+def navigation_texts(current: int, n: int, area: int, where: str = "") -> tuple[str, str]:
+    """The navigation label's full text and its short form (shown where the dock is too
+    narrow for the full one; the tooltip keeps the full text): ``("Hypothesis 100/100 ·
+    15192 px (no layer yet)", "100/100 · 15192 px (no layer)")``. ``where``: why its layer is
+    not in the layer list, if it is not."""
+    shown = f"{current + 1}/{n} · {area} px"
+    brief = SHORT_WHERE.get(where, where)
+    return (f"Hypothesis {shown}" + (f" ({where})" if where else ""),
+            shown + (f" ({brief})" if brief else ""))
+
+
+#: the short forms of why a hypothesis' layer is not in the list
+SHORT_WHERE = {"layer being added": "adding", "no layer yet": "no layer",
+               "layer deleted": "deleted"}
 
 
 def update_layer(layer, name: str, visible: bool, place: dict[str, Any]) -> None:

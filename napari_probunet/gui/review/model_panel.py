@@ -95,8 +95,8 @@ class ModelPanel:
         remembered = str(self.widget.settings().value("device", "auto"))
         i = self.device_combo.findData(remembered)
         if i < 0:
-            show_info(f"The device used last time ({remembered}) is not available here; "
-                      "using auto.")
+            show_info(f"Using device auto. The device used last time ({remembered}) is not "
+                      "available here.")
             i = 0
         self.device_combo.setCurrentIndex(i)
         self.device_combo.blockSignals(False)
@@ -111,8 +111,8 @@ class ModelPanel:
     def set_device(self, device: str) -> None:
         i = self.device_combo.findData(device)
         if i < 0:
-            show_error(f"Device {device!r} is not available on this machine "
-                       f"(available: {', '.join(self.device_names())}).")
+            show_error(f"Device {device!r} is not available. This machine has: "
+                       f"{', '.join(self.device_names())}.")
             return
         self.device_combo.setCurrentIndex(i)
         self._on_device_chosen(i)
@@ -122,7 +122,7 @@ class ModelPanel:
         if self.state.model is not None and not self.widget.busy:
             self._start(self.state.model)
         elif self.widget.busy:
-            show_info("The new device is used from the next model load (the model is busy).")
+            show_info("Device changed for the next model load. The model is busy now.")
 
     # ------------------------------------------------------------------ model choice
     def _fill_model_combo(self, custom: str | None = None) -> None:
@@ -184,8 +184,8 @@ class ModelPanel:
 
         bundled = bundled_model(name)
         if bundled is None:
-            show_error(f"There is no bundled model called {name!r} (bundled: "
-                       f"{', '.join(m.name for m in BUNDLED_MODELS)}).")
+            show_error(f"No bundled model {name!r}. The bundled ones: "
+                       f"{', '.join(m.name for m in BUNDLED_MODELS)}.")
             return
         if not bundled.path.exists():
             message = (f"The bundled model is not installed ({bundled.path.name} is missing "
@@ -202,7 +202,7 @@ class ModelPanel:
 
     def _start(self, source) -> None:
         if self.widget.sampler.running:
-            show_warning("Sampling is running: wait for it to finish or click Cancel, then "
+            show_warning("Sampling is running. Wait for it to finish or click Cancel, then "
                          "change the model or device.")
             return
         if self.loading:
@@ -305,4 +305,5 @@ class ModelPanel:
         key = (id(session), text)
         if key != self._domain_warned:  # once per model and finding, not on every slice
             self._domain_warned = key
-            show_warning(f"This image may be outside what the model knows: {text}")
+            show_warning(f"Unusual image for this model. It may be outside what the model "
+                         f"knows: {text}")

@@ -137,8 +137,8 @@ class RoiTool:
             return
         self._region_suggested.add(layer.name)
         self.set_roi_mode("click")
-        show_info(f"'{layer.name}' is {w}x{h} pixels, much larger than the model's {side}x{side} "
-                  "input: the region is now 'Click on the lesion' (click it in the viewer). "
+        show_info(f"Click on the lesion. '{layer.name}' is {w}x{h} pixels, much larger than the "
+                  f"model's {side}x{side} input: the region is now 'Click on the lesion'. "
                   "Choose 'Whole image' to segment it all at once.")
 
     @property
@@ -165,8 +165,8 @@ class RoiTool:
             if layer is not None:
                 self.viewer.layers.selection.active = layer
                 layer.mode = "add_rectangle"
-                show_info("Draw a rectangle around the lesion in the 'ROI' layer, then click "
-                          "Sample.")
+                show_info("Draw the region. Drag a rectangle around the lesion in the 'ROI' "
+                          "layer, then click Sample.")
         roi_layer = self.roi_layer
         if roi_layer is not None and roi_layer in self.viewer.layers \
                 and roi_layer.visible != (mode != "whole"):  # (setting it resets the tool)

@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -33,7 +32,7 @@ from qtpy.QtWidgets import (
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.placement import ImagePlane, current_plane, placement
-from napari_probunet.gui.review.common import KEY_NEXT, KEY_PREVIOUS, KEY_SAMPLE
+from napari_probunet.gui.review.common import KEY_NEXT, KEY_PREVIOUS, KEY_SAMPLE, ElidedLabel
 from napari_probunet.review.jobs import Sampled, SamplingJob, sampling_job, stack_job
 
 log = logging.getLogger(__name__)
@@ -116,9 +115,9 @@ class Sampler:
         for b in (self.previous_button, self.next_button):
             b.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
             b.setFixedWidth(34)
-        self.hypothesis_label = QLabel("No hypotheses yet")
+        self.hypothesis_label = ElidedLabel("No hypotheses yet", about=(
+            "The hypothesis shown, and its area in pixels"))
         self.hypothesis_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.hypothesis_label.setToolTip("The hypothesis shown, and its area in pixels")
         row.addWidget(self.previous_button)
         row.addWidget(self.hypothesis_label, 1)
         row.addWidget(self.next_button)
@@ -137,11 +136,11 @@ class Sampler:
         """Start sampling (the Sample button). Returns whether a run was started."""
         w = self.widget
         if self.running:
-            show_warning("Sampling is already running: wait for it to finish or click Cancel.")
+            show_warning("Sampling is already running. Wait for it to finish or click Cancel.")
             return False
         if w.model_panel.loading:
             w.model_panel.sample_when_ready = True
-            show_info("The model is still loading; sampling starts as soon as it is ready.")
+            show_info("The model is still loading. Sampling starts as soon as it is ready.")
             return False
         session = w.state.session
         if session is None:
@@ -150,7 +149,7 @@ class Sampler:
             return False
         layer = w.image_layer()
         if layer is None:
-            show_error("There is no image layer to segment: open an image (File → Open, or "
+            show_error("There is no image layer to segment. Open an image (File → Open, or "
                        "File → Open Sample → napari-probunet) and choose it under Input.")
             return False
         try:
@@ -200,8 +199,8 @@ class Sampler:
         run = self.run
         if run is not None and layer is run.plane.layer and self.running:
             self.widget.jobs.cancel("sample")
-            show_warning(f"The image layer '{layer.name}' was removed while sampling; sampling "
-                         "was stopped.")
+            show_warning(f"Sampling stopped. The image layer '{layer.name}' was removed while "
+                         "sampling.")
 
     def _on_yielded(self, message) -> None:
         kind, value = message  # ("decoded", done) of each slice of "All slices": not shown
@@ -222,8 +221,8 @@ class Sampler:
         w = self.widget
         job = run.job
         if run.plane.layer not in w.viewer.layers:
-            show_warning(f"The image layer '{job.layer_name}' was removed while sampling; "
-                         "the hypotheses were discarded.")
+            show_warning(f"Hypotheses discarded. The image layer '{job.layer_name}' was "
+                         "removed while sampling.")
             return
         w.hypothesis_view.show_sampled(result, run)
         self.last_seconds = time.perf_counter() - run.started
@@ -242,13 +241,13 @@ class Sampler:
             show_error(str(exc))
         else:
             log.error("sampling failed", exc_info=exc)
-            show_error(f"Sampling failed ({type(exc).__name__}: {exc}). The previous hypotheses "
+            show_error(f"Sampling failed. {type(exc).__name__}: {exc}. The previous hypotheses "
                        "are unchanged.")
         self.progress.setFormat("Failed")
 
     def _on_aborted(self) -> None:
         self.progress.setFormat("Cancelled")
-        show_info("Sampling cancelled; the previous hypotheses are unchanged.")
+        show_info("Sampling cancelled. The previous hypotheses are unchanged.")
 
     def _on_finished(self) -> None:
         self.run = None

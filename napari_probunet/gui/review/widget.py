@@ -49,7 +49,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from napari_probunet.gui.dock import get_state, scrolling_content
+from napari_probunet.gui.dock import get_state, on_docked, scrolling_content
 from napari_probunet.gui.napari_compat import unwrap_viewer
 from napari_probunet.gui.review.bundles import BundleAdopter
 from napari_probunet.gui.review.common import (  # noqa: F401 (the widget's constants, as before)
@@ -188,6 +188,7 @@ class ReviewWidget(QWidget):
         # when napari deletes the Qt widget without closing it, still let go of the viewer
         disconnectors = self._disconnectors
         self.destroyed.connect(lambda *_: run_all(disconnectors))
+        on_docked(self.viewer, self)  # graders as outlines; the image fitted to the narrower canvas
 
     def _bind_keys(self) -> None:
         keys = {KEY_NEXT: lambda viewer=None: self.next_hypothesis(),
@@ -408,7 +409,7 @@ class ReviewWidget(QWidget):
             return
         i = self.hypothesis_view.current if index is None else int(index)
         if not 0 <= i < len(hyp.labels):
-            show_error(f"There is no hypothesis {i + 1} (there are {len(hyp.labels)}).")
+            show_error(f"No hypothesis {i + 1}. There are {len(hyp.labels)}.")
             return
         self.hypothesis_view.select(i)
         self.state.best_fit_requested.emit(
