@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="in-domain data (e.g. the test split)")
     parser.add_argument("--crops", default="../shared/data/lidc-crops")
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--foreign-seed", type=int, default=0,
+                        help="which random crops of the pictures (0: the reported set; 1: the "
+                        "development set the threshold's percentile was chosen on)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -62,7 +65,8 @@ def main() -> None:
     from napari_probunet.review.domain import check_image
 
     config = load_model(args.model).config
-    result: dict = {"model": args.model, "in_domain": {}, "foreign": {}}
+    result: dict = {"model": args.model, "foreign_seed": args.foreign_seed, "in_domain": {},
+                    "foreign": {}}
     for label, spec in (("data", args.data), ("crops", args.crops)):
         if label == "crops" and not Path(spec).exists():
             continue
@@ -70,7 +74,7 @@ def main() -> None:
         result["in_domain"][label] = {"spec": spec, "n": len(checks),
                                       "flagged": float(np.mean([not c.ok for c in checks]))}
     total = flagged = 0
-    for name, images in foreign_images(config.input_size).items():
+    for name, images in foreign_images(config.input_size, args.foreign_seed).items():
         hits = [not check_image(config, im).ok for im in images]
         result["foreign"][name] = float(np.mean(hits))
         total, flagged = total + len(hits), flagged + sum(hits)

@@ -113,7 +113,7 @@ def screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule", model: str 
     labels = review.state.hypotheses.labels
     areas = labels.reshape(len(labels), -1).sum(1)
     first = list(range(min(len(labels), 9)))  # the first three rows of the grid
-    drawn = sorted((i for i in first if areas[i] > 0), key=lambda i: -areas[i])
+    drawn = sorted((i for i in first if areas[i] > 0), key=lambda i: -int(areas[i]))
     empty = [i for i in first if areas[i] == 0]
     if len(drawn) >= 2:
         gallery.select(drawn[0])
