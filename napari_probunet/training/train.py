@@ -15,7 +15,6 @@ batches (the seed is offset by the rank) and rank 0 writes logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import math
@@ -38,6 +37,7 @@ from napari_probunet.errors import InputError, UserError
 from napari_probunet.model.config import ModelConfig
 from napari_probunet.model.modelfile import load_model, save_model
 from napari_probunet.review.domain import fit_model_domain
+from napari_probunet.training.runlog import write_log
 
 
 @dataclass
@@ -223,27 +223,6 @@ def amp_context(amp: str, device_type: str):
     return torch.autocast(device_type, dtype=dtype), amp
 
 
-def _save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    steps = [r["step"] for r in rows]
-    for ax, key, label in zip(axes, ("ce", "kl", "val_ged16"),
-                              ("cross-entropy (nats / image)", "KL (nats / image)", "validation GED(16)")):
-        pts = [(s, r[key]) for s, r in zip(steps, rows) if r.get(key) not in (None, "")]
-        if pts:
-            ax.plot(*zip(*pts), marker="o" if key.startswith("val") else None, lw=1)
-        ax.set_xlabel("step")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
-
-
 def changed_settings(config_json: Path, now: dict) -> list[str]:
     """The training settings that differ from those a run folder's ``config.json`` recorded.
 
@@ -267,6 +246,20 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, out: str | os.PathLike, *, r
     ``stop_at`` (a step) and ``time_limit_s`` (seconds of this run) stop early with a
     checkpoint written, so a long recipe can be run in pieces: the same command resumes.
     """
+    import torch.distributed as dist
+
+    owns_group = not dist.is_initialized()
+    try:
+        return _run(model_cfg, cfg, out, resume, progress, export_to, recipe_name, stop_at,
+                    time_limit_s)
+    finally:
+        # a process group left to the interpreter's exit can abort the process ("terminate
+        # called without an active exception", seen once under load): close what we opened
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(model_cfg, cfg, out, resume, progress, export_to, recipe_name, stop_at, time_limit_s):
     run = _TrainingRun(model_cfg, cfg, Path(out), recipe_name)
     run.start(resume)
     bar = None
@@ -400,7 +393,7 @@ class _TrainingRun:
             "geco": self.geco.state_dict() if self.geco else None, "meta": self.meta})
         save_model(self.model, self.out / "last.safetensors",
                    _provenance(self.meta, self.step, self.history))
-        _write_log(self.out, self.history)
+        write_log(self.out, self.history)
 
     def _should_stop(self, started: float, time_limit_s: float | None) -> bool:
         """The time limit, agreed on by every rank (the slowest one's clock decides)."""
@@ -581,14 +574,3 @@ def _provenance(meta: dict, step: int, history: list) -> dict[str, Any]:
             "amp": meta["amp"], "world_size": meta["world_size"],
             "validation": {k: v for k, v in last_val.items() if k.startswith("val_")},
             "date": time.strftime("%Y-%m-%d")}
-
-
-def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
-    if not history:
-        return
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(out / "log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    _save_curves(out, history)

@@ -1,0 +1,46 @@
+"""What a training run writes beside its checkpoints: ``log.csv`` and ``curves.png``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+
+def write_log(out: Path, history: list[dict[str, Any]]) -> None:
+    """``log.csv`` (one row per logged step, every key seen as a column) and its curves."""
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(out / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    save_curves(out, history)
+
+
+def save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``curves.png``: cross-entropy and KL per image (log scales: the first steps are orders of
+    magnitude above the rest) and the validation GED(16)."""
+    import matplotlib  # lazy: importing the training modules stays cheap
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    steps = [r["step"] for r in rows]
+    for ax, key, label in zip(axes, ("ce", "kl", "val_ged16"),
+                              ("cross-entropy (nats / image)", "KL (nats / image)", "validation GED(16)")):
+        pts = [(s, float(r[key])) for s, r in zip(steps, rows) if r.get(key) not in (None, "")]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if key.startswith("val") else None, lw=1)
+            if key == "ce" and min(v for _, v in pts) > 0:
+                ax.set_yscale("log")
+            elif key == "kl":
+                ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
