@@ -324,6 +324,8 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
             return t_first, time.perf_counter() - t0
 
         viewer.add_image(base, name="CT slice")
+        settle(0.1)
+        review.set_roi_mode("whole")  # a large image starts in click mode: time the whole image
         review.n_spin.setValue(n)
         review.seed_spin.setValue(k)
         settle(0.3)
