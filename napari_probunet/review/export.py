@@ -533,28 +533,32 @@ def _write_record(pending: _Pending, full: dict[str, Any], json_path: Path, mode
     os.chmod(pending.record, mode)
 
 
+def _put(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished temporary ``tmp`` to ``target``: replacing it (``overwrite``), or only
+    where nothing is there yet (a hard link, so that a file appearing meanwhile is never
+    clobbered)."""
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        files.link_no_clobber(tmp, target)
+    except FileExistsError:
+        raise _exists_error([target.name], target.parent) from None
+
+
 def _commit(pending: _Pending, path: Path, json_path: Path, suffix: str,
             overwrite: bool) -> None:
     """Commit the mask, then its record; if the record fails, take the mask back."""
     if overwrite:
         pending.backup = _backup(path, suffix)
-        os.replace(pending.mask, path)
-        pending.mask = None
-    else:
-        try:
-            files.link_no_clobber(pending.mask, path)
-        except FileExistsError:
-            raise _exists_error([path.name], path.parent) from None
+    _put(pending.mask, path, overwrite)
+    if overwrite:
+        pending.mask = None  # moved, nothing left to clean up
     written = _identity(path)
     try:
+        _put(pending.record, json_path, overwrite)
         if overwrite:
-            os.replace(pending.record, json_path)
             pending.record = None
-        else:
-            try:
-                files.link_no_clobber(pending.record, json_path)
-            except FileExistsError:
-                raise _exists_error([json_path.name], path.parent) from None
     except BaseException as exc:
         problem = _take_back(path, written, pending.backup)
         # put back, or (if that failed) the only old copy: kept either way
