@@ -16,7 +16,7 @@ import weakref
 from contextlib import suppress
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_probunet.gui.napari_compat import unwrap_viewer
@@ -35,12 +35,42 @@ def get_state(viewer) -> ReviewState:
     return state_for(unwrap_viewer(viewer))
 
 
+class _VerticalScroll(QScrollArea):
+    """A scroll area that scrolls vertically only and asks for the width its content needs:
+    without this a dock may be made narrower than its content, which is then cut off on the
+    right (there is no horizontal scroll bar to reach it)."""
+
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 (Qt's name)
+        super().setWidget(widget)
+        widget.installEventFilter(self)  # its layout changes: ask for a new width
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
+
+    def _with_content_width(self, hint: QSize, content_hint: QSize) -> QSize:
+        extra = self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+        return QSize(max(hint.width(), content_hint.width() + extra), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        content = self.widget()
+        return hint if content is None else self._with_content_width(
+            hint, content.minimumSizeHint())
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        content = self.widget()
+        return hint if content is None else self._with_content_width(hint, content.sizeHint())
+
+
 def scrolling_content(widget: QWidget, min_width: int = 0) -> QWidget:
     """Give ``widget`` a vertical scroll area of at least :data:`MIN_DOCK_HEIGHT` pixels and
     return the widget to lay the content out in."""
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
-    scroll = QScrollArea()
+    scroll = _VerticalScroll()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
