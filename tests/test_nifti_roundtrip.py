@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,6 +84,18 @@ def export_via_widget_path(meta: dict, crop: np.ndarray, target: Path):
     return export.export_correction(mask, target, record, scale=meta["scale"])
 
 
+def export_a_read_source(tmp_path: Path, source: str, target: str) -> SimpleNamespace:
+    """Write the oblique source, open it with the package's reader, paint the crop on its
+    slice and export the correction to ``target``, as the widget would."""
+    src = write_source(tmp_path / source)
+    ((data, kwargs, kind),) = _reader.read_nifti(str(src))
+    crop = painted_crop()
+    meta = widget_record(kwargs["metadata"], data, crop, kwargs["scale"])
+    out, rec = export_via_widget_path(meta, crop, tmp_path / target)
+    return SimpleNamespace(src=src, data=data, kwargs=kwargs, kind=kind, crop=crop, meta=meta,
+                           out=out, rec=rec)
+
+
 def source_values_under_labels(out: Path, src_affine, src_data: np.ndarray,
                                label: int | None = None) -> np.ndarray:
     """The source's values at the exported file's labelled voxels (through both affines)."""
@@ -105,12 +118,9 @@ def layer_values_under_crop(layer_data, crop, k=SLICE, roi=ROI, label=None) -> n
 
 
 def test_a_slice_correction_exports_as_the_whole_volume_on_the_right_voxels(tmp_path):
-    src = write_source(tmp_path / "chest.nii.gz")
-    ((data, kwargs, kind),) = _reader.read_nifti(str(src))
-    assert kind == "image" and data.shape == (5, 28, 32)
-    crop = painted_crop()
-    meta = widget_record(kwargs["metadata"], data, crop, kwargs["scale"])
-    out, rec_path = export_via_widget_path(meta, crop, tmp_path / "fix.nii.gz")
+    e = export_a_read_source(tmp_path, "chest.nii.gz", "fix.nii.gz")
+    src, data, crop, out, rec_path = e.src, e.data, e.crop, e.out, e.rec
+    assert e.kind == "image" and data.shape == (5, 28, 32)
 
     img = nibabel.load(str(out))
     assert img.shape == SIZE  # the source's shape, in the file's axis order
@@ -155,11 +165,8 @@ def test_a_slice_correction_exports_as_the_whole_volume_on_the_right_voxels(tmp_
 
 
 def test_the_package_reader_reopens_the_export_over_the_source(tmp_path):
-    src = write_source(tmp_path / "chest.nii")
-    ((data, kwargs, _),) = _reader.read_nifti(str(src))
-    crop = painted_crop()
-    meta = widget_record(kwargs["metadata"], data, crop, kwargs["scale"])
-    out, _ = export_via_widget_path(meta, crop, tmp_path / "fix.nii")
+    e = export_a_read_source(tmp_path, "chest.nii", "fix.nii")
+    data, kwargs, crop, out = e.data, e.kwargs, e.crop, e.out
     ((labels, lkw, kind),) = _reader.read_nifti(str(out))
     assert kind == "labels" and labels.shape == data.shape  # the image layer's axes
     np.testing.assert_allclose(lkw["scale"], kwargs["scale"], rtol=1e-6)
@@ -328,11 +335,8 @@ def test_without_a_scan_the_nifti_export_is_the_plane_with_a_scale_affine(tmp_pa
 def test_other_formats_keep_the_plane_and_say_so(tmp_path):
     import tifffile
 
-    src = write_source(tmp_path / "chest.nii.gz")
-    ((data, kwargs, _),) = _reader.read_nifti(str(src))
-    crop = painted_crop()
-    meta = widget_record(kwargs["metadata"], data, crop, kwargs["scale"])
-    out, rec = export_via_widget_path(meta, crop, tmp_path / "fix.tif")
+    e = export_a_read_source(tmp_path, "chest.nii.gz", "fix.tif")
+    src, crop, meta, out, rec = e.src, e.crop, e.meta, e.out, e.rec
     assert tifffile.imread(out).shape == (28, 32)
     vol = json.loads(rec.read_text())["volume"]
     assert vol["placed"] is False and "NIfTI" in vol["why"]
