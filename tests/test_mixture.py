@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from napari_probunet.model.config import ModelConfig
-from napari_probunet.model.losses import elbo_loss, kl_diag_gaussians, kl_to_mixture
+from napari_probunet.model.losses import elbo_loss, kl_diag_gaussians, kl_to_mixture, prior_anchor
 from napari_probunet.model.modelfile import load_model, save_model
+from napari_probunet.model.network import mixture_moments
 from napari_probunet.model.testing import tiny_model, two_mode_case
 from napari_probunet.session import Session
 
@@ -117,3 +118,23 @@ def test_recipes_can_choose_the_mixture(tmp_path):
     mc = replace(tiny_model().config, latent_distribution="mixture", mixture_components=2)
     train(mc, cfg, tmp_path / "run", progress=False)
     assert load_model(tmp_path / "run" / "last.safetensors").is_mixture
+
+
+def test_the_prior_anchor_moves_a_mixtures_means_but_never_its_weights():
+    # the weights are the modes' frequencies: only the ELBO may set them (the anchor once did,
+    # and the model undersampled its far-off mode)
+    k, d = 3, 2
+    logits = torch.tensor([[0.0, 1.0, -1.0]], requires_grad=True)
+    mu = torch.tensor([[[4.0, 0.0], [0.0, 1.0], [-1.0, -2.0]]], requires_grad=True)
+    logsigma = torch.zeros(1, k, d, requires_grad=True)
+    out = {"prior_logits": logits, "prior_mix_mu": mu, "prior_mix_logsigma": logsigma,
+           "prior_mu": torch.zeros(1, d), "prior_logsigma": torch.zeros(1, d)}
+    reg = prior_anchor(out)
+    assert float(reg) > 0.1  # the mixture is off-centre: the anchor has something to say
+    reg.sum().backward()
+    assert logits.grad is None or float(logits.grad.abs().max()) == 0.0
+    assert float(mu.grad.abs().max()) > 1e-3 and float(logsigma.grad.abs().max()) > 1e-3
+    # its value is still the KL of the mixture's overall moments to N(0, I)
+    mean, log_std = mixture_moments(mu.detach(), logsigma.detach(), logits.detach())
+    expected = kl_diag_gaussians(mean, log_std, torch.zeros(1, d), torch.zeros(1, d))
+    torch.testing.assert_close(reg.detach(), expected)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from napari_probunet.model.network import mixture_moments
+
 
 def kl_diag_gaussians(
     q_mu: torch.Tensor, q_logsigma: torch.Tensor, p_mu: torch.Tensor, p_logsigma: torch.Tensor
@@ -76,10 +78,18 @@ def prior_anchor(out: dict[str, torch.Tensor]) -> torch.Tensor:
     (seen here: one prior sigma at the bound, most samples empty). A small multiple of this
     term pins the scale near the standard normal without changing which modes are learned.
     """
-    # for a mixture prior, prior_mu / prior_logsigma are its overall moments: pinning those
-    # fixes the scale of z without pulling the components onto one another (anchoring each
-    # component to N(0, I) did, and the first mixture run collapsed to one component)
-    mu, logsigma = out["prior_mu"].float(), out["prior_logsigma"].float()
+    if "prior_logits" in out:
+        # a mixture prior: pin its overall moments, which fixes the scale of z without pulling
+        # the components onto one another (anchoring each component to N(0, I) did, and the
+        # first mixture run collapsed to one component). The weights are held fixed in this
+        # term: they are the modes' frequencies, which only the ELBO may set (with the weights
+        # free, the anchor moved them toward whatever centred the mixture, and the second run
+        # sampled its far-off "nothing" mode 16% of the time against a true 21%)
+        mu, logsigma = mixture_moments(out["prior_mix_mu"], out["prior_mix_logsigma"],
+                                       out["prior_logits"].detach())
+    else:
+        mu, logsigma = out["prior_mu"], out["prior_logsigma"]
+    mu, logsigma = mu.float(), logsigma.float()
     zeros = torch.zeros_like(mu)
     return kl_diag_gaussians(mu, logsigma, zeros, zeros)
 
