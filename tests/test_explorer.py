@@ -131,6 +131,39 @@ def test_plane_maps_sigma_units_to_latents_and_back():
         core.LatentPlane.through_prior(mu, sigma, 1, 1)
 
 
+def test_the_oblique_plane_goes_through_the_three_heaviest_components():
+    mu = np.array([0.5, -1.0, 2.0, 0.0], np.float32)
+    sigma = np.array([1.0, 0.5, 2.0, 0.25], np.float32)
+    weights = np.array([0.1, 0.4, 0.2, 0.3], np.float32)
+    means = np.array([[5, 5, 5, 5], [1, -1, 2, 0.5], [0, -2, 4, -0.5], [2, 0, 1, 0.25]],
+                     np.float32)
+    plane = core.LatentPlane.through_components(mu, sigma, weights, means)
+    assert plane.is_oblique and plane.labels == ("c1\u2192c2", "\u2192c3 \u27c2")
+    c1, c2, c3, light = means[1], means[3], means[2], means[0]
+    np.testing.assert_allclose(plane.off_plane(np.stack([c1, c2, c3])), 0, atol=1e-5)
+    assert plane.off_plane(light) > 1  # the lightest component is not on this plane
+    uv = plane.coords(np.stack([c1, c2, c3]))
+    assert abs(uv[1, 1] - uv[0, 1]) < 1e-5 and uv[1, 0] > uv[0, 0]  # c1 -> c2 runs across
+    assert uv[2, 1] > uv[0, 1]  # c3 is up
+    # u and v are in sigma units: one step of u moves the whitened latent by one
+    step = (plane.latent(1.0, 0.0) - plane.latent(0.0, 0.0)) / sigma
+    assert np.linalg.norm(step) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(plane.coords(plane.latents(uv)), uv, atol=1e-4)
+    # (0, 0) is the plane's point nearest the overall mean
+    w0 = (plane.latent(0, 0) - mu) / sigma
+    np.testing.assert_allclose(plane.directions @ w0, 0, atol=1e-5)
+    assert plane.same_plane(core.LatentPlane.through_components(mu, sigma, weights, means))
+    assert not plane.same_plane(core.LatentPlane.through_prior(mu, sigma, 0, 1))
+    # two components: v is the latent axis most perpendicular to c1 -> c2
+    two = core.LatentPlane.through_components(mu, sigma, weights[:2], means[:2])
+    np.testing.assert_allclose(two.off_plane(means[:2]), 0, atol=1e-5)
+    assert two.labels[1] == "\u27c2" and abs(two.directions[0] @ two.directions[1]) < 1e-6
+    with pytest.raises(ValueError, match="same mean"):
+        core.LatentPlane.through_components(mu, sigma, weights[:2], np.stack([c1, c1]))
+    with pytest.raises(ValueError, match="at least two components"):
+        core.LatentPlane.through_components(mu, sigma, weights[:1], means[:1])
+
+
 def test_rank_axes_prefers_the_axis_that_changes_the_mask():
     d, h, w = 3, 10, 10
     centre = np.zeros((h, w), np.uint8)
@@ -539,10 +572,30 @@ def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
     weights, means, _ = session.prior_components()
     comps = widget.map.markers.components
     assert len(comps) == 3
-    np.testing.assert_allclose([w for _, _, w in comps], weights, atol=1e-6)
-    np.testing.assert_allclose([(u, v) for u, v, _ in comps], widget.plane.coords(means),
+    order = np.argsort(-weights)  # heaviest first: c1, c2, c3
+    np.testing.assert_allclose([w for _, _, w in comps], weights[order], atol=1e-6)
+    np.testing.assert_allclose([(u, v) for u, v, _ in comps], widget.plane.coords(means[order]),
                                atol=1e-6)
     widget.map.repaint()  # the squares and weights paint without error
+
+    # the oblique plane through the components: the last entry of the horizontal list
+    assert widget.x_combo.count() == model.config.latent_dim + 1
+    widget.x_combo.setCurrentIndex(widget.x_combo.count() - 1)
+    widget.apply_axis_choice("x")
+    widget.wait_ready()
+    plane = widget.plane
+    assert plane.is_oblique and widget.map.axis_labels[0].startswith("c1\u2192c2")
+    assert not widget.y_combo.isEnabled() and not widget.hold_combo.isEnabled()
+    assert np.all(plane.off_plane(means[order]) < 1e-4)  # all three means lie on the map
+    comps = widget.map.markers.components
+    assert comps[1][1] == pytest.approx(comps[0][1], abs=1e-4) and comps[1][0] > comps[0][0]
+    assert widget.table.horizontalHeaderItem(3).text().startswith("c1\u2192c2")
+    widget.set_point(*comps[1][:2])  # onto c2's mean: the map decodes there
+    widget.wait_ready()
+    np.testing.assert_allclose(widget.current_z, means[order[1]], atol=1e-3)
+    widget.map.repaint()
+    widget.set_axes(0, 1)  # back to two latent axes: the vertical list works again
+    assert not widget.plane.is_oblique and widget.y_combo.isEnabled()
     encode(viewer, tiny_model(seed=2), image_64(), name="plain", layers=False)
     widget.wait_ready()
     widget.update_markers()

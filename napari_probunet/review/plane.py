@@ -9,6 +9,11 @@ latent axes ``i`` and ``j`` with coordinates ``(u, v)`` in units of the prior's 
 or the latent of a chosen hypothesis. A model with a one-dimensional latent gives a line
 (``v`` unused). Axes are numbered from 0 in code and shown from 1 to people ("z1 / sigma").
 
+A mixture prior (``latent_distribution = "mixture"``) also offers an oblique plane:
+:meth:`LatentPlane.through_components` lays the plane through the means of its three heaviest
+components (in the same sigma units, measured from the mixture's overall mean), so that the
+modes the components hold, and what lies between them, are on one map.
+
 Everything here is plain arithmetic on arrays so that it can be tested without a display:
 the plane and its grid (:class:`LatentPlane`), the default choice of axes (:func:`axis_probes`,
 :func:`rank_axes`), the background pictures (:func:`mosaic`, :func:`value_image`) and reading
@@ -53,6 +58,11 @@ class LatentPlane:
         base: ``(d,)`` latent that holds the coordinates off the plane (the prior mean or a
             hypothesis's z); its ``axis_x``/``axis_y`` entries are ignored.
         extent: the map shows ``-extent..+extent`` sigmas along each axis.
+        directions: ``(2, d)`` orthonormal directions of ``u`` and ``v`` in sigma units for
+            an oblique plane (:meth:`through_components`), else ``None`` (the plane of
+            ``axis_x`` and ``axis_y``). On an oblique plane ``base`` is the plane's point at
+            ``(0, 0)``, the one nearest the prior mean.
+        names: how the two directions are shown, for an oblique plane.
     """
 
     mu: np.ndarray
@@ -61,6 +71,8 @@ class LatentPlane:
     axis_y: int | None
     base: np.ndarray
     extent: float = DEFAULT_EXTENT
+    directions: np.ndarray | None = None
+    names: tuple[str, str] | None = None
 
     @classmethod
     def through_prior(
@@ -95,6 +107,73 @@ class LatentPlane:
         return cls(mu, sigma, int(axis_x), None if axis_y is None else int(axis_y), base,
                    float(extent))
 
+    @classmethod
+    def through_components(
+        cls,
+        mu: np.ndarray,
+        sigma: np.ndarray,
+        weights: np.ndarray,
+        means: np.ndarray,
+        extent: float = DEFAULT_EXTENT,
+    ) -> LatentPlane:
+        """The plane through the means of a mixture's three heaviest components.
+
+        ``mu``, ``sigma`` ``(d,)`` are the mixture's overall moments (the map's units),
+        ``weights`` ``(K,)`` and ``means`` ``(K, d)`` its components. ``u`` runs from the
+        heaviest component ``c1`` toward the second ``c2``; ``v`` toward the third ``c3``
+        (its part perpendicular to ``u``). With two components, or three in a line, ``v`` is
+        the latent axis most perpendicular to ``u``. ``(0, 0)`` is the plane's point nearest
+        the overall mean.
+        """
+        mu = np.asarray(mu, np.float64).reshape(-1)
+        sigma = np.asarray(sigma, np.float64).reshape(-1)
+        weights = np.asarray(weights, np.float64).reshape(-1)
+        means = np.asarray(means, np.float64)
+        d = mu.shape[0]
+        if d < 2 or len(weights) < 2 or means.shape != (len(weights), d):
+            raise ValueError("a plane through the components needs a latent of at least two "
+                             f"dimensions and at least two components, got d={d}, "
+                             f"weights {weights.shape}, means {means.shape}")
+        order = np.argsort(-weights, kind="stable")[:3]
+        white = (means[order] - mu) / sigma  # the chosen means in sigma units
+        a = white[1] - white[0]
+        if np.linalg.norm(a) < 1e-6:
+            raise ValueError("the two heaviest components have the same mean: no plane through them")
+        a /= np.linalg.norm(a)
+        b = white[2] - white[0] if len(order) > 2 else np.zeros(d)
+        b = b - (b @ a) * a
+        if np.linalg.norm(b) < 1e-6 * max(1.0, np.linalg.norm(white[0])):
+            b = np.eye(d)[int(np.argmin(np.abs(a)))]
+            b = b - (b @ a) * a
+        b /= np.linalg.norm(b)
+        offset = white[0] - (white[0] @ a) * a - (white[0] @ b) * b
+        base = mu + sigma * offset
+        plane = cls.through_prior(mu, sigma, 0, 1, base, extent)
+        directions = np.stack([a, b]).astype(np.float32)
+        directions.setflags(write=False)
+        return cls(plane.mu, plane.sigma, 0, 1, plane.base, plane.extent, directions,
+                   ("c1→c2", "→c3 ⟂" if len(order) > 2 else "⟂"))
+
+    @property
+    def is_oblique(self) -> bool:
+        """True for a plane through a mixture's components (not along two latent axes)."""
+        return self.directions is not None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """How the map's axes are named (``"z1"``, ``"z2"``; ``"c1→c2"`` ... when oblique)."""
+        if self.names is not None:
+            return self.names
+        return tuple(axis_name(a) for a in self.axes)
+
+    def same_plane(self, other: LatentPlane | None) -> bool:
+        """Whether ``other`` shows the same latents (so its decoded grid can be kept)."""
+        if other is None or other.axes != self.axes or other.is_oblique != self.is_oblique:
+            return False
+        same_dirs = not self.is_oblique or np.array_equal(other.directions, self.directions)
+        return same_dirs and np.array_equal(other.base, self.base) and (
+            np.array_equal(other.mu, self.mu) and np.array_equal(other.sigma, self.sigma))
+
     @property
     def dim(self) -> int:
         """Latent dimension d."""
@@ -114,6 +193,9 @@ class LatentPlane:
         uv = np.asarray(uv, np.float32)
         if uv.ndim == 1:
             uv = np.stack([uv, np.zeros_like(uv)], axis=1)
+        if self.directions is not None:
+            return (self.base[None] + self.sigma[None] * (uv[:, :2] @ self.directions)
+                    ).astype(np.float32)
         z = np.repeat(self.base[None], uv.shape[0], axis=0)
         z[:, self.axis_x] = self.mu[self.axis_x] + self.sigma[self.axis_x] * uv[:, 0]
         if self.axis_y is not None:
@@ -132,6 +214,9 @@ class LatentPlane:
         z = np.asarray(z, np.float64)
         single = z.ndim == 1
         zz = np.atleast_2d(z)
+        if self.directions is not None:
+            out = ((zz - self.base) / self.sigma) @ self.directions.T.astype(np.float64)
+            return out[0] if single else out
         out = np.zeros((zz.shape[0], 2))
         out[:, 0] = (zz[:, self.axis_x] - self.mu[self.axis_x]) / self.sigma[self.axis_x]
         if self.axis_y is not None:
@@ -146,6 +231,11 @@ class LatentPlane:
         """
         z = np.asarray(z, np.float64)
         zz = np.atleast_2d(z)
+        if self.directions is not None:
+            w = (zz - self.base) / self.sigma
+            dirs = self.directions.astype(np.float64)
+            dist = np.linalg.norm(w - (w @ dirs.T) @ dirs, axis=1)
+            return dist[0] if z.ndim == 1 else dist
         other = np.ones(self.dim, bool)
         other[list(self.axes)] = False
         dist = np.sqrt(((((zz - self.base) / self.sigma)[:, other]) ** 2).sum(axis=1))

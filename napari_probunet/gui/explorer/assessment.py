@@ -218,9 +218,9 @@ class AssessmentPanel(QGroupBox):
     # -- the table -----------------------------------------------------------------------------------
     def fill(self, plane: core.LatentPlane | None) -> None:
         """Fill the table: a row per assessment, then a row per error; coordinates on ``plane``."""
-        ax = plane.axes if plane is not None else (0, 1)
+        ax = plane.labels if plane is not None else ("z1", "z2")
         heads = ["Annotation", "KL (nats)", "IoU"]
-        heads += [f"{core.axis_name(a)}/\u03c3" for a in ax]
+        heads += [f"{name}/\u03c3" for name in ax]
         heads += ["Flag"]
         self.table.blockSignals(True)
         self.table.clear()

@@ -24,6 +24,8 @@ from napari_probunet.gui.explorer.latent_map import BACKGROUNDS, LatentMap
 from napari_probunet.review import plane as core
 
 HOLD_PRIOR, HOLD_HYPOTHESIS = "prior mean", "selected hypothesis"
+#: the last entry of the horizontal list for a mixture prior: the oblique plane
+THROUGH_COMPONENTS = "plane through the components"
 
 
 class PlaneControls:
@@ -73,9 +75,10 @@ class PlaneControls:
         """What the map's background shows (one of :data:`BACKGROUNDS`)."""
         return self.background_combo.currentText()
 
-    def fill_axes(self, d: int, ranking: list[core.AxisScore]) -> None:
+    def fill_axes(self, d: int, ranking: list[core.AxisScore], components: int = 0) -> None:
         """List the ``d`` latent axes (their ranking as tooltips) and choose the top two;
-        enable what a ``d``-dimensional latent allows."""
+        enable what a ``d``-dimensional latent allows. A mixture prior of ``components >= 2``
+        also gets :data:`THROUGH_COMPONENTS` at the end of the horizontal list."""
         order = [s.axis for s in ranking]
         scores = {s.axis: s for s in ranking}
         for combo in (self.x_combo, self.y_combo):
@@ -90,6 +93,11 @@ class PlaneControls:
                         f"{s.change:.2f} (1 - IoU), {s.pixels:.1%} of pixels",
                         Qt.ItemDataRole.ToolTipRole)
             combo.blockSignals(False)
+        if components >= 2 and d > 1:
+            self.x_combo.addItem(THROUGH_COMPONENTS)
+            self.x_combo.setItemData(
+                d, "an oblique plane through the means of the three heaviest mixture "
+                "components (c1 to c2 across, toward c3 up)", Qt.ItemDataRole.ToolTipRole)
         self.x_combo.setCurrentIndex(order[0])
         if d > 1:
             self.y_combo.setCurrentIndex(order[1])
@@ -100,9 +108,22 @@ class PlaneControls:
         self.background_combo.setEnabled(True)
         self.grid_spin.setEnabled(True)
 
+    @property
+    def through_components(self) -> bool:
+        """Whether the oblique plane through a mixture's components is chosen."""
+        return self.x_combo.currentText() == THROUGH_COMPONENTS
+
+    def sync_plane_kind(self, d: int) -> None:
+        """The vertical axis and "Others at" mean nothing on the oblique plane: disable them
+        there, enable them again on a plane of two axes."""
+        oblique = self.through_components
+        self.y_combo.setEnabled(d > 1 and not oblique)
+        self.hold_combo.setEnabled(d > 2 and not oblique)
+
     def chosen_axes(self, d: int) -> tuple[int, int | None]:
         """The axes chosen for a ``d``-dimensional latent: two different ones, or one and None."""
         x = self.x_combo.currentIndex() if self.x_combo.count() else 0
+        x = x if x < d else 0  # the oblique entry: the plane is not one of axes
         y = (self.y_combo.currentIndex() if self.y_combo.count() else 1) if d > 1 else None
         if y == x:
             y = next(i for i in range(d) if i != x)
@@ -111,6 +132,8 @@ class PlaneControls:
     def keep_two_axes(self, which: str, old_x: int, old_y: int | None) -> None:
         """After the user chose axis ``which`` (``"x"`` or ``"y"``): if both now name the same
         axis, the other one takes the chosen one's old axis (a swap)."""
+        if self.through_components:
+            return
         if self.x_combo.currentIndex() == self.y_combo.currentIndex():
             if which == "x":
                 self.y_combo.setCurrentIndex(old_y)

@@ -247,14 +247,15 @@ def paint_markers(m, p: QPainter) -> None:
 
 
 def _paint_components(m, p: QPainter) -> None:
-    """A mixture prior's components: squares, with their weight."""
-    for u, v, weight in m.markers.components:
+    """A mixture prior's components: squares, named c1, c2, ... (heaviest first) with their
+    weight."""
+    for k, (u, v, weight) in enumerate(m.markers.components):
         pt = m.marker_pixel(u, v)
         p.setPen(QPen(QColor(0, 0, 0, 230), 1.5))
         p.setBrush(QColor(255, 170, 60))
         p.drawRect(QRectF(pt.x() - 5, pt.y() - 5, 10, 10))
         p.setPen(QColor(255, 200, 120))
-        p.drawText(pt + QPointF(7, 12), f"w {weight:.2f}")
+        p.drawText(pt + QPointF(7, 12), f"c{k + 1} w {weight:.2f}")
 
 
 def _paint_hypotheses(m, p: QPainter) -> None:

@@ -1,7 +1,8 @@
 """The plane the map shows, and its background grid decoded in the worker.
 
 :class:`PlaneView` turns the controls' choice (two latent axes, where the other coordinates are
-held) into a :class:`~napari_probunet.review.plane.LatentPlane` through the prior, sets the map's
+held, or the oblique plane through a mixture's components) into a
+:class:`~napari_probunet.review.plane.LatentPlane` through the prior, sets the map's
 axes, and decodes the background grid a row at a time (a worker job of kind ``"grid"`` that a
 new plane replaces), drawing each row as it arrives.
 """
@@ -40,6 +41,7 @@ class PlaneView:
         self.plane: core.LatentPlane | None = None
         self.ranking: list[core.AxisScore] = []
         self.mu = self.sigma = None
+        self.components: tuple[np.ndarray, np.ndarray] | None = None
         self._grid_token = 0  # bumped when the plane changes
 
     def reset(self, hint: str) -> None:
@@ -47,7 +49,7 @@ class PlaneView:
         map shows ``hint`` instead."""
         self._grid_token += 1
         self.plane = None
-        self.mu = self.sigma = None
+        self.mu = self.sigma = self.components = None
         self.ranking = []
         self.grid.labels = None
         self.map.hint = hint
@@ -55,11 +57,14 @@ class PlaneView:
         self.map.markers = MapMarkers()
         self.map.update()
 
-    def prepared(self, config, mu, sigma, ranking, focus) -> None:
+    def prepared(self, config, mu, sigma, ranking, focus, components=None) -> None:
         """The prior ``(d,)`` of a newly encoded region, its axis ``ranking`` and ``focus`` box;
-        ``config``: the model's (latent size, class names and count)."""
+        ``config``: the model's (latent size, class names and count); ``components``: a
+        mixture prior's ``(weights, means)`` (None for the Gaussian), for the oblique plane."""
         self.ranking = ranking
-        self.controls.fill_axes(config.latent_dim, ranking)
+        self.components = components if components is not None and len(components[0]) > 1 else None
+        self.controls.fill_axes(config.latent_dim, ranking,
+                                0 if self.components is None else len(self.components[0]))
         names = list(config.class_names)
         colors = self._class_colors()
         self.map.class_legend = [(names[c], QColor(*[int(x) for x in colors[c][:3]]))
@@ -70,17 +75,19 @@ class PlaneView:
     def rebuild(self, base: np.ndarray | None, session, token) -> core.LatentPlane:
         """The plane of the chosen axes, other coordinates held at ``base`` (None: the prior
         mean); a new grid is decoded with ``session`` when the axes or ``base`` changed."""
-        x, y = self.controls.chosen_axes(len(self.mu))
-        old_plane = self.plane
-        plane = core.LatentPlane.through_prior(self.mu, self.sigma, x, y, base)
-        self.plane = plane
+        self.controls.sync_plane_kind(len(self.mu))
+        if self.controls.through_components and self.components is not None:
+            plane = core.LatentPlane.through_components(self.mu, self.sigma, *self.components)
+        else:
+            x, y = self.controls.chosen_axes(len(self.mu))
+            plane = core.LatentPlane.through_prior(self.mu, self.sigma, x, y, base)
+        old_plane, self.plane = self.plane, plane
         self.map.hint = ""
         self.map.is_line = plane.is_line
         self.map.extent = plane.extent
-        self.map.axis_labels = tuple(f"{core.axis_name(a)} / \u03c3"
-                                     for a in (x, y if y is not None else x))
-        if old_plane is None or (old_plane.axes != plane.axes
-                                 or not np.array_equal(old_plane.base, plane.base)):
+        labels = plane.labels
+        self.map.axis_labels = tuple(f"{name} / \u03c3" for name in (*labels, *labels)[:2])
+        if not plane.same_plane(old_plane):
             self.start_grid(session, token)
         return plane
 

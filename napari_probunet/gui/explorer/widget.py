@@ -354,8 +354,8 @@ class ExplorerWidget(QWidget):
         self.grid.underlay = None if enc.image is None else grey(enc.image)
         self._worker.submit(self._token, "prepare", once(partial(_prepare, self.state.session)))
 
-    def _on_prepared(self, mu, sigma, ranking, focus) -> None:
-        self._view.prepared(self.state.session.config, mu, sigma, ranking, focus)
+    def _on_prepared(self, mu, sigma, ranking, focus, components) -> None:
+        self._view.prepared(self.state.session.config, mu, sigma, ranking, focus, components)
         for w in (self.best_fit_button, self.centre_button, self.assess_button):
             w.setEnabled(True)
         self.open_review_button.setVisible(False)
@@ -502,13 +502,16 @@ def _teardown(worker, relays, layer_events, on_layers) -> Callable:
 
 def _prepare(session) -> tuple:
     """What the map of a newly encoded region needs (a worker job): the prior ``mu``, ``sigma``
-    ``(d,)``, the axes ranked by how much the segmentation changes along them, and the focus
-    box of the thumbnails (where the masks are, out to the map's edge)."""
+    ``(d,)``, the axes ranked by how much the segmentation changes along them, the focus
+    box of the thumbnails (where the masks are, out to the map's edge) and a mixture prior's
+    ``(weights, means)`` (None for the Gaussian)."""
     mu, sigma = session.prior()
+    weights, means, _ = session.prior_components()
+    components = (weights, means) if len(weights) > 1 else None
     maps = session.decode(core.axis_probes(mu, sigma))
     far = session.decode(core.axis_probes(mu, sigma, step=core.DEFAULT_EXTENT))
     focus = core.focus_box(np.concatenate([maps, far]))
-    return mu, sigma, core.rank_axes(maps, session.config.num_classes), focus
+    return mu, sigma, core.rank_axes(maps, session.config.num_classes), focus, components
 
 
 def _held_base(hypotheses, selected: int | None, holds_hypothesis: bool) -> np.ndarray | None:
@@ -539,13 +542,16 @@ def _place_markers(m: MapMarkers, plane, state, selected, assessments, point) ->
 
 
 def _component_markers(plane, session) -> list[tuple[float, float, float]]:
-    """A mixture prior's components on the plane: (u, v, weight); none for a Gaussian."""
+    """A mixture prior's components on the plane: (u, v, weight), heaviest first (c1, c2, ...,
+    as the oblique plane names them); none for a Gaussian."""
     if plane is None or session is None or not session.has_image:
         return []
     weights, means, _ = session.prior_components()
     if len(weights) < 2 or means.shape[1] != plane.dim:
         return []
-    return [(float(u), float(v), float(w)) for (u, v), w in zip(plane.coords(means), weights)]
+    order = np.argsort(-weights, kind="stable")
+    return [(float(u), float(v), float(w))
+            for (u, v), w in zip(plane.coords(means[order]), weights[order])]
 
 
 def _open_review_widget(viewer) -> None:
