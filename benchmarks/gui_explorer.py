@@ -337,7 +337,8 @@ def _train_fallback_model():
 
 
 def screenshots(out: Path, model_spec: str | None) -> list[str]:
-    """Take the user guide's pictures: the explorer, and the assessment table with its markers."""
+    """Take the user guide's pictures: the explorer, and the assessment table with its markers
+    (and, for a mixture-prior model, the explorer on the plane through its components)."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -399,6 +400,18 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     viewer.screenshot(str(path), canvas_only=False)
     written.append(str(path))
 
+    if getattr(model, "is_mixture", False):  # the plane through the mixture's components
+        explorer.x_combo.setCurrentIndex(explorer.x_combo.count() - 1)
+        explorer.apply_axis_choice("x")
+        _app_wait(app, lambda: explorer.idle, 60)
+        explorer.splitter.setSizes([total - 120, 120])
+        for _ in range(40):
+            app.processEvents()
+            time.sleep(0.02)
+        path = out / "explorer-components.png"
+        explorer.grab().save(str(path))
+        written.append(str(path))
+        explorer.auto_button.click()  # back to the two ranked axes
     explorer.assess(list(graders))
     _app_wait(app, lambda: explorer.idle and explorer.assessments, 300)
     for layer in viewer.layers:

@@ -586,6 +586,7 @@ def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
     plane = widget.plane
     assert plane.is_oblique and widget.map.axis_labels[0].startswith("c1\u2192c2")
     assert not widget.y_combo.isEnabled() and not widget.hold_combo.isEnabled()
+    assert widget.x_combo.currentText() == "components c1, c2, c3" and widget.y_combo.currentText() == ""
     assert np.all(plane.off_plane(means[order]) < 1e-4)  # all three means lie on the map
     comps = widget.map.markers.components
     assert comps[1][1] == pytest.approx(comps[0][1], abs=1e-4) and comps[1][0] > comps[0][0]
@@ -596,6 +597,13 @@ def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
     widget.map.repaint()
     widget.set_axes(0, 1)  # back to two latent axes: the vertical list works again
     assert not widget.plane.is_oblique and widget.y_combo.isEnabled()
+    assert widget.plane.axes == (0, 1) and widget.y_combo.currentText() == "z2"
+    widget.x_combo.setCurrentIndex(widget.x_combo.count() - 1)  # oblique, then an axis again
+    widget.apply_axis_choice("x")
+    widget.x_combo.setCurrentIndex(1)  # the vertical's old axis: the vertical takes another
+    widget.apply_axis_choice("x")
+    assert widget.plane.axis_x == 1 and widget.plane.axis_y not in (None, 1)
+    assert widget.y_combo.currentIndex() == widget.plane.axis_y
     encode(viewer, tiny_model(seed=2), image_64(), name="plain", layers=False)
     widget.wait_ready()
     widget.update_markers()

@@ -24,8 +24,9 @@ from napari_probunet.gui.explorer.latent_map import BACKGROUNDS, LatentMap
 from napari_probunet.review import plane as core
 
 HOLD_PRIOR, HOLD_HYPOTHESIS = "prior mean", "selected hypothesis"
-#: the last entry of the horizontal list for a mixture prior: the oblique plane
-THROUGH_COMPONENTS = "plane through the components"
+#: the last entry of the horizontal list for a mixture prior: the oblique plane (", c3" added
+#: when there are three components or more)
+THROUGH_COMPONENTS = "components c1, c2"
 
 
 class PlaneControls:
@@ -36,6 +37,7 @@ class PlaneControls:
         self.auto_button = QPushButton("Auto")
         self.auto_button.setToolTip("the two axes along which this image's segmentation changes most")
         self.hold_combo = QComboBox()
+        self._y_before_oblique = 1  # the vertical axis to show again after the oblique plane
         self.hold_combo.addItems([HOLD_PRIOR, HOLD_HYPOTHESIS])
         self.hold_combo.setToolTip("where the latent coordinates that are not on the map are held")
         self.background_combo = QComboBox()
@@ -94,7 +96,7 @@ class PlaneControls:
                         Qt.ItemDataRole.ToolTipRole)
             combo.blockSignals(False)
         if components >= 2 and d > 1:
-            self.x_combo.addItem(THROUGH_COMPONENTS)
+            self.x_combo.addItem(THROUGH_COMPONENTS + (", c3" if components > 2 else ""))
             self.x_combo.setItemData(
                 d, "an oblique plane through the means of the three heaviest mixture "
                 "components (c1 to c2 across, toward c3 up)", Qt.ItemDataRole.ToolTipRole)
@@ -111,7 +113,7 @@ class PlaneControls:
     @property
     def through_components(self) -> bool:
         """Whether the oblique plane through a mixture's components is chosen."""
-        return self.x_combo.currentText() == THROUGH_COMPONENTS
+        return self.x_combo.currentText().startswith(THROUGH_COMPONENTS)
 
     def sync_plane_kind(self, d: int) -> None:
         """The vertical axis and "Others at" mean nothing on the oblique plane: disable them
@@ -119,12 +121,21 @@ class PlaneControls:
         oblique = self.through_components
         self.y_combo.setEnabled(d > 1 and not oblique)
         self.hold_combo.setEnabled(d > 2 and not oblique)
+        if oblique and self.y_combo.currentIndex() >= 0:  # shown empty: no axis is up
+            self._y_before_oblique = self.y_combo.currentIndex()
+            self.y_combo.setCurrentIndex(-1)
+        elif not oblique and self.y_combo.currentIndex() < 0 and d > 1:
+            x = self.x_combo.currentIndex()
+            y = self._y_before_oblique
+            self.y_combo.setCurrentIndex(y if y != x else next(i for i in range(d) if i != x))
 
     def chosen_axes(self, d: int) -> tuple[int, int | None]:
         """The axes chosen for a ``d``-dimensional latent: two different ones, or one and None."""
         x = self.x_combo.currentIndex() if self.x_combo.count() else 0
         x = x if x < d else 0  # the oblique entry: the plane is not one of axes
         y = (self.y_combo.currentIndex() if self.y_combo.count() else 1) if d > 1 else None
+        if y is not None and y < 0:  # shown empty on the oblique plane
+            y = self._y_before_oblique if self._y_before_oblique < d else 1
         if y == x:
             y = next(i for i in range(d) if i != x)
         return x, y

@@ -222,15 +222,16 @@ def _paint_legend(m, p: QPainter) -> None:
 
 
 def paint_markers(m, p: QPainter) -> None:
-    """The markers of map ``m``: mixture components, hypotheses, annotations, the point."""
+    """The markers of map ``m``: hypotheses, mixture components (above the hypotheses: on the
+    plane through them they are what the map is about), annotations, the point."""
     r = m.plot_rect()
     p.save()
     p.setClipRect(r.adjusted(-6, -6, 6, 6))
     font = QFont(m.font())
     font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
     p.setFont(font)
-    _paint_components(m, p)
     _paint_hypotheses(m, p)
+    _paint_components(m, p)
     labels = _paint_annotations(m, p)
     p.setClipping(False)
     fm = QFontMetrics(p.font())
@@ -253,9 +254,9 @@ def _paint_components(m, p: QPainter) -> None:
         pt = m.marker_pixel(u, v)
         p.setPen(QPen(QColor(0, 0, 0, 230), 1.5))
         p.setBrush(QColor(255, 170, 60))
-        p.drawRect(QRectF(pt.x() - 5, pt.y() - 5, 10, 10))
+        p.drawRect(QRectF(pt.x() - 6, pt.y() - 6, 12, 12))
         p.setPen(QColor(255, 200, 120))
-        p.drawText(pt + QPointF(7, 12), f"c{k + 1} w {weight:.2f}")
+        p.drawText(pt + QPointF(-8, -9), f"c{k + 1} {weight:.2f}")  # above: clear of dots
 
 
 def _paint_hypotheses(m, p: QPainter) -> None:
