@@ -300,10 +300,15 @@ def test_default_axes_are_the_ones_that_change_the_segmentation_most(explorer):
     assert [s.axis for s in widget.ranking] == [s.axis for s in expected]
     assert widget.plane.axes == (expected[0].axis, expected[1].axis)
     assert widget.map.axis_labels[0] == f"z{expected[0].axis + 1} / \u03c3"
-    # choosing the same axis twice swaps instead
-    widget.x_combo.setCurrentIndex(widget.plane.axis_y)
+    # choosing the same axis twice swaps instead, and the lists show what the map shows
+    old_x, old_y = widget.plane.axes
+    widget.x_combo.setCurrentIndex(old_y)
     widget.apply_axis_choice("x")
-    assert widget.plane.axis_x != widget.plane.axis_y
+    assert widget.plane.axes == (old_y, old_x)
+    widget.y_combo.setCurrentIndex(old_y)
+    widget.apply_axis_choice("y")
+    assert widget.plane.axes == (old_x, old_y)
+    assert (widget.x_combo.currentIndex(), widget.y_combo.currentIndex()) == (old_x, old_y)
 
 
 def test_hypothesis_markers_sit_at_their_coordinates_and_select_their_layer(explorer):
@@ -598,6 +603,19 @@ def test_a_mixture_priors_components_are_shown_with_their_weights(explorer):
     widget.set_axes(0, 1)  # back to two latent axes: the vertical list works again
     assert not widget.plane.is_oblique and widget.y_combo.isEnabled()
     assert widget.plane.axes == (0, 1) and widget.y_combo.currentText() == "z2"
+    # two heavy components on one mean: no plane through them; a warning, and two axes instead
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
+    w3 = np.array([0.5, 0.4, 0.1], np.float32)
+    widget._view.components = (w3, np.stack([means[0], means[0], means[1]]))
+    widget.x_combo.setCurrentIndex(widget.x_combo.count() - 1)
+    widget.apply_axis_choice("x")
+    assert not widget.plane.is_oblique and widget.y_combo.isEnabled()
+    assert any("No plane through the components" in str(n.message)
+               for n in notification_manager.records[start:])
+    widget.map.repaint()
+    widget._view.components = (weights, means)
     widget.x_combo.setCurrentIndex(widget.x_combo.count() - 1)  # oblique, then an axis again
     widget.apply_axis_choice("x")
     widget.x_combo.setCurrentIndex(1)  # the vertical's old axis: the vertical takes another

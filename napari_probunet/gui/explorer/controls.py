@@ -147,9 +147,9 @@ class PlaneControls:
             return
         if self.x_combo.currentIndex() == self.y_combo.currentIndex():
             if which == "x":
-                self.y_combo.setCurrentIndex(old_y)
+                self.y_combo.setCurrentIndex(old_x)
             else:
-                self.x_combo.setCurrentIndex(old_x)
+                self.x_combo.setCurrentIndex(old_y)
 
 
 class MapPanel(QWidget):

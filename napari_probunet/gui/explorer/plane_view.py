@@ -76,9 +76,15 @@ class PlaneView:
         """The plane of the chosen axes, other coordinates held at ``base`` (None: the prior
         mean); a new grid is decoded with ``session`` when the axes or ``base`` changed."""
         self.controls.sync_plane_kind(len(self.mu))
+        plane = None
         if self.controls.through_components and self.components is not None:
-            plane = core.LatentPlane.through_components(self.mu, self.sigma, *self.components)
-        else:
+            try:
+                plane = core.LatentPlane.through_components(self.mu, self.sigma, *self.components)
+            except ValueError as exc:  # e.g. two components on one mean: back to two axes
+                _warn(f"No plane through the components here ({exc}); showing two latent axes.")
+                self.controls.x_combo.setCurrentIndex(self.ranking[0].axis if self.ranking else 0)
+                self.controls.sync_plane_kind(len(self.mu))
+        if plane is None:
             x, y = self.controls.chosen_axes(len(self.mu))
             plane = core.LatentPlane.through_prior(self.mu, self.sigma, x, y, base)
         old_plane, self.plane = self.plane, plane
@@ -134,3 +140,13 @@ class PlaneView:
             rgba = self.grid.mask_picture(plane.is_line, self._class_colors(), new)
         self.map.background = qimage(rgba)
         self.map.request_repaint()
+
+
+def _warn(text: str) -> None:
+    """A napari warning notification (printed where there is no napari)."""
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:  # pragma: no cover - napari is a dependency of the GUI
+        print(text)
+        return
+    show_warning(text)
