@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from napari.utils.notifications import show_warning
 from qtpy.QtGui import QColor
 
 from napari_probunet.gui.explorer.grid import BackgroundGrid
@@ -81,7 +82,7 @@ class PlaneView:
             try:
                 plane = core.LatentPlane.through_components(self.mu, self.sigma, *self.components)
             except ValueError as exc:  # e.g. two components on one mean: back to two axes
-                _warn(f"No plane through the components here ({exc}); showing two latent axes.")
+                show_warning(f"No plane through the components here ({exc}); showing two latent axes.")
                 self.controls.x_combo.setCurrentIndex(self.ranking[0].axis if self.ranking else 0)
                 self.controls.sync_plane_kind(len(self.mu))
         if plane is None:
@@ -140,13 +141,3 @@ class PlaneView:
             rgba = self.grid.mask_picture(plane.is_line, self._class_colors(), new)
         self.map.background = qimage(rgba)
         self.map.request_repaint()
-
-
-def _warn(text: str) -> None:
-    """A napari warning notification (printed where there is no napari)."""
-    try:
-        from napari.utils.notifications import show_warning
-    except ImportError:  # pragma: no cover - napari is a dependency of the GUI
-        print(text)
-        return
-    show_warning(text)
