@@ -462,13 +462,14 @@ class _TrainingRun:
                                        f"{step_before}; lower the learning rate or check the data")
                 continue
             bad_steps = 0
-            for k in ("loss", "ce", "kl"):
-                acc[k] += float(terms[k].detach())
+            values = {k: float(terms[k].detach()) for k in ("loss", "ce", "kl")}
+            for k, v in values.items():
+                acc[k] += v
             acc["n"] += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(terms['loss']):.1f}", ce=f"{float(terms['ce']):.1f}",
-                                kl=f"{float(terms['kl']):.2f}", lr=f"{lr:.1e}")
+                bar.set_postfix(loss=f"{values['loss']:.1f}", ce=f"{values['ce']:.1f}",
+                                kl=f"{values['kl']:.2f}", lr=f"{lr:.1e}")
             step = self.step
             do_val = self.val_cases and (step % cfg.val_every == 0 or step == cfg.steps)
             if step % cfg.log_every == 0 or do_val or step == cfg.steps:
