@@ -153,6 +153,14 @@ def owner_is_gone(name: str) -> bool:
     return False
 
 
+def give_ordinary_mode(path: str | os.PathLike) -> None:
+    """Set ``path``'s mode to a new file's ordinary one (:func:`ordinary_mode`): for files that
+    a library wrote by its own rename (safetensors' ``save_file`` leaves ``0600``), so that a
+    model file saved here is as readable as any other file its owner creates."""
+    with suppress(OSError):  # a file system without POSIX modes keeps what it has
+        os.chmod(path, ordinary_mode())
+
+
 def create_temporary(target: Path, ext: str = "") -> tuple[int, Path]:
     """A new, empty temporary file for ``target`` (same folder, hidden, owner in its name)
     opened for writing: ``(fd, path)``. Its mode is a new file's ordinary mode (``0666`` less

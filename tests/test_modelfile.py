@@ -230,3 +230,23 @@ def test_a_healthy_model_still_loads_after_the_weight_check(tmp_path, tiny):
     save_model(tiny, path)
     assert load_model(path).config == tiny.config
     assert load_model("default").config.latent_dim > 0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
+def test_saved_model_files_and_checkpoints_get_the_ordinary_mode_of_a_new_file(tmp_path, umask):
+    """safetensors writes a private (0600) file; a model saved to share must be readable like
+    any other new file of its owner (and a private umask keeps it private)."""
+    from napari_probunet.model.checkpoint import save_checkpoint
+
+    model = tiny_model()
+    before = os.umask(umask)
+    try:
+        save_model(model, tmp_path / "model.safetensors")
+        save_model(model, tmp_path / "model.safetensors")  # replacing an existing file
+        save_checkpoint(tmp_path / "checkpoint.safetensors", model,
+                        torch.optim.Adam(model.parameters()), {"step": 0})
+    finally:
+        os.umask(before)
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

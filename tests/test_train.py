@@ -15,7 +15,7 @@ import torch
 
 from napari_probunet import cli
 from napari_probunet.errors import UserError
-from napari_probunet.model.modelfile import load_model
+from napari_probunet.model.modelfile import file_sha256, load_model, read_metadata
 from napari_probunet.training.train import TrainConfig, beta_at, load_recipe, lr_at, train
 
 RECIPE = """
@@ -297,6 +297,16 @@ def test_a_new_run_can_start_from_a_model_files_weights(recipe, tmp_path, capsys
     after = _weights(tmp_path / "second" / "last.safetensors")
     for k in donor:
         torch.testing.assert_close(after[k], donor[k], rtol=0, atol=1e-6, msg=k)
+    donor_file = tmp_path / "first" / "last.safetensors"
+    donor_sha = file_sha256(donor_file)
+    recorded = read_metadata(tmp_path / "second" / "last.safetensors")["provenance"]["initialised_from"]
+    assert recorded["sha256"] == donor_sha and recorded["steps"] == cfg.steps
+    # a later leg resumes from its checkpoint and still names the starting point, even when
+    # the donor file has since been replaced
+    donor_file.unlink()
+    train(model_cfg, replace(quiet, steps=2), tmp_path / "second", progress=False)
+    leg2 = read_metadata(tmp_path / "second" / "last.safetensors")["provenance"]
+    assert leg2["steps"] == 2 and leg2["initialised_from"]["sha256"] == donor_sha
     other = replace(model_cfg, channels=(4, 8, 16))
     with pytest.raises(UserError, match="architecture differs"):
         train(other, quiet, tmp_path / "third", progress=False)

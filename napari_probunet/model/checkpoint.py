@@ -56,6 +56,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     os.close(fd)
     try:
         save_file(tensors, str(tmp), metadata={KEY: json.dumps(header)})
+        files.give_ordinary_mode(tmp)  # save_file replaces the file with a private (0600) one
         files.commit_replace(tmp, path)
     finally:
         if tmp.exists():

@@ -441,6 +441,7 @@ def save_model(model, path: str | os.PathLike, provenance: dict[str, Any] | None
     os.close(fd)
     try:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        files.give_ordinary_mode(tmp)  # save_file replaces the file with a private (0600) one
         files.commit_replace(tmp, path)  # fsync, rename, fsync the folder: old or new, never a mix
     finally:
         if tmp.exists():

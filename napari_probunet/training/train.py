@@ -346,8 +346,11 @@ class _TrainingRun:
         from napari_probunet.model.checkpoint import load_checkpoint
 
         cfg, rank, ckpt, out = self.cfg, self.rank, self.ckpt, self.out
+        donor = None
         if cfg.init_from and not (resume and ckpt.exists()):
-            _init_weights(self.model, cfg.init_from, self.is_main)
+            donor = _init_weights(self.model, cfg.init_from, self.is_main)
+        elif cfg.init_from:  # a later leg: the first leg recorded where the weights came from
+            donor = _recorded_donor(out / "config.json")
         if resume and ckpt.exists():
             state = load_checkpoint(ckpt, self.model, self.optimizer)
             self.step, self.best, self.history = state["step"], state["best"], state["history"]
@@ -368,6 +371,8 @@ class _TrainingRun:
                   f"(amp = {cfg.amp!r}: {why})", file=sys.stderr)
         self.meta = {"recipe": self.recipe_name, "train_config": asdict(cfg), "amp": amp_used,
                      "world_size": self.world}
+        if donor:
+            self.meta["initialised_from"] = donor
         if self.is_main:
             (out / "config.json").write_text(json.dumps({"model": self.model_cfg.to_dict(), **self.meta}, indent=2))
 
@@ -538,8 +543,12 @@ def _check_settings(cfg: TrainConfig) -> None:
             raise UserError(f"{name} must be at least 1 (got {value}){hint}")
 
 
-def _init_weights(model, source: str, verbose: bool) -> None:
-    """Copy the weights of a model file into ``model`` (same architecture), or explain why not."""
+def _init_weights(model, source: str, verbose: bool) -> dict[str, Any]:
+    """Copy the weights of a model file into ``model`` (same architecture), or explain why not.
+
+    Returns what the model files trained from here record of their starting point: the name or
+    path given, the donor's sha256 and its own recipe and steps (the donor file may later be
+    replaced, e.g. a bundled model by a newer one)."""
     import torch
 
     donor = load_model(source, device="cpu")
@@ -556,6 +565,16 @@ def _init_weights(model, source: str, verbose: bool) -> None:
     if verbose:
         print(f"initialised from {donor.source_path} (sha256 {donor.source_sha256[:12]})",
               file=sys.stderr)
+    prov = donor.metadata.get("provenance") or {}
+    return {"model": source, "sha256": donor.source_sha256,
+            **{k: prov[k] for k in ("recipe", "steps", "date") if k in prov}}
+
+
+def _recorded_donor(config_json: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(config_json.read_text()).get("initialised_from")
+    except (OSError, ValueError):
+        return None
 
 
 def _weights_checksum(model) -> str:
@@ -574,4 +593,5 @@ def _provenance(meta: dict, step: int, history: list) -> dict[str, Any]:
             "recipe": meta.get("recipe"), "data": meta["train_config"]["data"], "steps": step,
             "amp": meta["amp"], "world_size": meta["world_size"],
             "validation": {k: v for k, v in last_val.items() if k.startswith("val_")},
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"),
+            **({"initialised_from": meta["initialised_from"]} if meta.get("initialised_from") else {})}
