@@ -301,12 +301,21 @@ def test_a_new_run_can_start_from_a_model_files_weights(recipe, tmp_path, capsys
     donor_sha = file_sha256(donor_file)
     recorded = read_metadata(tmp_path / "second" / "last.safetensors")["provenance"]["initialised_from"]
     assert recorded["sha256"] == donor_sha and recorded["steps"] == cfg.steps
+    other = replace(model_cfg, channels=(4, 8, 16))
+    with pytest.raises(UserError, match="architecture differs"):
+        train(other, quiet, tmp_path / "third", progress=False)
     # a later leg resumes from its checkpoint and still names the starting point, even when
     # the donor file has since been replaced
     donor_file.unlink()
     train(model_cfg, replace(quiet, steps=2), tmp_path / "second", progress=False)
     leg2 = read_metadata(tmp_path / "second" / "last.safetensors")["provenance"]
     assert leg2["steps"] == 2 and leg2["initialised_from"]["sha256"] == donor_sha
-    other = replace(model_cfg, channels=(4, 8, 16))
-    with pytest.raises(UserError, match="architecture differs"):
-        train(other, quiet, tmp_path / "third", progress=False)
+
+
+def test_curves_use_a_log_axis_only_where_the_values_span_decades():
+    from napari_probunet.training.runlog import axis_scale
+
+    assert axis_scale("kl", [1.7, 2.5, 9.8]) == "linear"  # a resumed leg: no decade to label
+    assert axis_scale("ce", [14000.0, 80.0, 60.0]) == "log"  # the first steps of a run
+    assert axis_scale("kl", [0.0, 0.002, 40.0]) == "symlog"  # a collapsed posterior's zeros
+    assert axis_scale("val_ged16", [0.9, 0.03]) == "linear"

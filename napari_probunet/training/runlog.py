@@ -19,9 +19,19 @@ def write_log(out: Path, history: list[dict[str, Any]]) -> None:
     save_curves(out, history)
 
 
+def axis_scale(key: str, values: list[float]) -> str:
+    """The y scale of one curve: linear for the validation GED and for values within about a
+    decade (a log axis there would show no labelled tick, as a resumed leg's KL of 1.7-10
+    did); otherwise log for the cross-entropy and symlog for the KL (which may be 0)."""
+    lo, hi = min(values), max(values)
+    if key.startswith("val_") or (lo > 0 and hi < 20 * lo):
+        return "linear"
+    return "log" if lo > 0 else "symlog"
+
+
 def save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
-    """``curves.png``: cross-entropy and KL per image (log scales: the first steps are orders of
-    magnitude above the rest) and the validation GED(16)."""
+    """``curves.png``: cross-entropy and KL per image (log scales where the first steps are
+    orders of magnitude above the rest, :func:`axis_scale`) and the validation GED(16)."""
     import matplotlib  # lazy: importing the training modules stays cheap
 
     matplotlib.use("Agg")
@@ -34,10 +44,11 @@ def save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
         pts = [(s, float(r[key])) for s, r in zip(steps, rows) if r.get(key) not in (None, "")]
         if pts:
             ax.plot(*zip(*pts), marker="o" if key.startswith("val") else None, lw=1)
-            if key == "ce" and min(v for _, v in pts) > 0:
-                ax.set_yscale("log")
-            elif key == "kl":
+            scale = axis_scale(key, [v for _, v in pts])
+            if scale == "symlog":
                 ax.set_yscale("symlog", linthresh=1.0)
+            else:
+                ax.set_yscale(scale)
         ax.set_xlabel("step")
         ax.set_title(label)
         ax.grid(alpha=0.3)
