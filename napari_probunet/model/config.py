@@ -96,6 +96,14 @@ class ModelConfig:
         KL term is then estimated (:func:`napari_probunet.model.losses.kl_to_mixture`).
     mixture_components: K, the number of Gaussians of a mixture prior (at least 2).
     kl_samples: posterior samples per image of the Monte-Carlo KL estimate (mixture only).
+    weight_init: how the convolutions start: ``"he"`` (He normal for the weights, zero biases,
+        as in the original implementation; the default) or ``"torch"`` (PyTorch's default
+        uniform init). Through the twelve 3x3 convolutions of an encoder the ``"torch"`` init
+        shrinks the image-dependent part of the signal about 6x in variance per layer, so the
+        prior net's pooled features start constant across images; the prior net gets too
+        little gradient to recover, and the trained prior ignores its image (every model
+        trained here before 2026-12-01 has a constant prior). A model file written before
+        this setting existed reads as ``"torch"``; it only matters for training.
     deterministic: a plain U-Net of the same size instead (the baseline of ``probunet
         evaluate``'s model cards): no prior or posterior net, fcomb always sees z = 0, the loss
         is the cross-entropy alone. Every "sample" is the same map. Not in the original.
@@ -121,6 +129,7 @@ class ModelConfig:
     latent_distribution: str = "gaussian"
     mixture_components: int = 4
     kl_samples: int = 4
+    weight_init: str = "he"
     deterministic: bool = False
     domain: dict[str, Any] = field(default_factory=dict)
 
@@ -142,6 +151,8 @@ class ModelConfig:
                              f"{self.latent_distribution!r}")
         if self.latent_distribution == "mixture" and self.mixture_components < 2:
             raise ValueError("a mixture prior needs mixture_components >= 2 (1 is the Gaussian)")
+        if self.weight_init not in ("he", "torch"):
+            raise ValueError(f"weight_init must be 'he' or 'torch', not {self.weight_init!r}")
         if self.kl_samples < 1:
             raise ValueError("kl_samples must be at least 1")
         if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:

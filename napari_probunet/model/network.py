@@ -199,6 +199,16 @@ class Encoded:
     mixture: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
+def he_init(module: nn.Module) -> None:
+    """He-normal weights (fan in, for ReLU) and zero biases for every convolution of ``module``:
+    the original implementation's init, which keeps the image-dependent part of the signal alive
+    through deep ReLU stacks (see :attr:`ModelConfig.weight_init`)."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+
+
 class ProbUNet(nn.Module):
     """The Probabilistic U-Net. ``config`` is a :class:`~napari_probunet.model.config.ModelConfig`.
 
@@ -211,12 +221,19 @@ class ProbUNet(nn.Module):
         self.config = config or ModelConfig()
         cfg = self.config
         self.unet = UNet(cfg)
+        if cfg.weight_init == "he":
+            he_init(self.unet)
         # a deterministic U-Net (the baseline) has no prior or posterior net: z is always 0
         prior = MixtureEncoder if cfg.latent_distribution == "mixture" else GaussianEncoder
         self.prior = None if cfg.deterministic else prior(cfg, cfg.in_channels)
         self.posterior = (None if cfg.deterministic
                           else GaussianEncoder(cfg, cfg.in_channels + cfg.num_classes))
         self.fcomb = Fcomb(cfg)
+        if cfg.weight_init == "he":  # the encoders and fcomb; to_params keep their small init
+            for part in (self.prior, self.posterior):
+                if part is not None:
+                    he_init(part.encoder)
+            he_init(self.fcomb)
         self.source_path: str | None = None
         self.source_sha256: str | None = None
         self.metadata: dict = {}
