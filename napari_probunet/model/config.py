@@ -80,6 +80,11 @@ class ModelConfig:
         bound, where a tanh bound stops all gradients. Weight 1 pins the scale (and offset)
         near N(0, I); the decoder still sees the image, so mode boundaries in z can move per
         image. 0 gives the original loss.
+    prior_anchor_scope: ``"image"`` (every image's prior anchored, as all models trained here
+        before 2026-12-01; a file without the setting reads as this) or ``"batch"`` (the
+        batch's priors pooled, each image an equal share: the scale is fixed once for all
+        images, which is all the ELBO leaves free). Per image, the anchor makes a prior that
+        ignores its image cheapest, and the trained prior nets did.
     logsigma_bounds: soft bounds for the Gaussians' log-sigma. Public ports leave it free and
         see NaNs and runaway sigmas; a runaway prior sigma makes most samples decode to
         nothing. (-6, 3) allows sigma from 0.0025 to 20 and keeps the tanh far from
@@ -122,6 +127,7 @@ class ModelConfig:
     fcomb_layers: int = 3
     beta: float = 1.0
     prior_anchor: float = 1.0
+    prior_anchor_scope: str = "image"
     logsigma_bounds: tuple[float, float] = (-6.0, 3.0)
     posterior_mask_shift: float = -0.5
     input_size: int = 128
@@ -151,6 +157,9 @@ class ModelConfig:
                              f"{self.latent_distribution!r}")
         if self.latent_distribution == "mixture" and self.mixture_components < 2:
             raise ValueError("a mixture prior needs mixture_components >= 2 (1 is the Gaussian)")
+        if self.prior_anchor_scope not in ("image", "batch"):
+            raise ValueError(f"prior_anchor_scope must be 'image' or 'batch', not "
+                             f"{self.prior_anchor_scope!r}")
         if self.weight_init not in ("he", "torch"):
             raise ValueError(f"weight_init must be 'he' or 'torch', not {self.weight_init!r}")
         if self.kl_samples < 1:

@@ -70,13 +70,20 @@ def reconstruction_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y.long(), reduction="none").flatten(1).sum(dim=1)
 
 
-def prior_anchor(out: dict[str, torch.Tensor]) -> torch.Tensor:
+def prior_anchor(out: dict[str, torch.Tensor], scope: str = "image") -> torch.Tensor:
     """KL(p(z | x) || N(0, I)) per image ``(b,)``: fixes the otherwise free scale of z.
 
     The ELBO with a learned prior is unchanged when z is rescaled (prior, posterior and fcomb's
     z weights together), so nothing stops the scale drifting until log-sigma hits its bound
     (seen here: one prior sigma at the bound, most samples empty). A small multiple of this
     term pins the scale near the standard normal without changing which modes are learned.
+
+    ``scope="image"`` anchors every image's prior; ``"batch"`` anchors the batch's priors
+    pooled into one distribution (each image an equal share), so the gauge (one scale and
+    offset for all images, which is all the ELBO leaves free) is fixed while each image's prior
+    may still move with its image. Per image, the anchor makes a prior that ignores its image
+    the cheapest, and the trained prior nets did (docs/model.md, "The prior anchor's scope").
+    The value is the same for every image of the batch then.
     """
     if "prior_logits" in out:
         # a mixture prior: pin its overall moments, which fixes the scale of z without pulling
@@ -85,18 +92,28 @@ def prior_anchor(out: dict[str, torch.Tensor]) -> torch.Tensor:
         # term: they are the modes' frequencies, which only the ELBO may set (with the weights
         # free, the anchor moved them toward whatever centred the mixture, and the second run
         # sampled its far-off "nothing" mode 16% of the time against a true 21%)
-        mu, logsigma = mixture_moments(out["prior_mix_mu"], out["prior_mix_logsigma"],
-                                       out["prior_logits"].detach())
-    else:
-        mu, logsigma = out["prior_mu"], out["prior_logsigma"]
-    mu, logsigma = mu.float(), logsigma.float()
-    zeros = torch.zeros_like(mu)
-    return kl_diag_gaussians(mu, logsigma, zeros, zeros)
+        mu, logsigma = out["prior_mix_mu"], out["prior_mix_logsigma"]
+        logits = out["prior_logits"].detach().float()
+    elif scope == "image":
+        mu, logsigma = out["prior_mu"].float(), out["prior_logsigma"].float()
+        zeros = torch.zeros_like(mu)
+        return kl_diag_gaussians(mu, logsigma, zeros, zeros)
+    else:  # one Gaussian per image: the batch pools them as a mixture of b equal components
+        mu, logsigma = out["prior_mu"][:, None], out["prior_logsigma"][:, None]
+        logits = torch.zeros(mu.shape[:2], device=mu.device)
+    b, d = mu.shape[0], mu.shape[-1]
+    if scope == "batch":  # every component of every image, each image's weights shared by b
+        mu, logsigma = mu.reshape(1, -1, d), logsigma.reshape(1, -1, d)
+        logits = torch.log_softmax(logits, dim=-1).reshape(1, -1)
+    mean, log_sd = mixture_moments(mu, logsigma, logits)
+    zeros = torch.zeros_like(mean)
+    return kl_diag_gaussians(mean, log_sd, zeros, zeros).expand(b)
 
 
 def elbo_loss(out: dict[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
-              anchor: float = 0.0) -> dict[str, torch.Tensor]:
-    """Negative ELBO (see the module docstring) plus ``anchor`` times :func:`prior_anchor`.
+              anchor: float = 0.0, anchor_scope: str = "image") -> dict[str, torch.Tensor]:
+    """Negative ELBO (see the module docstring) plus ``anchor`` times :func:`prior_anchor`
+    (of scope ``anchor_scope``).
 
     ``out`` is :meth:`ProbUNet.forward`'s result. Returns ``loss`` (scalar, to minimise),
     ``ce`` and ``kl`` (batch means, per image), ``anchor`` and ``ce_per_pixel`` (for logging
@@ -112,7 +129,7 @@ def elbo_loss(out: dict[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
             out["posterior_mu"].float(), out["posterior_logsigma"].float(),
             out["prior_mu"].float(), out["prior_logsigma"].float(),
         )
-    reg = prior_anchor(out)
+    reg = prior_anchor(out, anchor_scope)
     loss = (ce + beta * kl + anchor * reg).mean()
     n_pixels = y[0].numel()
     return {"loss": loss, "ce": ce.mean(), "kl": kl.mean(), "anchor": reg.mean(),
@@ -149,14 +166,14 @@ class GECO:
         return math.exp(self.log_lambda)
 
     def loss(self, out: dict[str, torch.Tensor], y: torch.Tensor,
-             anchor: float = 0.0) -> dict[str, torch.Tensor]:
+             anchor: float = 0.0, anchor_scope: str = "image") -> dict[str, torch.Tensor]:
         """Like :func:`elbo_loss`, but weighted by the multiplier, which is then updated.
 
         The returned ``loss`` is ``KL + anchor * prior_anchor + lambda * (CE - target * pixels)``
         per image (batch mean): with lambda = 1 its gradient is the ELBO's, so lambda is the
         inverse of an effective beta. Only its gradient matters.
         """
-        terms = elbo_loss(out, y, beta=1.0, anchor=anchor)
+        terms = elbo_loss(out, y, beta=1.0, anchor=anchor, anchor_scope=anchor_scope)
         constraint = terms["ce_per_pixel"] - self.target
         lam = self.lagrange_multiplier
         n_pixels = y[0].numel()

@@ -340,8 +340,8 @@ def _check_config(name: str, cfg: Any):
     if not isinstance(bounds, list) or len(bounds) != 2 or not all(
             isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
         raise bad("logsigma_bounds", bounds, "two numbers")
-    # every file written before the setting existed was trained from PyTorch's default init
-    cfg = {"weight_init": "torch", **cfg}
+    # every file written before these settings existed was trained with these values
+    cfg = {"weight_init": "torch", "prior_anchor_scope": "image", **cfg}
     try:
         return ModelConfig.from_dict(cfg)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:

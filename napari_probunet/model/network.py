@@ -234,6 +234,9 @@ class ProbUNet(nn.Module):
                 if part is not None:
                     he_init(part.encoder)
             he_init(self.fcomb)
+        if cfg.deterministic:  # z is always 0 in training: its weights would keep their init
+            with torch.no_grad():  # and turn the point mass's tiny sigma into varying samples
+                self.fcomb.split_first_layer()[1].zero_()
         self.source_path: str | None = None
         self.source_sha256: str | None = None
         self.metadata: dict = {}

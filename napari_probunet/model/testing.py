@@ -62,7 +62,8 @@ def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: fl
             for group in opt.param_groups:
                 group["lr"] = lr / 10
         y = torch.from_numpy(masks[rng.integers(0, 2, size=8)].astype(np.int64))
-        terms = elbo_loss(model(x, y), y, beta=cfg.beta, anchor=cfg.prior_anchor)
+        terms = elbo_loss(model(x, y), y, beta=cfg.beta, anchor=cfg.prior_anchor,
+                          anchor_scope=cfg.prior_anchor_scope)
         opt.zero_grad()
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)

@@ -431,7 +431,9 @@ class _TrainingRun:
         with self.amp_ctx:
             outputs = self.train_model(x, y)
         beta = beta_at(self.step, cfg, model_cfg.beta)
-        terms = geco.loss(outputs, y, anchor=model_cfg.prior_anchor) if geco else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor)
+        scope = model_cfg.prior_anchor_scope
+        terms = (geco.loss(outputs, y, anchor=model_cfg.prior_anchor, anchor_scope=scope) if geco
+                 else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor, anchor_scope=scope))
         loss = terms["loss"]
         finite = torch.isfinite(loss).float()
         if self.distributed:  # every rank must agree to skip
