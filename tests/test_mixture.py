@@ -138,3 +138,29 @@ def test_the_prior_anchor_moves_a_mixtures_means_but_never_its_weights():
     mean, log_std = mixture_moments(mu.detach(), logsigma.detach(), logits.detach())
     expected = kl_diag_gaussians(mean, log_std, torch.zeros(1, d), torch.zeros(1, d))
     torch.testing.assert_close(reg.detach(), expected)
+
+
+@pytest.mark.parametrize("mixture", [False, True])
+def test_the_batch_anchor_fixes_one_gauge_and_lets_each_image_move(mixture):
+    # two images whose priors sit either side of 0 and together make exactly N(0, 1): the
+    # per-image anchor penalises each, the batch anchor has nothing to say
+    a, s = 0.8, 0.6  # s^2 + a^2 = 1
+    mu = torch.tensor([[a], [-a]], requires_grad=True)
+    logsigma = torch.full((2, 1), math.log(s), requires_grad=True)
+    if mixture:  # the same as 2 images x 2 equal components at +-a
+        out = {"prior_logits": torch.zeros(2, 2),
+               "prior_mix_mu": torch.stack([mu, mu], dim=1), "prior_mix_logsigma": torch.stack([logsigma] * 2, dim=1)}
+    else:
+        out = {"prior_mu": mu, "prior_logsigma": logsigma}
+    per_image, batch = prior_anchor(out, "image"), prior_anchor(out, "batch")
+    assert batch.shape == per_image.shape == (2,)
+    assert float(batch.max()) < 1e-6 and float(per_image.min()) > 0.3
+    # a batch that is too wide as a whole is anchored, with the same value for every image
+    wide = {k: v * 3 if k.endswith("mu") else v for k, v in out.items()}
+    reg = prior_anchor(wide, "batch")
+    assert float(reg[0]) > 1.0 and float(reg[0]) == float(reg[1])
+    reg.mean().backward()
+    assert float(mu.grad.abs().max()) > 1e-3
+    # one image alone: the batch anchor is the per-image anchor
+    one = {k: v[:1] for k, v in out.items()}
+    torch.testing.assert_close(prior_anchor(one, "batch"), prior_anchor(one, "image"))

@@ -100,6 +100,9 @@ class ModelConfig:
         in-between region decodes to in-between shapes. The posterior stays one Gaussian; the
         KL term is then estimated (:func:`napari_probunet.model.losses.kl_to_mixture`).
     mixture_components: K, the number of Gaussians of a mixture prior (at least 2).
+    mixture_weights: where a mixture's weights come from: ``"prior_net"`` (K more outputs of
+        the prior net's last 1x1 conv, beside the means and sigmas) or ``"unet"`` (a head of
+        two linear layers on the U-Net's pooled deepest features).
     kl_samples: posterior samples per image of the Monte-Carlo KL estimate (mixture only).
     weight_init: how the convolutions start: ``"he"`` (He normal for the weights, zero biases,
         as in the original implementation; the default) or ``"torch"`` (PyTorch's default
@@ -134,6 +137,7 @@ class ModelConfig:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     latent_distribution: str = "gaussian"
     mixture_components: int = 4
+    mixture_weights: str = "prior_net"
     kl_samples: int = 4
     weight_init: str = "he"
     deterministic: bool = False
@@ -162,6 +166,8 @@ class ModelConfig:
                              f"{self.prior_anchor_scope!r}")
         if self.weight_init not in ("he", "torch"):
             raise ValueError(f"weight_init must be 'he' or 'torch', not {self.weight_init!r}")
+        if self.mixture_weights not in ("prior_net", "unet"):
+            raise ValueError(f"mixture_weights must be 'prior_net' or 'unet', not {self.mixture_weights!r}")
         if self.kl_samples < 1:
             raise ValueError("kl_samples must be at least 1")
         if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:

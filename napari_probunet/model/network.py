@@ -71,13 +71,15 @@ class UNet(nn.Module):
             _conv_block(ch[i + 1] + ch[i], ch[i], cfg.convs_per_block) for i in reversed(range(len(ch) - 1))
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_bottom: bool = False):
+        """F; with ``with_bottom``, ``(F, bottom)`` where bottom is the contracting path's
+        deepest output ``(b, channels[-1], h / stride, w / stride)``."""
         skips = self.encoder(x)
         h = skips[-1]
         for block, skip in zip(self.decoder, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
-        return h
+        return (h, skips[-1]) if with_bottom else h
 
 
 def bounded_logsigma(raw: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -117,32 +119,52 @@ class GaussianEncoder(nn.Module):
 
 
 class MixtureEncoder(nn.Module):
-    """Prior net of the mixture option: encoder, global average pool, 1x1 conv to the weights
-    (logits ``(b, K)``), means ``(b, K, d)`` and log-sigmas ``(b, K, d)`` of K axis-aligned
-    Gaussians. The means start spread out (a fixed draw of N(0, I), one per component) so that
-    the components are not interchangeable from the first step: identical components would get
-    identical gradients and never separate.
+    """Prior net of the mixture option: encoder, global average pool, 1x1 conv to the means
+    ``(b, K, d)``, log-sigmas ``(b, K, d)`` and (``mixture_weights = "prior_net"``) the weights'
+    logits ``(b, K)``. With ``mixture_weights = "unet"`` the logits come from a small head of
+    their own (two linear layers) on the U-Net's pooled deepest features instead, which the
+    reconstruction keeps alive (the prior net's own features went constant across images in
+    training; docs/model.md, "A mixture prior"). The means start spread out (a fixed draw of
+    N(0, I), one per component) so that the components are not interchangeable from the first
+    step: identical components would get identical gradients and never separate.
     """
 
     def __init__(self, cfg: ModelConfig, in_channels: int):
         super().__init__()
         k, d = cfg.mixture_components, cfg.latent_dim
         self.encoder = Encoder(in_channels, cfg.channels, cfg.convs_per_block)
-        self.to_params = nn.Conv2d(cfg.channels[-1], k * (2 * d + 1), 1)
+        own_logits = cfg.mixture_weights == "prior_net"
+        self.to_params = nn.Conv2d(cfg.channels[-1], k * (2 * d + int(own_logits)), 1)
         nn.init.normal_(self.to_params.weight, std=1e-3)
         nn.init.zeros_(self.to_params.bias)
         with torch.no_grad():
             spread = torch.randn(k, d, generator=torch.Generator().manual_seed(0))
             self.to_params.bias[: k * d] = spread.flatten()
+        self.weight_head = None
+        if not own_logits:
+            width = cfg.channels[-1]
+            self.weight_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, k))
+            nn.init.kaiming_normal_(self.weight_head[0].weight, nonlinearity="relu")
+            nn.init.zeros_(self.weight_head[0].bias)
+            nn.init.normal_(self.weight_head[2].weight, std=1e-2)  # near-equal weights at first
+            nn.init.zeros_(self.weight_head[2].bias)
         self.k, self.latent_dim, self.bounds = k, d, cfg.logsigma_bounds
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, bottom: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``(b, in_channels, h, w)``; ``bottom`` the U-Net's deepest features (needed when the
+        weights have their own head)."""
         h = self.encoder(x)[-1].mean(dim=(2, 3), keepdim=True)
         params = self.to_params(h).flatten(1)
         k, d = self.k, self.latent_dim
         mu = params[:, : k * d].reshape(-1, k, d)
         logsigma = bounded_logsigma(params[:, k * d: 2 * k * d].reshape(-1, k, d), self.bounds)
-        return mu, logsigma, params[:, 2 * k * d:]
+        if self.weight_head is None:
+            return mu, logsigma, params[:, 2 * k * d:]
+        if bottom is None:
+            raise ValueError("this mixture prior takes its weights from the U-Net's features: "
+                             "pass bottom (ProbUNet.encode does)")
+        return mu, logsigma, self.weight_head(bottom.mean(dim=(2, 3)))
 
 
 def mixture_moments(mu: torch.Tensor, logsigma: torch.Tensor,
@@ -254,9 +276,10 @@ class ProbUNet(nn.Module):
     def encode(self, x: torch.Tensor) -> Encoded:
         """Run the U-Net and the prior once: x ``(b, in_channels, h, w)``."""
         if self.is_mixture:
-            mix_mu, mix_logsigma, logits = self.prior(x)
+            features, bottom = self.unet(x, with_bottom=True)
+            mix_mu, mix_logsigma, logits = self.prior(x, bottom)
             mu, logsigma = mixture_moments(mix_mu, mix_logsigma, logits)
-            return Encoded(self.unet(x), mu, logsigma, (logits, mix_mu, mix_logsigma))
+            return Encoded(features, mu, logsigma, (logits, mix_mu, mix_logsigma))
         mu, logsigma = self._point_mass(x) if self.prior is None else self.prior(x)
         return Encoded(self.unet(x), mu, logsigma)
 
