@@ -6,6 +6,7 @@ unless stated otherwise; each field says where its default comes from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -103,6 +104,10 @@ class ModelConfig:
     mixture_weights: where a mixture's weights come from: ``"prior_net"`` (K more outputs of
         the prior net's last 1x1 conv, beside the means and sigmas) or ``"unet"`` (a head of
         two linear layers on the U-Net's pooled deepest features).
+    mixture_sigma_max: an upper bound for the components' sigmas (``None``: the
+        ``logsigma_bounds``). Narrow components cannot hold two modes with a boundary between
+        them (what the decoder otherwise does, decoding a component's middle to in-between
+        shapes); with the anchor pinning the overall spread, they must sit apart.
     kl_samples: posterior samples per image of the Monte-Carlo KL estimate (mixture only).
     weight_init: how the convolutions start: ``"he"`` (He normal for the weights, zero biases,
         as in the original implementation; the default) or ``"torch"`` (PyTorch's default
@@ -138,6 +143,7 @@ class ModelConfig:
     latent_distribution: str = "gaussian"
     mixture_components: int = 4
     mixture_weights: str = "prior_net"
+    mixture_sigma_max: float | None = None
     kl_samples: int = 4
     weight_init: str = "he"
     deterministic: bool = False
@@ -168,6 +174,9 @@ class ModelConfig:
             raise ValueError(f"weight_init must be 'he' or 'torch', not {self.weight_init!r}")
         if self.mixture_weights not in ("prior_net", "unet"):
             raise ValueError(f"mixture_weights must be 'prior_net' or 'unet', not {self.mixture_weights!r}")
+        if self.mixture_sigma_max is not None and not (
+                math.exp(self.logsigma_bounds[0]) < self.mixture_sigma_max <= math.exp(self.logsigma_bounds[1])):
+            raise ValueError(f"mixture_sigma_max must lie within exp(logsigma_bounds), got {self.mixture_sigma_max}")
         if self.kl_samples < 1:
             raise ValueError("kl_samples must be at least 1")
         if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:

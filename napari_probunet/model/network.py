@@ -15,6 +15,7 @@ into an image term and a per-sample bias) in :mod:`napari_probunet.session`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -149,6 +150,8 @@ class MixtureEncoder(nn.Module):
             nn.init.normal_(self.weight_head[2].weight, std=1e-2)  # near-equal weights at first
             nn.init.zeros_(self.weight_head[2].bias)
         self.k, self.latent_dim, self.bounds = k, d, cfg.logsigma_bounds
+        if cfg.mixture_sigma_max is not None:
+            self.bounds = (cfg.logsigma_bounds[0], math.log(cfg.mixture_sigma_max))
 
     def forward(self, x: torch.Tensor, bottom: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
