@@ -164,3 +164,33 @@ def test_the_batch_anchor_fixes_one_gauge_and_lets_each_image_move(mixture):
     # one image alone: the batch anchor is the per-image anchor
     one = {k: v[:1] for k, v in out.items()}
     torch.testing.assert_close(prior_anchor(one, "batch"), prior_anchor(one, "image"))
+
+
+def test_mixture_weights_from_the_unets_features_train_save_and_load(tmp_path):
+    model = tiny_model(latent_distribution="mixture", mixture_components=3,
+                       mixture_weights="unet").train()
+    assert model.prior.weight_head is not None and model.prior.to_params.out_channels == 3 * 2 * 2
+    x, y = torch.randn(4, 1, 32, 32), torch.randint(0, 2, (4, 32, 32))
+    terms = elbo_loss(model(x, y), y, beta=1.0, anchor=1.0, anchor_scope="batch")
+    terms["loss"].backward()
+    assert float(model.prior.weight_head.hidden.weight.grad.abs().max()) > 0
+    assert float(model.unet.encoder.blocks[-1][0].weight.grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="U-Net"):
+        model.prior(x)  # the weights need the U-Net's features
+    logits = model.eval().encode(x).mixture[0]
+    assert float(logits.std(dim=0).max()) > 0  # they differ per image
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.config.mixture_weights == "unet"
+    torch.testing.assert_close(loaded.encode(x).mixture[0], logits)
+
+
+def test_mixture_sigma_max_bounds_every_component():
+    model = tiny_model(latent_distribution="mixture", mixture_components=3, mixture_sigma_max=0.5)
+    with torch.no_grad():
+        model.prior.to_params.bias.fill_(50.0)  # drive every raw log-sigma far up
+        _, logsigma, _ = model.prior(torch.randn(2, 1, 32, 32))
+    assert float(logsigma.exp().max()) <= 0.5 + 1e-6
+    with pytest.raises(ValueError, match="mixture_sigma_max"):
+        ModelConfig(latent_distribution="mixture", mixture_sigma_max=100.0)

@@ -103,7 +103,8 @@ class ModelConfig:
     mixture_components: K, the number of Gaussians of a mixture prior (at least 2).
     mixture_weights: where a mixture's weights come from: ``"prior_net"`` (K more outputs of
         the prior net's last 1x1 conv, beside the means and sigmas) or ``"unet"`` (a head of
-        two linear layers on the U-Net's pooled deepest features).
+        two linear layers on the U-Net's pooled, standardised features:
+        :class:`napari_probunet.model.network.WeightHead`).
     mixture_sigma_max: an upper bound for the components' sigmas (``None``: the
         ``logsigma_bounds``). Narrow components cannot hold two modes with a boundary between
         them (what the decoder otherwise does, decoding a component's middle to in-between

@@ -72,15 +72,15 @@ class UNet(nn.Module):
             _conv_block(ch[i + 1] + ch[i], ch[i], cfg.convs_per_block) for i in reversed(range(len(ch) - 1))
         )
 
-    def forward(self, x: torch.Tensor, with_bottom: bool = False):
-        """F; with ``with_bottom``, ``(F, bottom)`` where bottom is the contracting path's
-        deepest output ``(b, channels[-1], h / stride, w / stride)``."""
+    def forward(self, x: torch.Tensor, with_skips: bool = False):
+        """F; with ``with_skips``, ``(F, skips)`` where skips are the contracting path's
+        outputs, finest first (:meth:`Encoder.forward`)."""
         skips = self.encoder(x)
         h = skips[-1]
         for block, skip in zip(self.decoder, reversed(skips[:-1])):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
-        return (h, skips[-1]) if with_bottom else h
+        return (h, skips) if with_skips else h
 
 
 def bounded_logsigma(raw: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -122,12 +122,12 @@ class GaussianEncoder(nn.Module):
 class MixtureEncoder(nn.Module):
     """Prior net of the mixture option: encoder, global average pool, 1x1 conv to the means
     ``(b, K, d)``, log-sigmas ``(b, K, d)`` and (``mixture_weights = "prior_net"``) the weights'
-    logits ``(b, K)``. With ``mixture_weights = "unet"`` the logits come from a small head of
-    their own (two linear layers) on the U-Net's pooled deepest features instead, which the
-    reconstruction keeps alive (the prior net's own features went constant across images in
-    training; docs/model.md, "A mixture prior"). The means start spread out (a fixed draw of
-    N(0, I), one per component) so that the components are not interchangeable from the first
-    step: identical components would get identical gradients and never separate.
+    logits ``(b, K)``. With ``mixture_weights = "unet"`` the logits come from a head of their
+    own instead (:class:`WeightHead`) on the U-Net's features, which the reconstruction keeps
+    alive (the prior net's own features went constant across images in training; docs/model.md,
+    "A mixture prior"). The means start spread out (a fixed draw of N(0, I), one per component)
+    so that the components are not interchangeable from the first step: identical components
+    would get identical gradients and never separate.
     """
 
     def __init__(self, cfg: ModelConfig, in_channels: int):
@@ -141,22 +141,15 @@ class MixtureEncoder(nn.Module):
         with torch.no_grad():
             spread = torch.randn(k, d, generator=torch.Generator().manual_seed(0))
             self.to_params.bias[: k * d] = spread.flatten()
-        self.weight_head = None
-        if not own_logits:
-            width = cfg.channels[-1]
-            self.weight_head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, k))
-            nn.init.kaiming_normal_(self.weight_head[0].weight, nonlinearity="relu")
-            nn.init.zeros_(self.weight_head[0].bias)
-            nn.init.normal_(self.weight_head[2].weight, std=1e-2)  # near-equal weights at first
-            nn.init.zeros_(self.weight_head[2].bias)
+        self.weight_head = None if own_logits else WeightHead(2 * sum(cfg.channels), k)
         self.k, self.latent_dim, self.bounds = k, d, cfg.logsigma_bounds
         if cfg.mixture_sigma_max is not None:
             self.bounds = (cfg.logsigma_bounds[0], math.log(cfg.mixture_sigma_max))
 
-    def forward(self, x: torch.Tensor, bottom: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x ``(b, in_channels, h, w)``; ``bottom`` the U-Net's deepest features (needed when the
-        weights have their own head)."""
+        """x ``(b, in_channels, h, w)``; ``skips`` the U-Net's contracting-path outputs (needed
+        when the weights have their own head)."""
         h = self.encoder(x)[-1].mean(dim=(2, 3), keepdim=True)
         params = self.to_params(h).flatten(1)
         k, d = self.k, self.latent_dim
@@ -164,10 +157,36 @@ class MixtureEncoder(nn.Module):
         logsigma = bounded_logsigma(params[:, k * d: 2 * k * d].reshape(-1, k, d), self.bounds)
         if self.weight_head is None:
             return mu, logsigma, params[:, 2 * k * d:]
-        if bottom is None:
+        if skips is None:
             raise ValueError("this mixture prior takes its weights from the U-Net's features: "
-                             "pass bottom (ProbUNet.encode does)")
-        return mu, logsigma, self.weight_head(bottom.mean(dim=(2, 3)))
+                             "pass skips (ProbUNet.encode does)")
+        return mu, logsigma, self.weight_head(skips)
+
+
+class WeightHead(nn.Module):
+    """A mixture's weights from the U-Net: the mean and the maximum of every contracting-path
+    level's features, standardised per feature (batch normalisation without a learned scale,
+    running statistics at inference), then two linear layers to K logits.
+
+    The standardisation is what makes it learn: the pooled features' image-to-image variation
+    is small beside their constant part, and without it the head stayed blind to the image
+    (a probe on a trained model: mean |weight - true probability| 0.117 without it, as a
+    constant would, and 0.033 with it).
+    """
+
+    def __init__(self, n_features: int, k: int, width: int = 64):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_features, affine=False)
+        self.hidden = nn.Linear(n_features, width)
+        self.out = nn.Linear(width, k)
+        nn.init.kaiming_normal_(self.hidden.weight, nonlinearity="relu")
+        nn.init.zeros_(self.hidden.bias)
+        nn.init.normal_(self.out.weight, std=1e-2)  # near-equal weights at first
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        pooled = [f.mean(dim=(2, 3)) for f in skips] + [f.amax(dim=(2, 3)) for f in skips]
+        return self.out(F.relu(self.hidden(self.norm(torch.cat(pooled, dim=1).float()))))
 
 
 def mixture_moments(mu: torch.Tensor, logsigma: torch.Tensor,
@@ -279,8 +298,8 @@ class ProbUNet(nn.Module):
     def encode(self, x: torch.Tensor) -> Encoded:
         """Run the U-Net and the prior once: x ``(b, in_channels, h, w)``."""
         if self.is_mixture:
-            features, bottom = self.unet(x, with_bottom=True)
-            mix_mu, mix_logsigma, logits = self.prior(x, bottom)
+            features, skips = self.unet(x, with_skips=True)
+            mix_mu, mix_logsigma, logits = self.prior(x, skips)
             mu, logsigma = mixture_moments(mix_mu, mix_logsigma, logits)
             return Encoded(features, mu, logsigma, (logits, mix_mu, mix_logsigma))
         mu, logsigma = self._point_mass(x) if self.prior is None else self.prior(x)
