@@ -71,6 +71,10 @@ class TrainConfig:
     # Larger values start q informative about every part of the mask, so the decoder can begin
     # to use each ambiguity at once instead of discovering them one after another.
     posterior_init_std: float = 0.0
+    # mixture prior only: the weights are held equal (the prior net's logits replaced by zeros in
+    # the loss) for this many steps, so that no component dies before the components have
+    # settled on the modes; then the weights learn (docs/model.md, "A mixture prior")
+    mixture_weight_hold_steps: int = 0
     # "auto": bf16 where the hardware computes it natively (CPUs with AVX-512 BF16 or AMX, GPUs
     # with bf16), else float32; "bf16", "fp16" (CUDA only) or "none" force a choice
     amp: str = "auto"
@@ -431,6 +435,8 @@ class _TrainingRun:
         with self.amp_ctx:
             outputs = self.train_model(x, y)
         beta = beta_at(self.step, cfg, model_cfg.beta)
+        if "prior_logits" in outputs and self.step < cfg.mixture_weight_hold_steps:
+            outputs["prior_logits"] = torch.zeros_like(outputs["prior_logits"])
         scope = model_cfg.prior_anchor_scope
         terms = (geco.loss(outputs, y, anchor=model_cfg.prior_anchor, anchor_scope=scope) if geco
                  else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor, anchor_scope=scope))
@@ -533,6 +539,8 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Refuse a loss, KL schedule or count the training loop cannot run with."""
     if cfg.loss not in ("elbo", "geco"):
         raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
+    if cfg.mixture_weight_hold_steps < 0:
+        raise UserError(f"mixture_weight_hold_steps must be >= 0 (got {cfg.mixture_weight_hold_steps})")
     if min(cfg.beta_warmup_steps, cfg.beta_hold_steps) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
         raise UserError(f"beta_warmup_steps and beta_hold_steps must be >= 0 and beta_start in "
                         f"[0, 1] (got {cfg.beta_warmup_steps}, {cfg.beta_hold_steps} and "
