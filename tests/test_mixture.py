@@ -194,3 +194,23 @@ def test_mixture_sigma_max_bounds_every_component():
     assert float(logsigma.exp().max()) <= 0.5 + 1e-6
     with pytest.raises(ValueError, match="mixture_sigma_max"):
         ModelConfig(latent_distribution="mixture", mixture_sigma_max=100.0)
+
+
+@pytest.mark.parametrize("hold", [0, 3])
+def test_mixture_weights_can_be_held_equal_while_the_components_settle(tmp_path, hold):
+    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.training.train import TrainConfig, train
+
+    cfg = TrainConfig(data="synthetic:lesions?n=8&seed=1&size=32", val_data="", steps=3,
+                      batch_size=2, amp="none", channels_last=False, log_every=1,
+                      checkpoint_every=3, threads=1, seed=5, mixture_weight_hold_steps=hold)
+    mc = replace(tiny_model().config, latent_distribution="mixture", mixture_components=2,
+                 mixture_weights="unet")
+    torch.manual_seed(cfg.seed)
+    initial = ProbUNet(mc).prior.weight_head.out.weight.detach().clone()
+    train(mc, cfg, tmp_path / "run", progress=False)
+    trained = load_model(tmp_path / "run" / "last.safetensors")
+    head = trained.prior.weight_head.out.weight
+    assert torch.equal(head, initial) == (hold == 3)  # held: the weights' head never moved
+    # the rest of the model trained either way
+    assert not torch.equal(trained.prior.to_params.bias, ProbUNet(mc).prior.to_params.bias)

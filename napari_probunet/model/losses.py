@@ -111,15 +111,19 @@ def prior_anchor(out: dict[str, torch.Tensor], scope: str = "image") -> torch.Te
 
 
 def elbo_loss(out: dict[str, torch.Tensor], y: torch.Tensor, beta: float = 1.0,
-              anchor: float = 0.0, anchor_scope: str = "image") -> dict[str, torch.Tensor]:
+              anchor: float = 0.0, anchor_scope: str = "image",
+              equal_weights: bool = False) -> dict[str, torch.Tensor]:
     """Negative ELBO (see the module docstring) plus ``anchor`` times :func:`prior_anchor`
-    (of scope ``anchor_scope``).
+    (of scope ``anchor_scope``). ``equal_weights``: a mixture prior's weights count as equal
+    (its logits get no gradient), as training does for its first ``mixture_weight_hold_steps``.
 
     ``out`` is :meth:`ProbUNet.forward`'s result. Returns ``loss`` (scalar, to minimise),
     ``ce`` and ``kl`` (batch means, per image), ``anchor`` and ``ce_per_pixel`` (for logging
     and GECO).
     """
     ce = reconstruction_ce(out["logits"], y)
+    if "prior_logits" in out and equal_weights:
+        out = {**out, "prior_logits": torch.zeros_like(out["prior_logits"])}
     if "prior_logits" in out:  # mixture prior: a Monte-Carlo estimate (kl_to_mixture)
         kl = kl_to_mixture(out["posterior_mu"], out["posterior_logsigma"], out["prior_logits"],
                            out["prior_mix_mu"], out["prior_mix_logsigma"],
@@ -166,14 +170,16 @@ class GECO:
         return math.exp(self.log_lambda)
 
     def loss(self, out: dict[str, torch.Tensor], y: torch.Tensor,
-             anchor: float = 0.0, anchor_scope: str = "image") -> dict[str, torch.Tensor]:
+             anchor: float = 0.0, anchor_scope: str = "image",
+             equal_weights: bool = False) -> dict[str, torch.Tensor]:
         """Like :func:`elbo_loss`, but weighted by the multiplier, which is then updated.
 
         The returned ``loss`` is ``KL + anchor * prior_anchor + lambda * (CE - target * pixels)``
         per image (batch mean): with lambda = 1 its gradient is the ELBO's, so lambda is the
         inverse of an effective beta. Only its gradient matters.
         """
-        terms = elbo_loss(out, y, beta=1.0, anchor=anchor, anchor_scope=anchor_scope)
+        terms = elbo_loss(out, y, beta=1.0, anchor=anchor, anchor_scope=anchor_scope,
+                          equal_weights=equal_weights)
         constraint = terms["ce_per_pixel"] - self.target
         lam = self.lagrange_multiplier
         n_pixels = y[0].numel()

@@ -71,9 +71,8 @@ class TrainConfig:
     # Larger values start q informative about every part of the mask, so the decoder can begin
     # to use each ambiguity at once instead of discovering them one after another.
     posterior_init_std: float = 0.0
-    # mixture prior only: the weights are held equal (the prior net's logits replaced by zeros in
-    # the loss) for this many steps, so that no component dies before the components have
-    # settled on the modes; then the weights learn (docs/model.md, "A mixture prior")
+    # mixture prior only: the loss sees equal weights for this many steps, so that no component
+    # dies before the components have settled on the modes (docs/model.md, "A mixture prior")
     mixture_weight_hold_steps: int = 0
     # "auto": bf16 where the hardware computes it natively (CPUs with AVX-512 BF16 or AMX, GPUs
     # with bf16), else float32; "bf16", "fp16" (CUDA only) or "none" force a choice
@@ -125,11 +124,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then step decay at the milestones (fractions of ``cfg.steps``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    factor = 1.0
-    for m in cfg.lr_milestones:
-        if step >= m * cfg.steps:
-            factor *= cfg.lr_gamma
-    return cfg.lr * factor
+    return cfg.lr * cfg.lr_gamma ** sum(step >= m * cfg.steps for m in cfg.lr_milestones)
 
 
 def beta_at(step: int, cfg: TrainConfig, beta: float) -> float:
@@ -435,11 +430,9 @@ class _TrainingRun:
         with self.amp_ctx:
             outputs = self.train_model(x, y)
         beta = beta_at(self.step, cfg, model_cfg.beta)
-        if "prior_logits" in outputs and self.step < cfg.mixture_weight_hold_steps:
-            outputs["prior_logits"] = torch.zeros_like(outputs["prior_logits"])
-        scope = model_cfg.prior_anchor_scope
-        terms = (geco.loss(outputs, y, anchor=model_cfg.prior_anchor, anchor_scope=scope) if geco
-                 else elbo_loss(outputs, y, beta=beta, anchor=model_cfg.prior_anchor, anchor_scope=scope))
+        kw = dict(anchor=model_cfg.prior_anchor, anchor_scope=model_cfg.prior_anchor_scope,
+                  equal_weights=self.step < cfg.mixture_weight_hold_steps)
+        terms = geco.loss(outputs, y, **kw) if geco else elbo_loss(outputs, y, beta=beta, **kw)
         loss = terms["loss"]
         finite = torch.isfinite(loss).float()
         if self.distributed:  # every rank must agree to skip
@@ -539,12 +532,10 @@ def _check_settings(cfg: TrainConfig) -> None:
     """Refuse a loss, KL schedule or count the training loop cannot run with."""
     if cfg.loss not in ("elbo", "geco"):
         raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
-    if cfg.mixture_weight_hold_steps < 0:
-        raise UserError(f"mixture_weight_hold_steps must be >= 0 (got {cfg.mixture_weight_hold_steps})")
-    if min(cfg.beta_warmup_steps, cfg.beta_hold_steps) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
-        raise UserError(f"beta_warmup_steps and beta_hold_steps must be >= 0 and beta_start in "
-                        f"[0, 1] (got {cfg.beta_warmup_steps}, {cfg.beta_hold_steps} and "
-                        f"{cfg.beta_start})")
+    holds = (cfg.beta_warmup_steps, cfg.beta_hold_steps, cfg.mixture_weight_hold_steps)
+    if min(holds) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
+        raise UserError(f"beta_warmup_steps, beta_hold_steps and mixture_weight_hold_steps must be "
+                        f">= 0 and beta_start in [0, 1] (got {holds} and {cfg.beta_start})")
     for name in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every"):
         value = getattr(cfg, name)
         if value < 1:
