@@ -24,7 +24,7 @@ def test_the_default_is_the_papers_gaussian_and_old_files_load_unchanged():
     gaussian = tiny_model()
     assert not gaussian.is_mixture
     assert gaussian.prior.to_params.weight.shape[0] == 2 * gaussian.config.latent_dim
-    bundled = load_model("lesions")  # written before the option existed
+    bundled = load_model("lidc")  # written before the option existed
     assert bundled.config.latent_distribution == "gaussian" and not bundled.is_mixture
     with pytest.raises(ValueError, match="mixture_components >= 2"):
         ModelConfig(latent_distribution="mixture", mixture_components=1)

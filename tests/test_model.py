@@ -73,7 +73,7 @@ def test_weight_init_is_validated_and_old_files_read_as_torch(tmp_path):
     with pytest.raises(ValueError, match="weight_init"):
         ModelConfig(weight_init="xavier")
     # the bundled files were written before the setting existed and trained from torch's init
-    assert load_model(resolve_model_path("lesions")).config.weight_init == "torch"
+    assert load_model(resolve_model_path("lidc")).config.weight_init == "torch"
     path = tmp_path / "m.safetensors"
     save_model(ProbUNet(tiny_config()), path)
     assert load_model(path).config.weight_init == "he"
