@@ -177,6 +177,8 @@ def test_mixture_weights_from_the_unets_features_train_save_and_load(tmp_path):
     assert float(model.unet.encoder.blocks[-1][0].weight.grad.abs().max()) > 0
     with pytest.raises(ValueError, match="U-Net"):
         model.prior(x)  # the weights need the U-Net's features
+    one = model.encode(x[:1]).mixture[0]  # training on one image: the running statistics
+    assert one.shape == (1, 3) and torch.isfinite(one).all()
     logits = model.eval().encode(x).mixture[0]
     assert float(logits.std(dim=0).max()) > 0  # they differ per image
     path = tmp_path / "m.safetensors"

@@ -114,10 +114,10 @@ class ModelConfig:
         as in the original implementation; the default) or ``"torch"`` (PyTorch's default
         uniform init). Through the twelve 3x3 convolutions of an encoder the ``"torch"`` init
         shrinks the image-dependent part of the signal about 6x in variance per layer, so the
-        prior net's pooled features start constant across images; the prior net gets too
-        little gradient to recover, and the trained prior ignores its image (every model
-        trained here before 2026-12-01 has a constant prior). A model file written before
-        this setting existed reads as ``"torch"``; it only matters for training.
+        prior net's pooled features start constant across images (every model trained here
+        before 2026-12-01 has a prior that ignores its image; a Gaussian prior net went blind
+        in training with the He init too: docs/model.md). A model file written before this
+        setting existed reads as ``"torch"``; it only matters for training.
     deterministic: a plain U-Net of the same size instead (the baseline of ``probunet
         evaluate``'s model cards): no prior or posterior net, fcomb always sees z = 0, the loss
         is the cross-entropy alone. Every "sample" is the same map. Not in the original.

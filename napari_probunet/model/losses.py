@@ -82,7 +82,8 @@ def prior_anchor(out: dict[str, torch.Tensor], scope: str = "image") -> torch.Te
     pooled into one distribution (each image an equal share), so the gauge (one scale and
     offset for all images, which is all the ELBO leaves free) is fixed while each image's prior
     may still move with its image. Per image, the anchor makes a prior that ignores its image
-    the cheapest, and the trained prior nets did (docs/model.md, "The prior anchor's scope").
+    the cheapest, and the trained prior nets did (docs/model.md, "Does the prior net see its
+    image?").
     The value is the same for every image of the batch then.
     """
     if "prior_logits" in out:

@@ -186,7 +186,12 @@ class WeightHead(nn.Module):
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
         pooled = [f.mean(dim=(2, 3)) for f in skips] + [f.amax(dim=(2, 3)) for f in skips]
-        return self.out(F.relu(self.hidden(self.norm(torch.cat(pooled, dim=1).float()))))
+        x = torch.cat(pooled, dim=1).float()
+        if self.training and x.shape[0] < 2:  # one image has no batch statistics of its own
+            x = F.batch_norm(x, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
+        else:
+            x = self.norm(x)
+        return self.out(F.relu(self.hidden(x)))
 
 
 def mixture_moments(mu: torch.Tensor, logsigma: torch.Tensor,
