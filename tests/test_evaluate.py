@@ -76,6 +76,32 @@ def test_numbers_equal_the_metrics_applied_by_hand(lesion_result):
     assert r["oracle_ged16"] == pytest.approx(np.mean(oracle16))
 
 
+def test_expected_oracle_ged_is_the_mean_over_draws(lesion_result):
+    """The closed form equals the average of the oracle's GED over many draws, per image and
+    in the evaluation's dataset figure (whose single draw differs from it)."""
+    from napari_probunet.review import calibration, metrics
+
+    cases, _ = open_data(LESIONS)
+    rng = np.random.default_rng(5)
+    expected = []
+    for case in cases:
+        modes, masks, probs = case.truth.modes, case.masks, case.truth.probs
+        both = np.concatenate([modes, masks])
+        d = 1.0 - metrics.pairwise_iou(both, both, 2)
+        m = len(modes)
+        closed = calibration.expected_oracle_ged(d[:m, m:], d[:m, :m], d[m:, m:], probs, 4)
+        draws = [metrics.ged(calibration.oracle_samples(modes, probs, 4, rng), masks, 2)
+                 for _ in range(4000)]
+        assert closed == pytest.approx(np.mean(draws), abs=4 * np.std(draws) / np.sqrt(4000) + 1e-9)
+        expected.append(calibration.expected_oracle_ged(d[:m, m:], d[:m, :m], d[m:, m:], probs, 16))
+    r = lesion_result
+    assert r["oracle_expected_ged16"] == pytest.approx(np.mean(expected))
+    assert r["oracle_expected_ged16"] != pytest.approx(r["oracle_ged16"], abs=1e-6)
+    assert r["ged16_over_expected_oracle"] == pytest.approx(r["ged16"] / r["oracle_expected_ged16"])
+    # fewer samples count their self-pairs more: the expected GED falls with n
+    assert r["oracle_expected_ged100"] < r["oracle_expected_ged16"]
+
+
 def test_oracle_beats_the_deterministic_baseline(lesion_result):
     r = lesion_result
     assert r["oracle_ged16"] < r["deterministic_ged16"]
