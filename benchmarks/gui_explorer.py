@@ -17,7 +17,8 @@ over the time from the first move to the last draw after the last move.
 **Grid.** The background 9x9 grid at 128x128: one batched ``session.decode`` of the 81
 latents (best of 3), and the explorer's own row-by-row grid job from plane change to last row.
 
-Prints one JSON object. ``--model`` defaults to the bundled model when it exists, otherwise an
+Prints one JSON object. ``--model`` defaults to the bundled synthetic ``lesions`` model (the
+scene is its synthetic lesion, whose mixture components the screenshots show), otherwise an
 untrained model of the default architecture (decoding cost depends on the architecture only).
 """
 
@@ -41,7 +42,7 @@ def _load_model(spec: str | None):
 
     if spec in (None, "auto"):
         try:
-            return load_model("default"), "default (bundled)"
+            return load_model("lesions"), "lesions (bundled)"
         except Exception:  # noqa: BLE001 - not trained yet
             import torch
 

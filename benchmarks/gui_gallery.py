@@ -103,7 +103,7 @@ def bench(ns=(16, 100), repeats: int = 3, sample: str = "lidc_nodule",
 
 def screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule", model: str = "lidc") -> Path:
     """The review right after sampling, the gallery open, one hypothesis shortlisted and one
-    rejected, a drawn one shown."""
+    rejected (an empty one, else the smallest), the largest shown."""
     from napari_probunet.gui import launch
 
     viewer, review = _viewer(sample, model)
@@ -118,8 +118,8 @@ def screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule", model: str 
     if len(drawn) >= 2:
         gallery.select(drawn[0])
         gallery.mark(drawn[1], "shortlist")
-    if empty:
-        gallery.mark(empty[0], "reject")
+    if empty or len(drawn) >= 3:  # an empty one, else the smallest outline
+        gallery.mark(empty[0] if empty else drawn[-1], "reject")
     viewer.layers.selection.active = viewer.layers[0]
     review.hypothesis_view.uncertainty.visible = False  # the shown hypothesis, not the map
     from qtpy.QtWidgets import QScrollArea

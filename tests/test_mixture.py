@@ -15,17 +15,20 @@ from napari_probunet.model.config import ModelConfig
 from napari_probunet.model.losses import elbo_loss, kl_diag_gaussians, kl_to_mixture, prior_anchor
 from napari_probunet.model.modelfile import load_model, save_model
 from napari_probunet.model.network import mixture_moments
-from napari_probunet.model.testing import tiny_model, two_mode_case
+from napari_probunet.model.testing import tiny_model, two_mode_case, write_early_model_file
 from napari_probunet.session import Session
 
 
-def test_the_default_is_the_papers_gaussian_and_old_files_load_unchanged():
+def test_the_default_is_the_papers_gaussian_and_old_files_load_unchanged(tmp_path):
     assert ModelConfig().latent_distribution == "gaussian"
     gaussian = tiny_model()
     assert not gaussian.is_mixture
     assert gaussian.prior.to_params.weight.shape[0] == 2 * gaussian.config.latent_dim
-    bundled = load_model("lidc")  # written before the option existed
-    assert bundled.config.latent_distribution == "gaussian" and not bundled.is_mixture
+    written = write_early_model_file(tmp_path / "early.safetensors")  # before the option existed
+    early = load_model(tmp_path / "early.safetensors")
+    assert early.config.latent_distribution == "gaussian" and not early.is_mixture
+    x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(early.prior(x), written.prior(x))
     with pytest.raises(ValueError, match="mixture_components >= 2"):
         ModelConfig(latent_distribution="mixture", mixture_components=1)
     with pytest.raises(ValueError, match="'gaussian' or 'mixture'"):

@@ -68,12 +68,15 @@ def test_he_init_lets_the_prior_net_see_its_image():
 
 
 def test_weight_init_is_validated_and_old_files_read_as_torch(tmp_path):
-    from napari_probunet.model.modelfile import load_model, resolve_model_path, save_model
+    from napari_probunet.model.modelfile import load_model, save_model
+    from napari_probunet.model.testing import write_early_model_file
 
     with pytest.raises(ValueError, match="weight_init"):
         ModelConfig(weight_init="xavier")
-    # the bundled files were written before the setting existed and trained from torch's init
-    assert load_model(resolve_model_path("lidc")).config.weight_init == "torch"
+    # files written before the setting existed were trained from torch's init
+    write_early_model_file(tmp_path / "early.safetensors")
+    early = load_model(tmp_path / "early.safetensors").config
+    assert early.weight_init == "torch" and early.prior_anchor_scope == "image"
     path = tmp_path / "m.safetensors"
     save_model(ProbUNet(tiny_config()), path)
     assert load_model(path).config.weight_init == "he"

@@ -20,7 +20,7 @@ from napari_probunet.model.modelfile import (
     read_metadata,
     save_model,
 )
-from napari_probunet.model.testing import tiny_model, two_mode_case
+from napari_probunet.model.testing import rewrite_metadata, tiny_model, two_mode_case
 from napari_probunet.session import Session
 
 
@@ -117,27 +117,15 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, tiny):
         load_model(tmp_path / "missing.safetensors")
 
 
-def _rewrite_metadata(src, dst, change):
-    data = src.read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    meta = json.loads(header["__metadata__"]["probunet"])
-    change(meta)
-    header["__metadata__"]["probunet"] = json.dumps(meta)
-    raw = json.dumps(header).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
-
-
 def test_newer_format_and_wrong_shapes_are_refused(tmp_path, tiny):
     good = tmp_path / "m.safetensors"
     save_model(tiny, good)
     newer = tmp_path / "newer.safetensors"
-    _rewrite_metadata(good, newer, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    rewrite_metadata(good, newer, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ModelFileError, match="upgrade napari-probunet"):
         load_model(newer)
     wrong = tmp_path / "wrong.safetensors"
-    _rewrite_metadata(good, wrong, lambda m: m["config"].update(latent_dim=5))
+    rewrite_metadata(good, wrong, lambda m: m["config"].update(latent_dim=5))
     with pytest.raises(ModelFileError, match="do not match its configuration"):
         load_model(wrong)
 
@@ -148,6 +136,12 @@ def test_probunet_info_command(tmp_path, capsys):
     assert cli.main(["info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["sha256"] == file_sha256(path) and info["provenance"]["recipe"] == "unit test"
+    assert cli.main(["info", str(path)]) == 0
+    assert "prior        one axis-aligned Gaussian" in capsys.readouterr().out
+    save_model(tiny_model(latent_distribution="mixture", mixture_components=3,
+                          mixture_weights="unet"), path)
+    assert cli.main(["info", str(path)]) == 0
+    assert "a mixture of 3 Gaussians, weights from a head on the U-Net" in capsys.readouterr().out
     assert cli.main(["info", str(tmp_path / "nope.safetensors")]) == 2
     assert "model file not found" in capsys.readouterr().err
 

@@ -45,6 +45,11 @@ def _print_table(path, meta: dict, info: dict) -> None:
         print(f"{key:<12} {cfg.get(key)}")
     if cfg.get("deterministic"):
         print("kind         deterministic U-Net (baseline): every sample is the same map")
+    elif cfg.get("latent_distribution") == "mixture":
+        source = "a head on the U-Net's features" if cfg.get("mixture_weights") == "unet" else "the prior net"
+        print(f"prior        a mixture of {cfg.get('mixture_components')} Gaussians, weights from {source}")
+    else:
+        print("prior        one axis-aligned Gaussian (the paper's)")
     domain = cfg.get("domain") or {}
     for key in ("modality", "description", "intensity", "training_data"):
         if domain.get(key):

@@ -53,7 +53,7 @@ BUNDLED_MODELS: tuple[BundledModel, ...] = (
     BundledModel("lesions", "lesions.safetensors", "Synthetic demo lesion"),
 )
 #: what ``"default"`` means: the real-data model (docs/model-card-lidc.md)
-DEFAULT_MODEL_NAME = "lesions"
+DEFAULT_MODEL_NAME = "lidc"
 
 
 def bundled_model(name: str) -> BundledModel | None:

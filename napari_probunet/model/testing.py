@@ -30,6 +30,41 @@ def tiny_model(seed: int = 0, **overrides):
     return ProbUNet(tiny_config(**overrides)).eval()
 
 
+#: model settings added after the first model files were written; a file without them must load
+#: as it was trained (the paper's Gaussian, PyTorch's init, the anchor on each image)
+LATER_SETTINGS = ("latent_distribution", "mixture_components", "mixture_weights",
+                  "mixture_sigma_max", "weight_init", "prior_anchor_scope")
+
+
+def rewrite_metadata(src, dst, change) -> None:
+    """Copy the model file ``src`` to ``dst`` with ``change(meta)`` applied to its
+    ``probunet`` metadata (a dict) first; the tensors are copied byte for byte."""
+    import json
+    import struct
+    from pathlib import Path
+
+    data = Path(src).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["probunet"])
+    change(meta)
+    header["__metadata__"]["probunet"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    Path(dst).write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def write_early_model_file(path, seed: int = 0):
+    """A tiny Gaussian model's file as the first versions wrote it: without
+    :data:`LATER_SETTINGS` in its configuration. Returns the model it holds."""
+    from napari_probunet.model.modelfile import save_model
+
+    model = tiny_model(seed)
+    save_model(model, path)
+    rewrite_metadata(path, path, lambda m: [m["config"].pop(k, None) for k in LATER_SETTINGS])
+    return model
+
+
 def two_mode_case(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """``image (size, size)`` float32 in [0, 1] and ``masks (2, size, size)`` uint8: core vs core+halo."""
     yy, xx = np.mgrid[:size, :size]
