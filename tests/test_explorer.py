@@ -153,6 +153,18 @@ def test_the_oblique_plane_goes_through_the_three_heaviest_components():
     w0 = (plane.latent(0, 0) - mu) / sigma
     np.testing.assert_allclose(plane.directions @ w0, 0, atol=1e-5)
     assert plane.same_plane(core.LatentPlane.through_components(mu, sigma, weights, means))
+    # the map is widened (in half sigmas) until the three means are inside it with a margin
+    assert plane.extent >= np.abs(uv).max() + 0.5 and plane.extent % 0.5 == 0
+    assert plane.extent == core.DEFAULT_EXTENT or plane.extent - 0.5 < np.abs(uv).max() + 0.5
+    near = core.LatentPlane.through_components(mu, sigma * 10, weights, means)
+    assert near.extent == core.DEFAULT_EXTENT  # close components keep the usual +-3
+    assert core.LatentPlane.through_components(mu, sigma, weights, means, extent=2).extent == 2
+    # a component that lost its weight may have drifted far: it does not widen the map
+    far = means.copy()
+    far[2] = [0, -2, 90, -0.5]
+    weights_far = np.array([0.0005, 0.6, 0.001, 0.3], np.float32)  # c3: the drifted one
+    assert core.LatentPlane.through_components(mu, sigma, weights_far, far).extent <= 3.5
+    assert core.LatentPlane.through_components(mu, sigma, weights, far).extent == core.MAX_COMPONENT_EXTENT
     assert not plane.same_plane(core.LatentPlane.through_prior(mu, sigma, 0, 1))
     # two components: v is the latent axis most perpendicular to c1 -> c2
     two = core.LatentPlane.through_components(mu, sigma, weights[:2], means[:2])

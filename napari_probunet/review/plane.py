@@ -24,6 +24,7 @@ Placing a result layer over its image is the one placement rule of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ import numpy as np
 
 #: plane coordinates shown, in prior sigmas: -EXTENT..+EXTENT
 DEFAULT_EXTENT = 3.0
+#: the plane through a mixture's components widens to show the means of those holding at least
+#: this weight, up to this many sigmas
+VISIBLE_WEIGHT = 0.01
+MAX_COMPONENT_EXTENT = 8.0
 #: decoded masks per side of the background grid
 DEFAULT_GRID = 9
 #: the prior's contours drawn on the map (radius in sigmas)
@@ -114,7 +119,7 @@ class LatentPlane:
         sigma: np.ndarray,
         weights: np.ndarray,
         means: np.ndarray,
-        extent: float = DEFAULT_EXTENT,
+        extent: float | None = None,
     ) -> LatentPlane:
         """The plane through the means of a mixture's three heaviest components.
 
@@ -123,7 +128,11 @@ class LatentPlane:
         heaviest component ``c1`` toward the second ``c2``; ``v`` toward the third ``c3``
         (its part perpendicular to ``u``). With two components, or three in a line, ``v`` is
         the latent axis most perpendicular to ``u``. ``(0, 0)`` is the plane's point nearest
-        the overall mean.
+        the overall mean. ``extent=None``: :data:`DEFAULT_EXTENT`, widened (in steps of half a
+        sigma, up to :data:`MAX_COMPONENT_EXTENT`) until the means of those of the three that
+        hold at least :data:`VISIBLE_WEIGHT` lie inside the map with a margin of half a sigma:
+        the components of a trained mixture can lie further than 3 overall sigmas from its mean
+        (one that lost its weight may drift anywhere, and is then left off the map's frame).
         """
         mu = np.asarray(mu, np.float64).reshape(-1)
         sigma = np.asarray(sigma, np.float64).reshape(-1)
@@ -148,6 +157,11 @@ class LatentPlane:
         b /= np.linalg.norm(b)
         offset = white[0] - (white[0] @ a) * a - (white[0] @ b) * b
         base = mu + sigma * offset
+        if extent is None:
+            held = weights[order] >= VISIBLE_WEIGHT
+            uv = (white[held] - offset) @ np.stack([a, b]).T
+            reach = float(np.abs(uv).max()) + 0.5 if uv.size else 0.0
+            extent = min(MAX_COMPONENT_EXTENT, max(DEFAULT_EXTENT, math.ceil(2 * reach) / 2))
         plane = cls.through_prior(mu, sigma, 0, 1, base, extent)
         directions = np.stack([a, b]).astype(np.float32)
         directions.setflags(write=False)

@@ -133,7 +133,8 @@ def _paint_axes(m, p: QPainter, r: QRectF) -> None:
     p.drawRect(r)
     p.setPen(c["text"])
     e = int(math.floor(m.extent))
-    for t in range(-e, e + 1):
+    step = 1 if e <= 4 else 2  # a widened map (a mixture's far components): every second tick
+    for t in range(-(e - e % step), e + 1, step):
         x = m.to_pixel(t, 0).x()
         p.drawLine(QPointF(x, r.bottom()), QPointF(x, r.bottom() + 4))
         label = f"{t:+d}" if t else "0"
