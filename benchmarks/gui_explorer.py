@@ -351,7 +351,7 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     if model_spec:
         model = load_model(model_spec)
     elif _bundled():
-        model = load_model("default")
+        model = load_model("lesions")  # the scene is its synthetic lesion
     else:
         model = _train_fallback_model()
     try:
@@ -440,7 +440,7 @@ def _bundled() -> bool:
     try:
         from napari_probunet.model.modelfile import resolve_model_path
 
-        return resolve_model_path("default").exists()
+        return resolve_model_path("lesions").exists()
     except Exception:  # noqa: BLE001
         return False
 
