@@ -269,6 +269,8 @@ class _Evaluation:
             canonical = calibration.canonical_modes(truth.modes)
             rng = np.random.default_rng(seed_for_index(self.seed, i, STREAM_ORACLE))
             oracle_idx = calibration.oracle_mode_indices(truth.probs, n_max, rng)
+            d = 1.0 - iou  # the oracle's expected GED needs only the mode and grader blocks
+            blocks = d[np.ix_(modes, g)], d[np.ix_(modes, modes)], d[np.ix_(g, g)]
         for n in self.counts:
             _score(n, np.arange(n), iou, class_iou, g, modes, truth, canonical, samples[:n],
                    num_classes, stats["model"])
@@ -278,9 +280,8 @@ class _Evaluation:
                 idx = oracle_idx[:n]
                 _score(n, modes[idx], iou, class_iou, g, modes, truth, canonical,
                        truth.modes[idx], num_classes, stats["oracle"])
-                d = 1.0 - iou
-                self.oracle_expected.setdefault(n, []).append(calibration.expected_oracle_ged(
-                    d[np.ix_(modes, g)], d[np.ix_(modes, modes)], d[np.ix_(g, g)], truth.probs, n))
+                self.oracle_expected.setdefault(n, []).append(
+                    calibration.expected_oracle_ged(*blocks, truth.probs, n))
 
     def _count_image(self, case, masks: np.ndarray, samples: np.ndarray, iou: np.ndarray,
                      g: np.ndarray, sigma: np.ndarray) -> None:
