@@ -237,3 +237,31 @@ def evaluate_nodules(model_or_session, nodules: Sequence[NoduleTruth],
     if per_nodule:
         out["per_nodule"] = results
     return out
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_nodule_report(result: dict[str, Any]) -> str:
+    """The 3D figures of :func:`evaluate_nodules` as a short table for the terminal."""
+    counts = sorted(int(k[3:-3]) for k in result if k.startswith("ged") and k.endswith("_3d"))
+    lines = [f"model {result.get('model')}  data {result.get('data')}",
+             f"{result['n_nodules']} nodules, {result['seconds']:.1f} s "
+             f"({result['spacing_note']})", "",
+             f"{'':28}" + "".join(f"{'n=' + str(n):>10}" for n in counts)]
+    for label, key in (("GED 3D", "ged{}_3d"), ("GED 3D, slice by slice", "ged{}_3d_independent"),
+                       (f"GED 3D, click {result['offset_mm']:g} mm off", "ged{}_3d_offset"),
+                       ("HM-IoU 3D", "hm_iou{}_3d"),
+                       ("HM-IoU 3D, slice by slice", "hm_iou{}_3d_independent")):
+        lines.append(f"{label:28}" + "".join(f"{_fmt(result[key.format(n)]):>10}"
+                                            for n in counts))
+    lines.append("")
+    lines.append(f"volume coverage (radiologists' volumes in the 5-95% range): "
+                 f"{_fmt(result['volume_coverage'])}")
+    lines.append(f"empty 3D masks: hypotheses {_fmt(result['empty_hypotheses'])}, "
+                 f"radiologists {_fmt(result['empty_radiologists'])}")
+    for who, g in result["gaps"].items():
+        lines.append(f"gaps along z, {who:13}: {_fmt(g['share_with_gaps'])} of "
+                     f"{g['masks']} non-empty masks, {_fmt(g['mean_gap_slices'])} slices each")
+    return "\n".join(lines)
