@@ -56,6 +56,9 @@ class Item:
     slice_index: int | None = None
     slice_axis: int | None = None
     name: str = ""
+    #: the volume's case id for a slice of a volume: its slices share the volume's seed
+    #: (:data:`~napari_probunet.review.seeds.STACK_SEED_RULE`); None for a 2D image
+    stack_id: str | None = None
 
 
 @dataclass
@@ -153,8 +156,12 @@ _VOLUMES = _VolumeCache()
 
 
 def _load_slice(path: Path, axis: int, index: int) -> tuple[np.ndarray, None]:
+    """Slice ``index`` along voxel ``axis``, its two other axes reversed: the slice as napari
+    shows the volume (:func:`~napari_probunet.data.volumes.read_nifti_volume` reverses the
+    file's axes), so the review and ``probunet sample`` sample the same pixels; for a NIfTI
+    converted from DICOM that is the DICOM rows and columns the models were trained on."""
     volume = _VOLUMES.get(path)
-    return np.take(volume, index, axis=axis).astype(np.float32), None
+    return np.take(volume, index, axis=axis).T.astype(np.float32), None
 
 
 def axial_axis(affine: np.ndarray | None) -> int:
@@ -295,7 +302,8 @@ class _Planner:
             if k < depth:
                 self.items.append(Item(f"{case_id}_z{k:0{width}d}", str(path),
                                        partial(_load_slice, path, axis, k),
-                                       slice_index=int(k), slice_axis=axis))
+                                       slice_index=int(k), slice_axis=axis,
+                                       stack_id=case_id))
 
     def _add_dataset(self, spec: str, label: str) -> None:
         with warnings.catch_warnings(record=True) as caught:

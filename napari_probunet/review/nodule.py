@@ -13,7 +13,8 @@ rather than ``n`` unrelated slices (``docs/scans.md``, "What 3D consistency mean
    where the mixture's "no nodule" weight grows toward the nodule's ends, each hypothesis ends
    where its own ``u_i`` falls into "no nodule", so the extents of the hypotheses are nested.
    This is exactly what sampling every slice with the same seed gives: one rule for the review
-   (*All slices*), ``probunet sample`` on a volume and the nodule tool (:func:`stack_seed`).
+   (*All slices*), ``probunet sample`` on a volume and the nodule tool
+   (:func:`~napari_probunet.review.seeds.stack_seed`).
    ``coupling="independent"`` draws each slice on its own (``seed_for_index(seed, slice)``):
    the behaviour before this module, kept as the baseline the evaluation compares with.
 2. **One connected piece** (``connect=True``). On the clicked slice a hypothesis keeps the
@@ -42,9 +43,7 @@ from napari_probunet.data.measure import (
 )
 from napari_probunet.errors import InputError
 from napari_probunet.review.jobs import decode_region
-from napari_probunet.review.seeds import seed_for_index
-
-COUPLINGS = ("shared", "independent")
+from napari_probunet.review.seeds import COUPLINGS, stack_seed
 
 
 @dataclass(frozen=True)
@@ -121,14 +120,18 @@ class NoduleHypotheses:
                 "empty_share": float(np.mean(v == 0))}
 
 
-def stack_seed(seed: int, k: int, coupling: str) -> int:
-    """The seed slice ``k`` of a stack is sampled with: the stack's own seed for every slice
-    (``"shared"``, one draw per hypothesis), or ``seed_for_index(seed, k)`` (``"independent"``)."""
-    if coupling == "shared":
-        return int(seed)
-    if coupling == "independent":
-        return seed_for_index(int(seed), int(k))
-    raise InputError(f"coupling must be one of {', '.join(COUPLINGS)}, not {coupling!r}")
+def sample_slice(session, image: np.ndarray, n: int, seed: int, k: int | None = None,
+                 coupling: str = "shared"):
+    """Slice ``k`` of a stack whose seed is ``seed`` (or a 2D image, ``k=None``): encode it
+    (unless the session holds it) and draw ``n`` hypotheses by
+    :func:`~napari_probunet.review.seeds.stack_seed`, the one rule that ``probunet sample``, the
+    review and the nodule tool share. Returns the session's
+    :class:`~napari_probunet.session.Hypotheses`."""
+    from napari_probunet.session import image_signature  # torch-free helpers beside torch
+
+    if not (session.has_image and session.image_signature == image_signature(image)):
+        session.set_image(image)
+    return session.sample(int(n), seed=seed if k is None else stack_seed(seed, k, coupling))
 
 
 def crop_box(shape: tuple[int, int], centre: tuple[int, int], size: int) -> tuple[int, ...]:
