@@ -169,9 +169,11 @@ def _tell(scan) -> None:
     outlined = ", ".join(f"nodule {n.index + 1} by {len(n.reader_ids)} of "
                          f"{len(scan.radiologists)}" for n in scan.nodules[:6])
     more = f" and {len(scan.nodules) - 6} more" if len(scan.nodules) > 6 else ""
-    show_info(f"Opened {scan.volume.describe()}; {len(scan.radiologists)} radiologist(s) in "
-              f"{len(scan.reading_files)} reading file(s); "
+    remarks = [n for n in scan.notes if n not in scan.problems]
+    show_info(f"Opened {scan.name}: {scan.volume.describe()}; {len(scan.radiologists)} "
+              f"radiologist(s) in {len(scan.reading_files)} reading file(s); "
               f"{len(scan.nodules)} nodule(s) outlined{': ' + outlined if outlined else ''}"
-              f"{more}; {len(scan.points)} point mark(s).")
-    if scan.notes:
-        show_warning(f"{Path(scan.source).name}: " + " ".join(scan.notes))
+              f"{more}; {len(scan.points)} point mark(s).{' ' if remarks else ''}"
+              + " ".join(remarks))
+    if scan.problems:
+        show_warning(f"{Path(scan.source).name}: " + " ".join(scan.problems))

@@ -115,6 +115,8 @@ class Scan:
     notes: list[str]  # what the user should know: files left out, outlines left out
     source: str  # the scan folder
     reading_files: list[str] = field(default_factory=list)  # the files read, in order
+    problems: list[str] = field(default_factory=list)  # the notes that say something was
+    # left out: a reading file, outlines, the series' own problems (a warning, not a remark)
 
     @property
     def name(self) -> str:
@@ -284,8 +286,8 @@ def read_scan_folder(folder: str | os.PathLike, tolerance_mm: float | None = Non
             f"holds {CT_FOLDER}/ (the DICOM series) and {ANNOTATIONS_FOLDER}/ (LIDC reading "
             "files, *.xml); to see a series alone, open its own folder.")
     volume = read_dicom_series(folder / CT_FOLDER)
-    files, notes = reading_files(folder)
-    notes = list(volume.notes) + notes
+    files, remarks = reading_files(folder)
+    problems = list(volume.notes)
     radiologists: list[Radiologist] = []
     outlined: list[ReadNodule] = []
     points: list[Mark] = []
@@ -294,18 +296,19 @@ def read_scan_folder(folder: str | os.PathLike, tolerance_mm: float | None = Non
         try:
             reading = read_reading_file(path, volume, len(radiologists), include_outline)
         except UserError as exc:
-            notes.append(f"{exc} The scan opened without this file's outlines.")
+            problems.append(f"{exc} The scan opened without this file's outlines.")
             continue
         read.append(str(path))
         radiologists += reading.radiologists
         outlined += reading.nodules
         points += reading.points
-        notes += reading.notes
+        problems += reading.notes
     try:
         nodules = group_nodules(outlined, len(radiologists), volume.data.shape,
                                 volume.spacing, tolerance_mm,
                                 what=str(folder / ANNOTATIONS_FOLDER))
     except UserError as exc:  # together over a limit that each file kept to
-        notes.append(f"{exc} The scan opened without the radiologists' outlines.")
+        problems.append(f"{exc} The scan opened without the radiologists' outlines.")
         nodules = []
-    return Scan(volume, nodules, radiologists, points, notes, str(folder), read)
+    return Scan(volume, nodules, radiologists, points, problems + remarks, str(folder), read,
+                problems)

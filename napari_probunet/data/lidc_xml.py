@@ -25,9 +25,11 @@ lacks".
 
 **Filling** (:func:`fill_outline`): the polygon through the outline points is filled and the
 outline's own pixels (the straight segments between consecutive points, closed) are added, as
-LIDC's readers drew the outline on the nodule's edge pixels. An ``inclusion=FALSE`` outline
-removes the pixels strictly inside it (its outline pixels stay, the nodule's edge around the
-hole); holes are cut after every inclusion of that slice is filled.
+the nodule's edge pixels (issue #26's convention). An ``inclusion=FALSE`` outline removes the
+pixels strictly inside it (its outline pixels stay, the nodule's edge around the hole); holes
+are cut after every inclusion of that slice is filled. With ``include_outline=False`` the
+outline pixels are left out instead (and a hole takes its outline with it): pylidc's default
+and the LIDC-IDRI slices set's masks, which it then equals voxel for voxel on LIDC-IDRI-0001.
 
 **Safety.** The file's size is checked against ``MAX_XML_BYTES`` before it is parsed; it is
 parsed by ``defusedxml`` (no entity declarations, no external entities or DTDs fetched: no

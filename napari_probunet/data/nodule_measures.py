@@ -8,9 +8,10 @@ hypothesis.
 - :func:`nodule_volume_mm3`: voxels counted, times the voxel's volume (mm^3).
 - :func:`longest_diameter_mm`: the **longest axial diameter**, as radiologists measure a
   nodule (Lung-RADS, Fleischner, RECIST): on each slice, the longest distance between two
-  points of the marked region, its pixels taken as squares (edge to edge, so one pixel
-  measures its diagonal and a row of n pixels n pixels); the largest over slices. It is not
-  the 3D maximum Feret diameter, which a radiologist does not measure on thick slices.
+  points of the marked region, its pixels taken as squares (edge to edge: a block of 3 x 4
+  pixels measures its diagonal, 5 pixels; a disk of diameter d pixels about d); the largest
+  over slices. It is not the 3D maximum Feret diameter, which a radiologist does not measure
+  on thick slices.
 """
 
 from __future__ import annotations
