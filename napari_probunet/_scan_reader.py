@@ -33,9 +33,9 @@ LayerData = tuple[Any, dict[str, Any], str]
 #: one colour per radiologist (Okabe-Ito, colour-blind safe; no cyan, the hypotheses' colour):
 #: orange, blue, vermillion, reddish purple, then bluish green and yellow for more readers
 RADIOLOGIST_COLOURS = ("#E69F00", "#0072B2", "#D55E00", "#CC79A7", "#009E73", "#F0E442")
-#: the marks' symbols by kind, and their size in mm
+#: the marks' symbols by kind, and their size (data pixels: about 8 mm at LIDC's 0.7 mm)
 MARK_SYMBOLS = {"small nodule": "ring", "non-nodule": "cross"}
-MARK_SIZE_MM = 6.0
+MARK_SIZE = 12
 
 
 def _paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -140,7 +140,8 @@ def marks_layer(scan) -> LayerData:
     return (coords, {
         "name": f"{scan.name} marks", "scale": list(scan.volume.spacing),
         "symbol": [MARK_SYMBOLS.get(p.kind, "disc") for p in points],
-        "size": MARK_SIZE_MM, "face_color": colours, "border_color": colours,
+        "size": MARK_SIZE, "face_color": "transparent", "border_color": colours,
+        "border_width": 0.15,
         "features": features,
         "metadata": {"kind": "marks", "source_path": scan.source,
                      "note": "small nodules (< 3 mm, rings) and non-nodules (crosses) as the "

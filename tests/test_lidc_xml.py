@@ -136,6 +136,17 @@ def test_the_four_radiologists_outline_one_nodule_on_the_slices_they_drew(scan):
 
 
 @real
+def test_the_series_knows_each_slices_sop_instance_uid_and_position(scan):
+    v = scan.volume
+    assert len(v.slice_uids) == 133 and len(set(v.slice_uids)) == 133
+    assert all(uid.startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.") for uid in v.slice_uids)
+    assert v.slice_positions.shape == (133, 3)
+    for k in (0, 90, 132):  # the data's slice k is where its affine puts voxel (k, 0, 0)
+        assert np.allclose(v.lps_affine @ [k, 0, 0, 1], [*v.slice_positions[k], 1])
+    assert "slice_uids" not in v.source()  # the export record stays small
+
+
+@real
 @pytest.mark.skipif(not SLICES.is_dir(), reason="../shared/data/lidc-idri-slices absent")
 def test_without_outline_pixels_the_masks_are_the_lidc_slices_sets_voxel_for_voxel(scan):
     """The slices set (pylidc's convention: LIDC told its readers to draw just outside the
@@ -352,6 +363,18 @@ def test_a_reading_file_over_a_limit_is_refused_before_allocating(scan_folder, m
     (note,) = [n for n in opened.notes if "huge.xml" in n]
     assert limit.removeprefix("PROBUNET_") in note and limit in note
     assert opened.volume.data.shape == (133, 512, 512) and opened.nodules == []
+
+
+@real
+def test_files_each_within_the_count_limit_but_over_it_together_keep_the_ct(scan_folder,
+                                                                           monkeypatch):
+    write(scan_folder / "annotations" / "more.xml",
+          reading_xml([[_outline_ok()], [_outline_ok()]], SERIES))
+    monkeypatch.setenv("PROBUNET_MAX_OUTLINED_NODULES", "4")  # 4 in 069.xml, 2 here: 6
+    opened = read_scan_folder(scan_folder)
+    assert opened.reading_files and len(opened.radiologists) == 6 and opened.nodules == []
+    (note,) = [n for n in opened.notes if "MAX_OUTLINED_NODULES" in n]
+    assert "without the radiologists' outlines" in note and note in opened.problems
 
 
 def test_an_unusable_file_alone_raises_a_reading_file_error(tmp_path):
