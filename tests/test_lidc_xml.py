@@ -4,7 +4,6 @@ reading file that cannot be used becomes a note, and the scan still opens."""
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from napari_probunet.data.lidc_xml import (
     fill_outline,
     read_reading_file,
 )
-from napari_probunet.data.nodule_measures import longest_diameter_mm, nodule_volume_mm3
 from napari_probunet.data.volumes import Volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -389,19 +387,3 @@ def test_a_folder_without_ct_is_not_a_scan(tmp_path):
 
     with pytest.raises(DataError, match="no ct/ subfolder"):
         read_scan_folder(tmp_path)
-
-
-# ----------------------------------------------------------------------------- measures
-
-
-def test_volume_and_longest_axial_diameter_from_the_spacing():
-    mask = np.zeros((4, 20, 20), bool)
-    mask[1:3, 2:5, 3:7] = True  # 2 slices of 3 rows x 4 columns
-    spacing = (2.5, 0.5, 0.8)
-    assert nodule_volume_mm3(mask, spacing) == pytest.approx(24 * 2.5 * 0.5 * 0.8)
-    assert longest_diameter_mm(mask, spacing) == pytest.approx(np.hypot(3 * 0.5, 4 * 0.8))
-    rr, cc = np.mgrid[0:61, 0:61]
-    disk = ((rr - 30) ** 2 + (cc - 30) ** 2 <= 20 ** 2)[None]
-    assert 41 * 0.7 <= longest_diameter_mm(disk, (1, 0.7, 0.7)) <= 42 * 0.7
-    assert longest_diameter_mm(np.zeros((2, 5, 5), bool), spacing) == 0.0
-    assert os.fspath(SCAN)  # the module's real data path is a path

@@ -42,7 +42,7 @@ import numpy as np
 
 from napari_probunet import limits
 from napari_probunet.data.lidc_xml import Mark, Radiologist, ReadNodule, read_reading_file
-from napari_probunet.data.nodule_measures import longest_diameter_mm, nodule_volume_mm3
+from napari_probunet.data.measure import longest_axial_diameter_mm, nodule_volume_mm3
 from napari_probunet.data.volumes import Volume, read_dicom_series
 from napari_probunet.errors import DataError, UserError
 
@@ -94,8 +94,9 @@ class Nodule:
         return nodule_volume_mm3(self.masks[r], self.spacing)
 
     def diameter_mm(self, r: int) -> float:
-        """Radiologist ``r``'s longest axial diameter (mm; see nodule_measures)."""
-        return longest_diameter_mm(self.masks[r], self.spacing)
+        """Radiologist ``r``'s longest axial diameter (mm; :mod:`napari_probunet.data.measure`:
+        the same rule as a hypothesis is measured by)."""
+        return longest_axial_diameter_mm(self.masks[r], self.spacing)
 
     def describe(self) -> str:
         z, y, x = self.centroid_voxel
