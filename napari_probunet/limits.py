@@ -54,8 +54,9 @@ PyTorch's ``meta`` device, which allocates nothing, before the real model is bui
 
 MAX_XML_BYTES = 1 << 24
 """Bytes (16 MiB) of an XML file parsed into memory: an LIDC-IDRI reading file (real ones are
-0.1 to 2 MB). Checked on the file's size before it is parsed; the masks it describes are then
-checked against :data:`MAX_DECODED_BYTES` before they are allocated."""
+0.1 to 2 MB). Checked on the file's size before it is parsed (a 16 MiB file of empty elements,
+the worst case, takes about 400 MB while parsed); the masks it describes are then checked
+against :data:`MAX_DECODED_BYTES` before they are allocated."""
 
 MAX_OUTLINED_NODULES = 2000
 """Outlined nodules (an ``unblindedReadNodule`` with an outline, one per radiologist) in one
