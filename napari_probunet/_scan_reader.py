@@ -171,7 +171,7 @@ def _tell(scan) -> None:
                          f"{len(scan.radiologists)}" for n in scan.nodules[:6])
     more = f" and {len(scan.nodules) - 6} more" if len(scan.nodules) > 6 else ""
     remarks = [n for n in scan.notes if n not in scan.problems]
-    show_info(f"Opened {scan.name}: {scan.volume.describe()}; {len(scan.radiologists)} "
+    show_info(f"Opened the scan {scan.name} ({scan.volume.describe()}); {len(scan.radiologists)} "
               f"radiologist(s) in {len(scan.reading_files)} reading file(s); "
               f"{len(scan.nodules)} nodule(s) outlined{': ' + outlined if outlined else ''}"
               f"{more}; {len(scan.points)} point mark(s).{' ' if remarks else ''}"
