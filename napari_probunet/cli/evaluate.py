@@ -13,12 +13,8 @@ from napari_probunet.errors import UserError
 from napari_probunet.files import check_writable
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.calibration import RELIABILITY_BINS
-from napari_probunet.training.evaluate import (
-    DEFAULT_SAMPLES,
-    evaluate_model,
-    format_report,
-    open_data,
-)
+from napari_probunet.training.evaluate import DEFAULT_SAMPLES, evaluate_model, open_data
+from napari_probunet.training.report import format_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
