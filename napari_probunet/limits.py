@@ -28,8 +28,9 @@ from napari_probunet.errors import LimitError, UserError
 
 MAX_IMAGE_PIXELS = 1 << 25
 """Pixels (height x width, channels not counted) of one 2-D image or plane: 33,554,432, e.g.
-5792 x 5792 or 4096 x 8192. Applies to PNG/JPEG/TIFF/NPY/NIfTI images, each plane of a NIfTI volume, the image
-of a bundle, a recovery file's correction and synthetic datasets (``--size``)."""
+5792 x 5792 or 4096 x 8192. Applies to PNG/JPEG/TIFF/NPY/NIfTI images, each plane of a NIfTI
+volume, the image of a bundle, a recovery file's correction and synthetic datasets
+(``--size``)."""
 
 MAX_DECODED_BYTES = 1 << 29
 """Bytes (512 MiB) that the arrays read from one file may take *beyond the file's own size*.
