@@ -52,9 +52,21 @@ MAX_MODEL_PARAMETERS = 1 << 28
 """Most weights (268,435,456: 1 GiB in float32) a model configuration may describe. Counted on
 PyTorch's ``meta`` device, which allocates nothing, before the real model is built."""
 
+MAX_XML_BYTES = 1 << 24
+"""Bytes (16 MiB) of an XML file parsed into memory: an LIDC-IDRI reading file (real ones are
+0.1 to 2 MB). Checked on the file's size before it is parsed (a 16 MiB file of empty elements,
+the worst case, takes about 400 MB while parsed); the masks it describes are then checked
+against :data:`MAX_DECODED_BYTES` before they are allocated."""
+
+MAX_OUTLINED_NODULES = 2000
+"""Outlined nodules (an ``unblindedReadNodule`` with an outline, one per radiologist) in one
+LIDC-IDRI reading file, and in all the reading files of one scan: grouping them into nodules
+compares every pair. Real scans have a few to about a hundred."""
+
 #: every limit, by name (the environment variable is ``PROBUNET_<name>``)
 NAMES = ("MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES", "MAX_HEADER_BYTES", "MAX_MODEL_CHANNELS",
-         "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS")
+         "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS", "MAX_XML_BYTES",
+         "MAX_OUTLINED_NODULES")
 _PREFIX = "PROBUNET_"
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
