@@ -98,3 +98,46 @@ def test_a_seg_without_its_ct_says_where_it_looked(make_napari_viewer, tmp_path)
     message = str(caught.value)
     assert "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192" in message
     assert str(alone) in message and "Open Folder" in message
+
+
+def test_file_save_of_a_correction_writes_a_seg_over_its_series(make_napari_viewer,
+                                                                 tmp_path):
+    """napari's File > Save of a correction of a CT slice as ``.seg.dcm``: the writer
+    contribution picks the export, which writes the SEG and its record."""
+    from napari_probunet.data.dicom_seg import read_seg
+    from napari_probunet.data.volumes import read_dicom_series
+    from napari_probunet.review.provenance import Provenance
+
+    volume = read_dicom_series(CT)
+    crop = np.zeros((64, 64), np.uint8)
+    crop[20:40, 18:44] = 1
+    meta = Provenance(kind="correction", source="hypothesis", index=0, seed=3, n_samples=8,
+                      roi=[330, 286, 64, 64], plane_shape=[512, 512], slice_index=[88],
+                      model_name="lidc.safetensors", model_sha256="cd" * 32,
+                      source_labels=crop.copy(), volume=volume.source()).to_metadata()
+    viewer = make_napari_viewer()
+    viewer.add_labels(crop, name="correction", metadata=meta)
+    target = tmp_path / "correction.seg.dcm"
+    viewer.layers.save(str(target), plugin="napari-probunet")
+    assert Path(f"{target}.json").is_file()
+    mask = read_seg(target, volume).segments[0].mask
+    assert np.array_equal(mask[88, 330:394, 286:350], crop) and mask.sum() == crop.sum()
+
+
+def test_a_fractional_seg_opens_as_an_image_of_frequencies(make_napari_viewer, tmp_path):
+    from napari_probunet.data.dicom_seg import write_frequency_seg
+
+    (tmp_path / "ct").mkdir()
+    for f in CT.glob("*.dcm"):
+        os.symlink(f, tmp_path / "ct" / f.name)
+    hypotheses = np.zeros((4, 512, 512), np.uint8)
+    for i in range(4):
+        hypotheses[i, 350:370, 300 + 3 * i:330] = 1
+    path = write_frequency_seg(hypotheses, tmp_path / "ct", tmp_path / "frequency.seg.dcm",
+                               slice_index=88, algorithm_name="m", algorithm_version="1")
+    viewer = make_napari_viewer()
+    ct, layer = viewer.open(str(path), plugin="napari-probunet")
+    assert layer._type_string == "image" and layer.name == "nodule frequency"
+    assert layer.data.dtype == np.float32
+    assert set(np.unique(layer.data)) == {0.25, 0.5, 0.75, 1.0}
+    np.testing.assert_allclose(_world(layer, (0, 0, 0)), _world(ct, (88, 350, 300)))
