@@ -282,6 +282,9 @@ def test_find_series_looks_beside_the_seg_and_in_ct(tmp_path):
     found, searched = dicom_seg.find_series(seg)
     assert len(found) == 133 and {f.parent for f in found} == {case / "ct"}
     assert searched[-1] == case / "ct"
+    shutil.copy(THIRD_PARTY, case / "ct" / "zz_seg.dcm")  # beside the slices, same folder
+    found, searched = dicom_seg.find_series(case / "ct" / "zz_seg.dcm")
+    assert len(found) == 133 and searched == [case / "ct"]
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(THIRD_PARTY, alone / "seg.dcm")

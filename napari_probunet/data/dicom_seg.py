@@ -76,7 +76,7 @@ from napari_probunet.errors import DataError
 
 __all__ = ["SEG_SOP_CLASS_UID", "SegAlgorithm", "SegObject", "SegSegment", "build_seg",
            "find_series", "is_seg_file", "nodule_codes", "read_seg", "referenced_series",
-           "save_seg",
+           "save_seg", "write_dataset",
            "seg_header", "series_headers", "write_frequency_seg", "write_hypotheses_seg",
            "write_seg"]
 

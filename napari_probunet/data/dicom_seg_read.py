@@ -35,6 +35,10 @@ from napari_probunet.errors import DataError
 SEARCH_FIRST = (".", "../ct", "ct")
 #: at most this many files of a folder are looked into when searching for a series
 _SEARCH_FILES = 5000
+#: files whose headers are read first to tell whether a folder holds the series
+_SNIFF_FILES = 4
+#: at most this many folders are searched
+_SEARCH_FOLDERS = 64
 
 
 # ----------------------------------------------------------------------------- the series
@@ -419,19 +423,30 @@ def _header_uid(path: Path) -> tuple[str, str]:
 
 
 def _series_files(folder: Path, uid: str) -> list[Path]:
-    """The files of series ``uid`` in ``folder`` (headers read; SEG objects left out)."""
+    """The files of series ``uid`` in ``folder`` (SEG objects left out). Quick for a folder
+    of another series: only its first few files' headers are read unless one matches."""
+    files = dicom_files(folder, limit=64)[:_SEARCH_FILES]
+    if not any(_header_uid(f)[0] == uid for f in files[:_SNIFF_FILES]):
+        if len(files) <= _SNIFF_FILES or not _mixed(files):
+            return []
     found = []
-    for f in dicom_files(folder, limit=64)[:_SEARCH_FILES]:
+    for f in files:
         series, sop = _header_uid(f)
         if series == uid and sop != SEG_SOP_CLASS_UID:
             found.append(f)
     return found
 
 
+def _mixed(files: list[Path]) -> bool:
+    """Whether a folder's files (first, middle, last) belong to more than one series."""
+    picks = {files[0], files[len(files) // 2], files[-1]}
+    return len({_header_uid(f)[0] for f in picks}) > 1
+
+
 def search_folders(seg_path: str | os.PathLike) -> list[Path]:
     """Where :func:`find_series` looks, in order: the SEG's own folder, ``../ct/``, ``ct/``,
     then the other subfolders of the SEG's parent folder, then the subfolders of the SEG's
-    own folder (each once, existing folders only)."""
+    own folder (each once, existing folders only, the first 64)."""
     here = Path(seg_path).resolve().parent
     candidates = [(here / rel).resolve() for rel in SEARCH_FIRST]
     for base in (here.parent, here):
@@ -445,7 +460,7 @@ def search_folders(seg_path: str | os.PathLike) -> list[Path]:
         if c not in seen and c.is_dir():
             seen.add(c)
             out.append(c)
-    return out
+    return out[:_SEARCH_FOLDERS]
 
 
 def find_series(seg_path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
