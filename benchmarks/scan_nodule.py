@@ -106,7 +106,7 @@ def screenshot(path: str) -> None:
     wait_idle(_Bot, widget, timeout=120_000)
     widget.gallery.setCurrentRow(1)
     viewer.camera.center = (0, 365 * 0.703125, 317 * 0.703125)
-    viewer.camera.zoom = 8.0
+    viewer.camera.zoom = 6.0
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)

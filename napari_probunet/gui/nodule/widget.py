@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 from napari_probunet.errors import UserError
 from napari_probunet.gui.dock import get_state, is_grader_layer
 from napari_probunet.gui.placement import placement
+from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap
 from napari_probunet.gui.worker import SessionWorker
 from napari_probunet.review.nodule import NoduleRequest, check_request, nodule_job
 from napari_probunet.review.nodule_review import (
@@ -57,8 +58,6 @@ from napari_probunet.review.nodule_review import (
     spread_text,
 )
 
-#: the hypotheses' colour (as the review's)
-HYPOTHESIS_COLOUR = "cyan"
 THUMB = 56
 
 
@@ -245,15 +244,16 @@ class NoduleWidget(QWidget):
         self._remove_layers()
         self.result, self.chosen = hyp, None
         layer = self.image_layer
+        classes = int(self._session.config.num_classes) if self._session is not None else 2
         place = placement(layer, hyp.roi, (hyp.first,))
         for i in range(hyp.n):
             la = self.viewer.add_labels(
                 hyp.labels[i], name=f"{layer.name} nodule hypothesis {i + 1:02d}",
-                opacity=0.6, visible=False, **place,
+                opacity=0.5, visible=False, colormap=colormap(classes, HYPOTHESIS_COLOURS),
+                **place,
                 metadata={"kind": "nodule hypothesis", "index": i, "seed": hyp.seed,
                           "click": list(hyp.click), "first_slice": hyp.first,
                           "roi": list(hyp.roi)})
-            la.contour = 1
             self.hypothesis_layers.append(la)
         self.radiologists = self._radiologist_volumes(hyp)
         self.spread.setText(spread_text(hyp, self.radiologists))
@@ -295,6 +295,7 @@ class NoduleWidget(QWidget):
         """Show hypothesis ``index`` (0-based) alone and move to its central slice."""
         for i, la in enumerate(self.hypothesis_layers):
             la.visible = i == index
+        self.viewer.layers.selection.active = self.hypothesis_layers[index]
         self.best_button.setEnabled(True)
         extent = self.result.extent(index)
         if extent is not None:
