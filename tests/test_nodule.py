@@ -221,3 +221,54 @@ def test_probunet_evaluate_on_a_whole_scan_with_its_reading_file(capsys, tmp_pat
     assert result["gaps"]["hypotheses"]["share_with_gaps"] == 0.0
     for key in ("ged4_3d", "ged4_3d_independent", "ged4_3d_offset", "hm_iou4_3d"):
         assert 0.0 <= result[key] <= 2.0
+
+
+def test_probunet_sample_with_clicks_on_a_nifti_scan(two_mode_model_file, tmp_path, capsys):
+    import json
+
+    import nibabel
+
+    from napari_probunet.cli import main
+
+    vol = nodule_scan()
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.transpose(vol, (2, 1, 0)),
+                                     np.diag([0.7, 0.7, 2.5, 1.0])), path)
+    centres = tmp_path / "centres.csv"
+    centres.write_text("slice,row,column\n# the second nodule is nothing\n0,5,5\n")
+    out = tmp_path / "out"
+    rc = main(["sample", str(path), "--model", str(two_mode_model_file), "--out", str(out),
+               "-n", "8", "--seed", "3", "--click", "4,32,32", "--centres", str(centres),
+               "--threads", "1"])
+    assert rc == 0, capsys.readouterr()
+    saved = np.load(out / "scan_nodule-1.npz")
+    from napari_probunet.model.modelfile import load_model
+    from napari_probunet.session import Session
+
+    direct = sample_nodule(Session(load_model(two_mode_model_file), "cpu"),
+                           NoduleRequest(vol, (2.5, 0.7, 0.7), (4, 32, 32), n=8, seed=3))
+    np.testing.assert_array_equal(saved["labels"], direct.labels)
+    summary = json.loads((out / "scan_nodule-1.json").read_text())
+    assert summary["slices"] == [2, 6] and summary["seed"] == 3
+    assert summary["volumes_mm3"] == pytest.approx(direct.volumes_mm3.tolist())
+    assert json.loads((out / "scan_nodule-2.json").read_text())["volume"]["empty_share"] == 1.0
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--click", "4,32"], "slice,row,column"),
+    (["--click", "40,32,32"], "outside the scan"),
+])
+def test_probunet_sample_click_errors(two_mode_model_file, tmp_path, capsys, args, match):
+    import nibabel
+
+    from napari_probunet.cli import main
+
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.transpose(nodule_scan(), (2, 1, 0)), np.eye(4)), path)
+    try:
+        rc = main(["sample", str(path), "--model", str(two_mode_model_file),
+                   "--out", str(tmp_path / "o"), *args])
+    except SystemExit as exc:  # argparse refuses the option itself
+        rc = exc.code
+    captured = capsys.readouterr()
+    assert rc != 0 and match in captured.out + captured.err

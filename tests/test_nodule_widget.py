@@ -103,6 +103,18 @@ def test_the_real_scan_with_its_radiologists(make_napari_viewer, qtbot, tmp_path
     assert len(widget.radiologists) == 4
     assert all(5000 < v < 9500 for v in widget.radiologists.values())
     assert "radiologists:" in widget.spread.text()
+    # one implementation: the command line and the Python API give the same hypotheses
+    from napari_probunet.cli import main
+    from napari_probunet.review.nodule import NoduleRequest, sample_nodule
+
+    assert main(["sample", str(SCAN), "--click", "90,365,317", "--model", "lidc", "-n", "8",
+                 "--seed", "0", "--out", str(tmp_path / "cli"), "--threads", "1"]) == 0
+    saved = np.load(tmp_path / "cli" / "LIDC-IDRI-0001_nodule-1.npz")
+    np.testing.assert_array_equal(saved["labels"], widget.result.labels)
+    assert int(saved["first"]) == widget.result.first
+    api = sample_nodule(widget._session, NoduleRequest(np.asarray(ct.data), tuple(ct.scale),
+                                                       (90, 365, 317), n=8, seed=0))
+    np.testing.assert_array_equal(api.labels, widget.result.labels)
     widget.use_as_best_fit(int(np.argmax(widget.result.volumes_mm3)))
     mask_path, _ = widget.export_to(tmp_path / "nodule.nii.gz")
     back = read_nifti_volume(mask_path)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from napari_probunet.cli.sample_nodules import parse_click
 from napari_probunet.errors import UserError
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review import batch
@@ -74,6 +75,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="redo cases whose bundle already exists (default: skip them)")
     parser.add_argument("--slices", type=parse_slices, default=None, metavar="all|i,j,a-b",
                         help="which axial slices of NIfTI volumes (0-based; default all)")
+    parser.add_argument("--click", type=parse_click, action="append", metavar="Z,Y,X",
+                        help="3D hypotheses of the nodule at this voxel (slice,row,column, "
+                             "0-based, as napari shows the scan) of one scan (a DICOM series, a "
+                             "scan folder or a NIfTI volume); repeat for more nodules. See "
+                             "docs/scans.md")
+    parser.add_argument("--centres", metavar="CSV",
+                        help="nodule centres, one slice,row,column per line (as --click)")
     parser.add_argument("--threads", type=threads_arg, default="auto",
                         help="torch threads per process: a number, 0 for torch's default, or "
                              "'auto' (default): torch's default reduced to the cores that other "
@@ -122,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
+    if args.click or args.centres:  # nodules in a scan: review/nodule.py, as the widget
+        from napari_probunet.cli import sample_nodules
+
+        return sample_nodules.run(args)
     started, t0 = datetime.now(UTC), time.perf_counter()
     threads_before, ranks = torch.get_num_threads(), None
     try:
