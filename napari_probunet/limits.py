@@ -52,9 +52,13 @@ MAX_MODEL_PARAMETERS = 1 << 28
 """Most weights (268,435,456: 1 GiB in float32) a model configuration may describe. Counted on
 PyTorch's ``meta`` device, which allocates nothing, before the real model is built."""
 
+MAX_SERIES_INSTANCES = 4096
+"""Most instances (files) of one series that a DICOMweb server's listing may name before a
+retrieve starts (a CT series has a few hundred). Checked on the listing, before any download."""
+
 #: every limit, by name (the environment variable is ``PROBUNET_<name>``)
 NAMES = ("MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES", "MAX_HEADER_BYTES", "MAX_MODEL_CHANNELS",
-         "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS")
+         "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS", "MAX_SERIES_INSTANCES")
 _PREFIX = "PROBUNET_"
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
