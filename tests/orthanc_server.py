@@ -117,7 +117,7 @@ class OrthancServer:
 
 
 def start_orthanc(folder: Path, auth: tuple[str, str] | None = None,
-                  read_only: bool = False) -> OrthancServer:
+                  refuse_stores: bool = False) -> OrthancServer:
     """Start Orthanc in ``folder`` (storage, index, config, log) and wait until it answers."""
     require_orthanc()
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,7 @@ def start_orthanc(folder: Path, auth: tuple[str, str] | None = None,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
                      "Host": "127.0.0.1", "Ssl": False},
     }
-    if read_only:
-        config["DicomWeb"]["Enable"] = True
+    if refuse_stores:
         config["LuaScripts"] = [str(_write_refuse_lua(folder))]
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=1))
@@ -167,8 +166,11 @@ def start_orthanc(folder: Path, auth: tuple[str, str] | None = None,
 
 
 def _write_refuse_lua(folder: Path) -> Path:
-    """A Lua script that makes Orthanc refuse every incoming instance (a failing store)."""
+    """A Lua script that makes Orthanc answer 403 to every STOW-RS store (a failing store:
+    signed in, but not allowed to store); the test's own uploads (``/instances``) still go."""
     script = folder / "refuse.lua"
-    script.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n"
-                      "  return false\nend\n")
+    script.write_text(
+        "function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)\n"
+        "  if method == 'POST' and string.find(uri, '/dicom-web/', 1, true) == 1 then\n"
+        "    return false\n  end\n  return true\nend\n")
     return script
