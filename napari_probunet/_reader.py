@@ -282,7 +282,7 @@ def get_dicom_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> C
     or one folder holding DICOM files (directly, or in subfolders: then the reader says which
     series to choose). A folder that :func:`get_case_reader` takes (a multi-rater case, an
     LIDC nodule folder) is left to it; anything else: None."""
-    from napari_probunet.data.volumes import is_dicom_folder, is_dicom_name
+    from napari_probunet.data.volumes import is_dicom_folder, is_dicom_name, is_seg_file
 
     paths = _paths(path)
     if not paths:
@@ -291,7 +291,7 @@ def get_dicom_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> C
         if get_case_reader(paths[0]) is not None or not is_dicom_folder(paths[0]):
             return None
         return read_dicom
-    if all(is_dicom_name(p) and Path(p).is_file() for p in paths):
+    if all(is_dicom_name(p) and Path(p).is_file() for p in paths) and not is_seg_file(paths[0]):
         return read_dicom
     return None
 

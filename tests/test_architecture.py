@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "napari_probunet"
 
 BASE = {"__init__", "errors", "limits", "device", "files", "iou"}
-MANIFEST = {"_widget", "_reader", "_writer", "_sample_data"}
+MANIFEST = {"_widget", "_reader", "_seg_reader", "_writer", "_sample_data"}
 #: which layers each layer may import (its own included)
 ALLOWED = {
     "base": {"base"},

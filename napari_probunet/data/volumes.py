@@ -138,6 +138,24 @@ def is_dicom_name(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(DICOM_SUFFIXES)
 
 
+#: SOP Class UID of DICOM Segmentation Storage (a SEG: not an image slice of a series)
+SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def is_seg_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM Segmentation object (SEG): its SOP Class UID, from the
+    header only (no pixel data read); False for anything unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=is_dicom_name(path),
+                             specific_tags=["SOPClassUID", "Modality"])
+    except Exception:  # not DICOM, unreadable: not a SEG
+        return False
+    return (str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID
+            or str(ds.get("Modality", "")) == "SEG")
+
+
 def dicom_files(folder: Path, limit: int | None = None) -> list[Path]:
     """The DICOM files directly in ``folder``: named ``*.dcm``/``*.dicom`` or beginning with
     the DICOM preamble (hidden files and ``DICOMDIR`` left out); with ``limit``, at most that
@@ -420,8 +438,37 @@ def _series_datasets(paths: list[Path], where: str) -> tuple[list, list[str], Pa
         raise DataError(f"{where}: no DICOM files (looked for *.dcm, *.dicom and files "
                         f"that begin with the DICOM preamble){hint}.")
     datasets = [_dcmread(f) for f in files]
+    images = [ds for ds in datasets if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS_UID]
+    left_out = len(datasets) - len(images)  # a SEG beside its series is not a slice of it
+    if left_out and images and (chosen is None or any(
+            str(ds.get("SeriesInstanceUID", "")) == chosen for ds in images)):
+        datasets = images
+    else:
+        left_out = 0
     series, notes = _one_series(datasets, where, chosen)
+    if left_out:
+        notes.append(f"{left_out} DICOM SEG file(s) in the folder left out (open a SEG "
+                     "file itself to see its segments over this series)")
     return series, notes, folder
+
+
+def _where(paths: list[Path]) -> str:
+    if not paths:
+        raise DataError("no DICOM files given; choose the folder of one series.")
+    return str(paths[0] if len(paths) == 1 else paths[0].parent)
+
+
+def read_series_headers(path: str | os.PathLike | list) -> list:
+    """The pydicom datasets of the DICOM series at ``path`` (as :func:`read_dicom_series`
+    takes it), pixel data not decoded, in the order of :attr:`Volume.data`'s slices (sorted
+    along the slice normal): ``headers[k]`` is the file of ``volume.data[k]``. The same
+    refusals as :func:`read_dicom_series`. Used to write and read DICOM SEG over the series
+    (:mod:`napari_probunet.data.dicom_seg`)."""
+    paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    where = _where(paths)
+    series, _, _ = _series_datasets(paths, where)
+    _check_slices(series, where)
+    return _geometry(series, where)[0]
 
 
 def read_dicom_series(path: str | os.PathLike | list) -> Volume:

@@ -15,7 +15,9 @@ Conventions
 - **Formats** by file suffix: ``.tif``/``.tiff`` (tifffile, zlib-compressed), ``.png`` (8-bit;
   a binary mask is stored as 0/255 so that it is visible in any viewer, ``"png_foreground"``
   in the record says so; the package's readers map it back to 0/1), ``.npy`` and
-  ``.nii``/``.nii.gz`` (nibabel; the array as is, rows first, the pixel spacing in the header).
+  ``.nii``/``.nii.gz`` (nibabel; the array as is, rows first, the pixel spacing in the header)
+  and ``.seg.dcm`` (a DICOM SEG over the DICOM series the image came from, written by
+  :mod:`napari_probunet.review.seg_export`).
   Label values are class indices (``0`` = background) everywhere else.
 - **Scan-ready NIfTI**: when the image came from a scan (a NIfTI volume or a DICOM series: the
   record's ``"volume"``, from the image layer's ``metadata["source"]``), a ``.nii``/``.nii.gz``
@@ -69,10 +71,11 @@ from napari_probunet.review.provenance import (
     pixels_changed,
     versions,
 )
+from napari_probunet.review.seg_export import SEG_SUFFIX, export_seg  # DICOM SEG
 from napari_probunet.review.volume_export import volume_mask, volume_source
 
 #: file types :func:`export_correction` writes, by suffix
-SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz")
+SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz", SEG_SUFFIX)
 RECORD_VERSION = 1
 RECORD_KIND = "napari-probunet correction"
 #: ``.<target>[.~<host>-<pid>].<8 random characters>.tmp[<suffix>]``: the temporary files of an
@@ -93,6 +96,8 @@ def mask_suffix(path: str | os.PathLike) -> str:
     name = Path(path).name.lower()
     if name.endswith(".nii.gz"):
         return ".nii.gz"
+    if name.endswith(SEG_SUFFIX):
+        return SEG_SUFFIX
     return Path(name).suffix
 
 
@@ -416,6 +421,8 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     """
     path, suffix = _checked_target(path)
     mask = _checked_mask(mask, suffix)
+    if suffix == SEG_SUFFIX:  # a DICOM SEG over the scan's series: review/seg_export.py
+        return export_seg(mask, path, record, overwrite=overwrite)
     mask, affine, volume = volume_mask(mask, record, suffix)
     if volume is not None:  # the scan's record, and where the slice went (or why not)
         record = {**record, "volume": volume}
