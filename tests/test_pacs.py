@@ -383,3 +383,36 @@ def test_a_tls_failure_is_said_so(tmp_path, cache):
         with pytest.raises(PacsTlsError, match="TLS check .* failed.*--ca-bundle"):
             search_series(Pacs(PacsSettings(f"https://127.0.0.1:{port}/dicom-web",
                                             timeout=2)))
+
+
+def test_sample_export_seg_store_find_retrieve_same_mask(orthanc, cache, tmp_path):
+    """The whole day: the CT from the PACS, the LIDC model's hypotheses on the nodule's slice,
+    the largest one exported as a DICOM SEG (data/dicom_seg via review/pacs_store), stored,
+    found on the server by search, retrieved and read back over the series: the same mask."""
+    from napari_probunet.data.dicom_seg_read import read_seg
+    from napari_probunet.model.modelfile import load_model
+    from napari_probunet.review.pacs_store import export_seg_for_pacs, store_seg
+    from napari_probunet.session import Session
+
+    pacs = connect(orthanc)
+    series = retrieve_series(pacs, search_series(pacs, patient_id="LIDC-IDRI-0001")[0].series_uid)
+    volume = read_dicom_series(series.folder)
+    z, top, left = 89, 300, 252  # a 128x128 crop around the nodule the four radiologists drew
+    session = Session(load_model("lidc", device="cpu"), device="cpu")
+    session.set_image(volume.data[z, top:top + 128, left:left + 128].astype(np.float32))
+    hypotheses = session.sample(8, seed=0).labels
+    best = hypotheses[np.argmax(hypotheses.reshape(8, -1).sum(1))]
+    assert best.any(), "the model saw no nodule on the nodule's slice"
+    mask = np.zeros(volume.data.shape, np.uint8)
+    mask[z, top:top + 128, left:left + 128] = best != 0
+
+    seg_path = export_seg_for_pacs(mask, {}, "nodule", volume.source(), tmp_path / "exports")
+    assert seg_path.name.endswith(".seg.dcm") and seg_path.with_name(
+        seg_path.name + ".json").is_file()
+    stored = store_seg(pacs, seg_path)
+    found = search_series(pacs, patient_id="LIDC-IDRI-0001", modality="SEG")
+    assert stored.series_uids[0] in [s.series_uid for s in found]
+    fetched = retrieve_series(pacs, stored.series_uids[0])
+    back = read_seg(fetched.files[0], series.folder)
+    assert back.series_uid == SERIES_UID
+    np.testing.assert_array_equal(back.masks()["nodule"], mask)
