@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 \
 	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0 \
-	orthanc orthanc-dicomweb dicom3tools
+	orthanc orthanc-dicomweb dicom3tools openssl
 
 .PHONY: setup system-deps run test lint bench clean
 

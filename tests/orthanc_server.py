@@ -13,9 +13,11 @@ that installs them.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import shutil
 import socket
+import socketserver
 import subprocess
 import time
 import urllib.error
@@ -174,3 +176,52 @@ def _write_refuse_lua(folder: Path) -> Path:
         "  if method == 'POST' and string.find(uri, '/dicom-web/', 1, true) == 1 then\n"
         "    return false\n  end\n  return true\nend\n")
     return script
+
+
+# ----------------------------------------------------------------------------- a slow network
+
+
+class SlowProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """Forwards to Orthanc; instances trickle back, 16 kB every ``delay`` seconds."""
+
+    daemon_threads = True
+
+
+def slow_handler(target: str, delay: float):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            req = urllib.request.Request(target + self.path, headers={
+                k: v for k, v in self.headers.items() if k.lower() not in ("host",)})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    body, status, headers = r.read(), r.status, r.getheaders()
+            except urllib.error.HTTPError as e:
+                body, status, headers = e.read(), e.code, e.headers.items()
+            self.send_response(status)
+            for k, v in headers:
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            slow = "/instances/" in self.path
+            try:
+                for i in range(0, len(body), 16384):
+                    self.wfile.write(body[i:i + 16384])
+                    if slow:
+                        time.sleep(delay)
+            except OSError:
+                pass
+
+    return Handler
+
+
+def start_proxy(target: str, delay: float) -> SlowProxy:
+    """A :class:`SlowProxy` to ``target`` on a free port, serving in a daemon thread."""
+    import threading
+
+    proxy = SlowProxy(("127.0.0.1", 0), slow_handler(target, delay))
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return proxy

@@ -9,13 +9,10 @@ never a secret in a message, a log, a repr or the cache's record.
 
 from __future__ import annotations
 
-import http.server
 import logging
 import socket
-import socketserver
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -26,7 +23,9 @@ from orthanc_server import (
     STUDY_UID,
     THIRD_PARTY_SEG,
     USER,
+    SlowProxy,
     free_port,
+    slow_handler,
     start_orthanc,
 )
 
@@ -251,45 +250,8 @@ def test_a_series_with_a_missing_instance_is_refused_naming_it(tmp_path, cache):
         server.stop()
 
 
-class _SlowProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """Forwards to Orthanc; instances trickle back, 16 kB every ``delay`` seconds."""
-
-    daemon_threads = True
-
-
-def _slow_handler(target: str, delay: float):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            req = urllib.request.Request(target + self.path, headers={
-                k: v for k, v in self.headers.items() if k.lower() not in ("host",)})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    body, status, headers = r.read(), r.status, r.getheaders()
-            except urllib.error.HTTPError as e:
-                body, status, headers = e.read(), e.code, e.headers.items()
-            self.send_response(status)
-            for k, v in headers:
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            slow = "/instances/" in self.path
-            try:
-                for i in range(0, len(body), 16384):
-                    self.wfile.write(body[i:i + 16384])
-                    if slow:
-                        time.sleep(delay)
-            except OSError:
-                pass
-
-    return Handler
-
-
 def test_a_slow_transfer_reports_progress_and_cancels_within_a_second(orthanc, cache):
-    proxy = _SlowProxy(("127.0.0.1", 0), _slow_handler(orthanc.url, 0.2))
+    proxy = SlowProxy(("127.0.0.1", 0), slow_handler(orthanc.url, 0.2))
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
         pacs = Pacs(PacsSettings(f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web"))
@@ -364,7 +326,51 @@ def test_no_secret_in_any_message_log_repr_or_record(orthanc_auth, cache, monkey
         PacsSettings(orthanc_auth.dicomweb_url, auth="token", secret_env=TOKEN + "!")
 
 
-def test_a_tls_failure_is_said_so(tmp_path, cache):
+def _self_signed(folder):
+    """A certificate authority and a certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install -y openssl)")
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=folder, check=True,  # noqa: E731
+                                    capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=Test Hospital CA", "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
+        "server.key", "-out", "server.csr")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
+def test_tls_is_verified_and_a_hospital_ca_bundle_is_trusted(orthanc, tmp_path, cache):
+    import ssl
+
+    ca, cert, key = _self_signed(tmp_path)
+    proxy = SlowProxy(("127.0.0.1", 0), slow_handler(orthanc.url, 0.0))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    proxy.socket = context.wrap_socket(proxy.socket, server_side=True)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{proxy.server_address[1]}/dicom-web"
+    try:
+        from napari_probunet.data.pacs import PacsTlsError
+
+        with pytest.raises(PacsTlsError, match="certificate verify failed.*--ca-bundle"):
+            search_series(Pacs(PacsSettings(url, timeout=3)))
+        trusted = Pacs(PacsSettings(url, ca_bundle=str(ca), timeout=3))
+        assert "TLS verified with" in repr(trusted)
+        assert [r.series_uid for r in search_series(trusted)] == [SERIES_UID]
+        with pytest.raises(PacsSettingsError, match="no such file"):
+            PacsSettings(url, ca_bundle=str(tmp_path / "missing.pem"))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_tls_handshake_failure_is_said_so(cache):
     # a plain-HTTP server spoken to over https: the TLS handshake fails
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -383,7 +389,6 @@ def test_a_tls_failure_is_said_so(tmp_path, cache):
         with pytest.raises(PacsTlsError, match="TLS check .* failed.*--ca-bundle"):
             search_series(Pacs(PacsSettings(f"https://127.0.0.1:{port}/dicom-web",
                                             timeout=2)))
-
 
 def test_sample_export_seg_store_find_retrieve_same_mask(orthanc, cache, tmp_path):
     """The whole day: the CT from the PACS, the LIDC model's hypotheses on the nodule's slice,

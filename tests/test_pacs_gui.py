@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from orthanc_server import free_port, start_orthanc
+from orthanc_server import free_port, start_orthanc, start_proxy
 
 from napari_probunet.data.pacs.search import search_series
 
@@ -112,6 +112,27 @@ def test_a_failed_store_keeps_the_seg_and_tells_the_user(dock, qtbot, tmp_path):
     import pydicom
 
     assert pydicom.dcmread(dock.last_seg).Modality == "SEG"
+
+
+def test_a_slow_retrieve_shows_progress_and_cancels_within_a_second(dock, qtbot, orthanc):
+    proxy = start_proxy(orthanc.url, delay=0.2)  # each instance trickles in over ~7 s
+    try:
+        _connect(dock, qtbot, f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web")
+        dock.search_button.click()
+        qtbot.waitUntil(lambda: dock.table.rowCount() == 1, timeout=20000)
+        dock.retrieve_button.click()
+        qtbot.waitUntil(lambda: dock.cancel_button.isEnabled(), timeout=5000)
+        qtbot.wait(1500)
+        assert dock.jobs.running("retrieve") and dock.progress.maximum() == 133
+        t0 = time.monotonic()
+        dock.cancel_button.click()
+        qtbot.waitUntil(lambda: not dock.jobs.busy, timeout=5000)
+        assert time.monotonic() - t0 < 1.0
+        assert "cancelled" in dock.status.text() and len(dock.viewer.layers) == 0
+        assert dock.retrieve_button.isEnabled() and not dock.cancel_button.isEnabled()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
 
 
 def test_a_server_that_is_down_never_blocks_the_gui(dock, qtbot):

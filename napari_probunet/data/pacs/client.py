@@ -211,18 +211,31 @@ class Pacs:
 def _session_class():
     import requests
 
-    class WildcardSession(requests.Session):
-        """A requests session that sends QIDO's wildcards ``*`` and ``?`` unencoded in the query
+    class PacsSession(requests.Session):
+        """A requests session that keeps its own ``verify`` (see ``request``) and sends QIDO's wildcards ``*`` and ``?`` unencoded in the query
         (dicomweb-client encodes them as ``%2A``/``%3F``; RFC 3986 allows them as they are, and
         Orthanc 1.10 matches ``PatientID=LIDC*`` but not ``PatientID=LIDC%2A``)."""
 
         def request(self, method, url, *args, **kwargs):
+            if self.verify is not True and kwargs.get("verify") is None:
+                # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a session's
+                # verify (psf/requests#3829): a CA bundle the user gave must win
+                kwargs["verify"] = self.verify
             if isinstance(url, str) and "?" in url:
                 head, query = url.split("?", 1)
                 url = head + "?" + query.replace("%2A", "*").replace("%3F", "?")
-            return super().request(method, url, *args, **kwargs)
+            try:
+                return super().request(method, url, *args, **kwargs)
+            except requests.exceptions.ConnectionError as exc:
+                # a kept-alive connection that the server (or a proxy) closed while idle:
+                # a GET is sent once more, on a new connection (never a timeout, never a POST)
+                text = str(exc)
+                if str(method).upper() != "GET" or not (
+                        "Connection aborted" in text or "RemoteDisconnected" in text):
+                    raise
+                return super().request(method, url, *args, **kwargs)
 
-    return WildcardSession
+    return PacsSession
 
 
 def _Session():  # noqa: N802 - a class made on first use (requests is imported lazily)

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet.errors import UserError
+from napari_probunet.gui.dock import on_docked, scrolling_content
 from napari_probunet.gui.pacs.panels import ConnectionPanel, SearchPanel, SeriesTable
 from napari_probunet.gui.review.runner import JobRunner
 from napari_probunet.gui.worker import returning
@@ -54,7 +55,7 @@ class PacsWidget(QWidget):
 
     # ------------------------------------------------------------------------- layout
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scrolling_content(self, min_width=320))
         self.connection = ConnectionPanel(self)
         self.connect_button = QPushButton("Connect")
         self.search_panel = SearchPanel(self)
@@ -90,6 +91,7 @@ class PacsWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_labels)
         self._refresh_labels()
         self._enable()
+        on_docked(self.viewer, self)  # a short dock title, the canvas fitted again
 
     def _enable(self) -> None:
         busy = self.jobs.busy
