@@ -205,7 +205,12 @@ class PacsWidget(QWidget):
 
     def _opened(self, result) -> None:
         cached, volume = result
-        layer = self.viewer.add_image(volume.data, **_image_kwargs(volume))
+        kwargs = _image_kwargs(volume)
+        if not volume.info.get("series_description"):  # else the folder: the series UID
+            m = cached.manifest
+            kwargs["name"] = " ".join(x for x in (m.get("patient_id"), m.get("modality"),
+                                                  _date(m.get("study_date", ""))) if x)
+        layer = self.viewer.add_image(volume.data, **kwargs)
         self.series_source = volume.source()
         how = "from the cache" if cached.from_cache else "retrieved"
         self._say(f"Opened {layer.name!r} ({how}: {len(cached.files)} instances, "
@@ -246,6 +251,10 @@ class PacsWidget(QWidget):
                    f"local copy is {seg}")
         self._say(message)
         show_info(message)
+
+
+def _date(text: str) -> str:
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
 def _retrieve_and_read(retrieving):
