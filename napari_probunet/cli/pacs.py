@@ -91,7 +91,7 @@ def _ls(pacs, args: argparse.Namespace) -> int:
     for r in rows:
         files = "?" if r.instances is None else str(r.instances)
         print(f"{r.patient_id[:16]:<16} {r.date_text:<10} {r.modality[:4]:<4} {files:>5}  "
-              f"{(r.description or '-')[:28]:<28} {r.series_uid}")
+              f"{r.title[:28]:<28} {r.series_uid}")
     return 0
 
 

@@ -56,6 +56,13 @@ class SeriesSummary:
         d = self.study_date
         return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if re.fullmatch(r"\d{8}", d) else d
 
+    @property
+    def title(self) -> str:
+        """What a list shows as the description: the series', else the study's, else its
+        number."""
+        return (self.description or self.study_description
+                or (f"series {self.series_number}" if self.series_number else "-"))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -123,9 +123,7 @@ class SeriesTable(QTableWidget):
         self.setRowCount(len(rows))
         for i, r in enumerate(rows):
             files = "?" if r.instances is None else str(r.instances)
-            cells = (r.patient_id or r.patient_name, r.date_text, r.modality,
-                     r.description or r.study_description
-                     or (f"series {r.series_number}" if r.series_number else "-"), files)
+            cells = (r.patient_id or r.patient_name, r.date_text, r.modality, r.title, files)
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(f"series {r.series_uid}\nstudy {r.study_uid}")
