@@ -1,9 +1,9 @@
 """The plan of a ``probunet sample`` run: its inputs expanded into sorted, named work items.
 
-Every input (a folder of images, a ``.txt`` list of paths, image files, NIfTI volumes cut into
-axial slices, a folder of one DICOM series cut into axial slices, a multi-rater folder, a LIDC pickle or a ``synthetic:`` spec) becomes work items
-with a unique ``case_id`` and a file-safe ``name``, sorted by ``case_id`` (:func:`plan_cases`).
-An input that cannot be expanded is a failure of its own. Every rank of a ``torchrun`` job
+Every input (a folder of images, a ``.txt`` list of paths, image files, NIfTI volumes or a
+folder of one DICOM series cut into axial slices, a multi-rater folder, a LIDC pickle or a
+``synthetic:`` spec) becomes work items with a unique ``case_id`` and a file-safe ``name``,
+sorted by ``case_id`` (:func:`plan_cases`). An input that cannot be expanded is a failure of its own. Every rank of a ``torchrun`` job
 plans the same list, so ranks can share it out by position (:mod:`napari_probunet.review.batch`).
 Images are loaded only when their turn comes (:attr:`Item.load`).
 """

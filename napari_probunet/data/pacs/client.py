@@ -212,15 +212,25 @@ def _session_class():
     import requests
 
     class PacsSession(requests.Session):
-        """A requests session that keeps its own ``verify`` (see ``request``) and sends QIDO's wildcards ``*`` and ``?`` unencoded in the query
-        (dicomweb-client encodes them as ``%2A``/``%3F``; RFC 3986 allows them as they are, and
-        Orthanc 1.10 matches ``PatientID=LIDC*`` but not ``PatientID=LIDC%2A``)."""
+        """The connection's requests session, where dicomweb-client's requests are mended:
+
+        - its own ``verify`` (a CA bundle) wins over ``$REQUESTS_CA_BUNDLE``;
+        - QIDO's wildcards ``*`` and ``?`` go unencoded in the query (dicomweb-client encodes
+          them as ``%2A``/``%3F``; RFC 3986 allows them as they are, and Orthanc 1.10 matches
+          ``PatientID=LIDC*`` but not ``PatientID=LIDC%2A``);
+        - dicomweb-client's ``Host`` header (the host without its port) is dropped, so that
+          requests sends the right one (``host:port``, which a reverse proxy routes by);
+        - a GET on a kept-alive connection the server closed while idle is sent once more.
+        """
 
         def request(self, method, url, *args, **kwargs):
             if self.verify is not True and kwargs.get("verify") is None:
                 # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a session's
                 # verify (psf/requests#3829): a CA bundle the user gave must win
                 kwargs["verify"] = self.verify
+            headers = kwargs.get("headers")
+            if headers and "Host" in headers:
+                kwargs["headers"] = {k: v for k, v in headers.items() if k != "Host"}
             if isinstance(url, str) and "?" in url:
                 head, query = url.split("?", 1)
                 url = head + "?" + query.replace("%2A", "*").replace("%3F", "?")

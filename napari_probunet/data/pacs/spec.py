@@ -5,7 +5,8 @@ wants it, how to sign in (never the secret, only the NAME of its environment var
 
     dicomweb:http://127.0.0.1:8042/dicom-web?series=1.3.6...192
     dicomweb:https://pacs.example.org/dicom-web?series=1.2.3&study=1.2&token-env=PACS_TOKEN
-    dicomweb:https://pacs.example.org/dicom-web?series=1.2.3&user=alice&password-env=PACS_PW&ca-bundle=/etc/hospital-ca.pem
+    dicomweb:https://pacs.example.org/dicom-web?series=1.2.3&user=alice&password-env=PACS_PW
+    dicomweb:https://pacs.example.org/dicom-web?series=1.2.3&ca-bundle=/etc/hospital-ca.pem
 
 Keys: ``series`` (required), ``study``, ``user`` + ``password-env`` (basic), ``token-env``
 (bearer), ``ca-bundle``, ``timeout`` (seconds). :func:`resolve_inputs` retrieves each such
