@@ -42,7 +42,7 @@ def train_ips(model_cfg, amp: str, steps: int = 12) -> float:
 
     from napari_probunet.model.losses import elbo_loss
     from napari_probunet.model.network import ProbUNet
-    from napari_probunet.training.train import amp_context
+    from napari_probunet.training.precision import amp_context
 
     torch.manual_seed(0)
     model = ProbUNet(model_cfg).to(memory_format=torch.channels_last)
@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from napari_probunet.data.readers import open_cases
     from napari_probunet.device import auto_precision
-    from napari_probunet.training.train import load_recipe
+    from napari_probunet.training.settings import load_recipe
 
     out: dict = {"date": time.strftime("%Y-%m-%d"), "cpu_flags": cpu_flags(),
                  "threads": 1, "torch": torch.__version__}

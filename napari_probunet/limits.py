@@ -28,8 +28,9 @@ from napari_probunet.errors import LimitError, UserError
 
 MAX_IMAGE_PIXELS = 1 << 25
 """Pixels (height x width, channels not counted) of one 2-D image or plane: 33,554,432, e.g.
-5792 x 5792 or 4096 x 8192. Applies to PNG/JPEG/TIFF/NPY/NIfTI images, each plane of a NIfTI volume, the image
-of a bundle, a recovery file's correction and synthetic datasets (``--size``)."""
+5792 x 5792 or 4096 x 8192. Applies to PNG/JPEG/TIFF/NPY/NIfTI images, each plane of a NIfTI
+volume, the image of a bundle, a recovery file's correction and synthetic datasets
+(``--size``)."""
 
 MAX_DECODED_BYTES = 1 << 29
 """Bytes (512 MiB) that the arrays read from one file may take *beyond the file's own size*.
@@ -52,13 +53,25 @@ MAX_MODEL_PARAMETERS = 1 << 28
 """Most weights (268,435,456: 1 GiB in float32) a model configuration may describe. Counted on
 PyTorch's ``meta`` device, which allocates nothing, before the real model is built."""
 
+MAX_XML_BYTES = 1 << 24
+"""Bytes (16 MiB) of an XML file parsed into memory: an LIDC-IDRI reading file (real ones are
+0.1 to 2 MB). Checked on the file's size before it is parsed (a 16 MiB file of empty elements,
+the worst case, takes about 400 MB while parsed); the masks it describes are then checked
+against :data:`MAX_DECODED_BYTES` before they are allocated."""
+
+MAX_OUTLINED_NODULES = 2000
+"""Outlined nodules (an ``unblindedReadNodule`` with an outline, one per radiologist) in one
+LIDC-IDRI reading file, and in all the reading files of one scan: grouping them into nodules
+compares every pair. Real scans have a few to about a hundred."""
+
 MAX_SERIES_INSTANCES = 4096
 """Most instances (files) of one series that a DICOMweb server's listing may name before a
 retrieve starts (a CT series has a few hundred). Checked on the listing, before any download."""
 
 #: every limit, by name (the environment variable is ``PROBUNET_<name>``)
 NAMES = ("MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES", "MAX_HEADER_BYTES", "MAX_MODEL_CHANNELS",
-         "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS", "MAX_SERIES_INSTANCES")
+         "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS", "MAX_XML_BYTES",
+         "MAX_OUTLINED_NODULES", "MAX_SERIES_INSTANCES")
 _PREFIX = "PROBUNET_"
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

@@ -1,6 +1,6 @@
 """The package's layers and the direction of its imports (docs/architecture.md).
 
-    manifest (_widget, _reader, _writer, _sample_data)
+    manifest (_widget, _reader, _scan_reader, _writer, _sample_data)
       -> gui -> review -> session -> model -> base
     cli -> training -> review -> session -> model / data -> base
 
@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "napari_probunet"
 
 BASE = {"__init__", "errors", "limits", "device", "files", "iou"}
-MANIFEST = {"_widget", "_reader", "_seg_reader", "_writer", "_sample_data"}
+MANIFEST = {"_widget", "_reader", "_scan_reader", "_seg_reader", "_writer", "_sample_data"}
 #: which layers each layer may import (its own included)
 ALLOWED = {
     "base": {"base"},

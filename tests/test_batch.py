@@ -103,7 +103,10 @@ def test_a_folder_becomes_one_valid_bundle_per_image_and_slice(study, model_file
         b = bundles.read_bundle(path)
         m = b.manifest
         assert m["format"] == "napari-probunet-bundle" and m["format_version"] == 1
-        assert m["seed"] == seed_for_case_id(0, m["case_id"]) and m["run_seed"] == 0
+        # a slice of a volume takes the volume's seed (one draw per hypothesis, shared by the
+        # slices: review.seeds.STACK_SEED_RULE); a 2D image its own
+        assert m["seed"] == seed_for_case_id(0, m["stack_id"] or m["case_id"])
+        assert m["run_seed"] == 0
         assert m["n"] == N and m["class_names"] == ["background", "lesion"]
         assert m["model"]["sha256"] == file_sha256(model_file)
         assert m["model"]["name"] == "tiny.safetensors"
@@ -121,15 +124,20 @@ def test_a_folder_becomes_one_valid_bundle_per_image_and_slice(study, model_file
         assert b.graders is None
         assert b.hypotheses.shape[1:] == b.image.shape[:2]
 
-    # images keep their shape; the RGB one stays RGB; NIfTI slices are vol[:, :, k] as stored
+    # images keep their shape; the RGB one stays RGB; NIfTI slices are vol[:, :, k].T
     assert bundles.read_bundle(out / "b.probunet.zip").image.shape == (40, 32)
     assert bundles.read_bundle(out / "rgb.probunet.zip").image.shape == (32, 32, 3)
     volume = _volume()
     for k in range(3):
         b = bundles.read_bundle(out / f"ct_vol_z{k:03d}.probunet.zip")
-        np.testing.assert_array_equal(b.image, volume[:, :, k].astype(np.float32))
+        # as napari shows the volume (the file's axes reversed), the same pixels as the review
+        np.testing.assert_array_equal(b.image, volume[:, :, k].T.astype(np.float32))
         assert (b.manifest["slice_index"], b.manifest["slice_axis"]) == (k, 2)
         assert b.manifest["source"].endswith("vol.nii.gz")
+        assert b.manifest["stack_id"] == "ct/vol" and "volume's seed" in b.manifest["seed_rule"]
+        assert b.seed == seed_for_case_id(0, "ct/vol")
+        assert b.manifest["stack_id"] == "ct/vol" and "volume's seed" in b.manifest["seed_rule"]
+        assert b.seed == seed_for_case_id(0, "ct/vol")
 
 
 def test_a_seed_reproduces_the_bundles_and_another_seed_changes_them(study, model_file,

@@ -14,7 +14,8 @@ from napari_probunet.data.case import Case, ModeTruth
 from napari_probunet.errors import DataError
 from napari_probunet.model import testing as _testing
 from napari_probunet.review.seeds import STREAM_ORACLE, seed_for_index
-from napari_probunet.training.evaluate import evaluate_model, format_report, open_data
+from napari_probunet.training.evaluate import evaluate_model, open_data
+from napari_probunet.training.report import format_report
 
 LESIONS = "synthetic:lesions?n=6&size=32"
 

@@ -14,7 +14,8 @@ from napari_probunet.model import testing as _testing
 from napari_probunet.model.modelfile import save_model
 from napari_probunet.review import metrics
 from napari_probunet.session import Session
-from napari_probunet.training.evaluate import evaluate_model, format_report
+from napari_probunet.training.evaluate import evaluate_model
+from napari_probunet.training.report import format_report
 
 
 def _cases():

@@ -207,7 +207,7 @@ def test_real_patients_read_as_the_layout_says(tmp_path):
 @pytest.mark.skipif(not REAL.is_dir(), reason="the real LIDC-IDRI slices are not beside the project")
 def test_the_committed_test_patients_are_the_recipes_test_split(monkeypatch):
     """docs/lidc-test-patients.txt is what the LIDC recipe's split gives (and 15%+ of patients)."""
-    from napari_probunet.training.train import load_recipe
+    from napari_probunet.training.settings import load_recipe
 
     monkeypatch.delenv("PROBUNET_CACHE_DIR")  # the real set's cache, shared with other runs
     root = Path(__file__).resolve().parents[1]

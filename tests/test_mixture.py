@@ -113,7 +113,8 @@ def test_a_mixture_model_trains_saves_loads_and_locates(tmp_path):
 
 
 def test_recipes_can_choose_the_mixture(tmp_path):
-    from napari_probunet.training.train import TrainConfig, train
+    from napari_probunet.training.settings import TrainConfig
+    from napari_probunet.training.train import train
 
     cfg = TrainConfig(data="synthetic:lesions?n=8&seed=1&size=32", val_data="", steps=2,
                       batch_size=2, amp="none", channels_last=False, log_every=1,
@@ -204,7 +205,8 @@ def test_mixture_sigma_max_bounds_every_component():
 @pytest.mark.parametrize("hold", [0, 3])
 def test_mixture_weights_can_be_held_equal_while_the_components_settle(tmp_path, hold):
     from napari_probunet.model.network import ProbUNet
-    from napari_probunet.training.train import TrainConfig, train
+    from napari_probunet.training.settings import TrainConfig
+    from napari_probunet.training.train import train
 
     cfg = TrainConfig(data="synthetic:lesions?n=8&seed=1&size=32", val_data="", steps=3,
                       batch_size=2, amp="none", channels_last=False, log_every=1,

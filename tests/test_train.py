@@ -16,7 +16,9 @@ import torch
 from napari_probunet import cli
 from napari_probunet.errors import UserError
 from napari_probunet.model.modelfile import file_sha256, load_model, read_metadata
-from napari_probunet.training.train import TrainConfig, beta_at, load_recipe, lr_at, train
+from napari_probunet.training.schedules import beta_at, lr_at
+from napari_probunet.training.settings import TrainConfig, load_recipe
+from napari_probunet.training.train import train
 
 RECIPE = """
 [model]
@@ -232,7 +234,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, recipe, t
     """amp = "auto": bf16 on a CPU with native bf16, float32 on one without (AVX2 only, where
     emulated bf16 trains ten times slower); the log says which and why."""
     from napari_probunet import device
-    from napari_probunet.training.train import amp_context
+    from napari_probunet.training.precision import amp_context
 
     monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
     assert device.auto_precision("cpu")[0] == "none"

@@ -102,3 +102,44 @@ def test_option_disabled_for_a_2d_image(review):
     assert not widget.slices_combo.isEnabled()
     widget.set_all_slices(True)
     assert not widget.all_slices
+
+
+def test_the_review_and_probunet_sample_give_a_volume_the_same_hypotheses(
+        review, qtbot, two_mode_model_file, tmp_path, capsys):
+    """One stack-sampling rule: a NIfTI volume sampled by ``probunet sample`` and by the review's
+    *All slices* (the seed typed in is the bundle's) gives the same hypotheses on every slice."""
+    import nibabel
+
+    from napari_probunet.cli import main
+    from napari_probunet.review import bundle as bundles
+
+    viewer, widget = review
+    stack = make_stack()  # (slices, rows, columns) as napari shows a volume
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.transpose(stack, (2, 1, 0)),
+                                     np.diag([0.7, 0.7, 2.5, 1.0])), path)
+    out = tmp_path / "bundles"
+    rc = main(["sample", str(path), "--model", str(two_mode_model_file), "--out", str(out),
+               "-n", "8", "--seed", "5", "--threads", "1"])
+    assert rc == 0, capsys.readouterr()
+    found = sorted(out.glob("*.probunet.zip"))
+    assert len(found) == 3  # the blank slice is skipped (left empty by the review too)
+    cli = {bundles.read_bundle(p).manifest["slice_index"]: bundles.read_bundle(p) for p in found}
+    seeds = {b.seed for b in cli.values()}
+    assert len(seeds) == 1, "every slice of the volume takes the volume's seed"
+
+    layer = viewer.open(path, plugin="napari-probunet")[0]
+    assert layer.data.shape == stack.shape
+    viewer.dims.set_current_step(0, 0)
+    widget.set_all_slices(True)
+    widget.n_spin.setValue(8)
+    widget.seed_spin.setValue(seeds.pop())
+    assert widget.sample()
+    wait_idle(qtbot, widget)
+    name = layer.name
+    layers = [viewer.layers[f"{name} hypothesis {i:02d}"] for i in range(1, 9)]
+    assert all(not la.data[2].any() for la in layers)
+    for k, b in cli.items():
+        np.testing.assert_array_equal(b.image, np.asarray(layer.data[k], np.float32))
+        for i, la in enumerate(layers):
+            np.testing.assert_array_equal(la.data[k], b.hypotheses[i], err_msg=f"slice {k} #{i}")

@@ -29,8 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "of that image, or its IoU below their 5th percentile and below 0.8."
     )
     parser.add_argument("--model", default="default",
-                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
-                        "lesions (synthetic demo), default")
+                        help="model file (.safetensors), or a bundled model: "
+                        "lidc (lung nodule, CT), lesions (synthetic demo), default")
     parser.add_argument("--data", required=True,
                         help="a multi-rater folder, LIDC pickle, or synthetic:KIND?n=N&seed=S")
     parser.add_argument("--out", metavar="FILE.csv",

@@ -16,7 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--skip-training", action="store_true", help="leave out the training figures")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="leave out the training figures")
     parser.add_argument("--skip-ged", action="store_true", help="leave out the GED figure")
 
 
@@ -39,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    targets = {"sample100_ms_128": "<= 100", "decode_ms_256": "<= 15", "unsplit_over_split_100": ">= 4",
-               "ged_s_1000x100x4_128": "<= 10", "train_images_per_s_128_b8": ">= 5"}
+    targets = {"sample100_ms_128": "<= 100", "decode_ms_256": "<= 15",
+               "unsplit_over_split_100": ">= 4", "ged_s_1000x100x4_128": "<= 10",
+               "train_images_per_s_128_b8": ">= 5"}
     print(f"{'measure':<36}{'value':>12}  target")
     for key, value in results.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)

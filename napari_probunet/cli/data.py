@@ -106,9 +106,11 @@ def _info(args: argparse.Namespace) -> int:
             print()
             return 0
         sp = table["split"]
-        print(f"{table['source']}: split by {sp['by']}, fractions {sp['fractions']}, seed {sp['seed']}")
+        print(f"{table['source']}: split by {sp['by']}, fractions {sp['fractions']}, "
+              f"seed {sp['seed']}")
         for name, row in table["parts"].items():
-            extra = "".join(f", {row[k]} {k}" for k in ("patients", "nodules", "groups") if k in row)
+            counted = [k for k in ("patients", "nodules", "groups") if k in row]
+            extra = "".join(f", {row[k]} {k}" for k in counted)
             print(f"  {name:<6} {row['cases']} cases{extra}")
         return 0
     cases = open_cases(args.source)

@@ -13,12 +13,8 @@ from napari_probunet.errors import UserError
 from napari_probunet.files import check_writable
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.calibration import RELIABILITY_BINS
-from napari_probunet.training.evaluate import (
-    DEFAULT_SAMPLES,
-    evaluate_model,
-    format_report,
-    open_data,
-)
+from napari_probunet.training.evaluate import DEFAULT_SAMPLES, evaluate_model, open_data
+from napari_probunet.training.report import format_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +39,53 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: torch's choice; 1 is often faster "
                         "for small models on a busy machine)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--nodules", action="store_true",
+                        help="3D figures per nodule instead of per slice: each nodule's "
+                        "hypotheses from one click at the centre of the radiologists' outlines, "
+                        "against their 3D masks (LIDC-IDRI slices data; a scan folder with "
+                        "reading files is always evaluated so). See docs/evaluation.md")
     parser.add_argument("--baseline", metavar="MODEL",
                         help="also evaluate this model (e.g. a trained deterministic U-Net, "
                         "recipes/lidc_unet.toml) on the same data and report it beside")
+
+
+def _write_out(out, text: str) -> None:
+    """``--out`` written atomically; if that fails the result is printed, then the error."""
+    if out is None:
+        return
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        print(text)  # the evaluation is not lost
+        raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the result "
+                        "was printed above instead") from None
+
+
+def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out) -> int:
+    """``--nodules``: the 3D figures (:mod:`napari_probunet.training.evaluate_nodules`)."""
+    from napari_probunet.training.evaluate_nodules import (
+        evaluate_nodules,
+        format_nodule_report,
+        nodules_of_slices,
+    )
+
+    if args.baseline:
+        raise UserError("--baseline is not available with --nodules yet; evaluate the "
+                        "baseline model in a second run")
+    nodules = nodules_of_slices(cases)
+    result = evaluate_nodules(model, nodules, n_samples=args.samples, seed=args.seed,
+                              device=args.device, progress=not args.quiet,
+                              per_nodule=args.per_image)
+    result = {"model": str(args.model), "data": spec, **result}
+    text = json.dumps(result, indent=2, allow_nan=False)
+    _write_out(out, text)
+    print(text if args.json else format_nodule_report(result))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cases, spec = open_data(args.data)
     model = load_model(args.model, device="cpu")
+    if args.nodules:
+        return _run_nodules(args, cases, spec, model, out)
     baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast
     result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
                             device=args.device, progress=not args.quiet, n_bins=args.bins,
@@ -72,18 +114,7 @@ def run(args: argparse.Namespace) -> int:
                               progress=not args.quiet, n_bins=args.bins)
         result["baseline"] = {"model": str(args.baseline), **base}
     text = json.dumps(result, indent=2, allow_nan=False)
-    if out is not None:
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text + "\n")
-            tmp.replace(out)
-        except OSError as exc:
-            with suppress(OSError):
-                tmp.unlink()
-            print(text)  # the evaluation is not lost
-            raise UserError(f"cannot write --out {out} ({exc.strerror or exc}); the result "
-                            "was printed above instead") from None
+    _write_out(out, text)
     if args.json:
         for note in result.get("notes", []):
             print(f"probunet evaluate: note: {note}", file=sys.stderr)

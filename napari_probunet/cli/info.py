@@ -46,8 +46,12 @@ def _print_table(path, meta: dict, info: dict) -> None:
     if cfg.get("deterministic"):
         print("kind         deterministic U-Net (baseline): every sample is the same map")
     elif cfg.get("latent_distribution") == "mixture":
-        source = "a head on the U-Net's features" if cfg.get("mixture_weights") == "unet" else "the prior net"
-        print(f"prior        a mixture of {cfg.get('mixture_components')} Gaussians, weights from {source}")
+        if cfg.get("mixture_weights") == "unet":
+            source = "a head on the U-Net's features"
+        else:
+            source = "the prior net"
+        print(f"prior        a mixture of {cfg.get('mixture_components')} Gaussians, "
+              f"weights from {source}")
     else:
         print("prior        one axis-aligned Gaussian (the paper's)")
     domain = cfg.get("domain") or {}

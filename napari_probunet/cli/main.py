@@ -36,15 +36,19 @@ from napari_probunet.errors import UserError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("napari_probunet.cli.bench", "measure encode/sample/decode/training speed and memory"),
+    "bench": ("napari_probunet.cli.bench",
+              "measure encode/sample/decode/training speed and memory"),
     "train": ("napari_probunet.cli.train", "train a Probabilistic U-Net on multi-rater data"),
-    "evaluate": ("napari_probunet.cli.evaluate", "GED, Hungarian-matched IoU and calibration of a model"),
+    "evaluate": ("napari_probunet.cli.evaluate",
+                 "GED, Hungarian-matched IoU and calibration of a model"),
     "data": ("napari_probunet.cli.data", "write synthetic multi-rater datasets, inspect folders"),
     "sample": ("napari_probunet.cli.sample", "prepare hypothesis bundles for many cases"),
     "assess": ("napari_probunet.cli.assess", "score annotations under a model (KL, IoU) to CSV"),
     "info": ("napari_probunet.cli.info", "show what a model file contains"),
-    "domain": ("napari_probunet.cli.domain", "measure and record what a model's training images look like"),
-    "pacs": ("napari_probunet.cli.pacs", "a PACS over DICOMweb: list series, retrieve one, store a SEG"),
+    "domain": ("napari_probunet.cli.domain",
+               "measure and record what a model's training images look like"),
+    "pacs": ("napari_probunet.cli.pacs",
+             "a PACS over DICOMweb: list series, retrieve one, store a SEG"),
 }
 
 

@@ -1,5 +1,5 @@
 """``probunet train``: a recipe and its overrides on the command line (one option per
-:class:`~napari_probunet.training.train.TrainConfig` field), then
+:class:`~napari_probunet.training.settings.TrainConfig` field), then
 :func:`~napari_probunet.training.train.train`; rank 0 prints the summary as JSON."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sys
 from dataclasses import asdict, fields
 
 from napari_probunet.model.config import ModelConfig
-from napari_probunet.training.train import TrainConfig, load_recipe, train
+from napari_probunet.training.settings import TrainConfig, load_recipe
+from napari_probunet.training.train import train
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, models); "
                         "re-running the same command resumes")
     parser.add_argument("--export-to", help="copy the best model file here when done")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over even if a checkpoint exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--stop-at", type=int, help="stop after this step (checkpoint kept; rerun resumes)")
+    parser.add_argument("--stop-at", type=int,
+                        help="stop after this step (checkpoint kept; rerun resumes)")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES",
                         help="stop after this many minutes (checkpoint kept; rerun resumes)")
     for f in fields(TrainConfig):
@@ -31,11 +34,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if f.name == "lr_milestones":
             parser.add_argument(flag, type=float, nargs="*", default=None)
         elif f.type in ("bool",):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
-                                metavar="BOOL")
+            parser.add_argument(flag, type=_truth, default=None, metavar="BOOL")
         else:
             typ = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
             parser.add_argument(flag, type=typ, default=None)
+
+
+def _truth(text: str) -> bool:
+    """A boolean option's value: ``1``, ``true``, ``yes`` or ``on`` (any case) is true."""
+    return text.lower() in ("1", "true", "yes", "on")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         model_cfg, cfg = load_recipe(args.config)
     else:
         model_cfg, cfg = ModelConfig(), TrainConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
     cfg = TrainConfig(**{**asdict(cfg), **overrides})
     summary = train(model_cfg, cfg, args.out, resume=not args.no_resume, progress=not args.quiet,
                      export_to=args.export_to, recipe_name=args.config, stop_at=args.stop_at,

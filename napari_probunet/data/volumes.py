@@ -78,6 +78,10 @@ class Volume:
     units: str | None = None  # "HU" when the values are Hounsfield units
     info: dict[str, Any] = field(default_factory=dict)  # series description, uid, ...
     notes: list[str] = field(default_factory=list)  # what the user should know
+    # DICOM only, one entry per slice of data (in data order): each slice's SOPInstanceUID and
+    # ImagePositionPatient (LPS mm, (slices, 3)); kept out of info so source() stays small
+    slice_uids: tuple[str, ...] = ()
+    slice_positions: np.ndarray | None = None
 
     @property
     def lps_affine(self) -> np.ndarray:
@@ -500,7 +504,15 @@ def read_dicom_series(path: str | os.PathLike | list) -> Volume:
         info={"series_uid": str(first.get("SeriesInstanceUID", "") or ""),
               "series_description": description, "modality": modality,
               "files": len(series)},
-        notes=notes + more)
+        notes=notes + more,
+        slice_uids=tuple(str(ds.get("SOPInstanceUID", "") or "") for ds in series),
+        slice_positions=_slice_positions(series))
+
+
+def _slice_positions(series: list) -> np.ndarray | None:
+    """``ImagePositionPatient`` of each slice (LPS mm, (slices, 3)); None if any lacks it."""
+    positions = [_floats(ds.get("ImagePositionPatient") or (), 3) for ds in series]
+    return None if any(p is None for p in positions) else np.stack(positions)
 
 
 # ----------------------------------------------------------------------------- NIfTI

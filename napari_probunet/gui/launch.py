@@ -13,7 +13,8 @@ default bundled model (loaded in the background). Options::
 
 Screenshots and the benchmark need a display; headless, run them under a virtual one::
 
-    xvfb-run -a -s "-screen 0 1400x900x24" python -m napari_probunet.gui.launch --screenshots docs/images
+    xvfb-run -a -s "-screen 0 1400x900x24" \\
+        python -m napari_probunet.gui.launch --screenshots docs/images
 """
 
 from __future__ import annotations

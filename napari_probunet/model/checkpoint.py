@@ -34,12 +34,13 @@ def _remove_dead_temporaries(path: Path) -> None:
     files.remove_dead_temporaries(path.parent, files.temporaries_of(path.name))
 
 
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Atomically write weights, optimizer state and ``state`` (JSON-serialisable) to ``path``."""
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().float().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, float]] = {}
     for idx, pstate in opt["state"].items():

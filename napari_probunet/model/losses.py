@@ -66,7 +66,8 @@ def kl_to_mixture(q_mu: torch.Tensor, q_logsigma: torch.Tensor, logits: torch.Te
 
 
 def reconstruction_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over pixels, per image: logits ``(b, c, h, w)``, y ``(b, h, w)`` -> ``(b,)``."""
+    """Cross-entropy summed over pixels, per image: logits ``(b, c, h, w)``, y ``(b, h, w)``
+    -> ``(b,)``."""
     return F.cross_entropy(logits.float(), y.long(), reduction="none").flatten(1).sum(dim=1)
 
 
@@ -186,9 +187,13 @@ class GECO:
         n_pixels = y[0].numel()
         terms["loss"] = terms["kl"] + anchor * terms["anchor"] + lam * n_pixels * constraint
         c = float(constraint.detach())
-        self.constraint_ema = c if self.constraint_ema is None else self.ema * self.constraint_ema + (1 - self.ema) * c
-        self.log_lambda = min(max(self.log_lambda + self.rate * self.constraint_ema / max(self.target, 1e-8),
-                                  math.log(self.min_lambda)), math.log(self.max_lambda))
+        if self.constraint_ema is None:
+            self.constraint_ema = c
+        else:
+            self.constraint_ema = self.ema * self.constraint_ema + (1 - self.ema) * c
+        step = self.rate * self.constraint_ema / max(self.target, 1e-8)
+        self.log_lambda = min(max(self.log_lambda + step, math.log(self.min_lambda)),
+                              math.log(self.max_lambda))
         terms["lambda"] = torch.tensor(lam)
         return terms
 

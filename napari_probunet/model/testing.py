@@ -66,7 +66,8 @@ def write_early_model_file(path, seed: int = 0):
 
 
 def two_mode_case(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """``image (size, size)`` float32 in [0, 1] and ``masks (2, size, size)`` uint8: core vs core+halo."""
+    """``image (size, size)`` float32 in [0, 1] and ``masks (2, size, size)`` uint8: core vs
+    core+halo."""
     yy, xx = np.mgrid[:size, :size]
     r = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
     core, halo = r < size * 0.16, r < size * 0.32
@@ -88,7 +89,8 @@ def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: fl
     cfg = tiny_config(input_size=size)
     model = ProbUNet(cfg)
     image, masks = two_mode_case(size)
-    x = torch.from_numpy(cfg.preprocessing.apply(image[..., None]).transpose(2, 0, 1))[None].repeat(8, 1, 1, 1)
+    x = torch.from_numpy(cfg.preprocessing.apply(image[..., None]).transpose(2, 0, 1))
+    x = x[None].repeat(8, 1, 1, 1)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()

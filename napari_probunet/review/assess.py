@@ -76,7 +76,8 @@ class Reference:
 
     @property
     def kl_threshold(self) -> float:
-        """Annotations with a larger KL are flagged ``"kl"``: the quantile plus :data:`KL_MARGIN`."""
+        """Annotations with a larger KL are flagged ``"kl"``: the quantile plus
+        :data:`KL_MARGIN`."""
         return self.kl_quantile + KL_MARGIN
 
     @property
@@ -216,7 +217,8 @@ def assess_cases(model, cases: Sequence, device: str = "auto", n_reference: int 
         for r, a in enumerate(found):
             row = {
                 "case_id": case.case_id, "grader": r + 1,
-                "mode": truth.names[int(modes[r])] if truth is not None and modes is not None else "",
+                "mode": (truth.names[int(modes[r])]
+                         if truth is not None and modes is not None else ""),
                 "kl": a.kl, "iou": a.iou, "outlier": int(a.outlier), "reason": "+".join(a.reasons),
                 "kl_threshold": ref.kl_threshold if ref else math.nan,
                 "iou_threshold": ref.iou_threshold if ref else math.nan,

@@ -49,7 +49,8 @@ from napari_probunet.errors import UserError
 from napari_probunet.model.modelfile import bundled_model_of
 from napari_probunet.review import bundle as bundles
 from napari_probunet.review.batch_plan import Item, Plan
-from napari_probunet.review.seeds import CASE_ID_SEED_RULE, seed_for_case_id
+from napari_probunet.review.nodule import sample_slice
+from napari_probunet.review.seeds import CASE_ID_SEED_RULE, STACK_SEED_RULE, seed_for_case_id
 
 SUMMARY_FORMAT = "napari-probunet-sample-summary"
 SUMMARY_VERSION = 1
@@ -116,7 +117,7 @@ def _compute(item: Item, session, settings: RunSettings,
     from napari_probunet.session import pixel_disagreement  # torch: imported when sampling
 
     t0 = time.perf_counter()
-    seed = seed_for_case_id(settings.run_seed, item.case_id)
+    seed = seed_for_case_id(settings.run_seed, item.stack_id or item.case_id)
     path = bundles.bundle_path(settings.out, item.name)
     result: dict[str, Any] = {
         "case_id": item.case_id, "name": item.name, "bundle": path.name, "source": item.source,
@@ -134,8 +135,14 @@ def _compute(item: Item, session, settings: RunSettings,
                 return result, None
         image, graders = item.load()
         image = _as_model_input(image)
-        session.set_image(image)
-        hyp = session.sample(settings.n, seed=seed)
+        if item.stack_id is not None and np.ptp(image) == 0:
+            # a blank slice of a volume (padding, outside the body): the review's *All
+            # slices* leaves it empty, so no hypotheses here either
+            result["status"] = "skipped"
+            result["reason"] = (f"blank slice (every pixel is {image.flat[0]:g}): nothing to "
+                                "segment")
+            return result, None
+        hyp = sample_slice(session, image, settings.n, seed, item.slice_index)
         mu, sigma = session.prior()
         uncertainty = pixel_disagreement(hyp.labels, len(settings.class_names))
         if graders is not None:
@@ -153,7 +160,8 @@ def _compute(item: Item, session, settings: RunSettings,
             "n": settings.n,
             "seed": seed,
             "run_seed": settings.run_seed,
-            "seed_rule": CASE_ID_SEED_RULE,
+            "seed_rule": CASE_ID_SEED_RULE if item.stack_id is None else STACK_SEED_RULE,
+            "stack_id": item.stack_id,
             "uncertainty": "per-pixel disagreement: 1 - share of the hypotheses that vote for "
                            "the majority class",
             "graders": None if graders is None else int(graders.shape[0]),

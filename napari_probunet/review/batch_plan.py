@@ -57,6 +57,9 @@ class Item:
     slice_index: int | None = None
     slice_axis: int | None = None
     name: str = ""
+    #: the volume's case id for a slice of a volume: its slices share the volume's seed
+    #: (:data:`~napari_probunet.review.seeds.STACK_SEED_RULE`); None for a 2D image
+    stack_id: str | None = None
 
 
 @dataclass
@@ -177,8 +180,12 @@ def _dicom_slice(path: Path, index: int) -> tuple[np.ndarray, None]:
 
 
 def _load_slice(path: Path, axis: int, index: int) -> tuple[np.ndarray, None]:
+    """Slice ``index`` along voxel ``axis``, its two other axes reversed: the slice as napari
+    shows the volume (:func:`~napari_probunet.data.volumes.read_nifti_volume` reverses the
+    file's axes), so the review and ``probunet sample`` sample the same pixels; for a NIfTI
+    converted from DICOM that is the DICOM rows and columns the models were trained on."""
     volume = _VOLUMES.get(path)
-    return np.take(volume, index, axis=axis).astype(np.float32), None
+    return np.take(volume, index, axis=axis).T.astype(np.float32), None
 
 
 def axial_axis(affine: np.ndarray | None) -> int:
@@ -321,7 +328,8 @@ class _Planner:
             if k < depth:
                 self.items.append(Item(f"{case_id}_z{k:0{width}d}", str(path),
                                        partial(_load_slice, path, axis, k),
-                                       slice_index=int(k), slice_axis=axis))
+                                       slice_index=int(k), slice_axis=axis,
+                                       stack_id=case_id))
 
     def _add_dicom(self, path: Path) -> None:
         """A folder of one DICOM series (e.g. a series retrieved from a PACS into the cache by
@@ -338,7 +346,7 @@ class _Planner:
         for k in wanted:
             self.items.append(Item(f"{path.name}_z{k:03d}", str(path),
                                    partial(_dicom_slice, path, k), slice_index=int(k),
-                                   slice_axis=0))
+                                   slice_axis=0, stack_id=path.name))
 
     def _add_dataset(self, spec: str, label: str) -> None:
         with warnings.catch_warnings(record=True) as caught:

@@ -231,7 +231,8 @@ def summarize_calibration(
         "mode_freq": mode_freq,
         "mode_prob": mode_prob,
         "mode_freq_max_abs_err": float(np.max(np.abs(mode_freq - mode_prob))),
-        "consistency": sum(c.n_consistent for c in images) / max(sum(c.n_samples for c in images), 1),
+        "consistency": (sum(c.n_consistent for c in images)
+                        / max(sum(c.n_samples for c in images), 1)),
         "reliability": table,
         "ece": table.ece,
     }

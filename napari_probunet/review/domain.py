@@ -27,9 +27,10 @@ than the reference's (neighbouring slices of one patient are near-copies, so a t
 the reference's own patients would be far too tight), so about 2.5% of in-domain images are
 flagged by design. The percentile was chosen on the LIDC validation patients and a development
 set of foreign crops (docs/model-card-lidc.md, "Domain check"): at the 99th, 82% of foreign
-images were flagged; at the 97.5th, 94%, with 3% of validation slices. A nearest-neighbour distance follows the training
-data's many clusters (nodules by the pleura, in the middle of the lung, large masses), where a
-single Gaussian (a Mahalanobis distance) was tried first and flagged only 40% of foreign images.
+images were flagged; at the 97.5th, 94%, with 3% of validation slices. A nearest-neighbour
+distance follows the training data's many clusters (nodules by the pleura, in the middle of
+the lung, large masses), where a single Gaussian (a Mahalanobis distance) was tried first and
+flagged only 40% of foreign images.
 
 numpy only: no torch, napari or Qt. The command line, ``probunet domain``, is
 :mod:`napari_probunet.cli.domain`.
@@ -136,7 +137,8 @@ class Domain:
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Mean distance to the ``k`` nearest reference images, for ``(n, F)`` features."""
         ref = np.asarray(self.reference, np.float64)
-        z = (np.atleast_2d(features) - np.asarray(self.feature_mean)) / np.asarray(self.feature_scale)
+        centred = np.atleast_2d(features) - np.asarray(self.feature_mean)
+        z = centred / np.asarray(self.feature_scale)
         d2 = (z ** 2).sum(1)[:, None] + (ref ** 2).sum(1)[None, :] - 2.0 * z @ ref.T
         d = np.sqrt(np.maximum(d2, 0.0))
         k = min(self.k, ref.shape[0])

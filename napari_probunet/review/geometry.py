@@ -17,7 +17,8 @@ Roi = tuple[int, int, int, int]
 
 
 def centred_roi(row: float, col: float, size: int, shape: tuple[int, int]) -> Roi:
-    """A ``size`` x ``size`` ROI ``(row, col, height, width)`` centred on a point, inside ``shape``."""
+    """A ``size`` x ``size`` ROI ``(row, col, height, width)`` centred on a point, inside
+    ``shape``."""
     rois = []
     for centre, extent in ((row, shape[0]), (col, shape[1])):
         side = min(int(size), int(extent))

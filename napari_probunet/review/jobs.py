@@ -23,6 +23,7 @@ import numpy as np
 
 from napari_probunet.errors import InputError, UserError
 from napari_probunet.model.modelfile import load_model
+from napari_probunet.review.seeds import stack_seed
 from napari_probunet.review.state import EncodedRegion
 
 #: pixel-samples decoded per worker step (progress and Cancel granularity)
@@ -177,7 +178,9 @@ def _decode_in_chunks(session, z: np.ndarray, signature: str, labels: np.ndarray
 
 def stack_job(session, request: SamplingJob):
     """"All slices": sample every slice of ``request.stack``, the current slice (the last
-    entry of ``request.index``) first, then the others in order, each with the same seed.
+    entry of ``request.index``) first, then the others in order, each by the stack rule
+    (:func:`~napari_probunet.review.seeds.stack_seed`: the stack's one seed on every slice,
+    as ``probunet sample`` on a volume).
 
     Yields ``("stage", text)``, ``("encoded", EncodedRegion)`` (the current slice),
     ``("slice", (done, total))`` and :func:`decode_region`'s ``("decoded", done)``; returns a
@@ -213,7 +216,8 @@ def stack_job(session, request: SamplingJob):
             except InputError:
                 region = None  # a blank slice: empty labels, no latents
         if region is not None:
-            labels, z, signature = yield from decode_region(session, region, n, seed)
+            labels, z, signature = yield from decode_region(
+                session, region, n, stack_seed(seed, k, "shared"))
             stack_labels[:, k] = labels
             stack_unc[k] = pixel_disagreement(labels, num_classes)
             z_per_slice[k] = [[float(v) for v in row] for row in z]

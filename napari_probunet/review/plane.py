@@ -94,7 +94,8 @@ class LatentPlane:
         sigma = np.asarray(sigma, np.float32).reshape(-1)
         d = mu.shape[0]
         if sigma.shape != (d,) or d < 1:
-            raise ValueError(f"mu and sigma must both have shape (d,), got {mu.shape}, {sigma.shape}")
+            raise ValueError(
+                f"mu and sigma must both have shape (d,), got {mu.shape}, {sigma.shape}")
         if not np.all(sigma > 0):
             raise ValueError("the prior's sigma must be positive")
         if not 0 <= axis_x < d:
@@ -147,7 +148,8 @@ class LatentPlane:
         white = (means[order] - mu) / sigma  # the chosen means in sigma units
         a = white[1] - white[0]
         if np.linalg.norm(a) < 1e-6:
-            raise ValueError("the two heaviest components have the same mean: no plane through them")
+            raise ValueError(
+                "the two heaviest components have the same mean: no plane through them")
         a /= np.linalg.norm(a)
         b = white[2] - white[0] if len(order) > 2 else np.zeros(d)
         b = b - (b @ a) * a
@@ -203,7 +205,8 @@ class LatentPlane:
         return (self.axis_x,) if self.axis_y is None else (self.axis_x, self.axis_y)
 
     def latents(self, uv: np.ndarray) -> np.ndarray:
-        """LatentPlane coordinates ``(k, 2)`` (or ``(k,)`` of ``u`` on a line) -> latents ``(k, d)``."""
+        """LatentPlane coordinates ``(k, 2)`` (or ``(k,)`` of ``u`` on a line) -> latents
+        ``(k, d)``."""
         uv = np.asarray(uv, np.float32)
         if uv.ndim == 1:
             uv = np.stack([uv, np.zeros_like(uv)], axis=1)

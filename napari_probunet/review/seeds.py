@@ -10,6 +10,11 @@ Two ideas, one function each:
   seed and the case id (:data:`CASE_ID_SEED_RULE`), so the seed does not depend on the order
   of the cases or on how many processes share them out, and a resumed or re-sharded run draws
   the same hypotheses for every case.
+- **Stacks** (the slices of one volume): every slice of a stack is sampled with the stack's
+  one seed (:data:`STACK_SEED_RULE`; for ``probunet sample`` the seed of the volume's id), so
+  hypothesis ``i`` is one draw shared by all the slices: the review's *All slices*, ``probunet
+  sample`` on a volume and a nodule's 3D hypotheses (:mod:`napari_probunet.review.nodule`,
+  ``stack_seed``) all follow it, and the same stack gives the same hypotheses everywhere.
 
 Both return integers below ``2**32`` (the case-id rule below ``2**31``, so it can be typed into
 the review widget's seed box). The numbers are part of the results (bundles, CSVs, reports) and
@@ -21,6 +26,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+
+from napari_probunet.errors import InputError
 
 #: stream of :func:`seed_for_index` for the model's samples of an image (``probunet evaluate``)
 STREAM_SAMPLES = 0
@@ -35,6 +42,12 @@ CASE_ID_SEED_RULE = (
     ".digest()[:4], 'big') & 0x7FFFFFFF"
 )
 
+#: how the slices of one stack (a volume) are seeded (written into every bundle of a slice)
+STACK_SEED_RULE = (
+    "every slice of a volume uses the volume's seed: seed_for_case_id(run_seed, volume case id) "
+    "(one latent draw per hypothesis, shared by the slices)"
+)
+
 
 def seed_for_index(seed: int, index: int, stream: int = STREAM_SAMPLES) -> int:
     """A 32-bit seed for image ``index`` of a dataset and one purpose (``stream``)."""
@@ -47,6 +60,20 @@ def seed_for_case_id(run_seed: int, case_id: str) -> int:
     to redraw the same set."""
     digest = hashlib.sha256(id_bytes(f"{int(run_seed)}:{case_id}")).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+#: how the slices of a stack share their draws: ``shared`` (the rule) or ``independent``
+COUPLINGS = ("shared", "independent")
+
+
+def stack_seed(seed: int, k: int, coupling: str) -> int:
+    """The seed slice ``k`` of a stack is sampled with: the stack's own seed for every slice
+    (``"shared"``, one draw per hypothesis), or ``seed_for_index(seed, k)`` (``"independent"``)."""
+    if coupling == "shared":
+        return int(seed)
+    if coupling == "independent":
+        return seed_for_index(int(seed), int(k))
+    raise InputError(f"coupling must be one of {', '.join(COUPLINGS)}, not {coupling!r}")
 
 
 def id_bytes(text: str) -> bytes:

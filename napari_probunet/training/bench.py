@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from napari_probunet.model.config import ModelConfig
-from napari_probunet.training.train import amp_context
+from napari_probunet.training.precision import amp_context
 
 
 def _median_ms(fn, repeats: int, warmup: int = 1) -> float:

@@ -16,7 +16,9 @@ IoUs are rows of that matrix. Seeds: image ``i`` is sampled with a seed derived 
 ``(seed, i)``, and its oracle draw from ``(seed, i, 1)``
 (:func:`~napari_probunet.review.seeds.seed_for_index`), so any seed reproduces.
 
-The command line, ``probunet evaluate``, is :mod:`napari_probunet.cli.evaluate`.
+The command line, ``probunet evaluate``, is :mod:`napari_probunet.cli.evaluate`; its table on
+screen is :mod:`napari_probunet.training.report` (:func:`format_report`, importable from here
+too).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from napari_probunet.errors import DataError, UserError
 from napari_probunet.iou import as_label_stack, mean_foreground_iou
 from napari_probunet.review import calibration, metrics
 from napari_probunet.review.seeds import STREAM_ORACLE, STREAM_SAMPLES, seed_for_index
+from napari_probunet.training.report import format_report
+
+__all__ = ["DEFAULT_SAMPLES", "METHODS", "evaluate_model", "format_report", "open_data"]
 
 DEFAULT_SAMPLES = (16, 100)
 METHODS = ("model", "deterministic", "oracle")
@@ -408,11 +413,13 @@ def _summarise(
                 out["mode_prob"] = cal["mode_prob"].tolist()
             if "flip_rate" in cal:
                 out[f"{p}flip_rate"] = {
-                    class_names[orig]: float(r) for (orig, _), r in zip(flip_classes, cal["flip_rate"])
+                    class_names[orig]: float(r)
+                    for (orig, _), r in zip(flip_classes, cal["flip_rate"])
                 }
                 if method == "model" and flip_probs is not None:
                     out["flip_prob"] = {
-                        class_names[orig]: float(q) for (orig, _), q in zip(flip_classes, flip_probs)
+                        class_names[orig]: float(q)
+                        for (orig, _), q in zip(flip_classes, flip_probs)
                     }
     return out
 
@@ -431,162 +438,6 @@ def _json_ready(x):
         x = float(x)
         return x if math.isfinite(x) else None
     return x
-
-
-# -- the table on screen -----------------------------------------------------------------------
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def format_report(result: dict[str, Any]) -> str:
-    """A readable table: one row per metric, columns model / deterministic / oracle."""
-    counts = result["n_samples"]
-    has_oracle = f"oracle_ged{counts[0]}" in result
-    cols = ["model", "deterministic"] + (["oracle"] if has_oracle else [])
-    prefix = {"model": "", "deterministic": "deterministic_", "oracle": "oracle_"}
-    lines = [
-        f"model   {result.get('model', '?')}  (sha256 {str(result.get('model_sha256'))[:12]})",
-        f"data    {result.get('data', '?')}  ({result['n_images']} images, seed {result['seed']}, "
-        f"{result['device']}, {result['seconds']:.1f} s)",
-        "",
-        f"{'metric':<28}" + "".join(f"{c:>15}" for c in cols),
-    ]
-
-    def row(label: str, key: str, digits: int = 3) -> None:
-        cells = [result.get(prefix[c] + key) for c in cols]
-        if all(v is None for v in cells):
-            return
-        lines.append(f"{label:<28}" + "".join(f"{_fmt(v, digits):>15}" for v in cells))
-
-    for n in counts:
-        row(f"GED({n})  lower is better", f"ged{n}")
-    for n in counts:
-        row(f"HM-IoU({n})", f"hm_iou{n}")
-    for n in counts:
-        row(f"sample diversity({n})", f"sample_diversity{n}")
-    if has_oracle:
-        for n in counts:
-            row(f"mode freq max err({n})", f"mode_freq_max_abs_err{n}")
-        for n in counts:
-            row(f"consistency({n}) IoU>=0.9", f"consistency{n}")
-        for n in counts:
-            row(f"ECE({n})", f"ece{n}")
-    lines.append("")
-    if has_oracle:
-        n = counts[0]
-        lines.append(
-            f"GED({n}) = {_fmt(result.get(f'ged{n}_over_oracle'), 2)} x oracle (this draw), "
-            f"{_fmt(result.get(f'ged{n}_over_expected_oracle'), 2)} x its expectation; closes "
-            f"{_fmt(result.get(f'ged{n}_gap_closed'), 2)} of the deterministic-oracle gap"
-        )
-    lines.append(
-        f"prior sigma mean {_fmt(result['prior_sigma_mean'])}, min {_fmt(result['prior_sigma_min'])}, "
-        f"max {_fmt(result['prior_sigma_max'])} (bounds {_fmt(result['prior_sigma_bounds'][0], 4)}"
-        f"..{_fmt(result['prior_sigma_bounds'][1], 2)}); empty samples "
-        f"{_fmt(result['empty_sample_fraction'])} (graders' masks empty: "
-        f"{_fmt(result.get('empty_grader_fraction'))}); grader diversity "
-        f"{_fmt(result['grader_diversity'])}"
-    )
-    for section in (_groups_lines, _baseline_lines, _per_class_lines, _mode_lines,
-                    _reliability_lines, _flip_lines):
-        lines += section(result, counts, has_oracle)
-    for note in result.get("notes", []):
-        lines += [f"note: {note}"]
-    return "\n".join(lines)
-
-
-def _groups_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
-    """The table by the number of graders who drew something (when there are two groups)."""
-    lines: list[str] = []
-    groups = result.get("by_graders_marking") or {}
-    if len(groups) > 1:
-        n = counts[0]
-        lines += ["", f"by graders who drew something   images  GED({n})  HM-IoU({n})  "
-                  f"determ. GED({n})  empty samples  empty masks"]
-        for k, g in groups.items():
-            lines.append(
-                f"  {k:>2} graders{'':<20}{g['n_images']:>7}{_fmt(g.get(f'ged{n}')):>9}"
-                f"{_fmt(g.get(f'hm_iou{n}')):>13}{_fmt(g.get(f'deterministic_ged{n}')):>17}"
-                f"{_fmt(g.get('empty_samples')):>15}{_fmt(g.get('empty_graders')):>13}")
-    return lines
-
-
-def _baseline_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
-    """The baseline model's GED and HM-IoU beside the model's."""
-    lines: list[str] = []
-    baseline = result.get("baseline")
-    if baseline:
-        lines += ["", f"baseline {baseline.get('model')}:"]
-        for n in counts:
-            lines.append(f"  GED({n}) {_fmt(baseline.get(f'ged{n}'))}   HM-IoU({n}) "
-                         f"{_fmt(baseline.get(f'hm_iou{n}'))}   (model: {_fmt(result.get(f'ged{n}'))}, "
-                         f"{_fmt(result.get(f'hm_iou{n}'))})")
-        lines.append(f"  empty samples {_fmt(baseline.get('empty_sample_fraction'))}")
-    return lines
-
-
-def _per_class_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
-    """Per-class IoU of the Hungarian-matched pairs (multi-class models)."""
-    lines: list[str] = []
-    per_class = result.get(f"per_class_iou{counts[0]}")
-    if per_class:
-        lines += ["", f"per-class IoU({counts[0]}, Hungarian-matched pairs)"]
-        det = result.get(f"deterministic_per_class_iou{counts[0]}", {})
-        for name, v in per_class.items():
-            lines.append(f"  {name:<20}{_fmt(v):>10}   deterministic {_fmt(det.get(name))}")
-    return lines
-
-
-def _mode_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
-    """True probability against sampled frequency of each mode (known truth)."""
-    lines: list[str] = []
-    if "mode_prob" in result:
-        names = result.get("mode_names") or [str(i) for i in range(len(result["mode_prob"]))]
-        lines += ["", f"{'mode':<12}{'true prob':>10}{'model':>10}"
-                  + ("" if not has_oracle else f"{'oracle':>10}")]
-        for k, name in enumerate(names):
-            lines.append(
-                f"{name:<12}{_fmt(result['mode_prob'][k]):>10}{_fmt(result['mode_freq'][k]):>10}"
-                + (f"{_fmt(result['oracle_mode_freq'][k]):>10}" if has_oracle else "")
-            )
-    return lines
-
-
-def _reliability_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
-    """The reliability table and its ECE (known truth)."""
-    lines: list[str] = []
-    rel = result.get("reliability")
-    if rel:
-        lines += ["", f"reliability ({counts[-1]} samples): per (image, mode), binned by true prob"]
-        lines.append(f"  {'bin':<12}{'count':>7}{'true prob':>11}{'sampled':>10}")
-        for b in range(len(rel["count"])):
-            lo, hi = rel["edges"][b], rel["edges"][b + 1]
-            lines.append(
-                f"  {lo:.1f}-{hi:.1f}     {rel['count'][b]:>7}{_fmt(rel['mean_prob'][b]):>11}"
-                f"{_fmt(rel['mean_freq'][b]):>10}"
-            )
-        lines.append(f"  ECE {_fmt(rel['ece'])}")
-    return lines
-
-
-def _flip_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -> list[str]:
-    """Flip rates of the flips data: true, model, deterministic, oracle."""
-    lines: list[str] = []
-    if "flip_rate" in result:
-        lines += ["", f"{'flip rate':<14}{'true':>8}{'model':>8}{'determ.':>9}{'oracle':>8}"]
-        for name, v in result["flip_rate"].items():
-            lines.append(
-                f"{name:<14}{_fmt(result['flip_prob'][name]):>8}{_fmt(v):>8}"
-                f"{_fmt(result['deterministic_flip_rate'][name]):>9}"
-                f"{_fmt(result['oracle_flip_rate'][name]):>8}"
-            )
-    return lines
 
 
 def open_data(spec: str):

@@ -39,8 +39,9 @@ def save_curves(out: Path, rows: list[dict[str, Any]]) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     steps = [r["step"] for r in rows]
-    for ax, key, label in zip(axes, ("ce", "kl", "val_ged16"),
-                              ("cross-entropy (nats / image)", "KL (nats / image)", "validation GED(16)")):
+    curves = (("ce", "cross-entropy (nats / image)"), ("kl", "KL (nats / image)"),
+              ("val_ged16", "validation GED(16)"))
+    for ax, (key, label) in zip(axes, curves):
         pts = [(s, float(r[key])) for s, r in zip(steps, rows) if r.get(key) not in (None, "")]
         if pts:
             ax.plot(*zip(*pts), marker="o" if key.startswith("val") else None, lw=1)

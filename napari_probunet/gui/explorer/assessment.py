@@ -165,7 +165,7 @@ class AssessmentPanel(QGroupBox):
         else:
             self._checked.discard(item.text())
 
-    # -- running -------------------------------------------------------------------------------------
+    # -- running -----------------------------------------------------------------------------------
     def start(self, viewer, names: list[str], g, session, submit) -> bool:
         """Read layers ``names`` on the region of ``g`` and ``submit(job)`` their assessment
         (:func:`assessment_job`); False, submitting nothing, when no name was given."""
@@ -215,7 +215,7 @@ class AssessmentPanel(QGroupBox):
         index = next(iter(rows), None)
         return index if index is not None and index < len(self.assessments) else None
 
-    # -- the table -----------------------------------------------------------------------------------
+    # -- the table ---------------------------------------------------------------------------------
     def fill(self, plane: core.LatentPlane | None) -> None:
         """Fill the table: a row per assessment, then a row per error; coordinates on ``plane``."""
         ax = plane.labels if plane is not None else ("z1", "z2")

@@ -35,7 +35,8 @@ class PlaneControls:
     def __init__(self, grid_n: int) -> None:
         self.x_combo, self.y_combo = QComboBox(), QComboBox()
         self.auto_button = QPushButton("Auto")
-        self.auto_button.setToolTip("the two axes along which this image's segmentation changes most")
+        self.auto_button.setToolTip(
+            "the two axes along which this image's segmentation changes most")
         self.hold_combo = QComboBox()
         self._y_before_oblique = 1  # the vertical axis to show again after the oblique plane
         self.hold_combo.addItems([HOLD_PRIOR, HOLD_HYPOTHESIS])

@@ -191,7 +191,8 @@ class LatentMap(QWidget):
                self.progress, self.line_cells, tuple(n for n, _ in self.class_legend))
         if self._static is None or self._static_key != key:
             ratio = self.devicePixelRatioF()
-            pixmap = QPixmap(max(1, round(self.width() * ratio)), max(1, round(self.height() * ratio)))
+            pixmap = QPixmap(max(1, round(self.width() * ratio)),
+                             max(1, round(self.height() * ratio)))
             pixmap.setDevicePixelRatio(ratio)
             p = QPainter(pixmap)
             try:
@@ -279,7 +280,10 @@ class LatentMap(QWidget):
         else:
             QToolTip.hideText()
             return
-        gp = event.globalPosition().toPoint() if hasattr(event, "globalPosition") else event.globalPos()
+        if hasattr(event, "globalPosition"):
+            gp = event.globalPosition().toPoint()
+        else:  # Qt 5
+            gp = event.globalPos()
         QToolTip.showText(gp, text, self)
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt API

@@ -1,4 +1,5 @@
-"""The ``<image> explorer`` Labels layer: created on first use, placed over the region, updated in place.
+"""The ``<image> explorer`` Labels layer: created on first use, placed over the region,
+updated in place.
 
 Live dragging writes a new decode into this layer many times a second, so an update touches as
 little as it can: the layer's own array is written in place, only the bounding box of the

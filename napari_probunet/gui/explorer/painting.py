@@ -1,9 +1,10 @@
 """How the latent map is drawn: the background, the prior's contours, axes, legend and markers.
 
 Plain functions over a :class:`~napari_probunet.gui.explorer.latent_map.LatentMap` ``m`` and a
-``QPainter``: the map keeps the geometry (:meth:`~LatentMap.plot_rect`, :meth:`~LatentMap.to_pixel`),
-the cache and the mouse; this module only paints. :func:`paint_static` draws everything
-but the markers (cached as a picture by the map), :func:`paint_markers` the markers on top.
+``QPainter``: the map keeps the geometry (:meth:`~LatentMap.plot_rect`,
+:meth:`~LatentMap.to_pixel`), the cache and the mouse; this module only paints.
+:func:`paint_static` draws everything but the markers (cached as a picture by the map),
+:func:`paint_markers` the markers on top.
 """
 
 from __future__ import annotations

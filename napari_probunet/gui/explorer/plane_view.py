@@ -82,7 +82,8 @@ class PlaneView:
             try:
                 plane = core.LatentPlane.through_components(self.mu, self.sigma, *self.components)
             except ValueError as exc:  # e.g. two components on one mean: back to two axes
-                show_warning(f"No plane through the components here ({exc}); showing two latent axes.")
+                show_warning(f"No plane through the components here ({exc}); "
+                             "showing two latent axes.")
                 self.controls.x_combo.setCurrentIndex(self.ranking[0].axis if self.ranking else 0)
                 self.controls.sync_plane_kind(len(self.mu))
         if plane is None:

@@ -21,8 +21,9 @@ The parts: the worker is :class:`napari_probunet.gui.worker.SessionWorker` (the 
 model of both widgets, and the one place the session lock is taken); in this package the map
 widget :mod:`~.latent_map` (drawn by :mod:`~.painting`), the plane it shows and its background
 grid :mod:`~.plane_view` (with :mod:`~.grid`), the controls :mod:`~.controls`, live decoding
-:mod:`~.live`, the output layer :mod:`~.layer` and the assessment box :mod:`~.assessment`. This
-module is the dock widget that joins them to napari and to the review state.
+:mod:`~.live`, the markers on the map and the selected hypothesis :mod:`~.markers`, the output
+layer :mod:`~.layer` and the assessment box :mod:`~.assessment`. This module is the dock widget
+that joins them to napari and to the review state.
 
 The background grid is decoded a row at a time in the same worker, between live decodes, and
 appears as it arrives. Nothing here blocks the GUI thread on the model except "Use as best
@@ -48,9 +49,9 @@ from napari_probunet.gui.explorer.controls import (
     PlaneControls,
 )
 from napari_probunet.gui.explorer.grid import grey
-from napari_probunet.gui.explorer.latent_map import MapMarkers
 from napari_probunet.gui.explorer.layer import LAYER_KEY, ExplorerLayer, read_geometry
 from napari_probunet.gui.explorer.live import LiveDecoding
+from napari_probunet.gui.explorer.markers import MarkerPlacement
 from napari_probunet.gui.explorer.plane_view import PlaneView
 from napari_probunet.gui.worker import SessionWorker, once
 from napari_probunet.review import plane as core
@@ -90,13 +91,13 @@ class ExplorerWidget(QWidget):
         self.state = get_state(napari_viewer)
         self._token = 0  # bumped when the model or the encoded region changes
         self._output = ExplorerLayer(napari_viewer, self._on_layer_colormap)
-        self._selected_hypothesis: int | None = None
 
         self._relay = _StateRelay(self)
         self._worker = SessionWorker(self.state.lock, parent=self, name="probunet-explorer",
                                      threads=WORKER_THREADS)
         self._build_ui()
         self._live = LiveDecoding(self._worker, self._output, self.map, self.status, _notify)
+        self._markers = MarkerPlacement(self.map, self.state, self.assessment_panel, self._live)
         self._view = PlaneView(self.map, self.controls, self._worker, lambda: self.class_colors(
             self.state.session.config.num_classes))
         self.grid = self._view.grid
@@ -201,7 +202,8 @@ class ExplorerWidget(QWidget):
 
     @property
     def assessments(self) -> list:
-        """:class:`~napari_probunet.review.assess.Assessment` per assessed annotation (table order)."""
+        """:class:`~napari_probunet.review.assess.Assessment` per assessed annotation (table
+        order)."""
         return list(self.assessment_panel.assessments)
 
     @property
@@ -323,12 +325,12 @@ class ExplorerWidget(QWidget):
         elif name == "image_encoded":
             self._on_image_encoded()
         elif name == "hypotheses_changed":
-            self._selected_hypothesis = None
+            self._markers.forget_selection()
             self.update_markers()
             if self.controls.holds_hypothesis:
                 self._rebuild_plane()
         elif name == "current_hypothesis_changed" and arg is not None:
-            if arg != self._selected_hypothesis:
+            if arg != self._markers.selected_hypothesis:
                 self._set_selected_hypothesis(int(arg))
 
     def _reset(self, hint: str) -> None:
@@ -336,7 +338,7 @@ class ExplorerWidget(QWidget):
         self._worker.cancel()
         self._view.reset(hint)
         self.assessment_panel.reset()
-        self._selected_hypothesis = None
+        self._markers.forget_selection()
         self._live.reset()
         self.status.setText("")
         for w in (*self.controls.widgets, self.best_fit_button, self.centre_button,
@@ -371,8 +373,7 @@ class ExplorerWidget(QWidget):
     def _rebuild_plane(self, point: tuple[float, float] | None = None) -> None:
         if self._view.mu is None or not self.state.ready:
             return
-        base = _held_base(self.state.hypotheses, self._selected_hypothesis,
-                          self.controls.holds_hypothesis)
+        base = self._markers.held_base(self.controls.holds_hypothesis)
         old_z = self._live.z
         plane = self._view.rebuild(base, self.state.session, self._token)
         if point is None:  # keep the current latent where it projects onto the new plane
@@ -387,17 +388,13 @@ class ExplorerWidget(QWidget):
 
     # -- markers and the table --------------------------------------------------------------------
     def _set_selected_hypothesis(self, index: int | None) -> None:
-        self._selected_hypothesis = index
-        self.map.markers.selected_hypothesis = index
-        self.map.request_repaint()
+        self._markers.select(index)
         if self.controls.holds_hypothesis:
             self._rebuild_plane()
 
     def update_markers(self) -> None:
         """Place the hypotheses, annotations, components and the point on the map."""
-        _place_markers(self.map.markers, self.plane, self.state, self._selected_hypothesis,
-                       self.assessment_panel.assessments, self._live.point)
-        self.map.request_repaint()
+        self._markers.place(self.plane)
 
     def _on_table_selection(self) -> None:
         self.map.markers.selected_annotation = self.assessment_panel.selected_assessment()
@@ -410,7 +407,8 @@ class ExplorerWidget(QWidget):
             self.set_point(*plane.clamp(*plane.coords(found[row].mu)))
 
     def _refresh_annotation_list(self) -> None:
-        self.assessment_panel.set_candidates(candidate_names(self.viewer, self.state.hypothesis_layers))
+        names = candidate_names(self.viewer, self.state.hypothesis_layers)
+        self.assessment_panel.set_candidates(names)
 
     # -- viewer events ---------------------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:
@@ -512,46 +510,6 @@ def _prepare(session) -> tuple:
     far = session.decode(core.axis_probes(mu, sigma, step=core.DEFAULT_EXTENT))
     focus = core.focus_box(np.concatenate([maps, far]))
     return mu, sigma, core.rank_axes(maps, session.config.num_classes), focus, components
-
-
-def _held_base(hypotheses, selected: int | None, holds_hypothesis: bool) -> np.ndarray | None:
-    """Where the coordinates off the plane are held: the selected hypothesis's latent when
-    the controls say so and there is one, else None (the prior mean)."""
-    if holds_hypothesis and hypotheses is not None and selected is not None and (
-            0 <= selected < len(hypotheses.z)):
-        return np.asarray(hypotheses.z[selected], np.float32)
-    return None
-
-
-def _place_markers(m: MapMarkers, plane, state, selected, assessments, point) -> None:
-    """Fill markers ``m`` for ``plane``: hypotheses, annotations, components and the point."""
-    hyp = state.hypotheses
-    if plane is None or hyp is None or len(hyp.z) == 0 or hyp.z.shape[1] != plane.dim:
-        m.hypotheses, m.hypothesis_off_plane = np.zeros((0, 2)), np.zeros(0)
-    else:
-        m.hypotheses = plane.coords(hyp.z)
-        m.hypothesis_off_plane = plane.off_plane(hyp.z)
-    m.selected_hypothesis = selected
-    m.annotations = []
-    if plane is not None:
-        for a in assessments:
-            u, v = plane.coords(a.mu)
-            m.annotations.append((a.name, float(u), float(v), a.outlier))
-    m.point = point if plane is not None else None
-    m.components = _component_markers(plane, state.session)
-
-
-def _component_markers(plane, session) -> list[tuple[float, float, float]]:
-    """A mixture prior's components on the plane: (u, v, weight), heaviest first (c1, c2, ...,
-    as the oblique plane names them); none for a Gaussian."""
-    if plane is None or session is None or not session.has_image:
-        return []
-    weights, means, _ = session.prior_components()
-    if len(weights) < 2 or means.shape[1] != plane.dim:
-        return []
-    order = np.argsort(-weights, kind="stable")
-    return [(float(u), float(v), float(w))
-            for (u, v), w in zip(plane.coords(means[order]), weights[order])]
 
 
 def _open_review_widget(viewer) -> None:

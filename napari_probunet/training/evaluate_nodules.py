@@ -1,0 +1,267 @@
+"""3D evaluation: hypotheses that are nodules, against the radiologists' 3D masks.
+
+For each nodule (all the slices of one nodule of the LIDC-IDRI slices set, or a nodule of a
+whole scan that at least one radiologist outlined in a reading file) the click goes to the
+centre of the radiologists' union (its centre of mass, rounded to a voxel), and
+:func:`~napari_probunet.review.nodule.sample_nodule` draws ``n`` 3D hypotheses. Every figure
+compares 3D masks: a hypothesis and a radiologist's mask of the nodule are each one
+``(S, H, W)`` volume over the same slices, and their IoU is the 3D IoU (empty masks included as
+in the 2D figures: both empty 1, one empty 0). Reported over nodules (``docs/evaluation.md``,
+"3D figures"):
+
+- ``ged{n}_3d``, ``hm_iou{n}_3d``: the generalized energy distance and the Hungarian-matched
+  IoU of the 3D hypotheses (one draw per hypothesis shared by the slices, the piece connected
+  to the click) against the radiologists' 3D masks.
+- ``ged{n}_3d_independent``, ``hm_iou{n}_3d_independent``: the same model with every slice
+  sampled on its own and hypothesis ``i`` taken as the ``i``-th sample of every slice (the
+  behaviour before 3D hypotheses, on the same slices): the baseline.
+- ``ged{n}_3d_offset``: the shared hypotheses with the click moved ``offset_mm`` in the slice
+  plane, in a direction drawn per nodule (seeded).
+- ``volume_coverage``: the share of the radiologists' non-empty volumes that lie inside the
+  5-95% range of the hypotheses' volumes (of the largest ``n``).
+- ``gaps``: for hypotheses (shared, independent) and radiologists, the share of non-empty
+  masks with a gap along z (an empty slice between two non-empty ones) and the mean number of
+  such slices per non-empty mask.
+- ``empty_hypotheses`` / ``empty_radiologists``: shares of empty 3D masks.
+
+Sample counts: the smaller sets are prefixes of the largest draw, as in the 2D evaluation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_probunet.data.measure import z_gaps
+from napari_probunet.errors import DataError, UserError
+from napari_probunet.review.metrics import ged, hungarian_iou
+from napari_probunet.review.nodule import NoduleRequest, sample_nodule
+from napari_probunet.review.seeds import seed_for_index
+
+#: the slices set's crops carry no spacing; LIDC-IDRI's typical pixel (0.7 mm) and slice step
+#: (2.5 mm) stand in for it (volumes are only compared with each other, so the scale cancels)
+SLICES_SET_SPACING = (2.5, 0.7, 0.7)
+#: how far the click is moved for the ``_offset`` figures (the issue's "up to 5 mm")
+OFFSET_MM = 5.0
+#: stream of seed_for_index for the offset direction (other streams: review.seeds)
+STREAM_OFFSET = 3
+
+
+@dataclass
+class NoduleTruth:
+    """One nodule: its slices and each radiologist's 3D mask over them."""
+
+    nodule_id: str
+    volume: np.ndarray  # (S, H, W) intensities; for a scan: the whole series (Z, Y, X)
+    masks: np.ndarray  # (R, S', H', W') uint8 over `first`.., within `roi` (whole scan: full)
+    spacing: tuple[float, float, float]
+    first: int = 0  # slice of masks[:, 0] in volume
+    slices: tuple[int, int] | None = None  # sample exactly these slices (slices set)
+
+    def click(self) -> tuple[int, int, int]:
+        """The centre of mass of the radiologists' union, rounded to a voxel of ``volume``."""
+        union = self.masks.any(axis=0)
+        if not union.any():
+            raise DataError(f"{self.nodule_id}: no radiologist outlined this nodule")
+        c = np.rint(np.argwhere(union).mean(axis=0)).astype(int)
+        return int(c[0]) + self.first, int(c[1]), int(c[2])
+
+
+def nodules_of_slices(cases) -> list[NoduleTruth]:
+    """The nodules of an LIDC-IDRI slices set (a :class:`~napari_probunet.data.lidc_slices.
+    LidcSlices` or a split of it): each nodule's slices in order, with its radiologists'
+    masks (the same radiologist ``k`` on every slice, ``mask-k``)."""
+    ids = getattr(cases, "ids_of", None)
+    if ids is None:
+        raise UserError("3D figures need data with nodule ids (the LIDC-IDRI slices layout or a "
+                        "scan folder with reading files); this data has none")
+    groups: dict[str, list[int]] = {}
+    for i, nod in enumerate(ids("nodule")):
+        groups.setdefault(nod, []).append(i)
+    out = []
+    for nod, idx in groups.items():
+        items = sorted((int(cases[i].ids["slice"]), cases[i]) for i in idx)
+        images = np.stack([c.image for _, c in items])
+        masks = np.stack([c.masks for _, c in items], axis=1)  # (R, S, H, W)
+        if not masks.any():
+            continue
+        out.append(NoduleTruth(nod, images, masks, SLICES_SET_SPACING,
+                               slices=(0, len(items))))
+    return out
+
+
+def _in_masks(hyp, truth: NoduleTruth) -> np.ndarray:
+    """The hypotheses' labels over the truth's slices and crop: ``(n, S', H', W')``."""
+    out = np.zeros((hyp.n, *truth.masks.shape[1:]), np.uint8)
+    s_lo, s_hi = max(hyp.first, truth.first), min(hyp.first + hyp.labels.shape[1],
+                                                  truth.first + truth.masks.shape[1])
+    r0, c0, h, w = hyp.roi
+    if s_hi > s_lo:
+        out[:, s_lo - truth.first:s_hi - truth.first, r0:r0 + h, c0:c0 + w] = \
+            hyp.labels[:, s_lo - hyp.first:s_hi - hyp.first]
+    return out
+
+
+def _outside_masks(hyp, truth: NoduleTruth) -> int:
+    """Foreground voxels of the hypotheses on slices the truth's masks do not cover."""
+    inside = 0
+    for k in range(hyp.labels.shape[1]):
+        if truth.first <= hyp.first + k < truth.first + truth.masks.shape[1]:
+            inside += int(np.count_nonzero(hyp.labels[:, k]))
+    return int(np.count_nonzero(hyp.labels)) - inside
+
+
+def _flat(masks: np.ndarray) -> np.ndarray:
+    return masks.reshape(masks.shape[0], -1, masks.shape[-1])
+
+
+def _scores(hyp_masks: np.ndarray, truth: np.ndarray, counts: Sequence[int]) -> dict:
+    out = {}
+    for n in counts:
+        out[f"ged{n}"] = ged(_flat(hyp_masks[:n]), _flat(truth))
+        out[f"hm_iou{n}"] = hungarian_iou(_flat(hyp_masks[:n]), _flat(truth))
+    return out
+
+
+def _gap_counts(masks: np.ndarray) -> list[int]:
+    """Gaps along z of each non-empty ``(S, H, W)`` mask of ``masks``."""
+    return [z_gaps(m) for m in masks if m.any()]
+
+
+def _offset_click(truth: NoduleTruth, index: int, seed: int) -> tuple[int, int, int]:
+    k, r, c = truth.click()
+    angle = np.random.default_rng(seed_for_index(seed, index, STREAM_OFFSET)).uniform(0, 2 * np.pi)
+    dr = OFFSET_MM / truth.spacing[1] * np.sin(angle)
+    dc = OFFSET_MM / truth.spacing[2] * np.cos(angle)
+    shape = truth.volume.shape
+    return (k, int(np.clip(np.rint(r + dr), 0, shape[1] - 1)),
+            int(np.clip(np.rint(c + dc), 0, shape[2] - 1)))
+
+
+def evaluate_nodule(session, truth: NoduleTruth, index: int, counts: Sequence[int],
+                    seed: int) -> dict[str, Any]:
+    """The figures of one nodule (see the module docstring); nodule ``index`` of the run uses
+    the seed ``seed_for_index(seed, index)`` for its hypotheses."""
+    n, nseed = max(counts), seed_for_index(seed, index)
+    base = dict(volume=truth.volume, spacing=truth.spacing, n=n, seed=nseed,
+                slices=truth.slices, click=truth.click())
+    shared = sample_nodule(session, NoduleRequest(**base))
+    slices = truth.slices or (shared.first, shared.first + shared.labels.shape[1])
+    indep = sample_nodule(session, NoduleRequest(**{**base, "slices": slices},
+                                                 coupling="independent", connect=False))
+    moved = sample_nodule(session, NoduleRequest(**{**base, "click": _offset_click(
+        truth, index, seed)}))
+    hs, hi, hm = (_in_masks(h, truth) for h in (shared, indep, moved))
+    vols = shared.volumes_mm3
+    voxel = float(np.prod(truth.spacing))
+    rad_vols = [float(np.count_nonzero(m)) * voxel for m in truth.masks if m.any()]
+    p5, p95 = np.percentile(vols, [5, 95])
+    return {
+        "nodule": truth.nodule_id,
+        "shared": _scores(hs, truth.masks, counts),
+        "independent": _scores(hi, truth.masks, counts),
+        "offset": _scores(hm, truth.masks, counts),
+        "volumes_mm3": [float(v) for v in vols],
+        "radiologist_volumes_mm3": rad_vols,
+        "covered": [bool(p5 <= v <= p95) for v in rad_vols],
+        "gaps_shared": _gap_counts(shared.labels),
+        "gaps_independent": _gap_counts(indep.labels),
+        "gaps_radiologists": _gap_counts(truth.masks),
+        "empty_shared": float(np.mean(~hs.reshape(n, -1).any(axis=1))),
+        "empty_radiologists": float(np.mean(~truth.masks.reshape(len(truth.masks), -1)
+                                            .any(axis=1))),
+        "voxels_beyond_masks": _outside_masks(shared, truth),
+        "reached_limit": bool(shared.reached_limit),
+    }
+
+
+def _gap_summary(lists: Iterable[list[int]]) -> dict[str, float | int | None]:
+    g = [x for lst in lists for x in lst]
+    if not g:
+        return {"masks": 0, "share_with_gaps": None, "mean_gap_slices": None}
+    return {"masks": len(g), "share_with_gaps": float(np.mean(np.asarray(g) > 0)),
+            "mean_gap_slices": float(np.mean(g))}
+
+
+def summarise(per_nodule: list[dict], counts: Sequence[int]) -> dict[str, Any]:
+    """The dataset-wide 3D figures from :func:`evaluate_nodule`'s per-nodule results."""
+    out: dict[str, Any] = {"n_nodules": len(per_nodule)}
+    for n in counts:
+        for key, part in (("3d", "shared"), ("3d_independent", "independent"),
+                          ("3d_offset", "offset")):
+            out[f"ged{n}_{key}"] = float(np.mean([r[part][f"ged{n}"] for r in per_nodule]))
+            out[f"hm_iou{n}_{key}"] = float(np.mean([r[part][f"hm_iou{n}"] for r in per_nodule]))
+        g, gi = out[f"ged{n}_3d"], out[f"ged{n}_3d_independent"]
+        out[f"ged{n}_3d_change_vs_independent"] = (g - gi) / gi if gi else None
+    covered = [c for r in per_nodule for c in r["covered"]]
+    out["volume_coverage"] = float(np.mean(covered)) if covered else None
+    out["gaps"] = {"hypotheses": _gap_summary(r["gaps_shared"] for r in per_nodule),
+                   "independent": _gap_summary(r["gaps_independent"] for r in per_nodule),
+                   "radiologists": _gap_summary(r["gaps_radiologists"] for r in per_nodule)}
+    out["empty_hypotheses"] = float(np.mean([r["empty_shared"] for r in per_nodule]))
+    out["empty_radiologists"] = float(np.mean([r["empty_radiologists"] for r in per_nodule]))
+    out["nodules_at_extent_limit"] = int(sum(r["reached_limit"] for r in per_nodule))
+    return out
+
+
+def evaluate_nodules(model_or_session, nodules: Sequence[NoduleTruth],
+                     n_samples: Sequence[int] = (16,), seed: int = 0, device: str = "auto",
+                     progress: bool = True, per_nodule: bool = False) -> dict[str, Any]:
+    """3D figures of a model over ``nodules`` (see the module docstring); JSON-ready."""
+    from tqdm import tqdm  # lazy
+
+    from napari_probunet.session import Session
+
+    counts = sorted({int(n) for n in n_samples})
+    if not counts or counts[0] < 1:
+        raise UserError(f"sample counts must be positive integers, got {list(n_samples)}")
+    if not nodules:
+        raise DataError("no nodule that a radiologist outlined: nothing to evaluate in 3D")
+    session = (model_or_session if isinstance(model_or_session, Session)
+               else Session(model_or_session, device=device))
+    start = time.perf_counter()
+    results = [evaluate_nodule(session, t, i, counts, seed)
+               for i, t in enumerate(tqdm(nodules, desc="evaluate 3D", unit="nodule",
+                                          file=sys.stderr, disable=not progress, leave=False))]
+    out = summarise(results, counts)
+    out["spacing_note"] = ("slices set: spacing assumed "
+                           f"{SLICES_SET_SPACING} mm" if any(t.slices for t in nodules)
+                           else "spacing from each series")
+    out["offset_mm"] = OFFSET_MM
+    out["seconds"] = time.perf_counter() - start
+    if per_nodule:
+        out["per_nodule"] = results
+    return out
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def format_nodule_report(result: dict[str, Any]) -> str:
+    """The 3D figures of :func:`evaluate_nodules` as a short table for the terminal."""
+    counts = sorted(int(k[3:-3]) for k in result if k.startswith("ged") and k.endswith("_3d"))
+    lines = [f"model {result.get('model')}  data {result.get('data')}",
+             f"{result['n_nodules']} nodules, {result['seconds']:.1f} s "
+             f"({result['spacing_note']})", "",
+             f"{'':28}" + "".join(f"{'n=' + str(n):>10}" for n in counts)]
+    for label, key in (("GED 3D", "ged{}_3d"), ("GED 3D, slice by slice", "ged{}_3d_independent"),
+                       (f"GED 3D, click {result['offset_mm']:g} mm off", "ged{}_3d_offset"),
+                       ("HM-IoU 3D", "hm_iou{}_3d"),
+                       ("HM-IoU 3D, slice by slice", "hm_iou{}_3d_independent")):
+        lines.append(f"{label:28}" + "".join(f"{_fmt(result[key.format(n)]):>10}"
+                                            for n in counts))
+    lines.append("")
+    lines.append(f"volume coverage (radiologists' volumes in the 5-95% range): "
+                 f"{_fmt(result['volume_coverage'])}")
+    lines.append(f"empty 3D masks: hypotheses {_fmt(result['empty_hypotheses'])}, "
+                 f"radiologists {_fmt(result['empty_radiologists'])}")
+    for who, g in result["gaps"].items():
+        lines.append(f"gaps along z, {who:13}: {_fmt(g['share_with_gaps'])} of "
+                     f"{g['masks']} non-empty masks, {_fmt(g['mean_gap_slices'])} slices each")
+    return "\n".join(lines)

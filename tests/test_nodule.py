@@ -1,0 +1,197 @@
+"""A nodule in a scan: 3D hypotheses (one draw per hypothesis, one connected piece), their
+measurements, and the 3D evaluation against radiologists' masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_probunet.data.measure import (
+    longest_3d_diameter_mm,
+    longest_axial_diameter_mm,
+    nodule_volume_mm3,
+    z_gaps,
+)
+from napari_probunet.errors import InputError
+from napari_probunet.model.testing import two_mode_case
+from napari_probunet.review.nodule import (
+    NoduleRequest,
+    crop_box,
+    keep_clicked,
+    keep_touching,
+    sample_nodule,
+)
+
+SPACING = (2.5, 0.7, 0.7)
+
+
+def nodule_scan(first: int = 2, last: int = 6, depth: int = 9, size: int = 64) -> np.ndarray:
+    """A (depth, size, size) scan: the two-mode lesion (32x32) centred on slices first..last,
+    a constant background elsewhere (blank slices, nothing to segment)."""
+    image, _ = two_mode_case(32)
+    vol = np.full((depth, size, size), 0.1, np.float32)
+    o = size // 2 - 16
+    vol[first:last + 1, o:o + 32, o:o + 32] = image
+    return vol
+
+
+@pytest.fixture(scope="module")
+def session(two_mode_model):
+    from napari_probunet.session import Session
+
+    return Session(two_mode_model, device="cpu")
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def test_volume_and_diameters_of_a_box():
+    mask = np.zeros((5, 20, 20), np.uint8)
+    mask[1:4, 2:12, 5:9] = 1  # 3 slices of 10 x 4 pixels
+    assert nodule_volume_mm3(mask, SPACING) == pytest.approx(120 * 2.5 * 0.7 * 0.7)
+    # in-slice: corner to corner of 10 x 4 pixel centres (9, 3) plus one pixel
+    assert longest_axial_diameter_mm(mask, SPACING) == pytest.approx(np.hypot(9, 3) * 0.7 + 0.7)
+    d3 = np.sqrt((2 * 2.5) ** 2 + (9 * 0.7) ** 2 + (3 * 0.7) ** 2) + 0.7
+    assert longest_3d_diameter_mm(mask, SPACING) == pytest.approx(d3)
+    assert longest_axial_diameter_mm(np.zeros((2, 3, 3)), SPACING) == 0.0
+    one = np.zeros((1, 5, 5), bool)
+    one[0, 2, 2] = True
+    assert longest_axial_diameter_mm(one, SPACING) == pytest.approx(0.7)
+
+
+def test_diameter_of_a_large_disc_uses_its_hull():
+    yy, xx = np.mgrid[:201, :201]
+    disc = (np.hypot(yy - 100, xx - 100) <= 90)[None]
+    assert longest_axial_diameter_mm(disc, (1, 1, 1)) == pytest.approx(181, abs=0.5)
+
+
+def test_gaps_along_z():
+    m = np.zeros((6, 4, 4), np.uint8)
+    assert z_gaps(m) == 0
+    m[[0, 1, 4], 1, 1] = 1
+    assert z_gaps(m) == 2
+    m[2:4, 2, 2] = 1
+    assert z_gaps(m) == 0
+
+
+@pytest.mark.parametrize("spacing", [(1, 1), (0, 1, 1), (1, float("nan"), 1), "abc"])
+def test_bad_spacing_is_refused(spacing):
+    with pytest.raises(InputError, match="spacing"):
+        nodule_volume_mm3(np.ones((2, 2, 2)), spacing)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_the_clicked_piece_and_what_touches_it():
+    lab = np.zeros((2, 12, 12), np.uint8)
+    lab[0, 2:5, 2:5] = 1      # under the click
+    lab[0, 8:11, 8:11] = 1    # a vessel elsewhere
+    lab[1, 6:8, 2:4] = 1      # 3 px from the click: snapped
+    kept = keep_clicked(lab, (3, 3), (4, 4))
+    assert kept[0, 2:5, 2:5].all() and not kept[0, 8:, 8:].any()
+    assert kept[1].sum() == 4
+    assert not keep_clicked(lab, (3, 3), (1, 1))[1].any()  # too far with a 1 px snap
+    nxt = np.zeros_like(lab)
+    nxt[0, 4:7, 4:7] = 1      # overlaps slice 0's piece at (4, 4)
+    nxt[0, 0, 11] = 1         # does not
+    nxt[1, 0:2, 0:2] = 1      # hypothesis 1 moved away: it ends
+    touching = keep_touching(nxt, kept)
+    assert touching[0].sum() == 9 and not touching[1].any()
+
+
+def test_crop_stays_inside_the_slice():
+    assert crop_box((512, 512), (10, 500), 128) == (0, 384, 128, 128)
+    assert crop_box((100, 60), (50, 30), 128) == (0, 0, 100, 60)
+
+
+# ----------------------------------------------------------------------------- 3D hypotheses
+
+
+def test_hypotheses_are_nodules_found_from_the_click(session):
+    vol = nodule_scan()
+    hyp = sample_nodule(session, NoduleRequest(vol, SPACING, (4, 32, 32), n=16, seed=3))
+    assert hyp.labels.shape[:2] == (16, 5) and hyp.slices == range(2, 7)
+    assert hyp.roi == (16, 16, 32, 32)
+    nonempty = [i for i in range(16) if hyp.labels[i].any()]
+    assert nonempty, "the tiny model draws the lesion"
+    for i in nonempty:
+        # one draw per hypothesis: every slice of this nodule shows the same image, so the
+        # same hypothesis is the same outline on each of them
+        assert all(np.array_equal(hyp.labels[i, 0], hyp.labels[i, k]) for k in range(5))
+        assert hyp.extent(i) == (2, 6) and z_gaps(hyp.labels[i]) == 0
+    sizes = {int(hyp.labels[i, 0].sum()) for i in nonempty}
+    assert len(sizes) >= 2, "the hypotheses differ from one another (core, core + halo, ...)"
+    vols = hyp.volumes_mm3
+    assert vols[nonempty[0]] == pytest.approx(hyp.labels[nonempty[0]].sum() * 2.5 * 0.49)
+    s = hyp.volume_summary()
+    assert s["p5"] <= s["median"] <= s["p95"]
+    full = hyp.full_mask(nonempty[0], vol.shape)
+    assert full.shape == vol.shape and full.sum() == hyp.labels[nonempty[0]].sum()
+    assert not full[:2].any() and not full[7:].any()
+    again = sample_nodule(session, NoduleRequest(vol, SPACING, (4, 32, 32), n=16, seed=3))
+    assert np.array_equal(again.labels, hyp.labels), "the same click and seed, the same nodules"
+
+
+def test_independent_slices_are_not_one_nodule(session):
+    vol = nodule_scan()
+    req = NoduleRequest(vol, SPACING, (4, 32, 32), n=16, seed=3, coupling="independent",
+                        connect=False, slices=(2, 7))
+    hyp = sample_nodule(session, req)
+    changes = [i for i in range(16)
+               if any(not np.array_equal(hyp.labels[i, 0], hyp.labels[i, k]) for k in range(5))]
+    assert changes, "drawn slice by slice, some hypothesis changes mode from slice to slice"
+
+
+def test_the_extent_limit_is_reported(session):
+    vol = nodule_scan(first=0, last=8)
+    hyp = sample_nodule(session, NoduleRequest(vol, SPACING, (4, 32, 32), n=8, seed=1,
+                                               max_extent_mm=2.5))
+    assert hyp.slices == range(3, 6)
+    assert hyp.reached_limit and "cut there" in hyp.notes[0]
+
+
+def test_a_click_on_nothing_gives_no_nodule(session):
+    vol = nodule_scan()
+    hyp = sample_nodule(session, NoduleRequest(vol, SPACING, (0, 5, 5), n=4, seed=0))
+    assert not hyp.labels.any() and "no nodule" in hyp.notes[-1]
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(click=(9, 3, 3)), "outside the scan"),
+    (dict(volume=np.zeros((4, 4))), "3D scan"),
+    (dict(n=0), "at least 1"),
+    (dict(coupling="maybe"), "coupling"),
+    (dict(slices=(5, 9)), "clicked slice"),
+])
+def test_bad_requests_are_refused(session, change, match):
+    base = dict(volume=nodule_scan(), spacing=SPACING, click=(4, 32, 32))
+    with pytest.raises(InputError, match=match):
+        sample_nodule(session, NoduleRequest(**{**base, **change}))
+
+
+# ----------------------------------------------------------------------------- 3D evaluation
+
+
+def test_3d_figures_against_radiologists(session):
+    from napari_probunet.training.evaluate_nodules import NoduleTruth, evaluate_nodules
+
+    vol = nodule_scan(first=0, last=4, depth=5, size=32)
+    _, masks = two_mode_case(32)
+    truth = np.zeros((4, 5, 32, 32), np.uint8)
+    truth[0] = masks[0]              # core on every slice
+    truth[1] = masks[1]              # core + halo on every slice
+    truth[2, 1:4] = masks[0]         # core on three slices
+    nodule = NoduleTruth("scan/nodule-0", vol, truth, SPACING, slices=(0, 5))
+    assert nodule.click() == (2, 16, 16)
+    out = evaluate_nodules(session, [nodule], n_samples=[4, 8], progress=False,
+                           per_nodule=True)
+    assert out["n_nodules"] == 1
+    for key in ("ged4_3d", "ged8_3d", "ged8_3d_independent", "ged8_3d_offset", "hm_iou8_3d"):
+        assert 0.0 <= out[key] <= 2.0, key
+    assert out["gaps"]["hypotheses"]["share_with_gaps"] in (0.0, None)
+    assert out["gaps"]["radiologists"]["masks"] == 3
+    assert out["empty_radiologists"] == pytest.approx(0.25)
+    assert 0.0 <= out["volume_coverage"] <= 1.0
+    row = out["per_nodule"][0]
+    assert len(row["volumes_mm3"]) == 8 and len(row["radiologist_volumes_mm3"]) == 3
