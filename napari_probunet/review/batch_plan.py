@@ -5,7 +5,8 @@ folder of one DICOM series cut into axial slices, a multi-rater folder, a LIDC p
 ``synthetic:`` spec) becomes work items with a unique ``case_id`` and a file-safe ``name``,
 sorted by ``case_id`` (:func:`plan_cases`). An input that cannot be expanded is a failure of
 its own. Every rank of a ``torchrun`` job plans the same list, so ranks can share it out by
-position (:mod:`napari_probunet.review.batch`). Images are loaded only when their turn comes (:attr:`Item.load`).
+position (:mod:`napari_probunet.review.batch`). Images are loaded only when their turn comes
+(:attr:`Item.load`).
 """
 
 from __future__ import annotations
