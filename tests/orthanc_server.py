@@ -187,12 +187,15 @@ class SlowProxy(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
-def slow_handler(target: str, delay: float):
+def slow_handler(target: str, delay: float, missing: str | None = None):
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
+            if missing and f"/instances/{missing}" in self.path:  # listed, but not sent
+                self.send_error(404, "Not Found")
+                return
             req = urllib.request.Request(target + self.path, headers={
                 k: v for k, v in self.headers.items() if k.lower() not in ("host",)})
             try:
@@ -218,10 +221,11 @@ def slow_handler(target: str, delay: float):
     return Handler
 
 
-def start_proxy(target: str, delay: float) -> SlowProxy:
-    """A :class:`SlowProxy` to ``target`` on a free port, serving in a daemon thread."""
+def start_proxy(target: str, delay: float, missing: str | None = None) -> SlowProxy:
+    """A :class:`SlowProxy` to ``target`` on a free port, serving in a daemon thread; it answers
+    404 for the instance ``missing`` (a SOPInstanceUID), as if it was deleted after the listing."""
     import threading
 
-    proxy = SlowProxy(("127.0.0.1", 0), slow_handler(target, delay))
+    proxy = SlowProxy(("127.0.0.1", 0), slow_handler(target, delay, missing))
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     return proxy

@@ -27,6 +27,7 @@ from orthanc_server import (
     free_port,
     slow_handler,
     start_orthanc,
+    start_proxy,
 )
 
 from napari_probunet.cli.main import main
@@ -217,6 +218,8 @@ def test_403_forbidden_and_a_refused_store_leave_the_file_intact(tmp_path, cache
 
 
 def test_a_store_to_a_server_that_went_down_keeps_the_export(tmp_path, cache):
+    if not THIRD_PARTY_SEG.is_file():
+        pytest.skip(f"{THIRD_PARTY_SEG} is absent")
     local = tmp_path / "nodule.seg.dcm"
     local.write_bytes(THIRD_PARTY_SEG.read_bytes())
     pacs = Pacs(PacsSettings(f"http://127.0.0.1:{free_port()}/dicom-web", timeout=1))
@@ -250,9 +253,25 @@ def test_a_series_with_a_missing_instance_is_refused_naming_it(tmp_path, cache):
         server.stop()
 
 
+def test_an_instance_listed_but_not_sent_is_named_and_nothing_kept(orthanc, cache):
+    import pydicom
+
+    gone = str(pydicom.dcmread(CT_FOLDER / "1-100.dcm", stop_before_pixels=True).SOPInstanceUID)
+    proxy = start_proxy(orthanc.url, delay=0.0, missing=gone)
+    try:
+        pacs = Pacs(PacsSettings(f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web"))
+        with pytest.raises(SeriesIncompleteError, match=f"cannot send 1 of them \\(404\\): "
+                           f"instance number \\d+ \\({gone}\\)"):
+            retrieve_series(pacs, SERIES_UID)
+        assert not (cache.root / SERIES_UID).exists()
+        assert not list(cache.root.iterdir())
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
 def test_a_slow_transfer_reports_progress_and_cancels_within_a_second(orthanc, cache):
-    proxy = SlowProxy(("127.0.0.1", 0), slow_handler(orthanc.url, 0.2))
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy = start_proxy(orthanc.url, delay=0.2)
     try:
         pacs = Pacs(PacsSettings(f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web"))
         cancel, steps = threading.Event(), []

@@ -10,7 +10,7 @@ Steps (:func:`iter_retrieve`):
 2. If the cache holds the series with exactly the listed instances, that is the result:
    nothing is downloaded again.
 3. Otherwise each instance is fetched on its own (WADO-RS), a few in parallel
-   (:data:`WORKERS`), checked (its SOPInstanceUID and SeriesInstanceUID are the ones asked
+   (:data:`WORKERS` daemon threads), checked (its SOPInstanceUID and SeriesInstanceUID are the ones asked
    for) and written into a hidden partial folder. Between completions, at least every
    :data:`TICK` seconds, the cancel event is looked at and progress is reported, so a cancel
    acts within a fraction of a second even when one instance trickles in slowly (the request
@@ -25,9 +25,9 @@ folder. :func:`retrieve_series` is the same with a plain callback for progress.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable, Generator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,25 +142,23 @@ def iter_retrieve(pacs: Pacs, series_uid: str, study_uid: str | None = None,
         yield Progress(len(listed), len(listed), 0, from_cache=True)
         return CachedSeries(cached.folder, {**cached.manifest, "_from_cache": True})
     stop = cancel or threading.Event()
-    abandoned = threading.Event()
     partial = cache.begin(series_uid)
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="pacs-retrieve")
+    fetchers = _Fetchers(pacs, study_uid, series_uid, listed, partial, workers)
     try:
-        futures = {pool.submit(_fetch_one, pacs, study_uid, series_uid, e, partial, abandoned): e
-                   for e in listed}
-        pending, written, missing, nbytes = set(futures), [], [], 0
+        written, missing, nbytes = [], [], 0
         yield Progress(0, len(listed))
-        while pending:
+        while len(written) + len(missing) < len(listed):
             if stop.is_set():
                 raise TransferCancelled(f"retrieve of series {series_uid} from {pacs.url} "
                                         "cancelled; nothing of it was kept.")
-            done, pending = wait(pending, timeout=TICK, return_when=FIRST_COMPLETED)
-            for f in done:
-                try:
-                    written.append(f.result())
-                    nbytes += written[-1]["bytes"]
-                except PacsNotFoundError:
-                    missing.append(futures[f])
+            for entry, result, error in fetchers.finished(TICK):
+                if isinstance(error, PacsNotFoundError):
+                    missing.append(entry)
+                elif error is not None:
+                    raise error
+                else:
+                    written.append(result)
+                    nbytes += result["bytes"]
             yield Progress(len(written) + len(missing), len(listed), nbytes)
         if missing:
             raise SeriesIncompleteError(
@@ -180,10 +178,53 @@ def iter_retrieve(pacs: Pacs, series_uid: str, study_uid: str | None = None,
         partial = None
         return committed
     finally:
-        abandoned.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        fetchers.abandon()
         if partial is not None:
             cache.discard(partial)
+
+
+class _Fetchers:
+    """A few daemon threads fetching the listed instances into ``folder``, a queue of what they
+    finished. Daemon threads: a request abandoned by a cancel never keeps the program from
+    exiting (it ends with its timeout, and writes nothing)."""
+
+    def __init__(self, pacs: Pacs, study_uid: str, series_uid: str, listed: list[Listed],
+                 folder: Path, workers: int) -> None:
+        self.abandoned = threading.Event()
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        for entry in listed:
+            self._todo.put(entry)
+        args = (pacs, study_uid, series_uid, folder, self.abandoned)
+        for k in range(max(1, min(workers, len(listed)))):
+            threading.Thread(target=self._work, args=args, daemon=True,
+                             name=f"pacs-retrieve-{k}").start()
+
+    def _work(self, *args) -> None:
+        while not self.abandoned.is_set():
+            try:
+                entry = self._todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._done.put((entry, _fetch_one(*args[:3], entry, *args[3:]), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the retrieve's thread
+                self._done.put((entry, None, exc))
+
+    def finished(self, wait: float) -> list[tuple[Listed, dict | None, BaseException | None]]:
+        """What finished since the last call, waiting up to ``wait`` seconds for the first."""
+        out = []
+        try:
+            out.append(self._done.get(timeout=wait))
+            while True:
+                out.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        return out
+
+    def abandon(self) -> None:
+        """No new request starts; the ones running write nothing."""
+        self.abandoned.set()
 
 
 def _fetch_one(pacs: Pacs, study_uid: str, series_uid: str, entry: Listed, folder: Path,
