@@ -49,6 +49,7 @@ class PacsWidget(QWidget):
         self.pacs = None  # the open connection (data.pacs.client.Pacs)
         self.series_source: dict | None = None  # the scan record of the series opened last
         self.export_folder: Path | None = None  # None: review.pacs_store.export_folder()
+        self.last_seg: Path | None = None  # the SEG written by the last Store, stored or not
         self._cancel = threading.Event()
         self.jobs = JobRunner(threading.Lock(), self)
         self._build()
