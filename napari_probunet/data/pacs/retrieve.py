@@ -10,8 +10,8 @@ Steps (:func:`iter_retrieve`):
 2. If the cache holds the series with exactly the listed instances, that is the result:
    nothing is downloaded again.
 3. Otherwise each instance is fetched on its own (WADO-RS), a few in parallel
-   (:data:`WORKERS` daemon threads), checked (its SOPInstanceUID and SeriesInstanceUID are the ones asked
-   for) and written into a hidden partial folder. Between completions, at least every
+   (:data:`WORKERS` daemon threads), checked (its SOPInstanceUID and SeriesInstanceUID are
+   the ones asked for) and written into a hidden partial folder. Between completions, at least every
    :data:`TICK` seconds, the cancel event is looked at and progress is reported, so a cancel
    acts within a fraction of a second even when one instance trickles in slowly (the request
    still running is abandoned: its thread ends with its timeout, and writes nothing).
