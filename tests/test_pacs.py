@@ -291,6 +291,15 @@ def test_a_slow_transfer_reports_progress_and_cancels_within_a_second(orthanc, c
         proxy.server_close()
 
 
+def test_a_cached_series_opens_when_the_server_cannot_be_reached(orthanc, cache):
+    retrieve_series(connect(orthanc), SERIES_UID)
+    down = Pacs(PacsSettings(f"http://127.0.0.1:{free_port()}/dicom-web", timeout=1))
+    cached = retrieve_series(down, SERIES_UID)
+    assert cached.from_cache and cached.offline and len(cached.files) == 133
+    with pytest.raises(PacsUnreachableError):  # not in the cache: said so
+        retrieve_series(down, "1.2.3.4")
+
+
 def test_a_killed_transfer_never_looks_complete(orthanc, cache):
     partial = cache.begin(SERIES_UID)  # as a transfer leaves it when killed mid-way
     (partial / "1.2.3.dcm").write_bytes(b"half")

@@ -114,7 +114,8 @@ def _get(pacs, args: argparse.Namespace) -> int:
 
     with bar:
         cached = retrieve_series(pacs, args.series, args.study, cache=cache, progress=progress)
-    how = "already in the cache" if cached.from_cache else "retrieved"
+    how = ("the server cannot be reached: the copy in the cache" if cached.offline else
+           "already in the cache" if cached.from_cache else "retrieved")
     print(f"probunet pacs get: {how}: {len(cached.files)} instances of series "
           f"{cached.series_uid}", file=sys.stderr)
     print(cached.folder)

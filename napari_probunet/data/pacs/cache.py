@@ -89,6 +89,11 @@ class CachedSeries:
         """True when no instance was downloaded to give this result."""
         return bool(self.manifest.get("_from_cache"))
 
+    @property
+    def offline(self) -> bool:
+        """True when the server could not be reached and the cached copy was used unchecked."""
+        return bool(self.manifest.get("_offline"))
+
 
 class SeriesCache:
     """The cache folder (see the module docstring); ``root`` None: :func:`cache_root`."""

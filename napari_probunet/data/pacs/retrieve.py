@@ -8,7 +8,8 @@ Steps (:func:`iter_retrieve`):
    numbered 1..N; an instance deleted or not yet arrived leaves a gap). A series with missing
    instances is refused with :class:`~.errors.SeriesIncompleteError`, naming them.
 2. If the cache holds the series with exactly the listed instances, that is the result:
-   nothing is downloaded again.
+   nothing is downloaded again. When the server cannot be reached at all, a series in the
+   cache (checked complete when it was retrieved) is the result too, marked ``offline``.
 3. Otherwise each instance is fetched on its own (WADO-RS), a few in parallel
    (:data:`WORKERS` daemon threads), checked (its SOPInstanceUID and SeriesInstanceUID are
    the ones asked for) and written into a hidden partial folder. Between completions, at least every
@@ -34,10 +35,11 @@ from pathlib import Path
 
 from napari_probunet import limits
 from napari_probunet.data.pacs.cache import CachedSeries, SeriesCache, check_uid
-from napari_probunet.data.pacs.client import Pacs
+from napari_probunet.data.pacs.client import Pacs, log
 from napari_probunet.data.pacs.errors import (
     PacsError,
     PacsNotFoundError,
+    PacsUnreachableError,
     SeriesIncompleteError,
     TransferCancelled,
 )
@@ -133,7 +135,17 @@ def iter_retrieve(pacs: Pacs, series_uid: str, study_uid: str | None = None,
     seconds) that returns the :class:`~.cache.CachedSeries`."""
     series_uid = check_uid(series_uid)
     cache = cache or SeriesCache()
-    summary = find_series(pacs, series_uid)
+    try:
+        summary = find_series(pacs, series_uid)
+    except PacsUnreachableError as exc:  # offline: a series checked complete when it came
+        cached = cache.cached(series_uid)
+        if cached is None:
+            raise
+        log.warning("%s; series %s opened from the cache without checking it against the "
+                    "server", exc, series_uid)
+        yield Progress(len(cached.files), len(cached.files), 0, from_cache=True)
+        return CachedSeries(cached.folder, {**cached.manifest, "_from_cache": True,
+                                            "_offline": True})
     study_uid = check_uid(study_uid or summary.study_uid, "StudyInstanceUID")
     listed = list_instances(pacs, study_uid, series_uid)
     check_complete(pacs, series_uid, listed, summary.instances)

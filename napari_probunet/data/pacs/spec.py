@@ -94,7 +94,8 @@ def resolve_inputs(inputs: Sequence[str], cache: SeriesCache | None = None,
             cached = retrieve_series(pacs, spec.series_uid, spec.study_uid, cache=cache,
                                      cancel=cancel)
         if report is not None:
-            how = "from the cache" if cached.from_cache else "retrieved"
+            how = ("server unreachable, from the cache" if cached.offline else
+                   "from the cache" if cached.from_cache else "retrieved")
             report(f"series {spec.series_uid} from {spec.settings.url}: {how}, "
                    f"{len(cached.files)} instances in {cached.folder}")
         out.append(str(cached.folder))

@@ -213,7 +213,8 @@ class PacsWidget(QWidget):
                                                   _date(m.get("study_date", ""))) if x)
         layer = self.viewer.add_image(volume.data, **kwargs)
         self.series_source = volume.source()
-        how = "from the cache" if cached.from_cache else "retrieved"
+        how = ("server unreachable: from the cache, unchecked" if cached.offline else
+               "from the cache" if cached.from_cache else "retrieved")
         self._say(f"Opened {layer.name!r} ({how}: {len(cached.files)} instances, "
                   f"{' x '.join(map(str, volume.data.shape))}) from {cached.folder}")
 
