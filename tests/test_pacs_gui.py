@@ -104,10 +104,15 @@ def test_a_failed_store_keeps_the_seg_and_tells_the_user(dock, qtbot, tmp_path):
     mask = np.zeros(dock.viewer.layers[0].data.shape, np.uint8)
     mask[60, 200:210, 200:210] = 1
     dock.viewer.add_labels(mask, name="correction")
+    from napari.utils.notifications import notification_manager
+
+    start = len(notification_manager.records)
     dock.store_button.click()
     qtbot.waitUntil(lambda: not dock.jobs.busy, timeout=30000)
     text = dock.status.text()
     assert "written to" in text and "not stored" in text and "cannot reach" in text, text
+    told = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("not stored" in m and str(dock.last_seg) in m for m in told), told
     assert dock.last_seg.is_file() and str(dock.last_seg) in text
     import pydicom
 
