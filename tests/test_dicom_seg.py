@@ -282,6 +282,9 @@ def test_find_series_looks_beside_the_seg_and_in_ct(tmp_path):
     found, searched = dicom_seg.find_series(seg)
     assert len(found) == 133 and {f.parent for f in found} == {case / "ct"}
     assert searched[-1] == case / "ct"
+    shutil.copy(THIRD_PARTY, case / "ct" / "zz_seg.dcm")  # beside the slices, same folder
+    found, searched = dicom_seg.find_series(case / "ct" / "zz_seg.dcm")
+    assert len(found) == 133 and searched == [case / "ct"]
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(THIRD_PARTY, alone / "seg.dcm")
@@ -343,3 +346,29 @@ def test_export_of_an_image_not_from_a_dicom_series_is_refused_before_writing(tm
     with pytest.raises(UserError, match="not opened from a DICOM series"):
         export_correction(mask, tmp_path / "x.seg.dcm", correction_record(mask))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_seg_in_memory_reads_as_from_its_file(volume):
+    """What a PACS client retrieves (a pydicom Dataset) reads without a file."""
+    import pydicom
+
+    from_file = dicom_seg.read_seg(THIRD_PARTY, volume)
+    in_memory = dicom_seg.read_seg(pydicom.dcmread(THIRD_PARTY), volume)
+    assert [s.label for s in in_memory.segments] == [s.label for s in from_file.segments]
+    assert all(np.array_equal(a.crop, b.crop) and a.offset == b.offset
+               for a, b in zip(in_memory.segments, from_file.segments))
+
+
+def test_a_seg_whose_frames_do_not_match_its_description_is_refused(tmp_path, volume):
+    import pydicom
+
+    ds = pydicom.dcmread(THIRD_PARTY)
+    del ds.PerFrameFunctionalGroupsSequence[-1]
+    ds.save_as(tmp_path / "damaged.dcm")
+    with pytest.raises(DataError, match="declares 45 frames but describes 44"):
+        dicom_seg.read_seg(tmp_path / "damaged.dcm", volume)
+    ds = pydicom.dcmread(THIRD_PARTY)
+    ds.NumberOfFrames = 4_000_000  # a small file declaring a huge SEG: refused unread
+    ds.save_as(tmp_path / "huge.dcm")
+    with pytest.raises(LimitError, match="MAX_DECODED_BYTES"):
+        dicom_seg.read_seg(tmp_path / "huge.dcm", volume)

@@ -195,3 +195,29 @@ def test_3d_figures_against_radiologists(session):
     assert 0.0 <= out["volume_coverage"] <= 1.0
     row = out["per_nodule"][0]
     assert len(row["volumes_mm3"]) == 8 and len(row["radiologist_volumes_mm3"]) == 3
+
+
+def test_probunet_evaluate_on_a_whole_scan_with_its_reading_file(capsys, tmp_path):
+    """The real LIDC-IDRI-0001 series and its four radiologists: one nodule, 3D figures."""
+    import json
+    from pathlib import Path
+
+    from napari_probunet.cli import main
+
+    scans = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri-scans"
+    if not (scans / "LIDC-IDRI-0001" / "ct").is_dir():
+        pytest.skip("the shared LIDC-IDRI scan is not on this machine")
+    out = tmp_path / "scan.json"
+    rc = main(["evaluate", "--model", "lidc", "--data", str(scans), "--samples", "4",
+               "--threads", "1", "--quiet", "--json", "--out", str(out), "--per-image"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["n_nodules"] == 1 and result["outline_pixels"] == "left out"
+    row = result["per_nodule"][0]
+    assert len(row["radiologist_volumes_mm3"]) == 4  # all four outlined it
+    assert all(5000 < v < 8000 for v in row["radiologist_volumes_mm3"])  # a ~30 mm nodule
+    assert 85 <= row["click"][0] <= 95
+    assert result["gaps"]["hypotheses"]["share_with_gaps"] == 0.0
+    for key in ("ged4_3d", "ged4_3d_independent", "ged4_3d_offset", "hm_iou4_3d"):
+        assert 0.0 <= result[key] <= 2.0

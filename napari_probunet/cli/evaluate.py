@@ -14,6 +14,7 @@ from napari_probunet.files import check_writable
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.calibration import RELIABILITY_BINS
 from napari_probunet.training.evaluate import DEFAULT_SAMPLES, evaluate_model, open_data
+from napari_probunet.training.evaluate_nodules import scan_folders
 from napari_probunet.training.report import format_report
 
 
@@ -23,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
                         "lesions (synthetic demo), default")
     parser.add_argument("--data", required=True,
-                        help="a multi-rater folder, or synthetic:KIND?n=N&seed=S[&size=H]")
+                        help="a multi-rater folder, synthetic:KIND?n=N&seed=S[&size=H], or a scan "
+                        "folder (ct/ + annotations/*.xml; or a folder of them): 3D per nodule")
     parser.add_argument("--samples", type=int, nargs="+", default=list(DEFAULT_SAMPLES),
                         metavar="N", help="sample counts to report (default: 16 100)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
@@ -44,6 +46,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "hypotheses from one click at the centre of the radiologists' outlines, "
                         "against their 3D masks (LIDC-IDRI slices data; a scan folder with "
                         "reading files is always evaluated so). See docs/evaluation.md")
+    parser.add_argument("--outline-pixels", action="store_true",
+                        help="scan folders: count each outline's own pixels as nodule (the "
+                        "default leaves them out, as the LIDC-IDRI slices the models learned "
+                        "from do)")
     parser.add_argument("--baseline", metavar="MODEL",
                         help="also evaluate this model (e.g. a trained deterministic U-Net, "
                         "recipes/lidc_unet.toml) on the same data and report it beside")
@@ -66,24 +72,36 @@ def _write_out(out, text: str) -> None:
                         "was printed above instead") from None
 
 
-def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out) -> int:
-    """``--nodules``: the 3D figures (:mod:`napari_probunet.training.evaluate_nodules`)."""
+def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out, scans=()) -> int:
+    """``--nodules`` or scan folders: the 3D figures
+    (:mod:`napari_probunet.training.evaluate_nodules`)."""
     from napari_probunet.training.evaluate_nodules import (
         evaluate_nodules,
         format_nodule_report,
+        nodules_of_scans,
         nodules_of_slices,
     )
 
     if args.baseline:
-        raise UserError("--baseline is not available with --nodules yet; evaluate the "
+        raise UserError("--baseline is not available for 3D figures yet; evaluate the "
                         "baseline model in a second run")
-    nodules = nodules_of_slices(cases)
+    notes: list[str] = []
+    if scans:
+        nodules, notes = nodules_of_scans(scans, include_outline=args.outline_pixels)
+    else:
+        nodules = nodules_of_slices(cases)
     result = evaluate_nodules(model, nodules, n_samples=args.samples, seed=args.seed,
                               device=args.device, progress=not args.quiet,
                               per_nodule=args.per_image)
     result = {"model": str(args.model), "data": spec, **result}
+    if scans:
+        result["scans"] = [str(p) for p in scans]
+        result["outline_pixels"] = "included" if args.outline_pixels else "left out"
+        result["notes"] = notes
     text = json.dumps(result, indent=2, allow_nan=False)
     _write_out(out, text)
+    for note in notes:
+        print(f"probunet evaluate: note: {note}", file=sys.stderr)
     print(text if args.json else format_nodule_report(result))
     return 0
 
@@ -99,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
         import torch  # lazy: `probunet evaluate --help` does not load torch
 
         torch.set_num_threads(args.threads)
+    scans = scan_folders(args.data)
+    if scans:  # whole scans with reading files: always 3D, per nodule
+        model = load_model(args.model, device="cpu")
+        return _run_nodules(args, None, str(args.data), model, out, scans)
     cases, spec = open_data(args.data)
     model = load_model(args.model, device="cpu")
     if args.nodules:

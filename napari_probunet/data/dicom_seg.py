@@ -76,7 +76,7 @@ from napari_probunet.errors import DataError
 
 __all__ = ["SEG_SOP_CLASS_UID", "SegAlgorithm", "SegObject", "SegSegment", "build_seg",
            "find_series", "is_seg_file", "nodule_codes", "read_seg", "referenced_series",
-           "save_seg",
+           "save_seg", "write_dataset",
            "seg_header", "series_headers", "write_frequency_seg", "write_hypotheses_seg",
            "write_seg"]
 
@@ -216,7 +216,8 @@ def build_seg(masks: np.ndarray, labels: Sequence[str], source, *, algorithm: Se
             source_images=images, pixel_array=pixels,
             segmentation_type="FRACTIONAL" if fractional else "BINARY",
             segment_descriptions=descriptions, series_instance_uid=hd.UID(),
-            series_number=SERIES_NUMBER_OFFSET + int(first.get("SeriesNumber", 0) or 0),
+            series_number=min(SERIES_NUMBER_OFFSET + int(first.get("SeriesNumber", 0) or 0),
+                              2**31 - 1),  # IS holds a signed 32-bit integer
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER, software_versions=version,
             device_serial_number=f"{MANUFACTURER} {version}"[:64],

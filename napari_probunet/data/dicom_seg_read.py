@@ -35,6 +35,10 @@ from napari_probunet.errors import DataError
 SEARCH_FIRST = (".", "../ct", "ct")
 #: at most this many files of a folder are looked into when searching for a series
 _SEARCH_FILES = 5000
+#: files whose headers are read first to tell whether a folder holds the series
+_SNIFF_FILES = 4
+#: at most this many folders are searched
+_SEARCH_FOLDERS = 64
 
 
 # ----------------------------------------------------------------------------- the series
@@ -83,10 +87,26 @@ def seg_header(path: str | os.PathLike):
     except Exception as exc:  # pydicom raises many types for a broken file
         raise DataError(f"{p}: cannot read this DICOM file ({type(exc).__name__}: {exc}); it "
                         "may be truncated.") from None
+    _check_is_seg(ds, p)
+    return ds
+
+
+def _check_is_seg(ds, p: Path) -> None:
     if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS_UID:
         raise DataError(f"{p}: not a DICOM Segmentation (SEG) object (its SOP class is "
                         f"{ds.get('SOPClassUID', 'missing')}); open it as a DICOM series.")
-    return ds
+
+
+def _seg_and_size(source) -> tuple[Any, Path, int]:
+    """``(dataset, path for messages, bytes it came from)`` of a SEG file or of a SEG
+    dataset already in memory (e.g. retrieved from a PACS)."""
+    if hasattr(source, "SOPClassUID"):
+        where = Path(str(getattr(source, "filename", None) or "the SEG (in memory)"))
+        _check_is_seg(source, where)
+        return source, where, len(source.get("PixelData", b"") or b"")
+    path = Path(source)
+    seg = seg_header(path)
+    return seg, path, os.path.getsize(path)
 
 
 def referenced_series(seg) -> list[str]:
@@ -269,7 +289,8 @@ def _rgb(lab) -> str | None:
     return f"#{int(r):02x}{int(g):02x}{int(b):02x}"
 
 
-def _check_sizes(seg, path: Path, plane: tuple[int, int], fractional: bool) -> int:
+def _check_sizes(seg, path: Path, file_bytes: int, plane: tuple[int, int],
+                 fractional: bool) -> int:
     """Frames of the SEG, after checking its declared sizes against the limits and the
     series' plane; nothing is decoded yet."""
     frames = int(seg.get("NumberOfFrames", 1) or 1)
@@ -277,7 +298,7 @@ def _check_sizes(seg, path: Path, plane: tuple[int, int], fractional: bool) -> i
     limits.check_plane(rows, cols, f"{path}: each SEG frame", DataError)
     segments = len(seg.get("SegmentSequence", []) or [])
     decoded = limits.array_bytes((frames, rows, cols), 5 if fractional else 1)
-    limits.check_decoded(decoded, os.path.getsize(path), f"{path}: the SEG ({frames} frames "
+    limits.check_decoded(decoded, file_bytes, f"{path}: the SEG ({frames} frames "
                          f"of {rows}x{cols}, {segments} segments)", DataError)
     if (rows, cols) != plane:
         raise DataError(f"{path}: the SEG's frames are {rows}x{cols} pixels, the series' "
@@ -302,20 +323,20 @@ def _decode(seg, path: Path, frames: int) -> np.ndarray:
     return pixels.reshape(frames, *pixels.shape[-2:])
 
 
-def read_seg(path: str | os.PathLike, volume_or_series) -> SegObject:
-    """The SEG at ``path`` over its series ``volume_or_series`` (a :class:`Volume` of it, its
-    folder, a file or the list of its files, or its headers in volume order): see the module
-    docstring. :class:`DataError` for a SEG of another series, off the series' grid, over
-    the limits or damaged."""
-    path = Path(path)
-    seg = seg_header(path)
+def read_seg(path, volume_or_series) -> SegObject:
+    """The SEG at ``path`` (a file, or a pydicom Dataset of a SEG already in memory) over its
+    series ``volume_or_series`` (a :class:`Volume` of it, its folder, a file or the list of
+    its files, or its headers in volume order): see the module docstring.
+    :class:`DataError` for a SEG of another series, off the series' grid, over the limits or
+    damaged."""
+    seg, path, file_bytes = _seg_and_size(path)
     headers = series_headers(volume_or_series)
     where = str(getattr(volume_or_series, "path", "") or Path(
         getattr(headers[0], "filename", "") or "series").parent)
     _check_series(seg, headers, where, path)
     plane = (int(headers[0].Rows), int(headers[0].Columns))
     fractional = str(seg.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL"
-    frames = _check_sizes(seg, path, plane, fractional)
+    frames = _check_sizes(seg, path, file_bytes, plane, fractional)
     grid = _Grid.of(headers)
     shared = _item(seg, "SharedFunctionalGroupsSequence")
     per_frame = seg.PerFrameFunctionalGroupsSequence
@@ -324,8 +345,8 @@ def read_seg(path: str | os.PathLike, volume_or_series) -> SegObject:
     pixels = _decode(seg, path, frames)
     shape = (len(headers), *plane)
     scale = float(seg.get("MaximumFractionalValue", 255) or 255) if fractional else 1.0
-    segments = [_segment(item, placed, pixels, shape, fractional, scale)
-                for item in _boxes_checked(seg, placed, pixels, shape, path, fractional)]
+    boxes = _boxes_checked(seg, placed, pixels, (path, file_bytes), fractional)
+    segments = [_segment(item, placed, pixels, shape, fractional, scale) for item in boxes]
     return SegObject(path=str(path), series_uid=_series_uid(headers),
                      sop_instance_uid=str(seg.get("SOPInstanceUID", "")),
                      series_description=str(seg.get("SeriesDescription", "") or ""),
@@ -348,8 +369,10 @@ def _box(frame_ids: list[int], placed, pixels: np.ndarray) -> tuple[int, ...] | 
             int(min(cols)), int(max(cols)) + 1)
 
 
-def _boxes_checked(seg, placed, pixels, shape, path: Path, fractional: bool) -> list:
-    """``(segment item, frame ids, box)`` per segment, the boxes' total size checked."""
+def _boxes_checked(seg, placed, pixels, where: tuple[Path, int], fractional: bool) -> list:
+    """``(segment item, frame ids, box)`` per segment, the boxes' total size checked against
+    the limits (``where``: the SEG's path and the bytes it came from)."""
+    path, file_bytes = where
     out, total = [], 0
     for item in seg.SegmentSequence:
         number = int(item.SegmentNumber)
@@ -359,7 +382,7 @@ def _boxes_checked(seg, placed, pixels, shape, path: Path, fractional: bool) -> 
             total += limits.array_bytes((box[1] - box[0], box[3] - box[2], box[5] - box[4]),
                                         4 if fractional else 1)
         out.append((item, ids, box))
-    limits.check_decoded(total, os.path.getsize(path),
+    limits.check_decoded(total, file_bytes,
                          f"{path}: the boxes of its {len(out)} segments", DataError)
     return out
 
@@ -400,19 +423,30 @@ def _header_uid(path: Path) -> tuple[str, str]:
 
 
 def _series_files(folder: Path, uid: str) -> list[Path]:
-    """The files of series ``uid`` in ``folder`` (headers read; SEG objects left out)."""
+    """The files of series ``uid`` in ``folder`` (SEG objects left out). Quick for a folder
+    of another series: only its first few files' headers are read unless one matches."""
+    files = dicom_files(folder, limit=64)[:_SEARCH_FILES]
+    if not any(_header_uid(f)[0] == uid for f in files[:_SNIFF_FILES]):
+        if len(files) <= _SNIFF_FILES or not _mixed(files):
+            return []
     found = []
-    for f in dicom_files(folder, limit=64)[:_SEARCH_FILES]:
+    for f in files:
         series, sop = _header_uid(f)
         if series == uid and sop != SEG_SOP_CLASS_UID:
             found.append(f)
     return found
 
 
+def _mixed(files: list[Path]) -> bool:
+    """Whether a folder's files (first, middle, last) belong to more than one series."""
+    picks = {files[0], files[len(files) // 2], files[-1]}
+    return len({_header_uid(f)[0] for f in picks}) > 1
+
+
 def search_folders(seg_path: str | os.PathLike) -> list[Path]:
     """Where :func:`find_series` looks, in order: the SEG's own folder, ``../ct/``, ``ct/``,
     then the other subfolders of the SEG's parent folder, then the subfolders of the SEG's
-    own folder (each once, existing folders only)."""
+    own folder (each once, existing folders only, the first 64)."""
     here = Path(seg_path).resolve().parent
     candidates = [(here / rel).resolve() for rel in SEARCH_FIRST]
     for base in (here.parent, here):
@@ -426,7 +460,7 @@ def search_folders(seg_path: str | os.PathLike) -> list[Path]:
         if c not in seen and c.is_dir():
             seen.add(c)
             out.append(c)
-    return out
+    return out[:_SEARCH_FOLDERS]
 
 
 def find_series(seg_path: str | os.PathLike) -> tuple[list[Path], list[Path]]:

@@ -241,8 +241,10 @@ def nodule_job(session, request: NoduleRequest):
     one step on the session), or run to the end by :func:`sample_nodule`.
 
     With ``connect`` the walk has two passes over slices decoded once each: the first goes out
-    from the clicked slice while some hypothesis has a piece under the click; the slice where
-    most hypotheses have one is the nodule's **anchor** (the model's most certain slice, the
+    from the clicked slice while a hypothesis's piece under the click goes on (touching from
+    slice to slice; when no hypothesis has a piece on the clicked slice, while some slice has
+    one at the click), counting on each slice the hypotheses with a piece under the click; the
+    slice where most have one is the nodule's **anchor** (the model's most certain slice, the
     clicked one on a tie); the second keeps, for each hypothesis, the piece under the click on
     the anchor and what touches it slice by slice, decoding further slices as it needs them.
     A hypothesis empty on the anchor is "no nodule".
@@ -277,13 +279,18 @@ def nodule_job(session, request: NoduleRequest):
         return _collect(request, roi, {k: v for k, v in done.items()}, False)
     at = (int(request.click[1]) - roi[0], int(request.click[2]) - roi[1])
     snap = (request.snap_mm / spacing[1], request.snap_mm / spacing[2])
-    counts = {k0: clicked_count((yield from raw(k0)), at, snap)}
+    first = keep_clicked((yield from raw(k0)), at, snap)
+    counts = {k0: int(first.reshape(n, -1).any(axis=1).sum())}
     for direction, end in ((1, hi), (-1, lo)):
-        k = k0 + direction
-        while (k - end) * direction <= 0:
-            counts[k] = clicked_count((yield from raw(k)), at, snap)
-            if not counts[k]:
+        previous, k = first, k0 + direction
+        # out while a hypothesis drawn on the clicked slice goes on; when the clicked slice
+        # has none (a click near the nodule's end), while some slice has a piece at the click
+        while (k - end) * direction <= 0 and (previous.any() or not counts[k0]):
+            labels = yield from raw(k)
+            counts[k] = clicked_count(labels, at, snap)
+            if not counts[k0] and not counts[k]:
                 break
+            previous = keep_touching(labels, previous)
             k += direction
     anchor = max(counts, key=lambda k: (counts[k], -abs(k - k0), k))
     kept = {anchor: keep_clicked(done[anchor][0], at, snap)}

@@ -54,13 +54,13 @@ STREAM_OFFSET = 3
 
 @dataclass
 class NoduleTruth:
-    """One nodule: its slices and each radiologist's 3D mask over them."""
+    """One nodule: the scan (or the nodule's slices) and each radiologist's 3D mask of it."""
 
     nodule_id: str
-    volume: np.ndarray  # (S, H, W) intensities; for a scan: the whole series (Z, Y, X)
-    masks: np.ndarray  # (R, S', H', W') uint8 over `first`.., within `roi` (whole scan: full)
+    volume: np.ndarray  # (Z, Y, X) intensities: a whole series, or the slices of one nodule
+    masks: np.ndarray  # (R, dz, dy, dx) uint8/bool, the radiologists' masks from `origin`
     spacing: tuple[float, float, float]
-    first: int = 0  # slice of masks[:, 0] in volume
+    origin: tuple[int, int, int] = (0, 0, 0)  # (slice, row, column) of masks[:, 0, 0, 0]
     slices: tuple[int, int] | None = None  # sample exactly these slices (slices set)
 
     def click(self) -> tuple[int, int, int]:
@@ -69,7 +69,7 @@ class NoduleTruth:
         if not union.any():
             raise DataError(f"{self.nodule_id}: no radiologist outlined this nodule")
         c = np.rint(np.argwhere(union).mean(axis=0)).astype(int)
-        return int(c[0]) + self.first, int(c[1]), int(c[2])
+        return tuple(int(v) + int(o) for v, o in zip(c, self.origin))
 
 
 def nodules_of_slices(cases) -> list[NoduleTruth]:
@@ -95,25 +95,56 @@ def nodules_of_slices(cases) -> list[NoduleTruth]:
     return out
 
 
-def _in_masks(hyp, truth: NoduleTruth) -> np.ndarray:
-    """The hypotheses' labels over the truth's slices and crop: ``(n, S', H', W')``."""
-    out = np.zeros((hyp.n, *truth.masks.shape[1:]), np.uint8)
-    s_lo, s_hi = max(hyp.first, truth.first), min(hyp.first + hyp.labels.shape[1],
-                                                  truth.first + truth.masks.shape[1])
+def scan_folders(path) -> list:
+    """``path`` if it is a scan folder (``ct/`` + ``annotations/``), else the scan folders in
+    it (one level down, name order); empty when there are none."""
+    from pathlib import Path
+
+    from napari_probunet.data.lidc_scan import is_scan_folder
+
+    path = Path(path)
+    if is_scan_folder(path):
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if is_scan_folder(p))
+
+
+def nodules_of_scans(folders, include_outline: bool = False) -> tuple[list[NoduleTruth], list]:
+    """The nodules that at least one radiologist outlined in each scan folder's reading files,
+    and the notes of reading them. ``include_outline=False`` (the default here) leaves each
+    outline's own pixels out of its mask, as the LIDC-IDRI slices set the models were trained
+    on does (docs/scans.md, "Outline pixels")."""
+    from napari_probunet.data.lidc_scan import read_scan_folder
+
+    out, notes = [], []
+    for folder in folders:
+        scan = read_scan_folder(folder, include_outline=include_outline)
+        notes += [f"{scan.name}: {n}" for n in scan.problems]
+        for nod in scan.nodules:
+            z0, _, y0, _, x0, _ = nod.bbox
+            out.append(NoduleTruth(f"{scan.name}/nodule-{nod.index + 1}", scan.volume.data,
+                                   nod.masks.astype(np.uint8), tuple(scan.volume.spacing),
+                                   origin=(z0, y0, x0)))
+    return out, notes
+
+
+def paired(hyp, truth: NoduleTruth) -> tuple[np.ndarray, np.ndarray]:
+    """The hypotheses ``(n, ...)`` and the radiologists' masks ``(R, ...)`` on the box that
+    holds both (so a hypothesis running past the outlines counts against it)."""
     r0, c0, h, w = hyp.roi
-    if s_hi > s_lo:
-        out[:, s_lo - truth.first:s_hi - truth.first, r0:r0 + h, c0:c0 + w] = \
-            hyp.labels[:, s_lo - hyp.first:s_hi - hyp.first]
-    return out
-
-
-def _outside_masks(hyp, truth: NoduleTruth) -> int:
-    """Foreground voxels of the hypotheses on slices the truth's masks do not cover."""
-    inside = 0
-    for k in range(hyp.labels.shape[1]):
-        if truth.first <= hyp.first + k < truth.first + truth.masks.shape[1]:
-            inside += int(np.count_nonzero(hyp.labels[:, k]))
-    return int(np.count_nonzero(hyp.labels)) - inside
+    lo_h = np.array([hyp.first, r0, c0])
+    hi_h = lo_h + np.array([hyp.labels.shape[1], h, w])
+    lo_t = np.array(truth.origin)
+    hi_t = lo_t + np.array(truth.masks.shape[1:])
+    lo, hi = np.minimum(lo_h, lo_t), np.maximum(hi_h, hi_t)
+    hm = np.zeros((hyp.n, *(hi - lo)), np.uint8)
+    tm = np.zeros((len(truth.masks), *(hi - lo)), np.uint8)
+    a, b = lo_h - lo, hi_h - lo
+    hm[:, a[0]:b[0], a[1]:b[1], a[2]:b[2]] = hyp.labels
+    a, b = lo_t - lo, hi_t - lo
+    tm[:, a[0]:b[0], a[1]:b[1], a[2]:b[2]] = truth.masks
+    return hm, tm
 
 
 def _flat(masks: np.ndarray) -> np.ndarray:
@@ -156,16 +187,17 @@ def evaluate_nodule(session, truth: NoduleTruth, index: int, counts: Sequence[in
                                                  coupling="independent", connect=False))
     moved = sample_nodule(session, NoduleRequest(**{**base, "click": _offset_click(
         truth, index, seed)}))
-    hs, hi, hm = (_in_masks(h, truth) for h in (shared, indep, moved))
+    (hs, ts), (hi, ti), (hm, tm) = (paired(h, truth) for h in (shared, indep, moved))
     vols = shared.volumes_mm3
     voxel = float(np.prod(truth.spacing))
     rad_vols = [float(np.count_nonzero(m)) * voxel for m in truth.masks if m.any()]
     p5, p95 = np.percentile(vols, [5, 95])
     return {
         "nodule": truth.nodule_id,
-        "shared": _scores(hs, truth.masks, counts),
-        "independent": _scores(hi, truth.masks, counts),
-        "offset": _scores(hm, truth.masks, counts),
+        "click": list(base["click"]),
+        "shared": _scores(hs, ts, counts),
+        "independent": _scores(hi, ti, counts),
+        "offset": _scores(hm, tm, counts),
         "volumes_mm3": [float(v) for v in vols],
         "radiologist_volumes_mm3": rad_vols,
         "covered": [bool(p5 <= v <= p95) for v in rad_vols],
@@ -175,7 +207,6 @@ def evaluate_nodule(session, truth: NoduleTruth, index: int, counts: Sequence[in
         "empty_shared": float(np.mean(~hs.reshape(n, -1).any(axis=1))),
         "empty_radiologists": float(np.mean(~truth.masks.reshape(len(truth.masks), -1)
                                             .any(axis=1))),
-        "voxels_beyond_masks": _outside_masks(shared, truth),
         "reached_limit": bool(shared.reached_limit),
     }
 
