@@ -7,10 +7,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # What napari needs from the system (SPEC.md, "Running headless"); installed only when missing
-# and only when we are root (otherwise the list is printed for you to install).
+# and only when we are root (otherwise the list is printed for you to install). orthanc and
+# orthanc-dicomweb: the PACS tests start their own Orthanc on free ports (tests/orthanc_server.py);
+# the system service the package installs is never used, running or not (docs/pacs.md).
+# dicom3tools: dciodvfy checks the DICOM SEG files the tests write.
 SYSTEM_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 \
 	libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
-	libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0
+	libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0 \
+	orthanc orthanc-dicomweb dicom3tools openssl
 
 .PHONY: setup system-deps run test lint bench clean
 

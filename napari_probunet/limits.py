@@ -64,10 +64,14 @@ MAX_OUTLINED_NODULES = 2000
 LIDC-IDRI reading file, and in all the reading files of one scan: grouping them into nodules
 compares every pair. Real scans have a few to about a hundred."""
 
+MAX_SERIES_INSTANCES = 4096
+"""Most instances (files) of one series that a DICOMweb server's listing may name before a
+retrieve starts (a CT series has a few hundred). Checked on the listing, before any download."""
+
 #: every limit, by name (the environment variable is ``PROBUNET_<name>``)
 NAMES = ("MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES", "MAX_HEADER_BYTES", "MAX_MODEL_CHANNELS",
          "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS", "MAX_XML_BYTES",
-         "MAX_OUTLINED_NODULES")
+         "MAX_OUTLINED_NODULES", "MAX_SERIES_INSTANCES")
 _PREFIX = "PROBUNET_"
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

@@ -293,6 +293,19 @@ ROWS = [
     ("bench-repeats", ["bench", "--repeats", "0"], r"--repeats must be at least 1", None, None),
     ("bench-threads", ["bench", "--threads", "-1"], r"--threads must be at least 0", None, None),
     ("unknown-command", ["nope"], r"invalid choice: 'nope'", None, None),
+    # probunet pacs: a server that is down, settings that cannot work (nothing listens on 9)
+    ("pacs-server-down", ["pacs", "ls", "http://127.0.0.1:9/dicom-web", "--timeout", "2"],
+     r"cannot reach http://127.0.0.1:9/dicom-web \(connection refused", None, None),
+    ("pacs-url-with-password", ["pacs", "ls", "http://alice:pw0rd@127.0.0.1:9/dicom-web"],
+     r"holds a user name or password(?!.*pw0rd)", None, None),
+    ("pacs-token-unset", ["pacs", "get", "http://127.0.0.1:9/dicom-web", "1.2.3",
+                          "--token-env", "PROBUNET_TEST_NO_SUCH_TOKEN"],
+     r"PROBUNET_TEST_NO_SUCH_TOKEN .* is not set", None, None),
+    ("pacs-bad-date", ["pacs", "ls", "http://127.0.0.1:9/dicom-web", "--date", "yesterday"],
+     r"date 'yesterday' not understood", None, None),
+    ("pacs-put-not-dicom", ["pacs", "put", "http://127.0.0.1:9/dicom-web", M],
+     r"not a readable DICOM file", None, None),
+    ("pacs-no-action", ["pacs"], r"required: ACTION", None, None),
 ]
 
 

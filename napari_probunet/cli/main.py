@@ -47,6 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("napari_probunet.cli.info", "show what a model file contains"),
     "domain": ("napari_probunet.cli.domain",
                "measure and record what a model's training images look like"),
+    "pacs": ("napari_probunet.cli.pacs",
+             "a PACS over DICOMweb: list series, retrieve one, store a SEG"),
 }
 
 

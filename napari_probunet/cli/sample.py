@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_probunet.cli.sample_nodules import parse_click
+from napari_probunet.data.pacs.spec import resolve_inputs
 from napari_probunet.errors import UserError
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review import batch
@@ -58,7 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT",
         help="image files (png/jpg/tif/npy/nii/nii.gz), folders of images, .txt lists of paths "
-             "(one per line, relative to the list), NIfTI volumes (axial slices), multi-rater "
+             "(one per line, relative to the list), NIfTI volumes (axial slices), folders of one "
+             "DICOM series (axial slices), a series on a PACS "
+             "('dicomweb:<url>?series=<uid>', docs/pacs.md), multi-rater "
              "folders, LIDC pickles or 'synthetic:lesions?n=..' specs",
     )
     parser.add_argument("--model", default="default",
@@ -87,6 +90,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "'auto' (default): torch's default reduced to the cores that other "
                              "work leaves idle; left alone when OMP_NUM_THREADS is set "
                              "(torchrun sets 1)")
+
+
+def _report(line: str) -> None:
+    print(f"probunet sample: {line}", file=sys.stderr)
 
 
 def threads_arg(text: str) -> str | int:
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             class_names=list(model.config.class_names), device=str(ranks.device),
             versions=versions(napari=False, python=True), threads=torch.get_num_threads(),
         )
-        plan = plan_cases(args.inputs, args.slices)
+        plan = plan_cases(resolve_inputs(args.inputs, report=_report), args.slices)
         mine = plan.items[ranks.rank::ranks.world]
         if ranks.rank == 0:
             for f in plan.failures:

@@ -1,7 +1,8 @@
 """``probunet sample SCAN --click Z,Y,X`` (or ``--centres FILE``): 3D hypotheses of nodules.
 
 The same code as the *Nodule (3D)* widget (:mod:`napari_probunet.review.nodule`): the scan (a
-DICOM series folder or file, a scan folder with ``ct/``, or a NIfTI volume) is read as napari
+DICOM series folder or file, a scan folder with ``ct/``, a NIfTI volume, or a series on a
+DICOMweb server, ``dicomweb:<url>?series=<uid>``, retrieved into the cache) is read as napari
 shows it (slices, rows, columns; HU), and each click is a voxel ``slice,row,column`` in that
 order, 0-based, as napari's status bar shows it. For click ``k`` (1-based) the run writes:
 
@@ -102,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads not in ("auto", 0):
         torch.set_num_threads(int(args.threads))
     model = load_model(args.model, device="cpu")
-    data, spacing, name = open_scan(args.inputs[0])
+    from napari_probunet.data.pacs.spec import resolve_inputs  # a series on a DICOMweb server
+
+    local = resolve_inputs(args.inputs, report=lambda line: print(f"probunet sample: {line}"))
+    data, spacing, name = open_scan(local[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     session = Session(model, device=args.device)

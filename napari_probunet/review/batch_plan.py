@@ -1,11 +1,12 @@
 """The plan of a ``probunet sample`` run: its inputs expanded into sorted, named work items.
 
-Every input (a folder of images, a ``.txt`` list of paths, image files, NIfTI volumes cut into
-axial slices, a multi-rater folder, a LIDC pickle or a ``synthetic:`` spec) becomes work items
-with a unique ``case_id`` and a file-safe ``name``, sorted by ``case_id`` (:func:`plan_cases`).
-An input that cannot be expanded is a failure of its own. Every rank of a ``torchrun`` job
-plans the same list, so ranks can share it out by position (:mod:`napari_probunet.review.batch`).
-Images are loaded only when their turn comes (:attr:`Item.load`).
+Every input (a folder of images, a ``.txt`` list of paths, image files, NIfTI volumes or a
+folder of one DICOM series cut into axial slices, a multi-rater folder, a LIDC pickle or a
+``synthetic:`` spec) becomes work items with a unique ``case_id`` and a file-safe ``name``,
+sorted by ``case_id`` (:func:`plan_cases`). An input that cannot be expanded is a failure of
+its own. Every rank of a ``torchrun`` job plans the same list, so ranks can share it out by
+position (:mod:`napari_probunet.review.batch`). Images are loaded only when their turn comes
+(:attr:`Item.load`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from napari_probunet.data.images import check_declared, is_mask_name, load_image, nifti_declared
 from napari_probunet.data.readers import open_cases
 from napari_probunet.data.synthetic import SyntheticDataset
+from napari_probunet.data.volumes import dicom_files
 from napari_probunet.errors import DataError, UserError
 from napari_probunet.review.seeds import id_bytes
 
@@ -155,6 +157,29 @@ class _VolumeCache:
 _VOLUMES = _VolumeCache()
 
 
+class _DicomCache:
+    """The last DICOM series read by this process (slices, rows, columns) in HU."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.volume: np.ndarray | None = None
+
+    def get(self, path: Path) -> np.ndarray:
+        if self.path != path:
+            from napari_probunet.data.volumes import read_dicom_series
+
+            self.path, self.volume = None, None
+            self.volume, self.path = read_dicom_series(path).data, path
+        return self.volume
+
+
+_DICOM = _DicomCache()
+
+
+def _dicom_slice(path: Path, index: int) -> tuple[np.ndarray, None]:
+    return _DICOM.get(path)[index].astype(np.float32), None
+
+
 def _load_slice(path: Path, axis: int, index: int) -> tuple[np.ndarray, None]:
     """Slice ``index`` along voxel ``axis``, its two other axes reversed: the slice as napari
     shows the volume (:func:`~napari_probunet.data.volumes.read_nifti_volume` reverses the
@@ -206,6 +231,8 @@ class _Planner:
         path = Path(text).expanduser()
         if not path.exists():
             self.fail(text, text, f"{text}: no such file or folder")
+        elif path.is_dir() and dicom_files(path, limit=64):
+            self._add_dicom(path)
         elif path.is_dir():
             files = _walk_files(path)
             if _is_dataset_folder(path, files):
@@ -304,6 +331,23 @@ class _Planner:
                                        partial(_load_slice, path, axis, k),
                                        slice_index=int(k), slice_axis=axis,
                                        stack_id=case_id))
+
+    def _add_dicom(self, path: Path) -> None:
+        """A folder of one DICOM series (e.g. a series retrieved from a PACS into the cache by
+        ``dicomweb:`` inputs, :mod:`napari_probunet.data.pacs.spec`): its axial slices, in HU."""
+        try:
+            depth = _DICOM.get(path).shape[0]
+        except UserError as exc:
+            self.fail(path.name, str(path), str(exc))
+            return
+        wanted = range(depth) if self.slices is None else [k for k in self.slices if k < depth]
+        if self.slices is not None and len(wanted) < len(self.slices):
+            self.fail(path.name, str(path), f"{path}: the series has {depth} slices (0.."
+                      f"{depth - 1}); slices beyond them were requested")
+        for k in wanted:
+            self.items.append(Item(f"{path.name}_z{k:03d}", str(path),
+                                   partial(_dicom_slice, path, k), slice_index=int(k),
+                                   slice_axis=0, stack_id=path.name))
 
     def _add_dataset(self, spec: str, label: str) -> None:
         with warnings.catch_warnings(record=True) as caught:

@@ -1,0 +1,1 @@
+"""The PACS dock (DICOMweb): :class:`~napari_probunet.gui.pacs.widget.PacsWidget`."""
