@@ -124,3 +124,10 @@ def test_the_real_scan_with_its_radiologists(make_napari_viewer, qtbot, tmp_path
     z0, z1 = widget.result.slices.start, widget.result.slices.stop
     assert back.data[z0:z1].sum() == widget.correction_layer.data.sum() > 0
     assert not back.data[:z0].any()
+    # and as a DICOM SEG over the series, read back to the same 3D mask
+    from napari_probunet.data.dicom_seg import read_seg
+
+    seg_path, seg_record = widget.export_to(tmp_path / "nodule.seg.dcm")
+    (segment,) = read_seg(seg_path, series).segments
+    np.testing.assert_array_equal(segment.mask > 0, back.data > 0)
+    assert json.loads(seg_record.read_text())["kind"] == "nodule correction"
