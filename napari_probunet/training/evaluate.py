@@ -37,6 +37,8 @@ from napari_probunet.data.readers import open_cases
 from napari_probunet.errors import DataError, UserError
 from napari_probunet.iou import as_label_stack, mean_foreground_iou
 from napari_probunet.review import calibration, metrics
+from napari_probunet.review.leaks import MARGIN as LEAK_MARGIN
+from napari_probunet.review.leaks import leak_counts, radiologist_leak_counts
 from napari_probunet.review.seeds import STREAM_ORACLE, STREAM_SAMPLES, seed_for_index
 from napari_probunet.training.report import format_report
 
@@ -233,6 +235,9 @@ class _Evaluation:
         self.image_rows: list[dict[str, Any]] = []
         #: sample count -> per-image expected GED of the oracle (known truth only)
         self.oracle_expected: dict[int, list[float]] = {}
+        #: leaks (review/leaks.py): graders who drew something (-1: all images) -> counts of
+        #: [leaking samples, non-empty samples, leaking grader masks, non-empty grader masks]
+        self.leaks: dict[int, np.ndarray] = {}
 
     def add_image(self, i: int, case) -> None:
         """Encode case ``i``, sample it once, and score every method at every count."""
@@ -302,6 +307,9 @@ class _Evaluation:
         drawn = masks.reshape(r, -1).max(axis=1) > 0
         self.empty_graders += int(r - drawn.sum())
         self.n_graders += r
+        found = np.array([*leak_counts(samples, masks), *radiologist_leak_counts(masks)])
+        for key in (-1, int(drawn.sum())):
+            self.leaks[key] = self.leaks.get(key, np.zeros(4, np.int64)) + found
         group = self.by_marked.setdefault(int(drawn.sum()), {})
         group.setdefault("empty_samples", []).append(empty_here / n_max)
         group.setdefault("empty_graders", []).append(1.0 - drawn.mean())
@@ -348,9 +356,12 @@ class _Evaluation:
         out["empty_grader_fraction"] = self.empty_graders / self.n_graders
         out["by_graders_marking"] = {
             str(k): {"n_images": len(v["empty_samples"]),
-                     **{key: float(np.mean(vals)) for key, vals in v.items()}}
+                     **{key: float(np.mean(vals)) for key, vals in v.items()},
+                     **_leak_shares(self.leaks[k])}
             for k, v in sorted(self.by_marked.items())
         }
+        out.update(_leak_shares(self.leaks[-1]))
+        out["leak_margin_px"] = LEAK_MARGIN
         if use_truth:
             out["mode_names"] = list(cases[0].truth.names)
             for n in counts:
@@ -364,6 +375,14 @@ class _Evaluation:
         if self.per_image:
             out["per_image"] = self.image_rows
         return out
+
+
+def _leak_shares(c: np.ndarray) -> dict[str, float]:
+    """``leak_share`` (of the non-empty samples, a piece touching no grader's mask dilated by
+    :data:`~napari_probunet.review.leaks.MARGIN` pixels) and ``leak_share_graders`` (of the
+    non-empty grader masks, against the other graders'); NaN where none is non-empty."""
+    return {"leak_share": c[0] / c[1] if c[1] else math.nan,
+            "leak_share_graders": c[2] / c[3] if c[3] else math.nan}
 
 
 def _nanmean(values) -> float:

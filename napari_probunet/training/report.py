@@ -98,6 +98,11 @@ def _summary_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) 
         f"{_fmt(result.get('empty_grader_fraction'))}); grader diversity "
         f"{_fmt(result['grader_diversity'])}"
     )
+    if "leak_share" in result:
+        lines.append(
+            f"leaks (non-empty masks with a piece touching no grader's mask, "
+            f"+{result.get('leak_margin_px')} px): samples {_fmt(result['leak_share'])}, "
+            f"graders against each other {_fmt(result.get('leak_share_graders'))}")
     return lines
 
 
@@ -109,12 +114,13 @@ def _groups_lines(result: dict[str, Any], counts: list[int], has_oracle: bool) -
     if len(groups) > 1:
         n = counts[0]
         lines += ["", f"by graders who drew something   images  GED({n})  HM-IoU({n})  "
-                  f"determ. GED({n})  empty samples  empty masks"]
+                  f"determ. GED({n})  empty samples  empty masks  leaks  graders' leaks"]
         for k, g in groups.items():
             lines.append(
                 f"  {k:>2} graders{'':<20}{g['n_images']:>7}{_fmt(g.get(f'ged{n}')):>9}"
                 f"{_fmt(g.get(f'hm_iou{n}')):>13}{_fmt(g.get(f'deterministic_ged{n}')):>17}"
-                f"{_fmt(g.get('empty_samples')):>15}{_fmt(g.get('empty_graders')):>13}")
+                f"{_fmt(g.get('empty_samples')):>15}{_fmt(g.get('empty_graders')):>13}"
+                f"{_fmt(g.get('leak_share')):>7}{_fmt(g.get('leak_share_graders')):>16}")
     return lines
 
 
