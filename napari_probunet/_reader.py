@@ -33,7 +33,23 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from napari.utils.notifications import show_info
+
+from napari_probunet._sample_data import RATER_COLOURS, one_colour_colormap
+from napari_probunet.data import formats
+from napari_probunet.data.case_stack import is_case_folder, read_case_stack
+from napari_probunet.data.nifti import nifti_name, nifti_spacing, nifti_volume, open_nifti
+from napari_probunet.data.volumes import (
+    LUNG_WINDOW,
+    is_dicom_folder,
+    is_dicom_name,
+    is_seg_file,
+    read_dicom_series,
+    window_limits,
+)
 from napari_probunet.review.bundle import Bundle, hypothesis_layer_name, is_bundle_name, read_bundle
+from napari_probunet.review.export import read_record
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -64,62 +80,26 @@ def get_case_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Ca
     graders' masks, docs/data.md) or a nodule folder of the LIDC-IDRI slices
     (``LIDC-IDRI-<patient>/nodule-<k>``). Other folders and files: None."""
     paths = _paths(path)
-    if len(paths) != 1 or not Path(paths[0]).is_dir():
-        return None
-    folder = Path(paths[0])
-    if (folder / "images").is_dir() and any((folder / "images").glob("slice-*.png")):
-        return read_case
-    from napari_probunet.data.readers import SUPPORTED_SUFFIXES, is_mask_name
-
-    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
-    data = [f for f in files if f.name.lower().endswith(SUPPORTED_SUFFIXES)]
-    if any(is_mask_name(f) for f in data) and any(not is_mask_name(f) for f in data):
-        return read_case
-    return None
+    return read_case if len(paths) == 1 and is_case_folder(paths[0]) else None
 
 
 def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
-    """One multi-rater case as napari layers: the image, then one Labels layer per grader
-    (``radiologist 1`` ...), each in its own colour so that overlaid outlines stay apart (the
-    plugin's widgets draw ``kind: grader`` layers as outlines:
-    :func:`napari_probunet.gui.dock.outline_graders`). A LIDC-IDRI nodule folder opens as a
-    stack of its slices. Masks with grey levels are thresholded (the data layer's rule) and a
-    notification names them (:func:`grey_masks`)."""
-    import warnings
-
-    import numpy as np
-
-    from napari_probunet._sample_data import RATER_COLOURS, one_colour_colormap
-    from napari_probunet.data.readers import read_case_folder
-
+    """One multi-rater case as napari layers (:func:`~napari_probunet.data.case_stack.
+    read_case_stack`): the image, then one Labels layer per grader (``radiologist 1`` ...),
+    each in its own colour so that overlaid outlines stay apart (the plugin's widgets draw
+    ``kind: grader`` layers as outlines: :func:`napari_probunet.gui.dock.outline_graders`). A
+    LIDC-IDRI nodule folder opens as a stack of its slices. Masks with grey levels are
+    thresholded (the data layer's rule) and a notification names them."""
     folder = Path(_paths(path)[0])
-    caught: list[str] = []
-    with warnings.catch_warnings(record=True) as found:
-        warnings.simplefilter("always")
-        if (folder / "images").is_dir():
-            from napari_probunet.data.lidc_slices import read_lidc_nodule
-
-            cases = read_lidc_nodule(folder)
-            image = np.stack([c.image for c in cases])
-            masks = np.stack([c.masks for c in cases], axis=1)  # (R, slices, H, W)
-            name = f"{folder.parent.name} {folder.name}"
-        else:
-            case = read_case_folder(folder)
-            image, masks, name = case.image, case.masks, folder.name
-        caught = [str(w.message) for w in found]
-    grey = grey_masks(folder)
-    if grey or caught:
-        from napari.utils.notifications import show_info
-
-        notes = ([f"{len(grey)} mask(s) with grey levels thresholded at > 127 "
-                  f"({', '.join(grey[:3])}{', ...' if len(grey) > 3 else ''})."]
-                 if grey else []) + caught
-        show_info(f"Opened {name}. " + " ".join(notes))
+    case = read_case_stack(folder)
+    name = case.name
+    if case.notes:
+        show_info(f"Opened {name}. " + " ".join(case.notes))
     meta = {"source_path": str(folder), "kind": "image"}
-    layers: list[LayerData] = [(image, {"name": name, "metadata": meta}, "image")]
-    for r, mask in enumerate(masks):
+    layers: list[LayerData] = [(case.image, {"name": name, "metadata": meta}, "image")]
+    for r, mask in enumerate(case.masks):
         drew = bool(mask.any())
-        layers.append((mask.astype(np.uint8), {
+        layers.append((mask.astype(np.uint8, copy=False), {
             "name": f"{name} radiologist {r + 1}" + ("" if drew else " (drew nothing)"),
             "opacity": 0.7,
             "colormap": one_colour_colormap(RATER_COLOURS[r % len(RATER_COLOURS)]),
@@ -128,35 +108,11 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
     return layers
 
 
-def grey_masks(folder: Path) -> list[str]:
-    """The mask files of a case folder that hold grey levels, not just a background and one
-    value (a JPEG's, or a lossy re-encoding's): the readers threshold them at > 127; the case
-    reader says so, naming them (relative to ``folder``)."""
-    import numpy as np
-
-    from napari_probunet.data.images import file_suffix, is_mask_name, load_array
-
-    if (folder / "images").is_dir():  # an LIDC nodule folder: mask-<r>/slice-<i>.png
-        files = sorted(folder.glob("mask-*/slice-*.png"))
-    else:  # the generic layout: lossy masks are thresholded (others must be labels)
-        files = sorted(f for f in folder.iterdir() if f.is_file() and is_mask_name(f)
-                       and file_suffix(f) in (".jpg", ".jpeg"))
-    found = []
-    for f in files:
-        try:
-            values = np.unique(load_array(f, labels=True))
-        except Exception:  # unreadable: the reader itself says why
-            continue
-        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            found.append(f.relative_to(folder).as_posix())
-    return found
-
-
 # ----------------------------------------------------------------------------- NIfTI
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = formats.NIFTI.suffixes
 #: napari's reader preferences (``settings.plugins.extension2reader``) this plugin fills in
-NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
+NIFTI_PATTERNS = formats.NIFTI.patterns
 
 
 def prefer_for_nifti(settings=None) -> list[str]:
@@ -188,7 +144,7 @@ def get_nifti_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> C
     """npe2 reader: :func:`read_nifti` for ``.nii``/``.nii.gz`` files (napari has none of its
     own, so without it napari cannot open what the review's export writes), else None."""
     paths = _paths(path)
-    if not paths or not all(p.lower().endswith(NIFTI_SUFFIXES) and Path(p).is_file()
+    if not paths or not all(formats.is_format(p, formats.NIFTI) and Path(p).is_file()
                             for p in paths):
         return None
     return read_nifti
@@ -212,11 +168,6 @@ def read_nifti(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
 
 def _nifti_layer(p: str) -> LayerData:
     """One NIfTI file as a layer (see :func:`read_nifti`)."""
-    import numpy as np
-
-    from napari_probunet.data.volumes import nifti_name, nifti_volume, open_nifti
-    from napari_probunet.review.export import read_record
-
     img, data = open_nifti(p)
     record = read_record(p)
     if record is not None and isinstance(record.get("volume"), dict) and record["volume"].get(
@@ -227,7 +178,9 @@ def _nifti_layer(p: str) -> LayerData:
                                            "record": record, "source": volume.source()}},
                 "labels")
     if record is not None:
-        zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
+        zooms, notes = nifti_spacing(img, data.ndim)
+        if notes:
+            show_info(f"Opened {nifti_name(p)}. Note: {'; '.join(notes)}.")
         return (np.asarray(data), {"name": nifti_name(p), "scale": zooms,
                                    "metadata": {"kind": "correction-file", "source_path": p,
                                                 "record": record}}, "labels")
@@ -238,9 +191,11 @@ def _nifti_layer(p: str) -> LayerData:
     if labels:
         meta = {"source_path": p, "nifti_affine": volume.source()["affine"],
                 "source": volume.source()}
+        if volume.notes:
+            show_info(f"Opened {volume.name}. Note: {'; '.join(volume.notes)}.")
         return (v, {"name": volume.name, "scale": list(volume.spacing), "metadata": meta},
                 "labels")
-    return _volume_layer(volume, notify=v.ndim >= 3)
+    return _volume_layer(volume, notify=v.ndim >= 3 or bool(volume.notes))
 
 
 def _volume_layer(volume, notify: bool = True) -> LayerData:
@@ -249,8 +204,6 @@ def _volume_layer(volume, notify: bool = True) -> LayerData:
     spacing as the scale, grey, and for CT the lung window as the contrast limits (named in
     the metadata). ``metadata["source"]`` is :meth:`Volume.source` (format, path, shape and
     affine of the file), for an export aligned with the original."""
-    from napari_probunet.data.volumes import LUNG_WINDOW, window_limits
-
     source = volume.source()
     meta = {"kind": "image", "source_path": volume.path, "source": source,
             "units": volume.units}
@@ -266,8 +219,6 @@ def _volume_layer(volume, notify: bool = True) -> LayerData:
                                   "window (it stretches each crop's own range)"}
     kwargs["metadata"] = meta
     if notify:
-        from napari.utils.notifications import show_info
-
         window = f"; lung window {low:g}..{high:g} HU" if volume.units == "HU" else ""
         notes = f" Note: {'; '.join(volume.notes)}." if volume.notes else ""
         show_info(f"Opened {volume.describe()}{window}.{notes}")
@@ -282,8 +233,6 @@ def get_dicom_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> C
     or one folder holding DICOM files (directly, or in subfolders: then the reader says which
     series to choose). A folder that :func:`get_case_reader` takes (a multi-rater case, an
     LIDC nodule folder) is left to it; anything else: None."""
-    from napari_probunet.data.volumes import is_dicom_folder, is_dicom_name, is_seg_file
-
     paths = _paths(path)
     if not paths:
         return None
@@ -303,8 +252,6 @@ def read_dicom(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[La
     the lung window (-1350..150 HU), its affine in ``metadata["source"]``; a notification says
     what was opened. Refusals (several series, no pixels, compressed without a decoder...) are
     :class:`~napari_probunet.errors.DataError` naming the way out."""
-    from napari_probunet.data.volumes import read_dicom_series
-
     paths = _paths(path)
     return [_volume_layer(read_dicom_series(paths if len(paths) > 1 else paths[0]))]
 

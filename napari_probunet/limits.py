@@ -68,10 +68,19 @@ MAX_SERIES_INSTANCES = 4096
 """Most instances (files) of one series that a DICOMweb server's listing may name before a
 retrieve starts (a CT series has a few hundred). Checked on the listing, before any download."""
 
+MAX_RATERS = 64
+"""Graders' (radiologists') masks of one case: the masks of a case folder, the ``mask-<r>``
+folders of the LIDC-IDRI slices, a bundle's ``graders``. Each becomes an array (and in napari a
+layer): real data have 1 to 4."""
+
+MAX_HYPOTHESES = 1024
+"""Hypotheses in one bundle (``probunet sample -n``, 16 by default). Each becomes a mask and,
+in napari, a layer."""
+
 #: every limit, by name (the environment variable is ``PROBUNET_<name>``)
 NAMES = ("MAX_IMAGE_PIXELS", "MAX_DECODED_BYTES", "MAX_HEADER_BYTES", "MAX_MODEL_CHANNELS",
          "MAX_MODEL_LAYERS", "MAX_MODEL_PARAMETERS", "MAX_XML_BYTES",
-         "MAX_OUTLINED_NODULES", "MAX_SERIES_INSTANCES")
+         "MAX_OUTLINED_NODULES", "MAX_SERIES_INSTANCES", "MAX_RATERS", "MAX_HYPOTHESES")
 _PREFIX = "PROBUNET_"
 _SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

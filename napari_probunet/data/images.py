@@ -1,30 +1,32 @@
 """One image or mask file: its type by name, the size it declares, and its pixels.
 
 The file level under :mod:`napari_probunet.data.readers`: PNG and JPEG (Pillow), TIFF
-(tifffile), NPY and NIfTI (nibabel), each refused before anything is decoded when the size it
+(tifffile), NPY and NIfTI (nibabel), read by their entries of the format table
+(:mod:`napari_probunet.data.formats`), each refused before anything is decoded when the size it
 declares exceeds a limit (:mod:`napari_probunet.limits`). Images keep their raw values as
 float32 (0..255 for 8-bit files); masks become uint8 class labels by the rules in
-:func:`mask_to_labels` (``docs/data.md``). Pillow, tifffile and nibabel are imported when a
-file of theirs is read (they are slow to import).
+:func:`mask_to_labels` (``docs/data.md``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
 import os
 import re
-import warnings
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from napari_probunet import limits
+from napari_probunet.data import formats
+from napari_probunet.data.formats import (  # noqa: F401  (their callers' old address)
+    check_declared,
+    nifti_declared,
+    npy_declared,
+)
 from napari_probunet.errors import DataError
 
 #: file types read as images or masks
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+SUPPORTED_SUFFIXES = formats.IMAGE_SUFFIXES
 #: largest label value read as a class (a {0, v} mask with larger v is binary)
 MAX_CLASS = 63
 
@@ -36,16 +38,10 @@ _MASK_RE = re.compile(
 )
 _IMAGE_RE = re.compile(r"^(?:image|img)|[_\-.](?:image|img)$")
 
-
-def file_suffix(path: Path) -> str:
-    """The lower-case suffix, ``.nii.gz`` counted as one."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def file_stem(path: Path) -> str:
-    """The name without :func:`file_suffix`."""
-    return path.name[: len(path.name) - len(file_suffix(path))]
+#: the lower-case suffix, ``.nii.gz`` (and the table's other compound suffixes) counted as one
+file_suffix = formats.suffix_of
+#: the name without :func:`file_suffix`
+file_stem = formats.stem_of
 
 
 def natural_key(text: str) -> list:
@@ -70,76 +66,11 @@ def is_image_name(path: str | os.PathLike) -> bool:
     return not _MASK_RE.search(stem) and bool(_IMAGE_RE.search(stem))
 
 
-def check_declared(path: Path, shape: tuple[int, ...], itemsize: int, file_bytes: int) -> None:
-    """Refuse a file whose declared array exceeds :mod:`napari_probunet.limits`, before it is
-    decoded: the image plane (the two largest axes) and the bytes it decodes to."""
-    sides = sorted((int(s) for s in shape), reverse=True)
-    if len(sides) >= 2:
-        limits.check_plane(sides[0], sides[1], f"{path}: the image", DataError)
-    limits.check_decoded(limits.array_bytes(shape, itemsize), file_bytes,
-                         f"{path}: the image of shape {tuple(int(s) for s in shape)}", DataError)
-
-
-def npy_declared(path: Path) -> tuple[tuple[int, ...], int]:
-    """Shape and bytes per item an NPY file declares in its header."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    return tuple(shape), dtype.itemsize
-
-
-def nifti_declared(image) -> tuple[tuple[int, ...], int]:
-    """Shape and bytes per voxel of a NIfTI image as nibabel will decode it (scaled data
-    becomes floats)."""
-    itemsize = image.get_data_dtype().itemsize
-    slope = getattr(image.dataobj, "slope", 1.0)
-    inter = getattr(image.dataobj, "inter", 0.0)
-    if slope != 1.0 or inter != 0.0:
-        itemsize = max(itemsize, 8)
-    return tuple(int(s) for s in image.shape), itemsize
-
-
-def _pil_open(path: Path):
-    """Pillow's ``Image.open`` (the header only), its own decompression-bomb guard at least as
-    high as :data:`~napari_probunet.limits.MAX_IMAGE_PIXELS` so that ours decides."""
-    from PIL import Image
-
-    if Image.MAX_IMAGE_PIXELS is not None:
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, limits.value("MAX_IMAGE_PIXELS"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours decides
-            return Image.open(path)
-    except Image.DecompressionBombError as exc:  # far beyond Pillow's own guard: size it
-        m = re.search(r"\((\d+) pixels\)", str(exc))
-        limits.check("MAX_IMAGE_PIXELS", int(m[1]) if m else math.inf,
-                     f"{path}: the image", DataError)
-        raise
-
-
-@contextlib.contextmanager
-def _quiet(logger: str):
-    """Silence a library's warnings about a damaged file: the error raised says it all."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-#: bytes per band of a Pillow image mode (1 for the 8-bit modes)
-_PIL_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
-
-
 def load_array(path: str | os.PathLike, labels: bool = False) -> np.ndarray:
     """The raw array stored in an image file (PNG/JPEG via Pillow, TIFF via tifffile, NPY,
-    NIfTI via nibabel). A palette PNG gives its indices with ``labels=True`` (masks) and its
-    colours otherwise (images). :class:`DataError` if unreadable, and before anything is
+    NIfTI via nibabel), read by its format's entry (:mod:`napari_probunet.data.formats`). A
+    palette PNG gives its indices with ``labels=True`` (masks) and its colours otherwise
+    (images). :class:`DataError` if unreadable, and before anything is
     decoded if the size the file declares exceeds a limit (:mod:`napari_probunet.limits`)."""
     path = Path(path)
     suffix = file_suffix(path)
@@ -148,44 +79,19 @@ def load_array(path: str | os.PathLike, labels: bool = False) -> np.ndarray:
             f"{path}: unsupported file type {suffix!r}; use one of "
             f"{', '.join(SUPPORTED_SUFFIXES)}."
         )
+    fmt = formats.format_of(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror or exc}).") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise DataError(f"{path}: not a regular file (a pipe, a device or a socket); put the "
+                        f"{suffix} file itself there.")
+    size = info.st_size
     if size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes); re-export it or remove it.")
     try:
-        if suffix == ".npy":
-            check_declared(path, *npy_declared(path), size)
-            array = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise DataError(f"{path}: the TIFF file holds no image.")
-                series = tif.series[0]
-                check_declared(path, tuple(series.shape), np.dtype(series.dtype).itemsize, size)
-                array = series.asarray()
-        elif suffix in (".nii", ".nii.gz"):
-            import nibabel
-
-            image = nibabel.load(path)
-            check_declared(path, *nifti_declared(image), size)
-            array = np.asanyarray(image.dataobj)
-        else:
-            with _pil_open(path) as handle:
-                bands = 4 if handle.mode in ("P", "PA") and not labels else len(handle.getbands())
-                width, height = handle.size
-                check_declared(path, (height, width, bands), _PIL_BYTES.get(handle.mode, 1),
-                                size)
-                handle.load()
-                if handle.mode in ("CMYK", "YCbCr", "LAB", "HSV") or (
-                    handle.mode in ("P", "PA") and not labels
-                ):
-                    handle = handle.convert("RGBA" if "transparency" in handle.info
-                                            or handle.mode == "PA" else "RGB")
-                array = np.asarray(handle)
+        array = fmt.read(path, labels, size)
     except DataError:
         raise
     except MemoryError:
@@ -293,4 +199,5 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
     """A mask file as ``(H, W)`` uint8 class labels (JPEG thresholded at > 127)."""
     path = Path(path)
     array = to_2d(load_array(path, labels=True), path, "mask")
-    return mask_to_labels(array, str(path), lossy=file_suffix(path) in (".jpg", ".jpeg"))
+    fmt = formats.format_of(path)
+    return mask_to_labels(array, str(path), lossy=fmt is not None and fmt.lossy)

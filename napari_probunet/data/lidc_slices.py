@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -39,12 +40,17 @@ import numpy as np
 
 from napari_probunet import limits
 from napari_probunet.data.case import Case
-from napari_probunet.errors import DataError
+from napari_probunet.data.formats import pil_open
+from napari_probunet.errors import DataError, LimitError
 
 #: bump when the cache files change meaning
 CACHE_VERSION = 1
 #: a slice PNG larger than this (bytes, uncompressed in a zip) is refused: 128x128 is ~10 kB
 MAX_MEMBER_BYTES = 64 << 20
+#: most digits of a slice or radiologist number in a file name (Python refuses > 4300)
+_MAX_DIGITS = 9
+#: ``.<key>.<pid>.tmp``: a cache folder being built by process ``pid``
+_BUILDING_RE = re.compile(r"^\.(?P<key>[0-9a-f]+)\.(?P<pid>\d+)\.tmp$")
 
 _PART_RE = re.compile(
     r"(?:^|/)(?P<patient>LIDC-IDRI-[^/]+)/(?P<nodule>nodule-\d+)/"
@@ -67,8 +73,11 @@ class _Source:
         self.path = path
         self.zip: zipfile.ZipFile | None = None
         self.entries: dict[tuple[str, str, int], dict[str, str]] = {}
+        self.refused: list[str] = []  # names of the layout with absurd numbers
+        self.bytes = 0  # the files' (the zip's) size on disk
         self.fingerprint = hashlib.sha256(f"v{CACHE_VERSION}:{path.resolve()}".encode())
         if path.is_file():
+            self.bytes = path.stat().st_size
             try:
                 self.zip = zipfile.ZipFile(path)
             except (zipfile.BadZipFile, OSError) as exc:
@@ -92,36 +101,63 @@ class _Source:
                     rel = os.path.relpath(full, path).replace(os.sep, "/")
                     if self._add(rel):
                         st = os.stat(full)
+                        self.bytes += st.st_size
                         self.fingerprint.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
 
     def _add(self, name: str) -> bool:
         m = _PART_RE.search(name)
         if m is None:
             return False
+        if max(len(m["slice"]), len(m["rater"] or "")) > _MAX_DIGITS:
+            self.refused.append(f"{name}: a slice or radiologist number of "
+                                f"{max(len(m['slice']), len(m['rater'] or ''))} digits is not "
+                                "this layout's (slice-<i>.png, mask-0..3)")
+            return False
         key = (m["patient"], m["nodule"].lower(), int(m["slice"]))
         kind = "image" if m["kind"].lower() == "images" else int(m["rater"])
         self.entries.setdefault(key, {})[kind] = name
         return True
 
-    def read(self, name: str) -> np.ndarray:
-        """One PNG as an array (grey, or whatever it holds), bounded in size."""
-        from PIL import Image
+    def _open(self, name: str, where: str):
+        """Pillow's handle of one PNG (its header read), its plane checked against
+        :data:`~napari_probunet.limits.MAX_IMAGE_PIXELS`."""
+        if self.zip is not None:
+            if self._sizes.get(name, 0) > MAX_MEMBER_BYTES:
+                raise DataError(f"{where}: member of {self._sizes[name]} bytes is too "
+                                "large for a slice PNG.")
+            with self.zip.open(name) as fh:
+                data = fh.read(MAX_MEMBER_BYTES + 1)
+            handle = pil_open(io.BytesIO(data))
+        else:
+            if not stat.S_ISREG(os.stat(self.path / name).st_mode):  # a FIFO would block
+                raise DataError(f"{where}: not a regular file (a pipe, a device or a "
+                                "socket); put the PNG itself there.")
+            handle = pil_open(self.path / name)
+        try:
+            limits.check_plane(handle.size[1], handle.size[0], f"{where}: the slice",
+                               DataError)
+        except DataError:
+            handle.close()
+            raise
+        return handle
 
+    def shape(self, name: str) -> tuple[int, int]:
+        """``(rows, columns)`` that one PNG declares (its header only)."""
         where = f"{self.path}:{name}" if self.zip else str(self.path / name)
         try:
-            if self.zip is not None:
-                if self._sizes.get(name, 0) > MAX_MEMBER_BYTES:
-                    raise DataError(f"{where}: member of {self._sizes[name]} bytes is too "
-                                    "large for a slice PNG.")
-                with self.zip.open(name) as fh:
-                    data = fh.read(MAX_MEMBER_BYTES + 1)
-                handle = Image.open(io.BytesIO(data))
-            else:
-                handle = Image.open(self.path / name)
-            with handle:
-                if handle.size[0] * handle.size[1] > 4096 * 4096:
-                    raise DataError(f"{where}: {handle.size[0]}x{handle.size[1]} pixels is not a "
-                                    "slice crop; this layout holds small crops (128x128).")
+            with self._open(name, where) as handle:
+                return handle.size[1], handle.size[0]
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{where}: cannot read this PNG ({type(exc).__name__}: {exc}).") \
+                from None
+
+    def read(self, name: str) -> np.ndarray:
+        """One PNG as an array (grey, or whatever it holds), bounded in size."""
+        where = f"{self.path}:{name}" if self.zip else str(self.path / name)
+        try:
+            with self._open(name, where) as handle:
                 handle.load()
                 if handle.mode not in ("L", "I", "I;16", "1", "P"):
                     handle = handle.convert("L")
@@ -164,22 +200,65 @@ def cache_root() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "napari-probunet"
 
 
+def _raters(source: _Source) -> int:
+    """How many radiologists' mask folders the slices have (``mask-0`` .. ``mask-<R-1>``),
+    checked against :data:`~napari_probunet.limits.MAX_RATERS`."""
+    n = max((max((k for k in e if k != "image"), default=-1) + 1
+             for e in source.entries.values()), default=0)
+    limits.check("MAX_RATERS", n, f"{source.path}: the radiologists' mask folders (mask-0 .. "
+                 f"mask-{n - 1})", DataError)
+    return n
+
+
+def _plane(source: _Source, keys: list) -> tuple[int, int] | None:
+    """``(rows, columns)`` the first readable slice image declares (its header)."""
+    for key in keys:
+        name = source.entries[key].get("image")
+        if name is not None:
+            try:
+                return source.shape(name)
+            except LimitError:
+                raise
+            except DataError:
+                continue
+    return None
+
+
+def declared_bytes(source: _Source, per_pixel: float = 0.0) -> tuple[int, int, int, int]:
+    """``(slices, rows, columns, radiologists)`` the source declares, refused before anything
+    is decoded when the decoded set (uint8 images and bit-packed masks, plus ``per_pixel``
+    bytes of each slice's pixel for what the caller makes of it) exceeds
+    :data:`~napari_probunet.limits.MAX_DECODED_BYTES` beyond the source's own size."""
+    keys = sorted(source.entries, key=lambda k: (_natural(k[0]), _natural(k[1]), k[2]))
+    n_raters = _raters(source)
+    rows, cols = _plane(source, keys) or (0, 0)
+    per_slice = rows * cols * (1 + per_pixel) + n_raters * rows * -(-cols // 8)
+    limits.check_decoded(int(len(keys) * per_slice), source.bytes,
+                         f"{source.path}: {len(keys)} slices of {rows}x{cols} pixels with "
+                         f"{n_raters} radiologists' masks", DataError)
+    return len(keys), rows, cols, n_raters
+
+
 def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarray, list, dict]:
     """Decode every complete slice: images (N,H,W) uint8, packed masks, ids, notes (the slow
-    step the cache saves: a cached set is not decoded again)."""
+    step the cache saves: a cached set is not decoded again). The arrays are allocated once,
+    at the size the first slice declares, after :func:`declared_bytes` checked it."""
     keys = sorted(source.entries, key=lambda k: (_natural(k[0]), _natural(k[1]), k[2]))
-    n_raters = max((max((k for k in e if k != "image"), default=-1) + 1
-                    for e in source.entries.values()), default=0)
+    total, rows, cols, n_raters = declared_bytes(source)
     problems: list[str] = []
     thresholded = 0
-    images, masks, ids = [], [], []
-    shape = None
+    images = np.empty((total, rows, cols), np.uint8)
+    masks = np.empty((total, n_raters, rows, -(-cols // 8)), np.uint8)
+    ids: list = []
+    shape = (rows, cols)
 
     def fail(message: str) -> None:
         if on_error == "raise":
             raise DataError(message)
         problems.append(message)
 
+    for message in source.refused:
+        fail(message)
     for key in keys:
         entry = source.entries[key]
         patient, nodule, slice_ = key
@@ -202,8 +281,6 @@ def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarra
                     raise DataError(f"{where}: the image holds values outside 0..255 "
                                     f"({image.dtype}); this layout is 8-bit.")
                 image = image.astype(np.uint8)
-            if shape is None:
-                shape = image.shape
             if image.shape != shape:
                 raise DataError(f"{where}: the image is {image.shape[0]}x{image.shape[1]}, the set's "
                                 f"slices are {shape[0]}x{shape[1]}.")
@@ -222,12 +299,14 @@ def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarra
                 else:  # grey levels: a lossy re-encoding; threshold and say so
                     thresholded += 1
                     rater_masks.append(raw > 127)
-            images.append(image)
-            masks.append(np.packbits(np.stack(rater_masks), axis=-1))
+            images[len(ids)] = image
+            masks[len(ids)] = np.packbits(np.stack(rater_masks), axis=-1)
             ids.append([patient, nodule, slice_])
+        except LimitError:  # a limit refuses the set, with the setting that raises it
+            raise
         except DataError as exc:
             fail(str(exc))
-    if not images:
+    if not ids:
         if problems:
             raise DataError(f"{source.path}: none of the {len(keys)} slices could be read. "
                             f"First problems: {'; '.join(problems[:3])}")
@@ -236,7 +315,36 @@ def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarra
             "LIDC-IDRI-<patient>/nodule-<k>/images/slice-<i>.png with mask-0..3/slice-<i>.png).")
     notes = {"skipped": len(problems), "problems": problems[:20],
              "thresholded_masks": thresholded, "n_raters": n_raters}
-    return np.stack(images), np.stack(masks), ids, notes
+    return images[: len(ids)], masks[: len(ids)], ids, notes
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or not ours to judge
+    return True
+
+
+def remove_abandoned_builds(root: Path) -> list[str]:
+    """Remove the hidden ``.<key>.<pid>.tmp`` folders under ``root`` whose building process
+    is gone (a build killed part-way); return their names. Another process's live build is
+    left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _BUILDING_RE.match(entry.name)
+        if m and entry.is_dir(follow_symlinks=False) and int(m["pid"]) != os.getpid() \
+                and not _alive(int(m["pid"])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _build_cache(source: _Source, folder: Path, on_error: str) -> None:
@@ -329,6 +437,52 @@ class LidcSlices(Sequence):
         return self._images
 
 
+def _cached(folder: Path, source: str) -> LidcSlices:
+    """The set cached in ``folder``, memory-mapped; a damaged cache (unreadable, or an index
+    that does not describe the arrays) is removed with a :class:`DataError` that says so."""
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        masks = np.load(folder / "masks.npy", mmap_mode="r")
+        notes = {k: index[k] for k in ("skipped", "problems", "thresholded_masks", "n_raters")}
+        ids, width = index["ids"], int(index["width"])
+        if not (isinstance(ids, list) and len(ids) == len(images) == len(masks)
+                and images.ndim == 3 and masks.ndim == 4 and width == images.shape[2]
+                and all(isinstance(i, list) and len(i) == 3 for i in ids)
+                and isinstance(notes["problems"], list)):
+            raise ValueError("its index does not describe its arrays")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        what = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise DataError(f"{folder}: the decoded cache was damaged ({what}) and has been "
+                        "removed; run the command again to rebuild it.") from None
+    return LidcSlices(images, masks, ids, width, source, notes=notes)
+
+
+def read_lidc_nodule_stack(folder: str | os.PathLike,
+                           on_error: str = "skip") -> tuple[np.ndarray, np.ndarray]:
+    """One nodule folder (``.../LIDC-IDRI-<patient>/nodule-<k>``) as napari shows it: the
+    images ``(slices, H, W)`` float32 and the radiologists' masks ``(R, slices, H, W)`` uint8,
+    in slice order, decoded directly (no cache). Their size (with the decoded set) is checked
+    against :data:`~napari_probunet.limits.MAX_DECODED_BYTES` from the PNG headers, before
+    any slice is decoded."""
+    folder = Path(folder)
+    source = _Source(folder.parent.parent, within=folder)
+    if not source.entries:
+        raise DataError(f"{folder}: not a nodule folder of the LIDC-IDRI slices (expected "
+                        "images/slice-<i>.png and mask-0..3/slice-<i>.png inside).")
+    n_raters = _raters(source)
+    declared_bytes(source, per_pixel=4 + n_raters)  # float32 images and unpacked masks
+    images, packed, ids, _ = decode_slices(source, on_error)
+    order = np.argsort([int(i[2]) for i in ids], kind="stable")
+    width = images.shape[2]
+    stack = images[order].astype(np.float32)
+    masks = np.empty((packed.shape[1], len(order), *images.shape[1:]), np.uint8)
+    for r in range(packed.shape[1]):
+        masks[r] = np.unpackbits(packed[order, r], axis=-1, count=width)
+    return stack, masks
+
+
 def read_lidc_nodule(folder: str | os.PathLike, on_error: str = "skip") -> list[Case]:
     """The slices of one nodule folder (``.../LIDC-IDRI-<patient>/nodule-<k>``), in slice
     order, decoded directly (no cache): what napari's case reader opens."""
@@ -366,19 +520,11 @@ def read_lidc_slices(path: str | os.PathLike, on_error: str = "skip",
             data = LidcSlices(images, masks, ids, images.shape[2], str(path), notes=notes)
         else:
             folder = cache_root() / "lidc-slices" / source.fingerprint.hexdigest()[:24]
+            remove_abandoned_builds(folder.parent)
             if not (folder / "index.json").is_file():
                 _build_cache(source, folder, on_error)
-            try:
-                index = json.loads((folder / "index.json").read_text())
-                images = np.load(folder / "images.npy", mmap_mode="r")
-                masks = np.load(folder / "masks.npy", mmap_mode="r")
-            except (OSError, ValueError) as exc:  # a damaged cache: decode again
-                shutil.rmtree(folder, ignore_errors=True)
-                raise DataError(f"{folder}: the decoded cache was damaged ({exc}) and has been "
-                                "removed; run the command again to rebuild it.") from None
-            notes = {k: index[k] for k in ("skipped", "problems", "thresholded_masks", "n_raters")}
-            data = LidcSlices(images, masks, index["ids"], index["width"], str(path),
-                              notes=notes)
+            data = _cached(folder, str(path))
+            notes = data.notes
             if on_error == "raise" and notes["skipped"]:
                 raise DataError(notes["problems"][0])
     finally:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_probunet import limits
+from napari_probunet.data import formats
 from napari_probunet.data.case import Case, ModeTruth
 from napari_probunet.data.images import (
     SUPPORTED_SUFFIXES,
@@ -64,7 +65,7 @@ FOLDER_FORMAT_VERSION = 1
 
 _DM_IMAGE_RE = re.compile(r"^z-(?P<z>-?\d+(?:\.\d+)?)_c(?P<c>\d+)\.png$", re.IGNORECASE)
 _DM_MASK_RE = re.compile(r"^(?P<base>z--?\d+(?:\.\d+)?_c\d+)_l(?P<l>\d+)\.png$", re.IGNORECASE)
-_PICKLE_SUFFIXES = (".pkl", ".pickle")
+_PICKLE_SUFFIXES = formats.PICKLE.suffixes
 _MAX_DEPTH = 6
 
 def _stack_masks(masks: list[np.ndarray], mask_paths: list, image_shape, image_path) -> np.ndarray:
@@ -166,7 +167,13 @@ def _truth_from_npz(path: Path, shape, n_graders: int) -> tuple[ModeTruth, np.nd
 def read_case_folder(folder: str | os.PathLike, case_id: str | None = None) -> Case:
     """One case folder of the generic layout (see the module docstring) as a :class:`Case`."""
     folder = Path(folder)
-    files = sorted((p for p in folder.iterdir() if is_data_file(p)), key=lambda p: p.name)
+    entries = list(folder.iterdir())
+    odd = [p for p in entries if not p.name.startswith(".") and not p.is_dir()
+           and not p.is_file() and file_suffix(p) in SUPPORTED_SUFFIXES]
+    if odd:  # a FIFO or a device: reading it would block or never end
+        raise DataError(f"{odd[0]}: not a regular file (a pipe, a device, a socket or a broken "
+                        "link); put the image or mask file itself there.")
+    files = sorted((p for p in entries if is_data_file(p)), key=lambda p: p.name)
     masks = sorted((p for p in files if is_mask_name(p)), key=lambda p: natural_key(p.name))
     others = [p for p in files if not is_mask_name(p)]
     images = [p for p in others if is_image_name(p)] or others
@@ -194,6 +201,13 @@ def read_case_folder(folder: str | os.PathLike, case_id: str | None = None) -> C
             raise DataError(f"{folder / 'case.json'}: not valid JSON ({exc}).") from None
         if not isinstance(meta, dict):
             raise DataError(f"{folder / 'case.json'}: expected a JSON object.")
+        for key in ("case_id", "group_id"):
+            value = meta.get(key)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (str, int))):
+                raise DataError(f"{folder / 'case.json'}: {key} is {type(value).__name__} "
+                                f"{json.dumps(value)[:60]}; give a text (or a number), e.g. "
+                                f'"{key}": "{folder.name}".')
     truth = grader_modes = None
     if (folder / "truth.npz").is_file():
         truth, grader_modes = _truth_from_npz(folder / "truth.npz", image.shape[:2],
@@ -400,8 +414,14 @@ def open_cases(spec: str | os.PathLike, on_error: str = "skip") -> Sequence[Case
     if "#" in text:
         base, fragment = text.split("#", 1)
         part, fractions, seed, by = parse_split(fragment)
-        parts = split_cases(open_cases(base, on_error=on_error), fractions, seed, by=by)
-        return parts[SPLIT_PARTS.index(part)]
+        cases = open_cases(base, on_error=on_error)
+        chosen = split_cases(cases, fractions, seed, by=by)[SPLIT_PARTS.index(part)]
+        if len(chosen) == 0:
+            raise DataError(
+                f"{text}: the '{part}' part of this split is empty ({len(cases)} cases, "
+                f"fractions {','.join(f'{f:g}' for f in fractions)}, by {by}); give it a larger "
+                "fraction, split by=case, or use more data.")
+        return chosen
     if text.lower().startswith("synthetic:"):
         return SyntheticDataset(**parse_synthetic_spec(text))
     path = Path(text).expanduser()

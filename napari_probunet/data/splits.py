@@ -23,7 +23,12 @@ SPLIT_UNITS = ("group", "patient", "nodule", "case")
 
 def parse_split(fragment: str) -> tuple[str, tuple[float, ...], int, str]:
     """``part=train&fractions=0.8,0.1,0.1&seed=0&by=patient`` -> (part, fractions, seed, by)."""
-    fields = dict(item.split("=", 1) for item in fragment.split("&") if "=" in item)
+    items = [item.split("=", 1) for item in fragment.split("&") if "=" in item]
+    fields = dict(items)
+    repeated = sorted({k for k, _ in items if sum(key == k for key, _ in items) > 1})
+    if repeated:
+        raise DataError(f"bad split '#{fragment}': {', '.join(repeated)} given more than once; "
+                        "give each of part, fractions, seed and by at most once")
     unknown = set(fields) - {"part", "fractions", "seed", "by"}
     part = fields.get("part", "")
     by = fields.get("by", "group")
@@ -34,11 +39,14 @@ def parse_split(fragment: str) -> tuple[str, tuple[float, ...], int, str]:
         )
     try:
         fractions = tuple(float(f) for f in fields.get("fractions", "0.8,0.1,0.1").split(","))
-        seed = int(fields.get("seed", "0"))
+        seed = int(fields.get("seed", "0")) if len(fields.get("seed", "0")) <= 20 else -1
     except ValueError as exc:
         raise DataError(f"bad split '#{fragment}': {exc}") from exc
     if len(fractions) != 3:
         raise DataError(f"bad split '#{fragment}': give three fractions (train, val, test)")
+    if not 0 <= seed < 2**63:
+        raise DataError(f"bad split '#{fragment}': the seed must be a whole number from 0 to "
+                        f"2**63 - 1, not {seed}")
     return part, fractions, seed, by
 
 

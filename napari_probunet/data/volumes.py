@@ -31,6 +31,7 @@ The model needs no window: the bundled LIDC model stretches each crop's own mini
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter
@@ -41,12 +42,13 @@ from typing import Any
 import numpy as np
 
 from napari_probunet import limits
+from napari_probunet.data import formats
 from napari_probunet.errors import DataError
 
 #: the display window for lung CT (width 1500 HU, level -600 HU: -1350..150 HU)
 LUNG_WINDOW = {"name": "lung", "width": 1500.0, "level": -600.0}
 #: file names taken as DICOM without looking inside (others need the "DICM" preamble)
-DICOM_SUFFIXES = (".dcm", ".dicom")
+DICOM_SUFFIXES = formats.DICOM.suffixes
 #: LPS (DICOM) <-> RAS (NIfTI): the first two axes flip
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: the file array's axes, in the order of the layer's data (slices, rows, columns)
@@ -201,6 +203,24 @@ def is_dicom_folder(folder: str | os.PathLike) -> bool:
 # ----------------------------------------------------------------------------- DICOM headers
 
 
+def header_number(ds, key: str, default: float) -> float:
+    """A numeric header value (``"2"``, ``2``, ``"2.5"``), or ``default`` when it is missing,
+    empty, not a number or not finite: a damaged header value is not worth a refusal."""
+    try:
+        value = ds.get(key, default)
+        number = default if value is None or value == "" else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+def header_int(ds, key: str, default: int) -> int:
+    """:func:`header_number` as an integer (a fraction is cut)."""
+    number = header_number(ds, key, default)
+    return int(number) if abs(number) < 2**62 else default
+
+
+
 def _dcmread(path: Path):
     """The dataset of one file, pixel data deferred (read when it is decoded)."""
     import pydicom
@@ -300,15 +320,17 @@ def _check_slices(series: list, where: str) -> tuple[int, int]:
             raise DataError(
                 f"{where}: {name} has no pixel data{kind}, so it is not an image slice; "
                 "remove it from the folder (or choose the folder of the image series).")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if "NumberOfFrames" in ds and header_number(ds, "NumberOfFrames", -1) == -1:
+            del ds["NumberOfFrames"]  # text where a count should be: one frame, as without it
+        frames = header_int(ds, "NumberOfFrames", 1)
+        if frames > 1:
             raise DataError(
                 f"{where}: {name} is a multi-frame (enhanced) DICOM image of "
-                f"{int(ds.NumberOfFrames)} frames, which this reader does not take yet; "
+                f"{frames} frames, which this reader does not take yet; "
                 "convert it to NIfTI (e.g. `dcm2niix`) and open the .nii.gz.")
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        if header_int(ds, "SamplesPerPixel", 1) not in (0, 1):
             raise DataError(f"{where}: {name} is a colour image; a CT series is greyscale.")
-    sizes = Counter((int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-                    for ds in series)
+    sizes = Counter((header_int(ds, "Rows", 0), header_int(ds, "Columns", 0)) for ds in series)
     if len(sizes) > 1:
         listed = ", ".join(f"{n} of {r}x{c}" for (r, c), n in sizes.most_common())
         raise DataError(
@@ -343,9 +365,11 @@ def _geometry(series: list, where: str) -> tuple[list, np.ndarray, tuple, list[s
         notes.append("no PixelSpacing: 1 mm pixels assumed")
     orientations = [_floats(ds.get("ImageOrientationPatient") or (), 6) for ds in series]
     positions = [_floats(ds.get("ImagePositionPatient") or (), 3) for ds in series]
-    declared = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 0) or 1.0
+    declared = header_number(first, "SpacingBetweenSlices", 0) or header_number(
+        first, "SliceThickness", 0)
+    declared = declared if declared > 0 else 1.0
     if any(o is None for o in orientations) or any(p is None for p in positions):
-        series = sorted(series, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
+        series = sorted(series, key=lambda ds: header_int(ds, "InstanceNumber", 0))
         notes.append("no ImagePositionPatient/ImageOrientationPatient: slices in "
                      f"InstanceNumber order, {declared:g} mm apart, orientation unknown")
         lps = np.eye(4)  # taken as axial: columns to the left, rows to the back, slices up
@@ -384,17 +408,30 @@ def _geometry(series: list, where: str) -> tuple[list, np.ndarray, tuple, list[s
 # ----------------------------------------------------------------------------- DICOM pixels
 
 
-def _rescale(ds) -> tuple[float, float]:
-    try:
-        return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    except (TypeError, ValueError):
-        return 1.0, 0.0
+#: the largest magnitude a rescaled value may take (float32's range, with room)
+_MAX_RESCALED = 1e30
+
+
+def _rescale(ds, where: str) -> tuple[float, float]:
+    """``(RescaleSlope, RescaleIntercept)``: 1 and 0 where missing or not numbers; a
+    :class:`DataError` where they would take the values beyond float32's range."""
+    slope = header_number(ds, "RescaleSlope", 1.0) or 1.0
+    intercept = header_number(ds, "RescaleIntercept", 0.0)
+    # the stored values are at most 32-bit: 2**32 bounds their magnitude
+    if abs(slope) * 2.0**32 + abs(intercept) > _MAX_RESCALED:
+        name = Path(getattr(ds, "filename", "") or where).name
+        raise DataError(f"{where}: {name} declares RescaleSlope {slope:g} and RescaleIntercept "
+                        f"{intercept:g}, which take the pixel values beyond what a volume "
+                        "holds; the header is damaged: fix these two values or re-export "
+                        "the series.")
+    return slope, intercept
 
 
 def _pixels(series: list, rows: int, cols: int, where: str) -> np.ndarray:
     """The rescaled stack: int16 while exact, float32 as soon as a value or a rescale is not."""
-    scales = [_rescale(ds) for ds in series]
-    exact = all(float(s).is_integer() and float(i).is_integer() for s, i in scales)
+    scales = [_rescale(ds, where) for ds in series]
+    exact = all(float(s).is_integer() and float(i).is_integer()
+                and abs(s) < 2**31 and abs(i) < 2**31 for s, i in scales)
     out = np.empty((len(series), rows, cols), np.int16 if exact else np.float32)
     info = np.iinfo(np.int16)
     for k, (ds, (slope, intercept)) in enumerate(zip(series, scales)):
@@ -517,69 +554,13 @@ def _slice_positions(series: list) -> np.ndarray | None:
 
 # ----------------------------------------------------------------------------- NIfTI
 
-
-def nifti_name(path: str | os.PathLike) -> str:
-    """The file name without ``.nii``/``.nii.gz``."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+#: the NIfTI readers, in :mod:`napari_probunet.data.nifti` (their old address is this module)
+_NIFTI = ("nifti_name", "nifti_spacing", "open_nifti", "nifti_volume", "read_nifti_volume")
 
 
-def open_nifti(path: str | os.PathLike):
-    """``(image, data)`` of a NIfTI file: its header read and the size it declares (as
-    nibabel decodes it: scaled data become floats) checked against the limits before the
-    array is read. :class:`DataError` if unreadable."""
-    import nibabel
+def __getattr__(name: str):
+    if name in _NIFTI:
+        from napari_probunet.data import nifti
 
-    from napari_probunet.data.images import nifti_declared
-
-    p = str(path)
-    try:
-        img = nibabel.load(p)
-        shape, itemsize = nifti_declared(img)
-    except Exception as exc:  # nibabel raises its own types for a broken header
-        raise DataError(f"{p}: cannot read this NIfTI file ({type(exc).__name__}: {exc}); "
-                        "it may be truncated or not what its name says.") from None
-    if len(shape) < 2:
-        raise DataError(f"{p}: the NIfTI array has shape {shape}; expected an image or volume.")
-    limits.check_plane(shape[0], shape[1], f"{p}: the NIfTI plane", DataError)
-    limits.check_decoded(limits.array_bytes(shape, itemsize), os.path.getsize(p),
-                         f"{p}: the NIfTI array", DataError)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except MemoryError:
-        raise DataError(f"{p}: not enough memory to read this NIfTI file.") from None
-    except Exception as exc:
-        raise DataError(f"{p}: cannot read this NIfTI file's voxels ({type(exc).__name__}: "
-                        f"{exc}); it may be truncated.") from None
-    return img, data
-
-
-def nifti_volume(img, data: np.ndarray, path: str | os.PathLike) -> Volume:
-    """A :class:`Volume` of a NIfTI image already read (:func:`open_nifti`): axes reversed
-    to (slices, rows, columns), scaled floats as float32, the header's affine kept."""
-    data = np.asarray(data)
-    if data.dtype == np.float64:
-        data = data.astype(np.float32)
-    axes = tuple(reversed(range(data.ndim)))
-    file_affine = np.asarray(img.affine, float)
-    zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
-    zooms += [1.0] * (data.ndim - len(zooms))
-    # the spatial axes of data (the last three of a 4-D one) are the file's x, y, z reversed
-    order = list(reversed(range(min(3, data.ndim)))) + list(range(data.ndim, 3))
-    layer_affine = file_affine.copy()
-    layer_affine[:3, :3] = file_affine[:3, order]
-    volume = np.transpose(data, axes)
-    units = "HU" if volume.ndim >= 2 and looks_like_ct(volume) else None
-    return Volume(data=volume, spacing=tuple(reversed(zooms)), affine=layer_affine,
-                  name=nifti_name(path), path=str(path), format="nifti",
-                  file_shape=tuple(int(s) for s in data.shape), file_affine=file_affine,
-                  axes=axes, units=units)
-
-
-def read_nifti_volume(path: str | os.PathLike) -> Volume:
-    """A NIfTI file as a :class:`Volume` (see :func:`nifti_volume`)."""
-    img, data = open_nifti(path)
-    return nifti_volume(img, data, path)
+        return getattr(nifti, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

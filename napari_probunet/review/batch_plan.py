@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_probunet.data import formats
 from napari_probunet.data.images import check_declared, is_mask_name, load_image, nifti_declared
 from napari_probunet.data.readers import open_cases
 from napari_probunet.data.synthetic import SyntheticDataset
@@ -31,10 +32,10 @@ from napari_probunet.data.volumes import dicom_files
 from napari_probunet.errors import DataError, UserError
 from napari_probunet.review.seeds import id_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-LIST_SUFFIXES = (".txt",)
-PICKLE_SUFFIXES = (".pkl", ".pickle")
+IMAGE_SUFFIXES = formats.IMAGE_SUFFIXES
+NIFTI_SUFFIXES = formats.NIFTI.suffixes
+LIST_SUFFIXES = formats.TEXT_LIST.suffixes
+PICKLE_SUFFIXES = formats.PICKLE.suffixes
 _DM_IMAGE_RE = re.compile(r"^z--?\d+(?:\.\d+)?_c\d+\.png$", re.IGNORECASE)
 _MAX_DEPTH = 8
 
@@ -80,9 +81,7 @@ class Plan:
         return h.hexdigest()
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+_suffix = formats.suffix_of
 
 
 def _without_suffix(rel: str, path: Path) -> str:
@@ -140,7 +139,7 @@ class _VolumeCache:
                 image = nibabel.load(path)
                 # the declared size against the limits, before the volume is decompressed
                 check_declared(path, *nifti_declared(image), path.stat().st_size)
-                volume = np.asanyarray(image.dataobj)
+                volume = formats.nifti_voxels(image, path)
             except DataError:
                 raise
             except Exception as exc:  # nibabel and gzip have many error types

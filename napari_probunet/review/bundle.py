@@ -364,6 +364,10 @@ def _declared(spec: Any, key: str, where: str) -> tuple[tuple[int, ...], np.dtyp
     return tuple(shape), dtype
 
 
+#: the limit on how many of each array's first axis a bundle may declare
+_COUNT_LIMITS = {"hypotheses": "MAX_HYPOTHESES", "z": "MAX_HYPOTHESES", "graders": "MAX_RATERS"}
+
+
 def _check_declared(declared: dict[str, tuple[tuple[int, ...], np.dtype]], file_bytes: int,
                     where: str) -> None:
     """Refuse a bundle whose declared arrays exceed the limits, before reading any of them."""
@@ -372,6 +376,9 @@ def _check_declared(declared: dict[str, tuple[tuple[int, ...], np.dtype]], file_
             limits.check_plane(shape[0], shape[1], f"{where}: the {key}", BundleError)
         elif key in ("hypotheses", "graders") and len(shape) == 3:
             limits.check_plane(shape[1], shape[2], f"{where}: the {key}", BundleError)
+        if key in _COUNT_LIMITS and shape:  # each becomes a mask and, in napari, a layer
+            limits.check(_COUNT_LIMITS[key], shape[0], f"{where}: the number of {key}",
+                         BundleError)
     total = sum(limits.array_bytes(shape, dtype.itemsize) for shape, dtype in declared.values())
     limits.check_decoded(total, file_bytes, f"{where}: the arrays the manifest declares",
                          BundleError)

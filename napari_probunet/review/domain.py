@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_probunet.errors import DataError
+
 #: names of the intensity features, in order
 FEATURES = ("mean", "std", "texture_1", "texture_2", "texture_4", "texture_8", "centre_minus_mean",
             *(f"sqrt_hist_{i:02d}" for i in range(16)),
@@ -132,7 +134,31 @@ class Domain:
 
     @property
     def has_reference(self) -> bool:
-        return bool(self.reference) and list(self.features) == list(FEATURES)
+        return bool(self.reference) and list(self.features) == list(FEATURES) \
+            and self.problem is None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the recorded reference cannot be compared with (a damaged or edited record:
+        widths that differ from the features', values that are not finite numbers), or
+        None."""
+        width = len(FEATURES)
+        try:
+            ref = np.asarray(self.reference, np.float64)
+            mean = np.asarray(self.feature_mean, np.float64)
+            scale = np.asarray(self.feature_scale, np.float64)
+            threshold, k = float(self.threshold), int(self.k)
+        except (TypeError, ValueError, OverflowError):
+            return "its reference holds something other than numbers"
+        if ref.ndim != 2 or ref.shape[1] != width or mean.shape != (width,) \
+                or scale.shape != (width,):
+            return (f"its reference is {'x'.join(map(str, ref.shape))} and its mean/scale "
+                    f"{mean.size}/{scale.size} wide, not {width} features")
+        if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(mean))
+                and np.all(np.isfinite(scale)) and np.all(scale > 0)
+                and np.isfinite(threshold) and k >= 1):
+            return "its reference, scale, threshold or k is not a usable number"
+        return None
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Mean distance to the ``k`` nearest reference images, for ``(n, F)`` features."""
@@ -161,7 +187,8 @@ def fit_domain(units: Sequence[np.ndarray], groups: Sequence | None = None,
     feats = np.stack([intensity_features(u) for u in units])
     n = len(feats)
     if n < 2 * K_NEIGHBOURS + 10:
-        raise ValueError(f"need at least {2 * K_NEIGHBOURS + 10} training images, got {n}")
+        raise DataError(f"the domain needs at least {2 * K_NEIGHBOURS + 10} training images "
+                        f"to measure; got {n}: give the model's whole training data (--data)")
     rng = np.random.default_rng(seed)
     keys = np.array([f"i{i}" for i in range(n)] if groups is None
                     else [f"g{g}" if g is not None else f"i{i}" for i, g in enumerate(groups)])
@@ -210,6 +237,9 @@ def check_image(config, image: np.ndarray) -> DomainCheck:
         warnings.append(
             f"the image is {w}x{h} pixels, but this model was trained on {size}x{size} crops; "
             f"choose a region of interest (click on the lesion) for a crop of its size.")
+    if domain is not None and domain.reference and domain.problem is not None:
+        warnings.append(f"the model's domain record is damaged ({domain.problem}), so the "
+                        "intensity check is off; record it again with 'probunet domain'.")
     if domain is None or not domain.has_reference:
         return DomainCheck(warnings)
     try:
@@ -238,7 +268,8 @@ def fit_model_domain(config, cases, max_images: int = 8000, seed: int = 0,
     """
     n = len(cases)
     if n == 0:
-        raise ValueError("no training images to measure the domain on")
+        raise DataError("no training images to measure the domain on; give the model's "
+                        "training data (--data)")
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=min(n, max_images), replace=False))
     images = [cases[int(i)].image for i in idx]

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from napari_probunet import files
+from napari_probunet.data import formats
 from napari_probunet.errors import UserError
 from napari_probunet.review.provenance import (
     Provenance,
@@ -75,7 +76,7 @@ from napari_probunet.review.seg_export import SEG_SUFFIX, export_seg  # DICOM SE
 from napari_probunet.review.volume_export import volume_mask, volume_source
 
 #: file types :func:`export_correction` writes, by suffix
-SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz", SEG_SUFFIX)
+SUFFIXES = formats.EXPORT_SUFFIXES
 RECORD_VERSION = 1
 RECORD_KIND = "napari-probunet correction"
 #: ``.<target>[.~<host>-<pid>].<8 random characters>.tmp[<suffix>]``: the temporary files of an
@@ -93,12 +94,7 @@ class ExportExistsError(UserError):
 
 def mask_suffix(path: str | os.PathLike) -> str:
     """The export format suffix of ``path`` (``.nii.gz`` counts as one), lower case."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    if name.endswith(SEG_SUFFIX):
-        return SEG_SUFFIX
-    return Path(name).suffix
+    return formats.suffix_of(path)
 
 
 def record_path(path: str | os.PathLike) -> Path:
@@ -245,50 +241,15 @@ def write_mask_file(mask: np.ndarray, path: Path, suffix: str, scale=None, affin
                     codes: dict[str, int] | None = None) -> dict[str, Any]:
     """Write ``mask`` to ``path`` in the format of ``suffix``; return notes for the record.
 
-    The one place that knows the formats (for NIfTI ``scale``: the pixel spacing, or
-    ``affine``: a scan's, written as qform and sform with ``codes``, ``scanner`` by default);
-    the export calls it on a hidden temporary file, never on the target itself.
+    The writer is the format's entry in :mod:`napari_probunet.data.formats` (for NIfTI
+    ``scale``: the pixel spacing, or ``affine``: a scan's, written as qform and sform with
+    ``codes``, ``scanner`` by default); the export calls it on a hidden temporary file, never
+    on the target itself.
     """
-    notes: dict[str, Any] = {}
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(path, mask, compression="zlib")
-    elif suffix == ".png":
-        from PIL import Image
-
-        if mask.ndim != 2:
-            raise UserError(f"PNG holds 2D images only; this mask has shape {mask.shape}")
-        if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
-            raise UserError("PNG holds labels 0..255 only; export this mask as TIFF or NPY")
-        out = mask.astype(np.uint8)
-        if out.max(initial=0) <= 1:
-            out = out * np.uint8(255)
-            notes["png_foreground"] = 255
-        Image.fromarray(np.ascontiguousarray(out)).save(path, format="PNG")
-    elif suffix == ".npy":
-        with open(path, "wb") as f:
-            np.save(f, mask, allow_pickle=False)
-    elif suffix in (".nii", ".nii.gz"):
-        import nibabel
-
-        if affine is None:
-            affine = np.eye(4)
-            if scale is not None:
-                for i, s in enumerate(list(scale)[-mask.ndim:][:3]):
-                    affine[i, i] = float(s)
-            image = nibabel.Nifti1Image(np.asarray(mask), affine)
-        else:
-            codes = codes or {"qform": 1, "sform": 1}
-            image = nibabel.Nifti1Image(np.asarray(mask), np.asarray(affine, float))
-            image.set_qform(image.affine, code=int(codes["qform"]))
-            image.set_sform(image.affine, code=int(codes["sform"]))
-            image.header.set_xyzt_units("mm")
-        image.header.set_data_dtype(mask.dtype)
-        nibabel.save(image, str(path))
-    else:  # pragma: no cover - checked by the caller
+    fmt = formats.by_suffix(suffix)
+    if fmt is None or fmt.write is None:  # pragma: no cover - checked by the caller
         raise UserError(f"unsupported file type {suffix!r}")
-    return notes
+    return fmt.write(mask, path, scale=scale, affine=affine, codes=codes)
 
 
 #: label dtypes a NIfTI file holds portably, smallest first
@@ -476,7 +437,7 @@ def _checked_mask(mask: np.ndarray, suffix: str) -> np.ndarray:
         raise UserError(f"a label mask must hold integers, not {mask.dtype}")
     if mask.ndim < 2 or mask.size == 0:
         raise UserError(f"nothing to export: the mask has shape {mask.shape}")
-    if suffix in (".nii", ".nii.gz"):
+    if suffix in formats.NIFTI.suffixes:
         mask = _nifti_labels(mask)
     return mask
 

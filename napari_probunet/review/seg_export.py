@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from napari_probunet import files
+from napari_probunet.data import formats
 from napari_probunet.errors import UserError
 
 #: the file name ending of a SEG export (one format, two dots, like ``.nii.gz``)
-SEG_SUFFIX = ".seg.dcm"
+SEG_SUFFIX = formats.DICOM_SEG.suffixes[0]
 SEGMENT_LABEL = "nodule"
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_probunet.data import formats
 from napari_probunet.review.provenance import jsonable
 
 #: the suffixes written as the whole scan
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = formats.NIFTI.suffixes
 #: NIfTI xform code ``scanner``: the scanner's (DICOM patient) frame
 SCANNER = 1
 
