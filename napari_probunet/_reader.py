@@ -12,7 +12,11 @@ case folders in napari: the npe2 reader contributions (``napari.yaml``), and not
 
 - :func:`get_nifti_reader` / :func:`read_nifti`: napari has no NIfTI reader of its own.
 - :func:`get_dicom_reader` / :func:`read_dicom`: a DICOM series (folder or file) in HU.
-- :func:`get_case_reader` / :func:`read_case`: an image and each grader's mask.
+- :func:`get_case_reader` / :func:`read_case`: an image and each grader's mask
+  (:mod:`napari_probunet.data.case_stack`).
+
+Which suffix is which format, and the patterns napari.yaml lists, is the format table
+(:mod:`napari_probunet.data.formats`); the reading itself is the data layer's.
 
 Every bundle layer's ``metadata`` is the bundle's provenance record
 (:meth:`napari_probunet.review.bundle.Bundle.provenance`, the review widget's keys, see
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -134,8 +139,6 @@ def prefer_for_nifti(settings=None) -> list[str]:
 
 def on_activate(context=None) -> None:
     """npe2 calls this when the plugin is first used (a widget, a reader, a sample)."""
-    from contextlib import suppress
-
     with suppress(Exception):  # settings that cannot be changed: napari asks, as before
         prefer_for_nifti()
 

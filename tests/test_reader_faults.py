@@ -107,7 +107,7 @@ def test_a_mask_folder_with_an_absurd_radiologist_number_is_refused(tmp_path):
 def test_a_slice_number_of_5000_digits_is_named_not_a_raw_error(tmp_path):
     members = lidc_members(2, 16)
     members[f"LIDC-IDRI-0001/nodule-0/images/slice-{'7' * 5000}.png"] = png_bytes(16)
-    with pytest.warns(UserWarning, match="slice or radiologist number of 5000 digits"):
+    with pytest.warns(UserWarning, match="radiologist number of 5000 digits"):
         assert len(read_lidc_slices(write_zip(tmp_path / "a.zip", members), cache=False)) == 2
     with pytest.raises(DataError, match="5000 digits"):
         read_lidc_slices(write_zip(tmp_path / "a.zip", members), on_error="raise")
@@ -355,3 +355,39 @@ def test_the_new_count_limits_are_settable_and_malformed_settings_refused(name, 
         monkeypatch.setenv(f"PROBUNET_{name}", bad)
         with pytest.raises(UserError, match="not a positive number"):
             limits.value(name)
+
+
+# ----------------------------------------------------------------------------- domain records
+
+
+def test_a_domain_reference_of_the_wrong_width_warns_instead_of_failing(tmp_path):
+    from napari_probunet.model.testing import tiny_model
+    from napari_probunet.review.domain import FEATURES, check_image
+
+    config = tiny_model(0).config
+    width = len(FEATURES)
+    config.domain = {"description": "toy", "feature_mean": [0.0] * width,
+                     "feature_scale": [1.0] * width, "reference": [[0.0] * (width - 3)] * 20,
+                     "threshold": 1.0}
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    check = check_image(config, image)
+    assert any("domain record is damaged" in w and f"not {width} features" in w
+               for w in check.warnings)
+    good = {**config.domain, "reference": [[0.0] * width] * 20}
+    for damage in ({"threshold": float("nan")}, {"k": 0}, {"feature_scale": [0.0] * width}):
+        config.domain = {**good, **damage}
+        assert any("not a usable number" in w for w in check_image(config, image).warnings), \
+            damage
+
+
+def test_measuring_a_domain_on_too_few_images_is_a_named_error(tmp_path, capsys):
+    from napari_probunet import cli
+    from napari_probunet.model.modelfile import save_model
+    from napari_probunet.model.testing import tiny_model
+
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(0), path)
+    code = cli.main(["domain", str(path), "--data", "synthetic:lesions?n=5&size=32",
+                     "--out", str(tmp_path / "out.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and "at least 20 training images" in err and "internal" not in err

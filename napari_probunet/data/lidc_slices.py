@@ -108,10 +108,11 @@ class _Source:
         m = _PART_RE.search(name)
         if m is None:
             return False
-        if max(len(m["slice"]), len(m["rater"] or "")) > _MAX_DIGITS:
-            self.refused.append(f"{name}: a slice or radiologist number of "
-                                f"{max(len(m['slice']), len(m['rater'] or ''))} digits is not "
-                                "this layout's (slice-<i>.png, mask-0..3)")
+        longest = max(len(m["slice"]), len(m["rater"] or ""), len(m["nodule"]) - len("nodule-"))
+        if longest > _MAX_DIGITS:
+            self.refused.append(f"{name[:200]}: a nodule, slice or radiologist number of "
+                                f"{longest} digits is not this layout's (nodule-<k>, "
+                                "slice-<i>.png, mask-0..3)")
             return False
         key = (m["patient"], m["nodule"].lower(), int(m["slice"]))
         kind = "image" if m["kind"].lower() == "images" else int(m["rater"])
