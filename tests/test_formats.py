@@ -15,6 +15,7 @@ from napari_probunet.data import formats, images, volumes
 from napari_probunet.data.images import load_array, load_mask
 from napari_probunet.errors import DataError
 from napari_probunet.review import batch_plan, export, seg_export, volume_export
+from napari_probunet.review import bundle as bundles
 
 PACKAGE = Path(formats.__file__).resolve().parents[1]
 
@@ -54,6 +55,7 @@ def test_every_place_that_knows_a_suffix_asks_the_table():
     assert _reader.NIFTI_PATTERNS == ("*.nii", "*.nii.gz")
     assert volumes.DICOM_SUFFIXES == formats.DICOM.suffixes
     assert seg_export.SEG_SUFFIX == ".seg.dcm"
+    assert bundles.SUFFIX == formats.BUNDLE.suffixes[0]
 
 
 def _suffix_literals(path: Path) -> list[str]:
