@@ -89,8 +89,8 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
 
     import numpy as np
 
-    from napari_probunet._sample_data import RATER_COLOURS, one_colour_colormap
     from napari_probunet.data.readers import read_case_folder
+    from napari_probunet.gui.palette import radiologist_colormap
 
     folder = Path(_paths(path)[0])
     caught: list[str] = []
@@ -122,7 +122,7 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
         layers.append((mask.astype(np.uint8), {
             "name": f"{name} radiologist {r + 1}" + ("" if drew else " (drew nothing)"),
             "opacity": 0.7,
-            "colormap": one_colour_colormap(RATER_COLOURS[r % len(RATER_COLOURS)]),
+            "colormap": radiologist_colormap(r),
             "metadata": {"kind": "grader", "grader": r + 1, "source_path": str(folder)},
         }, "labels"))
     return layers
