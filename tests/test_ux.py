@@ -52,7 +52,7 @@ def test_every_reader_and_sample_draws_radiologists_in_the_one_palette(tmp_path)
         graders = [(d, kw) for d, kw, kind in layers if kw.get("metadata", {}).get("kind")
                    == "grader"]
         assert graders
-        for d, kw in graders:
+        for _d, kw in graders:
             r = kw["metadata"]["grader"] - 1
             colour = np.asarray(kw["colormap"].map(np.array([1]))[0][:3])
             np.testing.assert_allclose(colour, _rgb(RADIOLOGIST_COLOURS[r]), atol=1e-6)
@@ -102,3 +102,151 @@ def test_a_drag_in_the_explorer_docked_as_a_plugin_warns_nowhere(make_napari_vie
     assert widget.frames >= 2  # the layer was repainted during the drag
     layer = widget.explorer_layer
     assert np.array_equal(layer.data, session.decode(widget.current_z))
+
+
+def test_radiologists_of_a_wide_plane_get_thicker_outlines(make_napari_viewer):
+    from napari_probunet.gui import dock
+    from napari_probunet.gui.palette import radiologist_colormap
+
+    viewer = make_napari_viewer()
+    dock.outline_graders(viewer)
+    small = viewer.add_labels(np.zeros((128, 128), np.uint8), colormap=radiologist_colormap(0),
+                              metadata={"kind": "grader", "grader": 1})
+    wide = viewer.add_labels(np.zeros((3, 512, 512), np.uint8),
+                             colormap=radiologist_colormap(1),
+                             metadata={"kind": "grader", "grader": 2})
+    assert small.contour == dock.GRADER_CONTOUR == 1
+    assert wide.contour == dock.WIDE_CONTOUR == 2
+
+
+# --------------------------------------------------------------- a new image resets the review
+
+pytestmark = pytest.mark.usefixtures("isolated_settings")
+
+
+def test_a_photo_opened_after_a_sampled_image_starts_a_fresh_review(review, qtbot):
+    """After sampling an image that the model warns about, a new image shows no warning, no
+    navigation and no best fit of the old one; deleting the old image forgets it."""
+    import skimage.data
+
+    from napari_probunet.model.testing import wait_idle
+
+    viewer, widget = review
+    viewer.add_image(skimage.data.astronaut()[:200, :200], name="photo", rgb=True)
+    widget.set_roi_mode("whole")
+    widget.n_spin.setValue(2)
+    assert widget.sample()
+    wait_idle(qtbot, widget)
+    assert widget.domain_label.text() and widget.best_fit_button.isEnabled()
+    viewer.add_image(np.random.default_rng(0).random((64, 64)), name="second")
+    widget.image_combo.setCurrentText("second")
+    assert not widget.domain_label.isVisibleTo(widget)
+    assert not widget.best_fit_button.isEnabled() and not widget.next_button.isEnabled()
+    assert "No hypotheses of 'second'" in widget.hypothesis_label.toolTip() + \
+        widget.hypothesis_label.text()
+    widget.image_combo.setCurrentText("photo")  # back to the sampled image: all as it was
+    assert widget.domain_label.isVisibleTo(widget) and widget.best_fit_button.isEnabled()
+    assert "Hypothesis 1/2" in widget.hypothesis_label.toolTip() + widget.hypothesis_label.text()
+    # the sampled image and its layers deleted: a new image starts from nothing
+    for layer in [la for la in viewer.layers if la.name.startswith("photo")]:
+        viewer.layers.remove(layer)
+    assert widget.state.encoded is None and widget.state.hypotheses is None
+    assert widget.domain_label.text() == "" and not widget.best_fit_button.isEnabled()
+    text = widget.hypothesis_label.toolTip() + widget.hypothesis_label.text()
+    assert "deleted" not in text and "Hypothesis" not in text
+
+
+def test_a_small_image_after_a_large_one_goes_back_to_the_whole_image(review, qtbot):
+    """A 1024x1024 image switches the region to 'Click on the lesion'; deleted, a 128x128
+    image must not stay there with Sample refusing."""
+    from napari_probunet.model.testing import wait_idle
+
+    viewer, widget = review
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((1024, 1024)).astype(np.float32), name="large")
+    assert widget.roi_mode == "click"
+    viewer.layers.remove(viewer.layers["large"])
+    side = widget.roi_tool.roi_side()  # the model's input: 128 for the LIDC model
+    viewer.add_image(rng.random((side, side)).astype(np.float32), name="small")
+    assert widget.roi_mode == "whole"
+    assert widget.sample()
+    wait_idle(qtbot, widget)
+    assert widget.state.hypotheses is not None
+    # the user's own choice of 'Click on the lesion' is kept for the next image
+    widget.set_roi_mode("click")
+    viewer.add_image(rng.random((side, side)).astype(np.float32), name="small 2")
+    widget.image_combo.setCurrentText("small 2")
+    assert widget.roi_mode == "click"
+
+
+# ------------------------------------------------------------- closing and cancelling a job
+
+CLOSE_DURING_ENCODE = '''
+import time, numpy as np, napari
+from qtpy.QtWidgets import QApplication
+from napari_probunet.gui.launch import open_review, wait_until
+
+viewer = napari.Viewer(show=True)
+review = open_review(viewer, explorer=True, scripted=True)
+wait_until(lambda: not review.busy, what="the bundled model")
+review.load_bundled_model("lidc")
+wait_until(lambda: not review.busy, what="lidc")
+viewer.add_image(np.random.default_rng(0).random((1024, 1024)).astype(np.float32), name="big")
+review.set_roi_mode("whole")
+review.n_spin.setValue(4)
+assert review.sample()
+wait_until(lambda: "Encoding" in review.progress.format(), timeout=60, what="encoding")
+time.sleep(0.3)
+viewer.close()
+QApplication.processEvents()
+print("closed during the encode", flush=True)
+'''
+
+
+def test_closing_the_viewer_during_an_encode_exits_cleanly(tmp_path):
+    """It aborted the process ("terminate called without an active exception", exit 134):
+    the worker thread was still in torch when Python shut down."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_during_encode.py"
+    script.write_text(CLOSE_DURING_ENCODE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NAPARI_PROBUNET_RECOVERY_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert "closed during the encode" in done.stdout, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cancel_during_a_whole_image_encode_acts_within_a_second(review, qtbot):
+    """The encode of a whole 1024x1024 image is one step (14 s on a busy laptop); Cancel lets
+    the job go at once, and a new Sample afterwards still works."""
+    import time
+
+    from napari_probunet.model.testing import wait_idle
+
+    viewer, widget = review
+    widget.load_bundled_model("lidc")
+    wait_idle(qtbot, widget)
+    big = np.random.default_rng(0).random((1024, 1024)).astype(np.float32)
+    viewer.add_image(big, name="big")
+    widget.set_roi_mode("whole")
+    widget.n_spin.setValue(2)
+    assert widget.sample()
+    qtbot.waitUntil(lambda: "Encoding" in widget.progress.format(), timeout=60000)
+    qtbot.wait(300)
+    t0 = time.perf_counter()
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    assert time.perf_counter() - t0 < 1.0
+    assert widget.progress.format() == "Cancelled" and widget.sample_button.isEnabled()
+    # the abandoned encode finishes behind the session lock; a new run then samples
+    viewer.add_image(big[:128, :128], name="small")
+    widget.image_combo.setCurrentText("small")
+    widget.set_roi_mode("whole")
+    assert widget.sample()
+    wait_idle(qtbot, widget, 120_000)
+    assert widget.state.hypotheses is not None
+    assert widget.state.encoded.layer_name == "small"

@@ -116,6 +116,7 @@ class ReviewWidget(QWidget):
         self.recovery_dir: str | os.PathLike | None = None  # None: recovery.recovery_dir()
         self.closed = False
         self.emitting = False  # the widget is emitting a state event (its own: ignore it)
+        self._showed_other = False  # the navigation says the chosen image has no hypotheses
         self._disconnectors: list[Callable[[], None]] = []
 
         self.jobs = JobRunner(self.state.lock, self)  # loading and sampling, off the GUI thread
@@ -145,7 +146,8 @@ class ReviewWidget(QWidget):
         root.setContentsMargins(6, 6, 6, 6)
         parts = (self.model_panel, self.roi_tool, self.sampler, self.correction, self.gallery)
         for part in parts:
-            root.addWidget(part.box)
+            # the gallery takes the height left over: as many thumbnails as the screen allows
+            root.addWidget(part.box, 10 if part is self.gallery else 0)
             for name in part.CONTROLS:  # the controls, as widget attributes (scripts, tests)
                 setattr(self, name, getattr(part, name))
         root.addStretch(1)
@@ -448,8 +450,28 @@ class ReviewWidget(QWidget):
         self.correction.on_layer_removed(layer)
         if layer is self.roi_tool.roi_layer:
             self.roi_tool.roi_layer = None
+        encoded = self.state.encoded
+        if encoded is not None and encoded.layer_name not in self.viewer.layers:
+            self.reset_review()  # the image the hypotheses were drawn on is gone
         self.refresh_layer_choices()
         self.hypothesis_view.update_navigation()
+
+    def reset_review(self) -> None:
+        """Forget the encoded image and its hypotheses (their image was deleted): the next
+        image starts afresh, with no warning, navigation or best fit left from the last one.
+        The hypothesis layers still in the list stay there (they are reused by the next run)."""
+        self.state.set_encoded(None)
+        self.bundles.record = None
+        self.model_panel.domain_label.setText("")
+        self.model_panel.domain_label.setVisible(False)
+        self.emit(self.state.image_encoded)
+        self.emit(self.state.hypotheses_changed)
+
+    def hypotheses_of_other_image(self) -> bool:
+        """The hypotheses held were drawn on another image than the one chosen (a new image
+        was opened or chosen after sampling)."""
+        encoded, image = self.state.encoded, self.image_layer()
+        return encoded is not None and image is not None and image.name != encoded.layer_name
 
     def update_buttons(self) -> None:
         """Enable what can be done now (and say why Sample cannot)."""
@@ -463,9 +485,21 @@ class ReviewWidget(QWidget):
         self.sample_button.setText("Sampling…" if running else "Sample")
         self.open_model_button.setEnabled(not loading)
         self.model_combo.setEnabled(not loading)
-        has_hyp = self.state.hypotheses is not None and bool(self.hypothesis_view.layers)
+        other = self.hypotheses_of_other_image()
+        has_hyp = (self.state.hypotheses is not None and bool(self.hypothesis_view.layers)
+                   and not other)
         for b in (self.previous_button, self.next_button, self.best_fit_button):
             b.setEnabled(has_hyp)
+        # the Model box's domain warning and the navigation were about the other image
+        domain = self.model_panel.domain_label
+        domain.setVisible(bool(domain.text()) and not other)
+        if other:
+            self.hypothesis_label.set_texts(f"No hypotheses of '{image.name}' yet",
+                                            "No hypotheses yet")
+        elif self._showed_other:
+            self._showed_other = False
+            self.hypothesis_view.update_navigation()  # (calls this again, once)
+        self._showed_other = other
         self.export_button.setEnabled(self.correction.layer is not None)
         self.sample_button.setToolTip(f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})"
                                       if self.state.session is not None else "Load a model first")
