@@ -250,3 +250,71 @@ def test_cancel_during_a_whole_image_encode_acts_within_a_second(review, qtbot):
     wait_idle(qtbot, widget, 120_000)
     assert widget.state.hypotheses is not None
     assert widget.state.encoded.layer_name == "small"
+
+
+# ------------------------------------------------------------------------------- smaller
+
+SCAN = "/work/shared/data/lidc-idri-scans/LIDC-IDRI-0001"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(SCAN), reason="needs the LIDC-IDRI scan")
+def test_a_scan_folder_and_a_dicom_file_open_without_choosing_a_reader(make_napari_viewer):
+    """napari's own reader claims folders and ``*.dcm`` too: napari asked "Choose reader" on
+    every folder open (and its imageio reader crashes on DICOM SEG and CT files)."""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    from napari_probunet import _reader
+
+    viewer = make_napari_viewer()  # napari's settings reset: no preference
+    with pytest.raises(MultipleReaderError):
+        viewer.open(SCAN, plugin=None)
+    _reader.on_activate(None)
+    prefs = get_settings().plugins.extension2reader
+    assert all(prefs[p] == "napari-probunet" for p in _reader.DICOM_AND_FOLDER_PATTERNS)
+    layers = viewer.open(SCAN, plugin=None)
+    assert layers[0].data.shape[0] == 133  # the CT, then the radiologists
+    assert any(la.metadata.get("kind") == "grader" for la in layers)
+
+
+def test_merged_domain_warnings_read_as_sentences():
+    from napari_probunet.gui.review.model_panel import join_sentences
+
+    text = join_sentences(["a colour image; it sees the image converted to grey.",
+                           "the image is 200x200 pixels, larger than 64x64 crops"])
+    assert ".;" not in text
+    assert text == ("a colour image; it sees the image converted to grey. The image is "
+                    "200x200 pixels, larger than 64x64 crops.")
+
+
+def test_the_restore_prompt_gives_the_autosave_time_in_local_time():
+    import datetime as dt
+
+    from napari_probunet.gui.review.common import readable_time
+
+    local = dt.datetime(2026, 12, 5, 22, 55, 12).astimezone()
+    as_utc = local.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    assert "T" in as_utc and readable_time(as_utc, now=local) == "today at 22:55"
+    assert readable_time(as_utc, now=local + dt.timedelta(days=1)) == "yesterday at 22:55"
+    assert readable_time(as_utc, now=local + dt.timedelta(days=9)) == \
+        "on Sat 5 Dec 2026 at 22:55"
+    assert readable_time("?") == "?"
+
+
+def test_case_graders_are_raters_outside_radiology_and_named_who_first(tmp_path):
+    import json
+
+    from napari_probunet._reader import read_case
+    from napari_probunet.data.readers import write_multirater_folder
+    from napari_probunet.data.synthetic import SyntheticDataset
+
+    cases = list(SyntheticDataset("lesions", 1, seed=4, size=32))
+    root = write_multirater_folder(cases, tmp_path / "data")
+    folder = next(p for p in root.iterdir() if p.is_dir())
+    names = [kw["name"] for _, kw, kind in read_case(folder) if kind == "labels"]
+    assert names[0].startswith("rater 1") and names[0].endswith(f" · {folder.name}")
+    assert not any("radiologist" in n for n in names)
+    (folder / "case.json").write_text(json.dumps({"modality": "CT"}))
+    names = [kw["name"] for _, kw, kind in read_case(folder) if kind == "labels"]
+    assert [n.split(" · ")[0].removesuffix(" (drew nothing)") for n in names] == [
+        f"radiologist {r}" for r in range(1, len(names) + 1)]
