@@ -293,7 +293,7 @@ def test_the_restore_prompt_gives_the_autosave_time_in_local_time():
     from napari_probunet.gui.review.common import readable_time
 
     local = dt.datetime(2026, 12, 5, 22, 55, 12).astimezone()
-    as_utc = local.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    as_utc = local.astimezone(dt.UTC).isoformat(timespec="seconds")
     assert "T" in as_utc and readable_time(as_utc, now=local) == "today at 22:55"
     assert readable_time(as_utc, now=local + dt.timedelta(days=1)) == "yesterday at 22:55"
     assert readable_time(as_utc, now=local + dt.timedelta(days=9)) == \
