@@ -318,3 +318,52 @@ def test_case_graders_are_raters_outside_radiology_and_named_who_first(tmp_path)
     names = [kw["name"] for _, kw, kind in read_case(folder) if kind == "labels"]
     assert [n.split(" · ")[0].removesuffix(" (drew nothing)") for n in names] == [
         f"radiologist {r}" for r in range(1, len(names) + 1)]
+
+
+# ------------------------------------------------------------------------ the explorer's map
+
+
+def test_map_labels_never_overlap_and_stay_inside_the_map():
+    from napari_probunet.gui.explorer.label_layout import inside, overlap, place_labels
+
+    rng = np.random.default_rng(0)
+    bounds = (0.0, 0.0, 220.0, 220.0)
+    # 16 hypotheses in a tight cluster, components on the edges and corners, 4 annotations
+    anchors = [(110 + rng.normal(0, 12), 110 + rng.normal(0, 12)) for _ in range(16)]
+    anchors += [(0.0, 0.0), (220.0, 5.0), (3.0, 220.0), (219.0, 219.0)]
+    anchors += [(100.0, 100.0), (104.0, 102.0), (160.0, 40.0), (60.0, 180.0)]
+    sizes = [(14.0, 12.0)] * 16 + [(44.0, 12.0)] * 4 + [(56.0, 12.0)] * 4
+    boxes = place_labels(list(zip(anchors, sizes)), bounds)
+    shown = [b for b in boxes if b is not None]
+    assert len(shown) >= 16  # crowded, yet most labels find a place
+    assert all(inside(b, bounds) for b in shown)
+    assert all(overlap(a, b) == 0 for i, a in enumerate(shown) for b in shown[:i])
+    assert all(b is not None for b in boxes[16:20])  # corner components ("c3 0.00") kept
+
+
+def test_the_legend_reserves_the_lines_it_wraps_onto(qtbot):
+    from napari_probunet.gui.explorer.latent_map import LatentMap
+    from napari_probunet.gui.explorer.painting import legend_lines
+
+    m = LatentMap()
+    qtbot.addWidget(m)
+    m.resize(700, 500)
+    wide = (legend_lines(m), m.legend_height())
+    m.resize(230, 500)
+    narrow = (legend_lines(m), m.legend_height())
+    assert narrow[0] > wide[0] and narrow[1] > wide[1]
+    # the plot ends above the legend's first line
+    assert m.plot_rect().bottom() < m.height() - m.legend_height()
+
+
+def test_the_assessment_table_is_tall_enough_for_four_radiologists(qtbot):
+    from napari_probunet.gui.explorer.assessment import AssessmentPanel
+
+    panel = AssessmentPanel()
+    qtbot.addWidget(panel)
+    # four rows (layers that could not be read are rows too: the real path, no model needed)
+    panel.errors = {f"radiologist {k}": "drew nothing here" for k in range(1, 5)}
+    panel.fill(None)
+    t = panel.table
+    needed = t.horizontalHeader().height() + sum(t.rowHeight(i) for i in range(4))
+    assert t.rowCount() == 4 and t.minimumHeight() >= needed
