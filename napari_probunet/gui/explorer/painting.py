@@ -220,9 +220,16 @@ def legend_layout(m) -> list[tuple[float, int, str, Callable]]:
 
 
 def legend_lines(m) -> int:
-    """How many lines the legend takes at the map's width."""
-    layout = legend_layout(m)
-    return 1 + max((line for _x, line, _t, _d in layout), default=0)
+    """How many lines the legend takes at the map's width (kept per width and items: the map
+    asks on every repaint)."""
+    key = (m.width(), m.font().key(), m.is_line, m.background_kind,
+           tuple(n for n, _ in m.class_legend))
+    cached = getattr(m, "_legend_lines", None)
+    if cached is None or cached[0] != key:
+        layout = legend_layout(m)
+        cached = (key, 1 + max((line for _x, line, _t, _d in layout), default=0))
+        m._legend_lines = cached
+    return cached[1]
 
 
 def _paint_legend(m, p: QPainter) -> None:
@@ -258,7 +265,7 @@ def paint_markers(m, p: QPainter) -> None:
     if m.markers.point is not None:
         _paint_point(m, p, r)
     p.setClipping(False)
-    _paint_labels(p, r, annotations + components + numbers, _marker_boxes(m))
+    _paint_labels(m, p, r, annotations + components + numbers, _marker_boxes(m))
     p.restore()
 
 
@@ -268,19 +275,22 @@ def _marker_boxes(m) -> list[tuple[float, float, float, float]]:
     spots = [m.marker_pixel(u, v) for u, v in mk.hypotheses]
     spots += [m.marker_pixel(u, v) for u, v, _w in mk.components]
     spots += [m.marker_pixel(u, v) for _n, u, v, _o in mk.annotations]
-    if mk.point is not None:
-        spots.append(m.to_pixel(*mk.point))
+    # (not the current point: it moves on every frame of a drag, the labels should not)
     return [(pt.x() - 6, pt.y() - 6, pt.x() + 6, pt.y() + 6) for pt in spots]
 
 
-def _paint_labels(p: QPainter, r: QRectF, labels: list, markers: list) -> None:
+def _paint_labels(m, p: QPainter, r: QRectF, labels: list, markers: list) -> None:
     """Draw ``labels`` ``[(anchor, text, colour)]`` (most important first) where
     :func:`place_labels` puts them, inside the plot ``r``."""
     fm = QFontMetrics(p.font())
-    sizes = [((pt.x(), pt.y()), (fm.horizontalAdvance(text) + 2, fm.height()))
-             for pt, text, _c in labels]
-    bounds = (r.left(), r.top(), r.right(), r.bottom())
-    for (_pt, text, colour), box in zip(labels, place_labels(sizes, bounds, markers)):
+    key = (tuple((pt.x(), pt.y(), text) for pt, text, _c in labels), tuple(markers),
+           (r.left(), r.top(), r.right(), r.bottom()), fm.height())
+    placed = getattr(m, "_placed_labels", None)
+    if placed is None or placed[0] != key:  # placed once while only the point moves (a drag)
+        sizes = [((pt.x(), pt.y()), (fm.horizontalAdvance(text) + 2, fm.height()))
+                 for pt, text, _c in labels]
+        placed = m._placed_labels = (key, place_labels(sizes, key[2], markers))
+    for (_pt, text, colour), box in zip(labels, placed[1]):
         if box is None:
             continue
         p.setPen(QColor(0, 0, 0, 200))  # a dark halo: readable on light and dark cells

@@ -276,7 +276,8 @@ class Correction:
                 else "an explorer point")
         if not self.widget.confirm(
                 "Restore the autosaved correction?",
-                f"A correction of this image was autosaved {readable_time(info.get('saved', '?'))} (from "
+                f"A correction of this image was autosaved "
+                f"{readable_time(info.get('saved', '?'))} (from "
                 f"{what}, {edited if edited is not None else '?'} pixel(s) edited by hand). "
                 "Restore it?"):
             self._declined_recovery.add(plane_signature)

@@ -73,6 +73,7 @@ from napari_probunet.gui.review.correction import Correction
 from napari_probunet.gui.review.gallery import Gallery
 from napari_probunet.gui.review.hypotheses import HypothesisLayers
 from napari_probunet.gui.review.model_panel import ModelPanel
+from napari_probunet.gui.review.new_image import NewImage
 from napari_probunet.gui.review.roi_tool import RoiTool
 from napari_probunet.gui.review.runner import JobRunner
 from napari_probunet.gui.review.sampling import Sampler
@@ -116,7 +117,6 @@ class ReviewWidget(QWidget):
         self.recovery_dir: str | os.PathLike | None = None  # None: recovery.recovery_dir()
         self.closed = False
         self.emitting = False  # the widget is emitting a state event (its own: ignore it)
-        self._showed_other = False  # the navigation says the chosen image has no hypotheses
         self._disconnectors: list[Callable[[], None]] = []
 
         self.jobs = JobRunner(self.state.lock, self)  # loading and sampling, off the GUI thread
@@ -127,6 +127,7 @@ class ReviewWidget(QWidget):
         self.hypothesis_view = HypothesisLayers(self)
         self.gallery = Gallery(self)  # all hypotheses at a glance (gallery.py)
         self.bundles = BundleAdopter(self)
+        self.new_image = NewImage(self)  # a new image starts a fresh review
         self._build()
         self._connect()
         self._bind_keys()
@@ -452,26 +453,9 @@ class ReviewWidget(QWidget):
             self.roi_tool.roi_layer = None
         encoded = self.state.encoded
         if encoded is not None and encoded.layer_name not in self.viewer.layers:
-            self.reset_review()  # the image the hypotheses were drawn on is gone
+            self.new_image.reset()  # the image the hypotheses were drawn on is gone
         self.refresh_layer_choices()
         self.hypothesis_view.update_navigation()
-
-    def reset_review(self) -> None:
-        """Forget the encoded image and its hypotheses (their image was deleted): the next
-        image starts afresh, with no warning, navigation or best fit left from the last one.
-        The hypothesis layers still in the list stay there (they are reused by the next run)."""
-        self.state.set_encoded(None)
-        self.bundles.record = None
-        self.model_panel.domain_label.setText("")
-        self.model_panel.domain_label.setVisible(False)
-        self.emit(self.state.image_encoded)
-        self.emit(self.state.hypotheses_changed)
-
-    def hypotheses_of_other_image(self) -> bool:
-        """The hypotheses held were drawn on another image than the one chosen (a new image
-        was opened or chosen after sampling)."""
-        encoded, image = self.state.encoded, self.image_layer()
-        return encoded is not None and image is not None and image.name != encoded.layer_name
 
     def update_buttons(self) -> None:
         """Enable what can be done now (and say why Sample cannot)."""
@@ -485,21 +469,12 @@ class ReviewWidget(QWidget):
         self.sample_button.setText("Sampling…" if running else "Sample")
         self.open_model_button.setEnabled(not loading)
         self.model_combo.setEnabled(not loading)
-        other = self.hypotheses_of_other_image()
+        other = self.new_image.other_image_chosen()
         has_hyp = (self.state.hypotheses is not None and bool(self.hypothesis_view.layers)
                    and not other)
         for b in (self.previous_button, self.next_button, self.best_fit_button):
             b.setEnabled(has_hyp)
-        # the Model box's domain warning and the navigation were about the other image
-        domain = self.model_panel.domain_label
-        domain.setVisible(bool(domain.text()) and not other)
-        if other:
-            self.hypothesis_label.set_texts(f"No hypotheses of '{image.name}' yet",
-                                            "No hypotheses yet")
-        elif self._showed_other:
-            self._showed_other = False
-            self.hypothesis_view.update_navigation()  # (calls this again, once)
-        self._showed_other = other
+        self.new_image.show_for(image, other)
         self.export_button.setEnabled(self.correction.layer is not None)
         self.sample_button.setToolTip(f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})"
                                       if self.state.session is not None else "Load a model first")
