@@ -367,3 +367,66 @@ def test_the_assessment_table_is_tall_enough_for_four_radiologists(qtbot):
     t = panel.table
     needed = t.horizontalHeader().height() + sum(t.rowHeight(i) for i in range(4))
     assert t.rowCount() == 4 and t.minimumHeight() >= needed
+
+
+# ------------------------------------------------------------------- the window on the screen
+
+FIT_SCRIPT = '''
+import json
+from napari_probunet.gui import launch
+from napari_probunet.gui.napari_compat import main_window
+
+viewer = launch._make_viewer()
+review = launch.open_review(viewer, scripted=True)
+launch.settle(1.0)
+win, area = main_window(viewer), launch.screen_geometry()
+
+def seen(widget):
+    return not widget.visibleRegion().isEmpty() and widget.isVisible()
+
+out = {"window": [win.frameGeometry().x(), win.frameGeometry().y(), win.frameGeometry().width(),
+                  win.frameGeometry().height()],
+       "screen": [area.x(), area.y(), area.width(), area.height()],
+       "sample": seen(review.sample_button), "export": seen(review.export_button),
+       "gallery_now": seen(review.gallery.box)}
+scroll = review.sample_button.parentWidget()
+while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
+    scroll = scroll.parentWidget()
+scroll.ensureWidgetVisible(review.gallery.grid)
+launch.settle(0.3)
+out["gallery_reachable"] = seen(review.gallery.grid)
+print("RESULT " + json.dumps(out), flush=True)
+viewer.close()
+'''
+
+
+@pytest.mark.parametrize("screen", ["1366x768", "1920x1080"])
+def test_the_launch_window_fits_the_screen_it_opens_on(tmp_path, screen):
+    """``make run`` opened 1400x900 on a 1366x768 screen: the gallery and the dock tabs were
+    off screen. Each screen size gets its own X server."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("needs xvfb-run (Debian's xvfb)")
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NAPARI_PROBUNET_RECOVERY_DIR": str(tmp_path)}
+    env.pop("DISPLAY", None)
+    done = subprocess.run(["xvfb-run", "-a", "-s", f"-screen 0 {screen}x24", sys.executable,
+                           str(script)], capture_output=True, text=True, timeout=300, env=env)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, done.stderr[-3000:]
+    out = json.loads(line[len("RESULT "):])
+    x, y, w, h = out["window"]
+    sx, sy, sw, sh = out["screen"]
+    assert (sw, sh) == tuple(int(n) for n in screen.split("x"))
+    assert sx <= x and sy <= y and x + w <= sx + sw and y + h <= sy + sh, out
+    assert w >= 0.9 * sw or w >= 1800, out  # the screen is used, not a small window
+    assert out["sample"] and out["export"], out  # in view without scrolling
+    assert out["gallery_reachable"], out
+    if screen == "1920x1080":
+        assert out["gallery_now"], out

@@ -107,9 +107,9 @@ def open_review(viewer, explorer: bool = True, scripted: bool = False):
     return review
 
 
-#: the review dock's width on a wide screen (at least 1600 px): 6 thumbnails a row, so the
-#: gallery shows 16 hypotheses in 3 rows
-WIDE_DOCK = 620
+#: the review dock's width on a wide screen (at least 1600 px): 8 thumbnails a row, so the
+#: gallery shows 16 hypotheses in 2 rows, all in view at 1920x1080
+WIDE_DOCK = 800
 
 
 def widen_dock(viewer, dock) -> None:
