@@ -185,7 +185,8 @@ def readable_time(iso: str, now=None) -> str:
     """An ISO 8601 time (``"2026-12-05T21:55:12+00:00"``, what autosaves record) in the
     computer's local time, as a person says it: ``"today at 22:55"``, ``"yesterday at 09:10"``
     or ``"on Sat 5 Dec 2026 at 22:55"`` (to follow "autosaved"). A time without an offset is
-    taken as local; text that is no ISO time comes back as it is. ``now``: the local "now" (tests)."""
+    taken as local; text that is no ISO time comes back as it is. ``now``: the local "now"
+    (tests)."""
     import datetime as dt
 
     try:
