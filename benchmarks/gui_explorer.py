@@ -373,7 +373,9 @@ def screenshots(out: Path, model_spec: str | None) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
-    napari_compat.main_window(viewer).resize(1400, 880)
+    from napari_probunet.gui.launch import fit_to_screen
+
+    fit_to_screen(napari_compat.main_window(viewer))  # the screen the pictures are taken on
     viewer.add_image(image, name="lesion", colormap="gray", contrast_limits=contrast)
     for name, mask in graders.items():
         viewer.add_labels(mask, name=name, visible=False, opacity=0.5)

@@ -35,11 +35,11 @@ from pathlib import Path
 
 
 def _viewer(sample: str, model: str):
-    from napari_probunet.gui import launch, napari_compat
+    from napari_probunet.gui import launch
 
     viewer = launch._make_viewer()
     review = launch.open_review(viewer, scripted=True)
-    napari_compat.main_window(viewer).resize(*launch.WINDOW)
+    # (the window fits the screen it opens on: launch.fit_to_screen)
     viewer.open_sample(launch.PLUGIN, sample)
     review.device_combo.blockSignals(True)
     review.device_combo.setCurrentIndex(review.device_combo.findData("cpu"))

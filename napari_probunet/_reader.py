@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_info
 
-from napari_probunet._sample_data import RATER_COLOURS, one_colour_colormap
 from napari_probunet.data import formats
 from napari_probunet.data.case_stack import is_case_folder, read_case_stack
 from napari_probunet.data.nifti import nifti_name, nifti_spacing, nifti_volume, open_nifti
@@ -90,11 +89,14 @@ def get_case_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Ca
 
 def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
     """One multi-rater case as napari layers (:func:`~napari_probunet.data.case_stack.
-    read_case_stack`): the image, then one Labels layer per grader (``radiologist 1`` ...),
-    each in its own colour so that overlaid outlines stay apart (the plugin's widgets draw
-    ``kind: grader`` layers as outlines: :func:`napari_probunet.gui.dock.outline_graders`). A
-    LIDC-IDRI nodule folder opens as a stack of its slices. Masks with grey levels are
-    thresholded (the data layer's rule) and a notification names them."""
+    read_case_stack`): the image, then one Labels layer per grader (``radiologist 1 · <case>``,
+    or ``rater 1 · <case>`` outside radiology: :func:`grader_word`), each in its own colour so
+    that overlaid outlines stay apart (the plugin's widgets draw ``kind: grader`` layers as
+    outlines: :func:`napari_probunet.gui.dock.outline_graders`). A LIDC-IDRI nodule folder
+    opens as a stack of its slices. Masks with grey levels are thresholded (the data layer's
+    rule) and a notification names them."""
+    from napari_probunet.gui.palette import radiologist_colormap
+
     folder = Path(_paths(path)[0])
     case = read_case_stack(folder)
     name = case.name
@@ -102,15 +104,37 @@ def read_case(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Lay
         show_info(f"Opened {name}. " + " ".join(case.notes))
     meta = {"source_path": str(folder), "kind": "image"}
     layers: list[LayerData] = [(case.image, {"name": name, "metadata": meta}, "image")]
+    word = grader_word(folder)
     for r, mask in enumerate(case.masks):
         drew = bool(mask.any())
         layers.append((mask.astype(np.uint8, copy=False), {
-            "name": f"{name} radiologist {r + 1}" + ("" if drew else " (drew nothing)"),
+            # who comes first: napari's layer list cuts long names in the middle
+            "name": f"{word} {r + 1}" + ("" if drew else " (drew nothing)") + f" · {name}",
             "opacity": 0.7,
-            "colormap": one_colour_colormap(RATER_COLOURS[r % len(RATER_COLOURS)]),
+            "colormap": radiologist_colormap(r),
             "metadata": {"kind": "grader", "grader": r + 1, "source_path": str(folder)},
         }, "labels"))
     return layers
+
+
+#: modalities whose graders are radiologists (DICOM's codes); other data have raters
+RADIOLOGY = {"CT", "MR", "MRI", "PT", "PET", "CR", "DX", "MG", "US", "XR", "NM"}
+
+
+def grader_word(folder: Path) -> str:
+    """What a case's graders are called: ``"radiologist"`` for a LIDC-IDRI nodule folder or
+    a case whose ``case.json`` names a radiology ``modality`` (CT, MR, ...), else ``"rater"``
+    (a microscopy or photo data set's graders are no radiologists)."""
+    import json
+
+    if (folder / "images").is_dir() or folder.name.upper().startswith("LIDC-IDRI"):
+        return "radiologist"
+    try:
+        meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "rater"
+    modality = str(meta.get("modality", "")).upper() if isinstance(meta, dict) else ""
+    return "radiologist" if modality in RADIOLOGY else "rater"
 
 
 # ----------------------------------------------------------------------------- NIfTI
@@ -126,12 +150,29 @@ def prefer_for_nifti(settings=None) -> list[str]:
     backend"), so without a preference napari asks which plugin to use, or
     ``viewer.open(path)`` fails. A choice the user made is never changed. Returns the
     patterns set. Run when the plugin is activated (``on_activate`` in the manifest)."""
+    return _prefer(NIFTI_PATTERNS, settings)
+
+
+#: DICOM files and the folders this plugin reads (napari matches a folder as its path with a
+#: trailing separator): napari's own reader claims them too and crashes on DICOM SEG and CT
+#: files, and on folders napari asked "Choose reader" every time
+DICOM_AND_FOLDER_PATTERNS = ("*.dcm", "*.dicom", f"*nodule-*{os.sep}",
+                             f"*LIDC-IDRI-*{os.sep}", f"*{os.sep}ct{os.sep}")
+
+
+def prefer_for_dicom_and_folders(settings=None) -> list[str]:
+    """As :func:`prefer_for_nifti`, for :data:`DICOM_AND_FOLDER_PATTERNS`."""
+    return _prefer(DICOM_AND_FOLDER_PATTERNS, settings)
+
+
+def _prefer(patterns, settings=None) -> list[str]:
+    """Make this plugin the reader of ``patterns`` the user has chosen none for."""
     if settings is None:
         from napari.settings import get_settings
 
         settings = get_settings()
     prefs = dict(settings.plugins.extension2reader)
-    missing = [p for p in NIFTI_PATTERNS if p not in prefs]
+    missing = [p for p in patterns if p not in prefs]
     if missing:
         settings.plugins.extension2reader = {**prefs, **dict.fromkeys(missing, "napari-probunet")}
     return missing
@@ -141,6 +182,7 @@ def on_activate(context=None) -> None:
     """npe2 calls this when the plugin is first used (a widget, a reader, a sample)."""
     with suppress(Exception):  # settings that cannot be changed: napari asks, as before
         prefer_for_nifti()
+        prefer_for_dicom_and_folders()
 
 
 def get_nifti_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable | None:

@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# one colour per radiologist: the one palette (RADIOLOGIST_COLOURS: re-exported for the tests)
+from napari_probunet.gui.palette import RADIOLOGIST_COLOURS, radiologist_colour  # noqa: F401
+
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: one colour per radiologist (Okabe-Ito, colour-blind safe; no cyan, the hypotheses' colour):
-#: orange, blue, vermillion, reddish purple, then bluish green and yellow for more readers
-RADIOLOGIST_COLOURS = ("#E69F00", "#0072B2", "#D55E00", "#CC79A7", "#009E73", "#F0E442")
 #: the marks' symbols by kind, and their size (data pixels: about 8 mm at LIDC's 0.7 mm)
 MARK_SYMBOLS = {"small nodule": "ring", "non-nodule": "cross"}
 MARK_SIZE = 12
@@ -52,11 +52,6 @@ def get_scan_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Ca
     if len(paths) != 1 or not is_scan_folder(paths[0]):
         return None
     return read_scan
-
-
-def radiologist_colour(r: int) -> str:
-    """Radiologist ``r``'s colour (0-based)."""
-    return RADIOLOGIST_COLOURS[r % len(RADIOLOGIST_COLOURS)]
 
 
 def read_scan(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerData]:
@@ -112,7 +107,7 @@ def radiologist_layer(scan, r: int) -> LayerData:
     """Radiologist ``r``'s outlined nodules (Labels, value 1), in their colour."""
     import numpy as np
 
-    from napari_probunet.gui.samples import one_colour_colormap
+    from napari_probunet.gui.palette import one_colour_colormap
 
     who = scan.radiologists[r]
     mine = [n for n in scan.nodules if r in n.reader_ids]

@@ -28,9 +28,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_probunet.gui.palette import RADIOLOGIST_COLOURS
+
 LayerData = tuple[Any, dict[str, Any], str]
-#: colours of segments that recommend none (the radiologists' colours of the samples)
-SEGMENT_COLOURS = ("#e6194b", "#ffe119", "#42d4f4", "#f032e6", "#3cb44b", "#f58231")
+#: colours of segments that recommend none: the radiologists' palette (a LIDC-IDRI SEG holds
+#: one segment per radiologist; :mod:`napari_probunet.gui.palette`)
+SEGMENT_COLOURS = RADIOLOGIST_COLOURS
 
 
 def _paths(path) -> list[str]:

@@ -59,7 +59,7 @@ def test_opening_lidc_idri_0001_gives_the_ct_and_four_outlined_radiologists(make
     seen = set()
     for r, layer in enumerate(radiologists):
         assert np.allclose(layer.scale, spacing) and layer.data.shape == image.data.shape
-        assert layer.contour == 1  # drawn as an outline
+        assert layer.contour == 2  # drawn as an outline, 2 px wide on a 512x512 plane
         colour = layer.colormap.map(np.array([1]))[0][:3]
         expected = np.array([int(RADIOLOGIST_COLOURS[r][i:i + 2], 16) / 255 for i in (1, 3, 5)])
         assert np.allclose(colour, expected, atol=0.01)

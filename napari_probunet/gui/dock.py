@@ -85,8 +85,13 @@ def scrolling_content(widget: QWidget, min_width: int = 0) -> QWidget:
 
 # ----------------------------------------------------------------------------- on docking
 
-#: the outline width (data pixels) of a grader's mask: napari's Labels ``contour``
+#: the outline width (data pixels) of a grader's mask: napari's Labels ``contour``; planes
+#: wider than :data:`WIDE_PLANE` get :data:`WIDE_CONTOUR` (see :func:`contour_width`)
 GRADER_CONTOUR = 1
+#: a plane this many pixels wide (a 512x512 CT slice) is shown at about one screen pixel per
+#: data pixel on a 1366x768 laptop: a 1-pixel outline is then a hairline, so it gets 2
+WIDE_PLANE = 384
+WIDE_CONTOUR = 2
 #: after docking, the canvas is fitted again at these delays (ms): the first once Qt has
 #: laid the dock out, the later ones in case the window manager resizes the window after it
 REFIT_DELAYS_MS = (0, 150, 600)
@@ -152,8 +157,16 @@ def outline(layer) -> bool:
     _outlined_layers.add(layer)
     if layer.contour:
         return False
-    layer.contour = GRADER_CONTOUR
+    layer.contour = contour_width(layer)
     return True
+
+
+def contour_width(layer) -> int:
+    """The outline width for grader ``layer``: :data:`GRADER_CONTOUR` data pixels, or
+    :data:`WIDE_CONTOUR` where its plane is wider than :data:`WIDE_PLANE` pixels (so that the
+    outline stays readable at 1366x768, where such a plane shows at ~1 screen px per pixel)."""
+    side = max(int(n) for n in layer.data.shape[-2:])
+    return WIDE_CONTOUR if side > WIDE_PLANE else GRADER_CONTOUR
 
 
 def outline_graders(viewer) -> None:

@@ -48,7 +48,10 @@ def default_sample() -> str:
     """The sample that suits the default model: a real CT nodule for the LIDC model, else the
     synthetic lesion."""
     return "lidc_nodule" if DEFAULT_MODEL_NAME == "lidc" else "lesion"
-WINDOW = (1400, 900)
+
+
+#: the window's largest size (pixels); it is made smaller to fit the screen it opens on
+WINDOW = (1920, 1200)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -100,7 +103,25 @@ def open_review(viewer, explorer: bool = True, scripted: bool = False):
             from qtpy.QtCore import QTimer
 
             QTimer.singleShot(0, dock.raise_)  # the review's tab in front, once docking is done
+    widen_dock(viewer, dock)
     return review
+
+
+#: the review dock's width on a wide screen (at least 1600 px): 8 thumbnails a row, so the
+#: gallery shows 16 hypotheses in 2 rows, all in view at 1920x1080
+WIDE_DOCK = 800
+
+
+def widen_dock(viewer, dock) -> None:
+    """Give the review ``dock`` :data:`WIDE_DOCK` pixels where the screen is wide enough
+    (on a 1366x768 laptop it keeps the width of its content, the image needs the rest)."""
+    from qtpy.QtCore import Qt
+
+    from napari_probunet.gui.napari_compat import main_window
+
+    area = screen_geometry()
+    if area is not None and area.width() >= 1600:
+        main_window(viewer).resizeDocks([dock], [WIDE_DOCK], Qt.Orientation.Horizontal)
 
 
 def load_model(review, model: str | None) -> None:
@@ -124,11 +145,42 @@ def sample(review, n: int = 16, seed: int = 0) -> None:
     wait_until(lambda: not review.busy, what="sampling")
 
 
+def screen_geometry():
+    """The available geometry (``QRect``: the screen less the task bars) of the screen the
+    window opens on: the primary screen (None without a screen)."""
+    from qtpy.QtGui import QGuiApplication
+
+    screen = QGuiApplication.primaryScreen()
+    return None if screen is None else screen.availableGeometry()
+
+
+def fit_to_screen(window, largest: tuple[int, int] = WINDOW) -> tuple[int, int]:
+    """Size the Qt main ``window`` to the screen it opens on (at most ``largest``), its
+    frame included, and put it in the screen's top-left corner; returns its size.
+
+    A 1366x768 laptop gets the whole available screen (the dock tabs, Sample, Export and the
+    gallery in view); so does a 1920x1080 one, the gallery then showing its 16 thumbnails."""
+    area = screen_geometry()
+    if area is None:
+        window.resize(*largest)
+        return largest
+    # the frame the window manager adds (title bar, borders); none under a bare X server
+    frame = window.frameGeometry().size() - window.geometry().size()
+    w = min(largest[0], area.width() - max(0, frame.width()))
+    h = min(largest[1], area.height() - max(0, frame.height()))
+    window.resize(w, h)
+    window.move(area.x() + (area.width() - w - frame.width()) // 2,
+                area.y() + max(0, (area.height() - h - frame.height()) // 2))
+    return w, h
+
+
 def _make_viewer(show: bool = True):
     import napari
 
+    from napari_probunet.gui.napari_compat import main_window
+
     viewer = napari.Viewer(show=show, title="napari-probunet")
-    viewer.window.resize(*WINDOW)
+    fit_to_screen(main_window(viewer))
     return viewer
 
 

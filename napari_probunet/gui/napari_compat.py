@@ -99,6 +99,8 @@ def write_labels_region(layer, new: np.ndarray, r0: int, r1: int, c0: int, c1: i
     """
     if not _PRIVATE_OK:
         return False
+    # a layer reached through napari's plugin proxy warns on each private attribute read
+    layer = getattr(layer, "__wrapped__", layer)
     lead = layer.data.ndim - 2
     try:
         if not layer.visible or layer.contour != 0 or layer._slice_input.ndisplay != 2:
@@ -128,7 +130,7 @@ def displayed_texture(layer) -> np.ndarray | None:
     """The colour-mapped 2D view a Labels ``layer`` last sent to the canvas (a copy), or None
     where napari keeps it elsewhere. What :func:`write_labels_region` writes into."""
     try:
-        return np.array(layer._slice.image.view, copy=True)
+        return np.array(getattr(layer, "__wrapped__", layer)._slice.image.view, copy=True)
     except AttributeError:
         return None
 

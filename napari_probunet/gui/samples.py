@@ -31,6 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_probunet.data.synthetic import make_case
+from napari_probunet.gui.palette import (  # noqa: F401 (one_colour_colormap: re-exported)
+    RADIOLOGIST_COLOURS,
+    one_colour_colormap,
+    radiologist_colormap,
+)
 
 #: (seed, index) of the cases shown: a visible halo that two graders include and one does not
 LESION_CASE = (0, 33)
@@ -61,7 +66,8 @@ def _case_layers(image: np.ndarray, masks: np.ndarray, name: str, truth, source:
         layers.append((mask.astype(np.uint8), {
             "name": f"grader {r + 1}",
             "visible": False,
-            "opacity": 0.5,
+            "opacity": 0.9,
+            "colormap": radiologist_colormap(r),
             "metadata": {"kind": "grader", "grader": r + 1, "source": source},
         }, "labels"))
     return layers
@@ -72,8 +78,8 @@ LIDC_SAMPLES = {"lidc_nodule": (0, "CT nodule 4of4"),
                 "lidc_nodule_2of4": (1, "CT nodule 2of4"),
                 "lidc_nodule_1of4": (2, "CT nodule 1of4")}
 LIDC_FILE = Path(__file__).resolve().parents[1] / "samples" / "lidc_test_slices.npz"
-#: the radiologists' outline colours, one per rater, told apart when overlaid
-RATER_COLOURS = ("#e6194b", "#ffe119", "#42d4f4", "#f032e6")
+#: the radiologists' outline colours (the one palette: :mod:`napari_probunet.gui.palette`)
+RATER_COLOURS = RADIOLOGIST_COLOURS
 
 
 def _lidc_layers(key: str) -> list:
@@ -90,18 +96,11 @@ def _lidc_layers(key: str) -> list:
         layers.append((mask.astype(np.uint8), {
             "name": f"radiologist {r + 1}" + ("" if mask.any() else " (drew nothing)"),
             "visible": False,
-            "opacity": 0.7,
-            "colormap": one_colour_colormap(RATER_COLOURS[r]),
+            "opacity": 0.9,
+            "colormap": radiologist_colormap(r),
             "metadata": {"kind": "grader", "grader": r + 1, "source": source},
         }, "labels"))
     return layers
-
-
-def one_colour_colormap(colour: str):
-    """Label 1 in ``colour`` (each radiologist their own, so overlaid outlines stay apart)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: colour})
 
 
 def sample_lidc_nodule() -> list:

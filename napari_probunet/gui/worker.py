@@ -45,6 +45,11 @@ A job ends with exactly one of: ``"<kind>:done"`` (its return value as the item;
 :meth:`~SessionWorker.cancel_job`, ``"<kind>:cancelled"``. (A job replaced by :meth:`submit`
 or dropped by :meth:`cancel` or :meth:`stop` just stops, with no last message.)
 
+Closing during a job: the thread is a daemon, and a daemon thread still inside torch when the
+interpreter shuts down aborts the process ("terminate called without an active exception").
+So every worker is stopped and its running step waited for (:func:`finish_all_workers`) when
+the Qt application quits and, again, at interpreter exit.
+
 Rules that keep it correct: never touch napari layers or Qt widgets inside a job (pass arrays
 in, get arrays out; the GUI thread applies them); bump the widget's token and call
 :meth:`~SessionWorker.cancel` when the model or the encoded region changes; and drop results
@@ -53,15 +58,48 @@ whose token is stale.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from qtpy.QtCore import QObject, Signal
+
+#: the workers alive (stopped and joined at exit: :func:`finish_all_workers`)
+_WORKERS: weakref.WeakSet = weakref.WeakSet()
+#: at exit, how long to wait for a running step (a whole-image encode on a slow CPU) to end
+EXIT_WAIT_S = 120.0
+
+
+def finish_all_workers(timeout: float = EXIT_WAIT_S) -> bool:
+    """Stop every worker and wait for its running step to end (the application quits).
+
+    Returns whether all threads ended within ``timeout`` seconds in all."""
+    end = time.monotonic() + timeout
+    workers = list(_WORKERS)
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        worker.join(max(0.0, end - time.monotonic()))
+    return not any(w.alive for w in workers)
+
+
+atexit.register(finish_all_workers)
+
+
+def _finish_on_quit() -> None:
+    """Also at the Qt application's end (before Python's own shutdown starts)."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None and not getattr(app, "_probunet_finish_on_quit", False):
+        app._probunet_finish_on_quit = True
+        app.aboutToQuit.connect(lambda: finish_all_workers())
 
 
 class WorkerSignals(QObject):
@@ -115,6 +153,24 @@ class SessionWorker:
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _WORKERS.add(self)
+        _finish_on_quit()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end (after :meth:`stop`), at most ``timeout`` seconds."""
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """The thread still runs (a step, or waiting for work)."""
+        return self._thread.is_alive()
+
+    @property
+    def running_step(self) -> bool:
+        """A step (or a latest request) is running on the thread now."""
+        with self._cond:
+            return self._busy
 
     # -- GUI side --------------------------------------------------------------------------------
     def request_latest(self, token, kind: str, fn: Callable[[], Any], request: Any = None) -> None:

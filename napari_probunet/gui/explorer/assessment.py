@@ -35,6 +35,10 @@ from napari_probunet.review.assess import FIT_IOU, KL_MARGIN, MIN_FIT_IOU
 ASSESS_TEXT = "Assess ticked annotations"
 
 
+#: the assessment table shows this many rows without scrolling (a LIDC nodule has 4 graders)
+MAX_ROWS_SHOWN = 6
+
+
 def candidate_names(viewer, skip_layers) -> list[str]:
     """Labels layers that may be annotations: not a hypothesis, not the explorer's own."""
     from napari.layers import Labels
@@ -242,6 +246,22 @@ class AssessmentPanel(QGroupBox):
                     item.setForeground(red)
                 self.table.setItem(r, c, item)
         self.table.blockSignals(False)
+        self.fit_rows()
+
+    def fit_rows(self, most: int = MAX_ROWS_SHOWN) -> int:
+        """Make the table tall enough for all its rows (at most ``most``; more scroll), so
+        that the 4 radiologists of a LIDC nodule show at once (1-2 of them did at 1366x768);
+        the dock scrolls instead. Returns the height set (pixels)."""
+        t = self.table
+        t.resizeRowsToContents()
+        rows = min(max(t.rowCount(), 1), most)
+        height = (t.horizontalHeader().height() + sum(t.rowHeight(i) for i in range(rows))
+                  + t.horizontalScrollBar().sizeHint().height() + 2 * t.frameWidth() + 2)
+        if not t.rowCount():
+            height = max(80, height)
+        t.setMinimumHeight(height)
+        self.setMinimumHeight(max(250, self.sizeHint().height()))
+        return height
 
 
 def _row(a, err: str | None, plane, n_axes: int) -> tuple[list[str], str]:

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 from napari_probunet.gui.explorer.painting import (
     BACKGROUNDS,
+    legend_lines,
     paint_markers,
     paint_static,
     theme_colors,
@@ -105,8 +106,10 @@ class LatentMap(QWidget):
 
     # -- geometry ------------------------------------------------------------------------------
     def legend_height(self) -> int:
-        """Pixels below the axes reserved for the legend (two lines)."""
-        return 2 * QFontMetrics(self.font()).height() + 10
+        """Pixels below the axes reserved for the legend: as many lines as it wraps onto at
+        this width (it took 3 at 1366x768 with 2 reserved, and ran into the status line)."""
+        fm = QFontMetrics(self.font())
+        return legend_lines(self) * (fm.height() + 4) + 6
 
     def plot_rect(self) -> QRectF:
         """The square (or, for a line, the strip) the plane is drawn in, in widget pixels."""

@@ -21,6 +21,10 @@ from napari_probunet.gui.worker import LatestResult
 
 #: the status line (current point, z) is rewritten at most this often while dragging
 STATUS_INTERVAL_S = 0.25
+#: while the decoded mask stays the same, the map (the point's crosshair) repaints on its own
+#: at most this often: each repaint recomposes the whole window (napari's OpenGL canvas is in
+#: it), which took the time of a canvas frame
+POINT_ONLY_REPAINT_S = 1 / 15
 
 
 @dataclass(frozen=True)
@@ -93,13 +97,17 @@ class LiveDecoding:
             return
         self._shown = result
         self.decode_seconds.append(result.seconds)
+        frames = self._output.frames
         try:
             self._output.show(result.value)
         except Exception as exc:  # noqa: BLE001 - a layer removed or replaced under us
             self._output.forget()
             self._notify(f"Could not update the explorer layer: {exc}")
         final = self.final_pending and np.array_equal(result.request.z, self.z)
-        self._map.repaint_with_frame(force=final)
+        if final or self._output.frames != frames:
+            self._map.repaint_with_frame(force=final)
+        else:  # the mask did not change: no canvas frame to share the window's repaint with
+            self._map.request_repaint(delay=POINT_ONLY_REPAINT_S)
         if final:
             self.final_pending = False
             self._output.refresh_thumbnail()

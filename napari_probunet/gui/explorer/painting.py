@@ -16,6 +16,7 @@ import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPainterPath, QPen, QPolygonF
 
+from napari_probunet.gui.explorer.label_layout import place_labels
 from napari_probunet.review import plane as core
 
 #: what the map's background shows
@@ -203,21 +204,45 @@ def _legend_items(m) -> list[tuple[str, Callable[[QPainter, QPointF], None]]]:
     return items
 
 
-def _paint_legend(m, p: QPainter) -> None:
+def legend_layout(m) -> list[tuple[float, int, str, Callable]]:
+    """Where the legend's items go at the map's width: ``(x, line, text, draw)``, wrapped
+    onto as many lines as the width needs (the map reserves them: :func:`legend_lines`)."""
     fm = QFontMetrics(m.font())
-    y = m.height() - m.legend_height() + fm.height() / 2 + 2
-    x, x0 = 10.0, 10.0
-    p.setPen(m.colors["text"])
+    x, x0, line = 10.0, 10.0, 0
+    out = []
     for text, draw in _legend_items(m):
         w = 16 + fm.horizontalAdvance(text) + 12
         if x + w > m.width() - 4 and x > x0:
-            x, y = x0, y + fm.height() + 4
+            x, line = x0, line + 1
+        out.append((x, line, text, draw))
+        x += w
+    return out
+
+
+def legend_lines(m) -> int:
+    """How many lines the legend takes at the map's width (kept per width and items: the map
+    asks on every repaint)."""
+    key = (m.width(), m.font().key(), m.is_line, m.background_kind,
+           tuple(n for n, _ in m.class_legend))
+    cached = getattr(m, "_legend_lines", None)
+    if cached is None or cached[0] != key:
+        layout = legend_layout(m)
+        cached = (key, 1 + max((line for _x, line, _t, _d in layout), default=0))
+        m._legend_lines = cached
+    return cached[1]
+
+
+def _paint_legend(m, p: QPainter) -> None:
+    fm = QFontMetrics(m.font())
+    top = m.height() - m.legend_height() + fm.height() / 2 + 2
+    p.setPen(m.colors["text"])
+    for x, line, text, draw in legend_layout(m):
+        y = top + line * (fm.height() + 4)
         p.save()
         draw(p, QPointF(x + 6, y))
         p.restore()
         p.setPen(m.colors["text"])
         p.drawText(QPointF(x + 16, y + fm.ascent() / 2 - 1), text)
-        x += w
 
 
 # ------------------------------------------------------------------------------- the markers
@@ -225,46 +250,75 @@ def _paint_legend(m, p: QPainter) -> None:
 
 def paint_markers(m, p: QPainter) -> None:
     """The markers of map ``m``: hypotheses, mixture components (above the hypotheses: on the
-    plane through them they are what the map is about), annotations, the point."""
+    plane through them they are what the map is about), annotations, the point; then their
+    labels, placed inside the map where they overlap no other label
+    (:func:`~napari_probunet.gui.explorer.label_layout.place_labels`)."""
     r = m.plot_rect()
     p.save()
     p.setClipRect(r.adjusted(-6, -6, 6, 6))
     font = QFont(m.font())
     font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
     p.setFont(font)
-    _paint_hypotheses(m, p)
-    _paint_components(m, p)
-    labels = _paint_annotations(m, p)
-    p.setClipping(False)
-    fm = QFontMetrics(p.font())
-    p.setPen(_WHITE)
-    for anchor, text in labels:
-        width = fm.horizontalAdvance(text)
-        x = anchor.x() + 9 if anchor.x() + 9 + width < m.width() - 2 else (
-            anchor.x() - 9 - width)
-        p.drawText(QPointF(x, anchor.y() + 4 + fm.ascent()), text)
-    p.setClipRect(r.adjusted(-6, -6, 6, 6))
+    numbers = _paint_hypotheses(m, p)
+    components = _paint_components(m, p)
+    annotations = [(pt, text, _WHITE) for pt, text in _paint_annotations(m, p)]
     if m.markers.point is not None:
         _paint_point(m, p, r)
+    p.setClipping(False)
+    _paint_labels(m, p, r, annotations + components + numbers, _marker_boxes(m))
     p.restore()
 
 
-def _paint_components(m, p: QPainter) -> None:
+def _marker_boxes(m) -> list[tuple[float, float, float, float]]:
+    """The boxes the markers cover (labels avoid them where they can)."""
+    mk = m.markers
+    spots = [m.marker_pixel(u, v) for u, v in mk.hypotheses]
+    spots += [m.marker_pixel(u, v) for u, v, _w in mk.components]
+    spots += [m.marker_pixel(u, v) for _n, u, v, _o in mk.annotations]
+    # (not the current point: it moves on every frame of a drag, the labels should not)
+    return [(pt.x() - 6, pt.y() - 6, pt.x() + 6, pt.y() + 6) for pt in spots]
+
+
+def _paint_labels(m, p: QPainter, r: QRectF, labels: list, markers: list) -> None:
+    """Draw ``labels`` ``[(anchor, text, colour)]`` (most important first) where
+    :func:`place_labels` puts them, inside the plot ``r``."""
+    fm = QFontMetrics(p.font())
+    key = (tuple((pt.x(), pt.y(), text) for pt, text, _c in labels), tuple(markers),
+           (r.left(), r.top(), r.right(), r.bottom()), fm.height())
+    placed = getattr(m, "_placed_labels", None)
+    if placed is None or placed[0] != key:  # placed once while only the point moves (a drag)
+        sizes = [((pt.x(), pt.y()), (fm.horizontalAdvance(text) + 2, fm.height()))
+                 for pt, text, _c in labels]
+        placed = m._placed_labels = (key, place_labels(sizes, key[2], markers))
+    for (_pt, text, colour), box in zip(labels, placed[1]):
+        if box is None:
+            continue
+        p.setPen(QColor(0, 0, 0, 200))  # a dark halo: readable on light and dark cells
+        for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            p.drawText(QPointF(box[0] + 1 + dx, box[1] + fm.ascent() + dy), text)
+        p.setPen(colour)
+        p.drawText(QPointF(box[0] + 1, box[1] + fm.ascent()), text)
+
+
+def _paint_components(m, p: QPainter) -> list:
     """A mixture prior's components: squares, named c1, c2, ... (heaviest first) with their
-    weight."""
+    weight; returns their labels ``[(anchor, text, colour)]``."""
+    labels = []
     for k, (u, v, weight) in enumerate(m.markers.components):
         pt = m.marker_pixel(u, v)
         p.setPen(QPen(QColor(0, 0, 0, 230), 1.5))
         p.setBrush(QColor(255, 170, 60))
         p.drawRect(QRectF(pt.x() - 6, pt.y() - 6, 12, 12))
-        p.setPen(QColor(255, 200, 120))
-        p.drawText(pt + QPointF(-8, -9), f"c{k + 1} {weight:.2f}")  # above: clear of dots
+        labels.append((pt, f"c{k + 1} {weight:.2f}", QColor(255, 200, 120)))
+    return labels
 
 
-def _paint_hypotheses(m, p: QPainter) -> None:
-    """White dots, numbered from 1 (up to 24 of them); the selected one ringed."""
+def _paint_hypotheses(m, p: QPainter) -> list:
+    """White dots (the selected one ringed); returns their numbers from 1 as labels
+    ``[(anchor, text, colour)]`` (none above 24 hypotheses)."""
     markers = m.markers
     show_numbers = len(markers.hypotheses) <= 24
+    labels = []
     for k, (u, v) in enumerate(markers.hypotheses):
         pt = m.marker_pixel(u, v)
         selected = k == markers.selected_hypothesis
@@ -277,8 +331,12 @@ def _paint_hypotheses(m, p: QPainter) -> None:
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawEllipse(pt, radius + 3, radius + 3)
         if show_numbers:
-            p.setPen(_WHITE)
-            p.drawText(pt + QPointF(6, -5), str(k + 1))
+            labels.append((pt, str(k + 1), _WHITE))
+    if markers.selected_hypothesis is not None and labels:  # the selected one's number first
+        k = markers.selected_hypothesis
+        if 0 <= k < len(labels):
+            labels.insert(0, labels.pop(k))
+    return labels
 
 
 def _paint_annotations(m, p: QPainter) -> list[list]:

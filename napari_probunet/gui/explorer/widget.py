@@ -53,6 +53,7 @@ from napari_probunet.gui.explorer.layer import LAYER_KEY, ExplorerLayer, read_ge
 from napari_probunet.gui.explorer.live import LiveDecoding
 from napari_probunet.gui.explorer.markers import MarkerPlacement
 from napari_probunet.gui.explorer.plane_view import PlaneView
+from napari_probunet.gui.napari_compat import unwrap_viewer
 from napari_probunet.gui.worker import SessionWorker, once
 from napari_probunet.review import plane as core
 from napari_probunet.review.state import Choice
@@ -87,10 +88,12 @@ class ExplorerWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
+        # napari hands plugins a proxy of the viewer whose layers warn (FutureWarning) on every
+        # private attribute the fast repaint reads; the viewer itself does not (as the review)
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.state = get_state(self.viewer)
         self._token = 0  # bumped when the model or the encoded region changes
-        self._output = ExplorerLayer(napari_viewer, self._on_layer_colormap)
+        self._output = ExplorerLayer(self.viewer, self._on_layer_colormap)
 
         self._relay = _StateRelay(self)
         self._worker = SessionWorker(self.state.lock, parent=self, name="probunet-explorer",

@@ -179,3 +179,25 @@ def ask_model_path(parent, folder: str) -> str | None:
         parent, "Open a Probabilistic U-Net model file", folder,
         "Model files (*.safetensors);;All files (*)")
     return path or None
+
+
+def readable_time(iso: str, now=None) -> str:
+    """An ISO 8601 time (``"2026-12-05T21:55:12+00:00"``, what autosaves record) in the
+    computer's local time, as a person says it: ``"today at 22:55"``, ``"yesterday at 09:10"``
+    or ``"on Sat 5 Dec 2026 at 22:55"`` (to follow "autosaved"). A time without an offset is
+    taken as local; text that is no ISO time comes back as it is. ``now``: the local "now"
+    (tests)."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return str(iso)
+    now = now or dt.datetime.now().astimezone()
+    clock = when.strftime("%H:%M")
+    days = (now.date() - when.date()).days
+    if days == 0:
+        return f"today at {clock}"
+    if days == 1:
+        return f"yesterday at {clock}"
+    return f"on {when.strftime('%a')} {when.day} {when.strftime('%b %Y')} at {clock}"

@@ -29,6 +29,7 @@ from napari_probunet.gui.review.common import (
     KEY_ACCEPT,
     KEY_EXPORT,
     colormap,
+    readable_time,
 )
 from napari_probunet.review import export, recovery
 from napari_probunet.review.geometry import as_2d, embed
@@ -275,7 +276,8 @@ class Correction:
                 else "an explorer point")
         if not self.widget.confirm(
                 "Restore the autosaved correction?",
-                f"A correction of this image was autosaved on {info.get('saved', '?')} (from "
+                f"A correction of this image was autosaved "
+                f"{readable_time(info.get('saved', '?'))} (from "
                 f"{what}, {edited if edited is not None else '?'} pixel(s) edited by hand). "
                 "Restore it?"):
             self._declined_recovery.add(plane_signature)

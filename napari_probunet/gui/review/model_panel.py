@@ -299,7 +299,7 @@ class ModelPanel:
             self.domain_label.setVisible(False)
             self.domain_label.setText("")
             return
-        text = "; ".join(found)
+        text = join_sentences(found)
         self.domain_label.setText(f"<span style='color:#e5a445'>⚠ This image: {html(text)}</span>")
         self.domain_label.setVisible(True)
         key = (id(session), text)
@@ -307,3 +307,15 @@ class ModelPanel:
             self._domain_warned = key
             show_warning(f"Unusual image for this model. It may be outside what the model "
                          f"knows: {text}")
+
+
+def join_sentences(found: list[str]) -> str:
+    """Findings (each a sentence in lower case, ending with a full stop) as one text: the
+    first as it is (it follows "This image:"), the others capitalised, one space apart. They
+    were joined with "; ", which read "...converted to grey.; the image is..."."""
+    parts = []
+    for i, sentence in enumerate(f.strip() for f in found if f.strip()):
+        if not sentence.endswith((".", "!", "?")):
+            sentence += "."
+        parts.append(sentence if i == 0 else sentence[0].upper() + sentence[1:])
+    return " ".join(parts)

@@ -40,6 +40,10 @@ class RoiTool:
         #: the last click's (image name, plane index, ROI)
         self.click: tuple[str, tuple[int, ...], tuple[int, int, int, int]] | None = None
         self._region_suggested: set[str] = set()  # images switched to the click region once
+        #: the region mode is 'Click on the lesion' because an image was too large (not the
+        #: user's choice): a small image chosen next goes back to 'Whole image'
+        self._click_suggested = False
+        self._suggesting = False
         self.box = self._build()
         self.roi_combo.currentIndexChanged.connect(self.on_roi_mode_changed)
         self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
@@ -126,17 +130,21 @@ class RoiTool:
         from napari_probunet.review.domain import SIZE_FACTOR
 
         layer = self.image_layer()
-        if layer is None or self.roi_mode != "whole" or layer.name in self._region_suggested:
+        if layer is None:
             return
         try:
             h, w = plane_shape(layer)
         except Exception:  # an unusual layer: the ROI line explains what is wrong
             return
         side = self.roi_side()
-        if max(h, w) <= SIZE_FACTOR * side:
+        large = max(h, w) > SIZE_FACTOR * side or h * w > WHOLE_IMAGE_LIMIT
+        if not large and self.roi_mode == "click" and self._click_suggested:
+            self._suggest_mode("whole")  # the click region was for the large image before
+            return
+        if not large or self.roi_mode != "whole" or layer.name in self._region_suggested:
             return
         self._region_suggested.add(layer.name)
-        self.set_roi_mode("click")
+        self._suggest_mode("click")
         show_info(f"Click on the lesion. '{layer.name}' is {w}x{h} pixels, much larger than the "
                   f"model's {side}x{side} input: the region is now 'Click on the lesion'. "
                   "Choose 'Whole image' to segment it all at once.")
@@ -153,7 +161,18 @@ class RoiTool:
     def set_roi_mode(self, mode: str) -> None:
         self.roi_combo.setCurrentIndex(ROI_MODES.index(mode))
 
+    def _suggest_mode(self, mode: str) -> None:
+        """Set the region mode for the image (not the user's choice: see ``_click_suggested``)."""
+        self._suggesting = True
+        try:
+            self.set_roi_mode(mode)
+        finally:
+            self._suggesting = False
+        self._click_suggested = mode == "click"
+
     def on_roi_mode_changed(self, *_) -> None:
+        if not self._suggesting:
+            self._click_suggested = False  # the user (or a script) chose it
         mode = self.roi_mode
         rect, click = mode == "rectangle", mode == "click"
         self.shapes_label.setVisible(rect)
@@ -183,7 +202,7 @@ class RoiTool:
         h, w = plane.shape
         if mode == "whole":
             if h * w > WHOLE_IMAGE_LIMIT:
-                self.set_roi_mode("click")
+                self._suggest_mode("click")
                 raise UserError(
                     f"'{layer.name}' is {h}x{w} pixels, too large to segment whole. The region "
                     "is now 'Click on the lesion': click the lesion in the viewer (or draw a "

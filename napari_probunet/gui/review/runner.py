@@ -50,6 +50,8 @@ class JobRunner:
         worker.signals.job_result.connect(self._on_result)
         parent.destroyed.connect(lambda *_: worker.stop())
         self._running: dict[str, tuple[object, _Callbacks]] = {}  # kind -> (token, callbacks)
+        #: cancelled jobs whose running step may still yield: token -> yielded callback
+        self._abandoned: dict[object, Callable[[Any], None] | None] = {}
 
     def start(self, kind: str, job: Iterator, *, returned, errored, finished, yielded=None,
               aborted=None) -> None:
@@ -71,9 +73,24 @@ class JobRunner:
         return bool(self._running)
 
     def cancel(self, kind: str) -> None:
-        """Stop the job of ``kind`` after its running step (``aborted``, then ``finished``)."""
-        if kind in self._running:
-            self._worker.cancel_job(kind)
+        """Stop the job of ``kind``: ``aborted``, then ``finished``, at once.
+
+        A running step cannot be interrupted (a whole 1024x1024 image is encoded in one call,
+        14 s on a busy laptop), so the job is let go of instead: the widget is free at once,
+        the worker finishes that step and runs nothing more of the job, and what the step
+        yields still reaches ``yielded`` (an ``("encoded", ...)`` keeps the state in step with
+        the session's image); a new job waits for the step behind the session lock."""
+        entry = self._running.pop(kind, None)
+        if entry is None:
+            return
+        token, callbacks = entry
+        self._worker.cancel_job(kind)
+        self._abandoned[token] = callbacks.yielded
+        try:
+            if callbacks.aborted is not None:
+                callbacks.aborted()
+        finally:
+            callbacks.finished()
 
     def call_now(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on the GUI thread, under the session lock (keep it short)."""
@@ -85,7 +102,11 @@ class JobRunner:
         kind, _, end = kind.partition(":")
         entry = self._running.get(kind)
         if entry is None or entry[0] is not token:
-            return  # stale (cannot happen while one job of a kind runs at a time)
+            if token in self._abandoned:  # a cancelled job's last step
+                yielded = self._abandoned.pop(token) if end or error else self._abandoned[token]
+                if yielded is not None and error is None and not end:
+                    yielded(item)
+            return
         callbacks = entry[1]
         if error is None and not end:
             if callbacks.yielded is not None:

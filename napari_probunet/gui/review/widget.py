@@ -73,6 +73,7 @@ from napari_probunet.gui.review.correction import Correction
 from napari_probunet.gui.review.gallery import Gallery
 from napari_probunet.gui.review.hypotheses import HypothesisLayers
 from napari_probunet.gui.review.model_panel import ModelPanel
+from napari_probunet.gui.review.new_image import NewImage
 from napari_probunet.gui.review.roi_tool import RoiTool
 from napari_probunet.gui.review.runner import JobRunner
 from napari_probunet.gui.review.sampling import Sampler
@@ -126,6 +127,7 @@ class ReviewWidget(QWidget):
         self.hypothesis_view = HypothesisLayers(self)
         self.gallery = Gallery(self)  # all hypotheses at a glance (gallery.py)
         self.bundles = BundleAdopter(self)
+        self.new_image = NewImage(self)  # a new image starts a fresh review
         self._build()
         self._connect()
         self._bind_keys()
@@ -145,7 +147,8 @@ class ReviewWidget(QWidget):
         root.setContentsMargins(6, 6, 6, 6)
         parts = (self.model_panel, self.roi_tool, self.sampler, self.correction, self.gallery)
         for part in parts:
-            root.addWidget(part.box)
+            # the gallery takes the height left over: as many thumbnails as the screen allows
+            root.addWidget(part.box, 10 if part is self.gallery else 0)
             for name in part.CONTROLS:  # the controls, as widget attributes (scripts, tests)
                 setattr(self, name, getattr(part, name))
         root.addStretch(1)
@@ -448,6 +451,9 @@ class ReviewWidget(QWidget):
         self.correction.on_layer_removed(layer)
         if layer is self.roi_tool.roi_layer:
             self.roi_tool.roi_layer = None
+        encoded = self.state.encoded
+        if encoded is not None and encoded.layer_name not in self.viewer.layers:
+            self.new_image.reset()  # the image the hypotheses were drawn on is gone
         self.refresh_layer_choices()
         self.hypothesis_view.update_navigation()
 
@@ -463,9 +469,12 @@ class ReviewWidget(QWidget):
         self.sample_button.setText("Sampling…" if running else "Sample")
         self.open_model_button.setEnabled(not loading)
         self.model_combo.setEnabled(not loading)
-        has_hyp = self.state.hypotheses is not None and bool(self.hypothesis_view.layers)
+        other = self.new_image.other_image_chosen()
+        has_hyp = (self.state.hypotheses is not None and bool(self.hypothesis_view.layers)
+                   and not other)
         for b in (self.previous_button, self.next_button, self.best_fit_button):
             b.setEnabled(has_hyp)
+        self.new_image.show_for(image, other)
         self.export_button.setEnabled(self.correction.layer is not None)
         self.sample_button.setToolTip(f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})"
                                       if self.state.session is not None else "Load a model first")
