@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
+from napari_probunet.model.images import image_signature, pixel_disagreement
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.seeds import stack_seed
 from napari_probunet.review.state import EncodedRegion
@@ -41,7 +42,6 @@ DECODE_THREADS = 1
 class SamplingJob:
     """What one click on Sample asks for, as arrays: the GUI reads the image layer and hands
     the job only its pixels, so the worker never touches a layer."""
-
     region: np.ndarray  # (h, w) or (h, w, C): the ROI's pixels in the current plane
     plane: np.ndarray  # (H, W) or (H, W, C): the whole current plane (for its signature)
     layer_name: str  # the image layer's name (messages, the EncodedRegion record)
@@ -64,7 +64,6 @@ class SamplingJob:
 @dataclass
 class Sampled:
     """What a sampling job returns to the GUI thread."""
-
     request: SamplingJob
     labels: np.ndarray  # (n, h, w) uint8
     z: np.ndarray  # (n, d) float32
@@ -120,8 +119,6 @@ def sampling_job(session, request: SamplingJob):
     for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
     Steps: encoding and drawing the latents are one step; then one chunk per step.
     """
-    from napari_probunet.session import image_signature, pixel_disagreement
-
     region = request.region
     _check_region(region, request.layer_name)
     signature = image_signature(region)
@@ -148,8 +145,6 @@ def decode_region(session, region: np.ndarray, n: int, seed: int):
     """Encode ``region`` (unless held) and decode ``n`` samples for ``seed`` (a part of a job:
     ``yield from`` it). Yields ``("decoded", done)`` after the encoding (0) and each chunk;
     returns ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
-    from napari_probunet.session import image_signature
-
     signature = image_signature(region)
     if not (session.has_image and session.image_signature == signature):
         with _torch_threads(ENCODE_THREADS):
@@ -190,8 +185,6 @@ def stack_job(session, request: SamplingJob):
     are kept, the others stay empty. Finally the session holds the current slice's encoding
     again.
     """
-    from napari_probunet.session import image_signature, pixel_disagreement
-
     roi, n, seed, k0 = request.roi, request.n, request.seed, request.index[-1]
     total = int(request.stack.shape[0])
     h, w = roi[2], roi[3]
