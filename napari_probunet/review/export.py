@@ -48,15 +48,9 @@ The helpers every atomic write of the package uses (temporary files, commits, fs
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import secrets
-import shutil
-import tempfile
-from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +58,15 @@ import numpy as np
 
 from napari_probunet import files
 from napari_probunet.errors import UserError
+from napari_probunet.review.export_unit import (
+    ExportExistsError,
+    ExportUnit,
+    exists_error,
+    journal_files,
+    record_path,
+    recover_folder,
+    write_failed,
+)
 from napari_probunet.review.provenance import (
     Provenance,
     jsonable,
@@ -83,9 +86,9 @@ RECORD_KIND = "napari-probunet correction"
 _TEMP_RE = re.compile(r"^\.(?P<target>.+?)(?:\.~[0-9a-f]{6}-\d+)?\.[A-Za-z0-9_]{8}"
                       r"\.tmp(?P<ext>\.[A-Za-z.]+)?$")
 
-
-class ExportExistsError(UserError):
-    """The target file (or its record) exists and ``overwrite`` was not given."""
+__all__ = ["ExportExistsError", "SUFFIXES", "correction_record", "export_correction",
+           "full_record", "layer_mask_and_record", "mask_suffix", "paste_into_plane",
+           "read_record", "record_path", "remove_stale_temporaries", "write_mask_file"]
 
 
 # ----------------------------------------------------------------------------- paths
@@ -99,11 +102,6 @@ def mask_suffix(path: str | os.PathLike) -> str:
     if name.endswith(SEG_SUFFIX):
         return SEG_SUFFIX
     return Path(name).suffix
-
-
-def record_path(path: str | os.PathLike) -> Path:
-    """Where the JSON record of a mask file goes: ``<path>.json``."""
-    return Path(f"{os.fspath(path)}.json")
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -309,29 +307,6 @@ def _nifti_labels(mask: np.ndarray) -> np.ndarray:
                     f"this mask has {low}..{high}: export it as .tif or .npy")
 
 
-def _write_failed(path: Path, exc: OSError) -> UserError:
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "the folder is read-only or you may not write there"
-    elif exc.errno == errno.ENOSPC:
-        hint = "the disk is full"
-    elif exc.errno == errno.ENOENT:
-        hint = "the folder does not exist"
-    else:
-        hint = "the file could not be written"
-    return UserError(
-        f"could not save {path.name} in {path.parent}: {reason} ({hint}). Nothing was written; "
-        "the correction is unchanged in napari. Choose another folder and export again."
-    )
-
-
-def _exists_error(names: list[str], folder: Path) -> ExportExistsError:
-    return ExportExistsError(
-        f"{' and '.join(names)} already exist(s) in {folder}; choose another name or confirm "
-        "that it may be replaced"
-    )
-
-
 def _is_export_temporary(name: str) -> bool:
     """``.case.tif.a1b2c3d4.tmp.tif`` (a mask), ``.case.tif.json.a1b2c3d4.tmp`` (a record)."""
     m = _TEMP_RE.match(name)
@@ -349,64 +324,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None
     :data:`~napari_probunet.files.STALE_TEMP_SECONDS`; return what was deleted.
 
     Younger ones of a running process (or of another machine) may belong to an export under
-    way and are left alone.
+    way and are left alone. First, exports that were killed while committing are rolled back
+    (:func:`~napari_probunet.review.export_unit.recover_folder`); a file a journal still names
+    (the backup of an old pair) is never deleted.
     """
-    return files.remove_dead_temporaries(folder, _is_export_temporary, now)
+    recover_folder(folder)
+    kept = journal_files(folder)
+    return files.remove_dead_temporaries(
+        folder, lambda name: name not in kept and _is_export_temporary(name), now)
 
 
-# ----------------------------------------------------------------------------- the commit
-
-
-def _backup(path: Path, suffix: str) -> Path | None:
-    """A hidden second name (or copy) of the file at ``path`` to put back if the export fails."""
-    if not path.exists():
-        return None
-    backup = path.with_name(f".{path.name}.{files.owner_tag()}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
-        os.link(path, backup)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        shutil.copy2(path, backup)
-    return backup
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _take_back(path: Path, written: tuple[int, int] | None, backup: Path | None) -> str | None:
-    """Undo the commit of the mask at ``path``: put the old one back or remove the new one.
-
-    Returns None when done, else why it could not be done."""
-    try:
-        if backup is not None:
-            os.replace(backup, path)
-        elif written is not None and _identity(path) == written:
-            os.unlink(path)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-@dataclass
-class _Pending:
-    """The hidden files of one export under way: whatever is still named here when the export
-    ends (done or failed) is deleted; a committed temporary is set to ``None``."""
-
-    mask: Path | None = None
-    record: Path | None = None
-    backup: Path | None = None
-
-    def remove(self) -> None:
-        for tmp in (self.mask, self.record, self.backup):
-            if tmp is not None:
-                with suppress(OSError):
-                    tmp.unlink()
+# ----------------------------------------------------------------------------- the export
 
 
 def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any],
@@ -428,29 +356,28 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
         record = {**record, "volume": volume}
         if volume["placed"] and volume["slice_index"] is not None:
             record["extent"] = "whole scan"
-    json_path = record_path(path)
+    remove_stale_temporaries(path.parent)  # first: puts back a pair a killed export split
+    check_target_free(path, overwrite)
+    try:
+        with ExportUnit(path, suffix, overwrite) as unit:  # one writer per name, journaled
+            mode = files.ordinary_mode()
+            notes = _write_mask(unit, mask, path, suffix, (scale, affine, volume), mode)
+            unit.write_record(jsonable(full_record(record, path, suffix, mask, notes)), mode)
+            unit.commit()
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
+    return path, record_path(path)
+
+
+def check_target_free(path: Path, overwrite: bool) -> None:
+    """Refuse early (before anything is built or written): the target folder is missing, or
+    (without ``overwrite``) the mask or its record exists. Checked again under the lock."""
     if not overwrite:
-        existing = [p.name for p in (path, json_path) if p.exists()]
+        existing = [p.name for p in (path, record_path(path)) if p.exists()]
         if existing:
-            raise _exists_error(existing, path.parent)
+            raise exists_error(existing, path.parent)
     if not path.parent.is_dir():
         raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
-    remove_stale_temporaries(path.parent)
-
-    pending = _Pending()
-    try:
-        try:
-            mode = files.ordinary_mode()
-            notes = _write_mask(pending, mask, path, suffix, (scale, affine, volume), mode)
-            _write_record(pending, _full_record(record, path, suffix, mask, notes), json_path,
-                          mode)
-            _commit(pending, path, json_path, suffix, overwrite)
-            files.fsync_folder(path.parent)
-        except OSError as exc:
-            raise _write_failed(path, exc) from exc
-    finally:
-        pending.remove()
-    return path, json_path
 
 
 def _checked_target(path: str | os.PathLike) -> tuple[Path, str]:
@@ -481,20 +408,17 @@ def _checked_mask(mask: np.ndarray, suffix: str) -> np.ndarray:
     return mask
 
 
-def _write_mask(pending: _Pending, mask: np.ndarray, path: Path, suffix: str, geometry,
+def _write_mask(unit: ExportUnit, mask: np.ndarray, path: Path, suffix: str, geometry,
                 mode: int) -> dict[str, Any]:
-    """Write the mask to a hidden temporary file beside ``path`` (``pending.mask``), flushed
-    to disk with the ordinary ``mode``; return the format's notes for the record.
+    """Write the mask to a hidden temporary file beside ``path`` (``unit.mask_temp()``),
+    flushed to disk with the ordinary ``mode``; return the format's notes for the record.
     ``geometry``: ``(scale, affine, volume record)`` for NIfTI (see :func:`write_mask_file`)."""
     scale, affine, volume = geometry
     # a scan's affine and codes, only when there is one (the plane's call is as it was)
     scan = {} if affine is None else {"affine": affine, "codes": volume.get("codes")}
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{files.owner_tag()}.",
-                                suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    pending.mask = Path(name)
+    tmp = unit.mask_temp()
     try:
-        notes = write_mask_file(mask, pending.mask, suffix, scale=scale, **scan)
+        notes = write_mask_file(mask, tmp, suffix, scale=scale, **scan)
     except (OSError, UserError):
         raise
     except Exception as exc:  # the format's library refuses this mask
@@ -503,12 +427,11 @@ def _write_mask(pending: _Pending, mask: np.ndarray, path: Path, suffix: str, ge
             f"{suffix} ({type(exc).__name__}: {exc}); export it as .tif or .npy. "
             "Nothing was written."
         ) from None
-    files.fsync_file(pending.mask)
-    os.chmod(pending.mask, mode)  # mkstemp's files are private (0600)
+    unit.finish_mask(mode)
     return notes
 
 
-def _full_record(record: dict[str, Any], path: Path, suffix: str, mask: np.ndarray,
+def full_record(record: dict[str, Any], path: Path, suffix: str, mask: np.ndarray,
                  notes: dict[str, Any]) -> dict[str, Any]:
     """``record`` with what was written (file, format, shape, dtype, extent) and when."""
     full = dict(record)
@@ -525,57 +448,3 @@ def _full_record(record: dict[str, Any], path: Path, suffix: str, mask: np.ndarr
     full.setdefault("created", now_iso())
     full["exported"] = now_iso()
     return full
-
-
-def _write_record(pending: _Pending, full: dict[str, Any], json_path: Path, mode: int) -> None:
-    """Write the JSON record to a hidden temporary file (``pending.record``), flushed to disk."""
-    fd, name = tempfile.mkstemp(prefix=f".{json_path.name}.{files.owner_tag()}.",
-                                suffix=".tmp", dir=json_path.parent)
-    pending.record = Path(name)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(jsonable(full), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(pending.record, mode)
-
-
-def _put(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Move the finished temporary ``tmp`` to ``target``: replacing it (``overwrite``), or only
-    where nothing is there yet (a hard link, so that a file appearing meanwhile is never
-    clobbered)."""
-    if overwrite:
-        os.replace(tmp, target)
-        return
-    try:
-        files.link_no_clobber(tmp, target)
-    except FileExistsError:
-        raise _exists_error([target.name], target.parent) from None
-
-
-def _commit(pending: _Pending, path: Path, json_path: Path, suffix: str,
-            overwrite: bool) -> None:
-    """Commit the mask, then its record; if the record fails, take the mask back."""
-    if overwrite:
-        pending.backup = _backup(path, suffix)
-    _put(pending.mask, path, overwrite)
-    if overwrite:
-        pending.mask = None  # moved, nothing left to clean up
-    written = _identity(path)
-    try:
-        _put(pending.record, json_path, overwrite)
-        if overwrite:
-            pending.record = None
-    except BaseException as exc:
-        problem = _take_back(path, written, pending.backup)
-        # put back, or (if that failed) the only old copy: kept either way
-        kept, pending.backup = pending.backup, None
-        if problem is not None and isinstance(exc, OSError):
-            old = f" The previous {path.name} is in {kept.name}." if kept else ""
-            raise UserError(
-                f"could not save {json_path.name} in {path.parent}: "
-                f"{exc.strerror or exc}, and the new {path.name} could not be taken "
-                f"back ({problem}): it is there without its record.{old} Export "
-                "again, or delete it."
-            ) from exc
-        raise
