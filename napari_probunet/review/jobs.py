@@ -235,9 +235,11 @@ def model_job(source, device: str):
     """Load a model file (or move a loaded model) and make a session on ``device``:
     ``(model, session)``. A function, not a generator: one step (a loaded model is shared
     with the current session, so the runner's lock covers it)."""
+    from napari_probunet.model.sanity import check_diversity
     from napari_probunet.session import Session
 
     if isinstance(source, (str, os.PathLike)):
         model = load_model(source, device="cpu")
+        check_diversity(model, os.path.basename(model.source_path or os.fspath(source)))
         return model, Session(model, device)
     return source, Session(source, device)
