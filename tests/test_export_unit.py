@@ -27,7 +27,9 @@ import numpy as np
 from napari_probunet.review import export
 target, value, overwrite = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 mask = np.full((8, 8), value, np.uint8)
-export.export_correction(mask, target, {"writer": value}, overwrite=overwrite)
+pixels = np.full((4, 4), value, np.int16)  # the corrected region's image: a third file
+export.export_correction(mask, target, {"writer": value, export.PIXELS_KEY: pixels},
+                         overwrite=overwrite)
 print("done")
 """
 
@@ -43,9 +45,13 @@ def _export_in_child(target: Path, value: int, overwrite: bool, fault: str | Non
 
 
 def _pair(target: Path) -> tuple[int | None, int | None]:
-    """(the mask's value, the record's writer) of the pair on disk; None where missing."""
+    """(the mask's value, the record's writer) of the unit on disk; None where missing. The
+    region's pixels, where there are any, must be the same writer's."""
     mask = int(np.load(target)[0, 0]) if target.exists() else None
     record = export.read_record(target)
+    pixels = export.pixels_path(target)
+    if pixels.exists():
+        assert int(np.load(pixels)[0, 0]) == mask
     return mask, (None if record is None else record["writer"])
 
 
@@ -58,7 +64,8 @@ def _hidden(folder: Path) -> list[str]:
 def test_a_writer_killed_at_any_step_leaves_the_old_or_the_new_pair(tmp_path, step, overwrite):
     target = tmp_path / "case.npy"
     if overwrite:
-        export.export_correction(np.full((8, 8), 1, np.uint8), target, {"writer": 1})
+        export.export_correction(np.full((8, 8), 1, np.uint8), target,
+                                 {"writer": 1, export.PIXELS_KEY: np.ones((4, 4), np.int16)})
     old = (1, 1) if overwrite else (None, None)
     child = _export_in_child(target, 2, overwrite, fault=f"crash:{step}")
     _, err = child.communicate(timeout=120)
@@ -66,13 +73,13 @@ def test_a_writer_killed_at_any_step_leaves_the_old_or_the_new_pair(tmp_path, st
     journal = tmp_path / f".case.npy{JOURNAL_SUFFIX}"
     if journal.exists():  # what the journal names (the old pair's backups) is all still there
         named = json.loads(journal.read_text())
-        for key in ("mask_backup", "record_backup"):
-            if named[key]:
-                assert (tmp_path / named[key]).exists()
+        for member in named["members"]:
+            if member["backup"]:
+                assert (tmp_path / member["backup"]).exists()
     # the next export into the folder puts the unit back together and cleans up
     export.export_correction(np.zeros((8, 8), np.uint8), tmp_path / "other.npy", {"writer": 0})
     assert _pair(target) in (old, (2, 2))
-    if step in ("written", "journal", "mask", "record"):  # before the journal was removed
+    if step != "done":  # before the journal was removed
         assert _pair(target) == old
     assert _hidden(tmp_path) == []
 

@@ -68,10 +68,12 @@ from napari_probunet.review.export_unit import (
     write_failed,
 )
 from napari_probunet.review.provenance import (
+    RECORD_KIND,
+    RECORD_VERSION,
     Provenance,
     jsonable,
     now_iso,
-    pixels_changed,
+    pixels_identity,
     versions,
 )
 from napari_probunet.review.seg_export import SEG_SUFFIX, export_seg  # DICOM SEG
@@ -79,14 +81,18 @@ from napari_probunet.review.volume_export import volume_mask, volume_source
 
 #: file types :func:`export_correction` writes, by suffix
 SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".nii", ".nii.gz", SEG_SUFFIX)
-RECORD_VERSION = 1
-RECORD_KIND = "napari-probunet correction"
+#: the key under which an in-memory record carries the corrected region's image pixels (an
+#: array): :func:`export_correction` writes them as ``<mask>.image.npy``, never into the JSON
+PIXELS_KEY = "region_pixels"
+#: the companion file of the corrected region's pixels: ``<mask path>`` + this
+PIXELS_SUFFIX = ".image.npy"
 #: ``.<target>[.~<host>-<pid>].<8 random characters>.tmp[<suffix>]``: the temporary files of an
 #: export (the owner part names the process that writes it; older versions left it out)
 _TEMP_RE = re.compile(r"^\.(?P<target>.+?)(?:\.~[0-9a-f]{6}-\d+)?\.[A-Za-z0-9_]{8}"
                       r"\.tmp(?P<ext>\.[A-Za-z.]+)?$")
 
-__all__ = ["ExportExistsError", "SUFFIXES", "correction_record", "export_correction",
+__all__ = ["PIXELS_KEY", "PIXELS_SUFFIX", "RECORD_KIND", "RECORD_VERSION",
+           "ExportExistsError", "SUFFIXES", "correction_record", "export_correction",
            "full_record", "layer_mask_and_record", "mask_suffix", "paste_into_plane",
            "read_record", "record_path", "remove_stale_temporaries", "write_mask_file"]
 
@@ -155,49 +161,17 @@ def correction_record(
     class_names: list[str] | None = None,
     volume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of a correction (a JSON-able dict).
-
-    ``correction`` and ``source_labels`` are the ROI crops (``(h, w)``): the edited map and the
-    hypothesis (or explorer decode) it started from; ``pixels_changed_by_hand`` counts where they
-    differ. ``index`` is 0-based (``session.sample(n, seed).labels[index]``); the record also
-    gives the 1-based number of the layer name (``hypothesis 03`` is index 2). ``volume``, the
-    image's scan record (its layer's ``metadata["source"]``), adds ``"volume": {"source": ...}``
-    (a NIfTI export then writes the whole scan, see the module docstring).
-    """
-    roi_d = None
-    if roi is not None:
-        r0, c0, h, w = (int(v) for v in roi)
-        roi_d = {"row": r0, "col": c0, "height": h, "width": w}
-    choice: dict[str, Any] = {"source": choice_source}
-    if choice_source == "hypothesis":
-        choice.update({"hypothesis": None if index is None else int(index) + 1,
-                       "index": None if index is None else int(index),
-                       "seed": seed, "n_samples": n_samples})
-    choice["z"] = None if z is None else [float(v) for v in np.asarray(z).ravel()]
-    record = jsonable({
-        "record_version": RECORD_VERSION,
-        "kind": RECORD_KIND,
-        "image": {
-            "layer": image_layer,
-            "signature": image_signature,  # of the ROI pixels the model saw
-            "plane_signature": plane_signature,  # of the whole 2D plane
-            "plane_shape": None if plane_shape is None else [int(s) for s in plane_shape],
-            "slice_index": [int(i) for i in (slice_index or ())],
-            "scale": scale,
-            "translate": translate,
-        },
-        "roi": roi_d,
-        "model": {"file": model_name, "sha256": model_sha256},
-        "choice": choice,
-        "pixels_changed_by_hand": pixels_changed(correction, source_labels),
-        "labels": {str(i): n for i, n in enumerate(class_names)} if class_names else None,
-        "foreground_pixels": int(np.count_nonzero(np.asarray(correction))),
-        "versions": versions(),
-        "created": now_iso(),
-    })
-    if volume is not None:
-        record["volume"] = {"source": jsonable(volume)}
-    return record
+    """The provenance record of a correction (a JSON-able dict), from keywords: scripts' way
+    to :meth:`Provenance.correction_record <napari_probunet.review.provenance.Provenance.
+    correction_record>` (which the review's layers use; see it for the keys)."""
+    prov = Provenance(
+        kind="correction" if (choice_source or source_labels is not None) else None,
+        source=choice_source, index=index, z=z, seed=seed, n_samples=n_samples, roi=roi,
+        plane_shape=plane_shape, image_signature=image_signature,
+        plane_signature=plane_signature, image_layer=image_layer, slice_index=slice_index,
+        scale=scale, translate=translate, model_sha256=model_sha256, model_name=model_name,
+        class_names=class_names, source_labels=source_labels)
+    return prov.correction_record(correction, volume=volume)
 
 
 def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | None = None):
@@ -216,22 +190,12 @@ def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | Non
     arr = np.asarray(data)
     if prov.kind in ("correction", "hypothesis") and prov.roi and prov.plane_shape:
         crop = arr.reshape(arr.shape[-2:]) if all(s == 1 for s in arr.shape[:-2]) else arr
-        record = correction_record(
-            crop,
-            source_labels=prov.source_labels if prov.is_correction else None,
-            choice_source=prov.choice_source,
-            index=prov.index, z=prov.z, seed=prov.seed,
-            n_samples=prov.n_samples, roi=prov.roi, plane_shape=prov.plane_shape,
-            image_signature=prov.image_signature,
-            plane_signature=prov.plane_signature, image_layer=prov.image_layer,
-            slice_index=prov.slice_index or (), scale=prov.scale,
-            translate=prov.translate, model_sha256=prov.model_sha256,
-            model_name=prov.model_name, class_names=prov.class_names,
-            volume=volume_source({"source": prov.volume}),
-        )
+        record = prov.correction_record(crop, volume=volume_source({"source": prov.volume}))
         record["layer"] = name
+        if prov.region_pixels is not None:  # written beside the mask, never into the JSON
+            record[PIXELS_KEY] = np.asarray(prov.region_pixels)
         return paste_into_plane(crop, prov.roi, prov.plane_shape), record
-    record = correction_record(arr, volume=volume_source(metadata))
+    record = Provenance().correction_record(arr, volume=volume_source(metadata))
     record.update(layer=name, extent="layer", roi=None)
     return arr, record
 
@@ -349,8 +313,10 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     """
     path, suffix = _checked_target(path)
     mask = _checked_mask(mask, suffix)
+    record = dict(record)
+    pixels = record.pop(PIXELS_KEY, None)  # the corrected region's image: a file of its own
     if suffix == SEG_SUFFIX:  # a DICOM SEG over the scan's series: review/seg_export.py
-        return export_seg(mask, path, record, overwrite=overwrite)
+        return export_seg(mask, path, record, overwrite=overwrite, pixels=pixels)
     mask, affine, volume = volume_mask(mask, record, suffix)
     if volume is not None:  # the scan's record, and where the slice went (or why not)
         record = {**record, "volume": volume}
@@ -362,11 +328,35 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
         with ExportUnit(path, suffix, overwrite) as unit:  # one writer per name, journaled
             mode = files.ordinary_mode()
             notes = _write_mask(unit, mask, path, suffix, (scale, affine, volume), mode)
-            unit.write_record(jsonable(full_record(record, path, suffix, mask, notes)), mode)
+            full = full_record(record, path, suffix, mask, notes)
+            write_pixels(unit, full, pixels, mode)
+            unit.write_record(jsonable(full), mode)
             unit.commit()
     except OSError as exc:
         raise write_failed(path, exc) from exc
     return path, record_path(path)
+
+
+def pixels_path(path: str | os.PathLike) -> Path:
+    """Where the corrected region's image pixels go: ``<mask path>.image.npy``."""
+    return Path(f"{os.fspath(path)}{PIXELS_SUFFIX}")
+
+
+def write_pixels(unit: ExportUnit, full: dict[str, Any], pixels, mode: int) -> None:
+    """Write the corrected region's image ``pixels`` (the ROI the model saw, ``(h, w)`` or
+    ``(h, w, 3)``, as in the image layer) as ``<mask>.image.npy`` in the export ``unit``, and
+    name the file in the record's ``image.pixels``; nothing when they are not known."""
+    if pixels is None:
+        return
+    pixels = np.ascontiguousarray(pixels)
+    target = pixels_path(unit.path)
+    tmp = unit.temporary(target, ".npy")
+    with open(tmp, "wb") as f:
+        np.save(f, pixels, allow_pickle=False)
+    unit.finish(tmp, mode)
+    image = full.setdefault("image", {})
+    identity = image.get("pixels") or pixels_identity(pixels)
+    image["pixels"] = {**identity, "file": target.name}
 
 
 def check_target_free(path: Path, overwrite: bool) -> None:

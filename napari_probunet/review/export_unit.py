@@ -25,7 +25,8 @@ An export of ``NAME`` writes two files, ``NAME`` (the mask) and ``NAME.json`` (i
   pair is whole again.
 - **Faults on purpose** (the tests): ``PROBUNET_EXPORT_FAULT=crash:<step>`` ends the writing
   process (``os._exit(70)``) at ``<step>``, ``pause:<step>:<seconds>`` sleeps there; steps are
-  ``written``, ``journal``, ``mask``, ``record``, ``done`` (see :data:`STEPS`).
+  ``written``, ``journal``, ``mask``, ``companion`` (after the image pixels' file, when
+  there is one), ``record``, ``done`` (see :data:`STEPS`).
 
 ``docs/reliability.md`` sums up these guarantees and the tests that check them.
 """
@@ -52,7 +53,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 #: the named instants of a commit, in order (for ``PROBUNET_EXPORT_FAULT``)
-STEPS = ("written", "journal", "mask", "record", "done")
+STEPS = ("written", "journal", "mask", "companion", "record", "done")
 LOCK_SUFFIX = ".export-lock"
 JOURNAL_SUFFIX = ".export-journal"
 FAULT_VARIABLE = "PROBUNET_EXPORT_FAULT"
@@ -168,12 +169,11 @@ def _journal_path(path: Path) -> Path:
 
 
 def _roll_back(path: Path, journal: dict[str, Any]) -> None:
-    """Put the old pair of ``path`` back from the backups the journal names (removing new files
-    where there was no old one), then remove the temporaries; raises OSError if it cannot."""
+    """Put the old files of the unit ``path`` back from the backups the journal names (removing
+    new files where there was no old one), then remove the temporaries; OSError if it cannot."""
     folder = path.parent
-    for target, backup, new in ((path, journal.get("mask_backup"), journal.get("new_mask")),
-                                (record_path(path), journal.get("record_backup"),
-                                 journal.get("new_record"))):
+    for member in journal.get("members", []):
+        target, backup, new = folder / member["target"], member.get("backup"), member.get("new")
         now = _identity(target)
         replaced = now is None or (new is not None and now == list(new))
         if backup and (folder / backup).exists():
@@ -183,10 +183,9 @@ def _roll_back(path: Path, journal: dict[str, Any]) -> None:
                 os.unlink(folder / backup)
         elif not backup and replaced and now is not None:
             os.unlink(target)  # there was no old file
-    for name in (journal.get("mask_temp"), journal.get("record_temp")):
-        if name:
-            with suppress(FileNotFoundError):
-                os.unlink(folder / name)
+    for member in journal.get("members", []):
+        with suppress(FileNotFoundError):
+            os.unlink(folder / member["temp"])
     files.fsync_folder(folder)
 
 
@@ -215,8 +214,8 @@ def journal_files(folder: str | os.PathLike) -> set[str]:
             if entry.name.startswith(".") and entry.name.endswith(JOURNAL_SUFFIX):
                 with suppress(OSError, ValueError, AttributeError):
                     journal = json.loads(Path(entry.path).read_text(encoding="utf-8"))
-                    named.update(str(v) for k, v in journal.items()
-                                 if k.endswith(("_temp", "_backup")) and v)
+                    named.update(str(m[k]) for m in journal["members"]
+                                 for k in ("temp", "backup") if m.get(k))
     return named
 
 
@@ -265,11 +264,13 @@ def _backup(path: Path, ext: str) -> Path | None:
 
 
 class ExportUnit:
-    """Write and commit ``path`` (the mask) and ``path.json`` (its record) as one unit.
+    """Write and commit ``path`` (the mask), its companions (the corrected region's pixels,
+    ``<path>.image.npy``) and ``path.json`` (its record) as one unit.
 
     >>> with ExportUnit(path, ".tif", overwrite) as unit:    # doctest: +SKIP
     ...     write_mask_file(mask, unit.mask_temp(), ".tif")
-    ...     unit.write_record(full_record)
+    ...     unit.finish_mask(mode)
+    ...     unit.write_record(full_record, mode)
     ...     unit.commit()
 
     The files are written outside the lock; :meth:`commit` takes the name's lock, rolls back
@@ -282,9 +283,9 @@ class ExportUnit:
     def __init__(self, path: Path, suffix: str, overwrite: bool) -> None:
         self.path, self.json_path = path, record_path(path)
         self.suffix, self.overwrite = suffix, overwrite
-        self.mask: Path | None = None
-        self.record: Path | None = None
-        self.backups: list[Path | None] = [None, None]
+        #: ``(temporary, target, ext)`` of every file of the unit, in commit order (the
+        #: record last: an export is complete when its record is there)
+        self.members: list[tuple[Path, Path, str]] = []
         self._lock = _NameLock(path)
 
     def __enter__(self) -> ExportUnit:
@@ -292,83 +293,84 @@ class ExportUnit:
 
     def __exit__(self, *exc) -> None:
         try:
-            for tmp in (self.mask, self.record):
-                if tmp is not None:
-                    with suppress(OSError):
-                        tmp.unlink()
+            for tmp, _, _ in self.members:
+                with suppress(OSError):
+                    tmp.unlink()
         finally:
             self._lock.release()
 
-    def mask_temp(self) -> Path:
-        """A new hidden temporary file beside the target, named for its format, to fill."""
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.{files.owner_tag()}.",
-                                    suffix=f".tmp{self.suffix}", dir=self.path.parent)
+    def temporary(self, target: Path, ext: str) -> Path:
+        """A new hidden temporary file for ``target`` (named for its format ``ext``) to fill;
+        committed with the unit."""
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.{files.owner_tag()}.",
+                                    suffix=f".tmp{ext}", dir=target.parent)
         os.close(fd)
-        self.mask = Path(name)
-        return self.mask
+        self.members.append((Path(name), target, ext))
+        return Path(name)
+
+    def mask_temp(self) -> Path:
+        """The mask's temporary file (:meth:`temporary` for the target itself)."""
+        return self.temporary(self.path, self.suffix)
+
+    def finish(self, tmp: Path, mode: int) -> None:
+        """Flush the filled temporary ``tmp`` to disk and give it the ordinary ``mode``."""
+        files.fsync_file(tmp)
+        os.chmod(tmp, mode)  # mkstemp's files are private (0600)
 
     def finish_mask(self, mode: int) -> None:
-        """Flush the filled mask temporary to disk and give it the ordinary ``mode``."""
-        files.fsync_file(self.mask)
-        os.chmod(self.mask, mode)  # mkstemp's files are private (0600)
+        self.finish(self.members[0][0], mode)
 
     def write_record(self, full: dict[str, Any], mode: int) -> None:
         """Write the JSON record to its hidden temporary file, flushed to disk."""
         fd, name = tempfile.mkstemp(prefix=f".{self.json_path.name}.{files.owner_tag()}.",
                                     suffix=".tmp", dir=self.path.parent)
-        self.record = Path(name)
+        self.members.append((Path(name), self.json_path, ""))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(full, f, indent=2)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(self.record, mode)
+        os.chmod(name, mode)
 
     def commit(self) -> None:
         """Under the name's lock: roll back an interrupted export of the name, check (without
-        ``overwrite``) that neither file exists, journal, then put the mask and the record in
-        place (see the module docstring). On an error the old pair is put back before it is
-        raised. The lock is released on leaving the ``with`` block."""
+        ``overwrite``) that neither file exists, journal, then put every file in place, the
+        record last (see the module docstring). On an error the old files are put back before
+        it is raised. The lock is released on leaving the ``with`` block."""
         self._lock.acquire()
         _recover_name(self.path)
         if not self.overwrite:  # the first taken, as the no-clobber link would find it
-            taken = next((p for p in (self.path, self.json_path) if p.exists()), None)
+            taken = next((t for _, t, _ in self.members if t.exists()), None)
             if taken is not None:
                 raise exists_error([taken.name], self.path.parent)
         fault_point("written")
-        if self.overwrite:
-            self.backups = [_backup(self.path, self.suffix), _backup(self.json_path, "")]
-        journal = {
-            "owner": files.owner_tag(), "target": self.path.name,
-            "mask_temp": self.mask.name, "record_temp": self.record.name,
-            "mask_backup": self.backups[0] and self.backups[0].name,
-            "record_backup": self.backups[1] and self.backups[1].name,
-            "new_mask": _identity(self.mask), "new_record": _identity(self.record),
-        }
+        backups = [_backup(t, ext) if self.overwrite else None for _, t, ext in self.members]
+        journal = {"owner": files.owner_tag(), "target": self.path.name, "members": [
+            {"target": t.name, "temp": tmp.name, "backup": b and b.name, "new": _identity(tmp)}
+            for (tmp, t, _), b in zip(self.members, backups)]}
         jp = _journal_path(self.path)
         files.commit_replace(self._journal_temp(journal), jp)  # flushed, renamed, durable
         fault_point("journal")
         try:
-            self._put(self.mask, self.path)
-            fault_point("mask")
-            self._put(self.record, self.json_path)
-            fault_point("record")
+            for k, (tmp, target, _) in enumerate(self.members):
+                self._put(tmp, target)
+                fault_point("mask" if k == 0 else "record" if target == self.json_path
+                            else "companion")
             files.fsync_folder(self.path.parent)
         except BaseException:
             with suppress(OSError):
                 _roll_back(self.path, journal)
                 jp.unlink()
-            self.backups = [None, None]
             raise
         os.unlink(jp)
         files.fsync_folder(self.path.parent)
         fault_point("done")
-        for backup in self.backups:  # the pair is whole: the old one may go
+        for backup in backups:  # the unit is whole: the old files may go
             if backup is not None:
                 with suppress(OSError):
                     backup.unlink()
         if self.overwrite:  # renamed; without it, linked: second names, removed on exit
-            self.mask = self.record = None
+            self.members = []
 
     def _journal_temp(self, journal: dict[str, Any]) -> Path:
         # named as a record's temporary, so a crash while writing it leaves nothing for good

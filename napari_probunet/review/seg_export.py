@@ -135,10 +135,11 @@ def build_export(mask: np.ndarray, record: Mapping[str, Any], path: Path):
 
 
 def export_seg(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any],
-               overwrite: bool = False) -> tuple[Path, Path]:
+               overwrite: bool = False, pixels: np.ndarray | None = None) -> tuple[Path, Path]:
     """Write ``mask`` (the image plane of a DICOM slice, or the whole scan) as the DICOM SEG
     ``path`` (``*.seg.dcm``) and the record as ``<path>.json``, atomically; see the module
-    docstring. Returns the two paths. :class:`~napari_probunet.review.export.ExportExistsError`
+    docstring; ``pixels``, the corrected region's image, go beside it as for the other formats.
+    Returns the two paths. :class:`~napari_probunet.review.export.ExportExistsError`
     if either exists without ``overwrite``; :class:`UserError` otherwise."""
     from napari_probunet.data.dicom_seg import write_dataset
     from napari_probunet.review import export as ex  # export imports this module
@@ -155,6 +156,7 @@ def export_seg(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any]
             unit.finish_mask(mode)
             full_record = ex.full_record({**record, **info, "extent": "whole scan"}, path,
                                          SEG_SUFFIX, full, {"frames": info["seg"]["frames"]})
+            ex.write_pixels(unit, full_record, pixels, mode)  # the corrected region's image
             unit.write_record(jsonable(full_record), mode)
             unit.commit()
     except OSError as exc:
