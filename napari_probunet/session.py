@@ -22,22 +22,13 @@ from napari_probunet.device import resolve_device
 from napari_probunet.errors import InputError
 from napari_probunet.iou import foreground_iou
 from napari_probunet.model.decode import BLOCK_ROWS, PreparedDecoder
+from napari_probunet.model.hypotheses import Hypotheses
 from napari_probunet.model.images import as_model_image, image_signature, pixel_disagreement
 from napari_probunet.model.losses import kl_diag_gaussians, kl_to_mixture
 from napari_probunet.model.network import ProbUNet
 
 __all__ = ["BLOCK_ROWS", "Hypotheses", "Location", "Session", "as_model_image",
            "image_signature", "pixel_disagreement"]
-
-
-@dataclass
-class Hypotheses:
-    """``n`` sampled segmentations of the current image."""
-
-    labels: np.ndarray  # (n, H, W) uint8 label maps
-    z: np.ndarray  # (n, d) float32 latents they were decoded from
-    seed: int
-    probs: np.ndarray | None = None  # (n, classes, H, W) float32, on request
 
 
 @dataclass
@@ -205,7 +196,8 @@ class Session:
         z = torch.from_numpy(self.draw_latents(n, seed)).to(self.device)
         labels, probs = self._decode_batch(z, return_probs)
         lab, pr = self._to_maps(labels, probs)
-        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr)
+        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr,
+                          image_signature=self.image_signature)
 
     def draw_latents(self, n: int, seed: int = 0) -> np.ndarray:
         """The ``(n, d)`` float32 latents ``sample(n, seed)`` decodes: ``mu + sigma * eps``.

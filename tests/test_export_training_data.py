@@ -92,3 +92,27 @@ def test_the_pixels_never_reach_an_autosave(tmp_path):
     info = prov.recovery_info()
     assert "region_pixels" not in info and "source_labels" not in info
     json.dumps(info)
+
+
+def test_one_hypotheses_record_for_session_jobs_and_bundles(tmp_path):
+    """Session.sample, a review sampling job and a bundle give the same record type, and the
+    job's and the bundle's fields are the record's (nothing stored twice)."""
+    from napari_probunet.model.hypotheses import Hypotheses
+    from napari_probunet.model.testing import tiny_model
+    from napari_probunet.review import bundle as bundles
+    from napari_probunet.review.jobs import Sampled
+    from napari_probunet.session import Session
+
+    session = Session(tiny_model(), device="cpu")
+    session.set_image(np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    hyp = session.sample(3, seed=4)
+    assert isinstance(hyp, Hypotheses) and hyp.image_signature == session.image_signature
+    sampled = Sampled(request=None, hypotheses=hyp)
+    assert sampled.labels is hyp.labels and sampled.z is hyp.z
+    assert not {"labels", "z", "uncertainty"} & set(Sampled.__dataclass_fields__)
+    b = bundles.Bundle(manifest={"seed": 4, "image_signature": "sha256:x"},
+                       image=np.zeros((16, 16), np.float32), hypotheses=hyp.labels, z=hyp.z,
+                       prior_mu=np.zeros(2, np.float32), prior_sigma=np.ones(2, np.float32),
+                       uncertainty=np.zeros((16, 16), np.float32))
+    record = b.as_hypotheses()
+    assert isinstance(record, Hypotheses) and record.labels is b.hypotheses and record.seed == 4

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
+from napari_probunet.model.hypotheses import Hypotheses
 from napari_probunet.model.images import image_signature, pixel_disagreement
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.seeds import stack_seed
@@ -63,19 +64,41 @@ class SamplingJob:
 
 @dataclass
 class Sampled:
-    """What a sampling job returns to the GUI thread."""
+    """What a sampling job returns to the GUI thread: the request and its
+    :class:`~napari_probunet.model.hypotheses.Hypotheses` (with uncertainty and signatures;
+    for "All slices" those of the current slice), plus, for "All slices", the stacks."""
     request: SamplingJob
-    labels: np.ndarray  # (n, h, w) uint8
-    z: np.ndarray  # (n, d) float32
-    uncertainty: np.ndarray  # (h, w) float32
-    image_signature: str
-    plane_signature: str
+    hypotheses: Hypotheses
     # "All slices" only: the stack of each hypothesis and of the uncertainty, the latents of
     # each slice (None for a blank slice or one not reached before Cancel), the slices done
     stack_labels: np.ndarray | None = None  # (n, K, h, w) uint8
     stack_uncertainty: np.ndarray | None = None  # (K, h, w) float32
     z_per_slice: list | None = None
     slices_done: int = 0
+
+    # the record's fields, by their usual names (one record: nothing is stored twice)
+    @property
+    def labels(self) -> np.ndarray:
+        """``(n, h, w)`` uint8."""
+        return self.hypotheses.labels
+
+    @property
+    def z(self) -> np.ndarray:
+        """``(n, d)`` float32."""
+        return self.hypotheses.z
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """``(h, w)`` float32."""
+        return self.hypotheses.uncertainty
+
+    @property
+    def image_signature(self) -> str:
+        return self.hypotheses.image_signature
+
+    @property
+    def plane_signature(self) -> str:
+        return self.hypotheses.plane_signature
 
 
 def _check_region(region: np.ndarray, name: str) -> None:
@@ -138,7 +161,9 @@ def sampling_job(session, request: SamplingJob):
     for stop in _decode_in_chunks(session, z, signature, labels):
         yield ("progress", stop)
     uncertainty = pixel_disagreement(labels, session.config.num_classes)
-    return Sampled(request, labels, z, uncertainty, signature, plane_signature)
+    return Sampled(request, Hypotheses(labels, z, request.seed, uncertainty=uncertainty,
+                                       image_signature=signature,
+                                       plane_signature=plane_signature))
 
 
 def decode_region(session, region: np.ndarray, n: int, seed: int):
@@ -226,7 +251,9 @@ def stack_job(session, request: SamplingJob):
         yield ("stage", "Encoding the current slice…")
         with _torch_threads(ENCODE_THREADS):
             session.set_image(current_region)
-    return Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
+    return Sampled(request, Hypotheses(labels, z, request.seed, uncertainty=stack_unc[k0].copy(),
+                                       image_signature=signature,
+                                       plane_signature=plane_signature),
                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
                    z_per_slice=z_per_slice, slices_done=done)
 

@@ -20,6 +20,7 @@ from qtpy.QtCore import QTimer
 
 from napari_probunet.gui.review.common import is_bundle_layer
 from napari_probunet.gui.worker import returning
+from napari_probunet.model.hypotheses import Hypotheses
 from napari_probunet.review.bundle import collect_layers
 from napari_probunet.review.geometry import as_2d
 from napari_probunet.review.provenance import Provenance
@@ -36,8 +37,7 @@ class _Found:
     layers: list[Any]  # hypothesis layers, by index
     uncertainty: Any
     record: Provenance  # the shared record (that of the first hypothesis)
-    labels: np.ndarray  # (n, h, w) uint8
-    z: np.ndarray  # (n, d) float32
+    hypotheses: Hypotheses  # labels (n, h, w) uint8, z (n, d), seed, image signature
     roi: tuple[int, int, int, int]
 
 
@@ -98,12 +98,13 @@ class BundleAdopter:
             show_warning(f"Bundle not adopted. The bundle of '{image.name}' does not fit its "
                          "region.")
             return None
-        return _Found(image, hyps, found.uncertainty, record, labels, z, roi)
+        hypotheses = Hypotheses(labels=labels, z=z, seed=int(record.seed or 0),
+                                image_signature=record.image_signature,
+                                plane_signature=record.signature)
+        return _Found(image, hyps, found.uncertainty, record, hypotheses, roi)
 
     def adopt(self, image_signature: str | None = None, *, notify: bool = True) -> bool:
         """See :meth:`ReviewWidget.adopt_bundle_layers`."""
-        from napari_probunet.session import Hypotheses
-
         w = self.widget
         if w.closed:
             return False
@@ -117,9 +118,7 @@ class BundleAdopter:
         signature = record.image_signature  # the bundle's (collect_layers matched it)
         encoded = EncodedRegion(layer_name=found.image.name, slice_index=(), roi=found.roi,
                           image_signature=signature, image=np.asarray(found.image.data))
-        st.set_hypotheses(Hypotheses(labels=found.labels, z=found.z,
-                                     seed=int(record.seed or 0)),
-                          found.layers, found.uncertainty, encoded=encoded)
+        st.set_hypotheses(found.hypotheses, found.layers, found.uncertainty, encoded=encoded)
         w.hypothesis_view.adopt(found.layers, found.uncertainty, record.signature)
         self.record = record
         self._show(found, notify)
