@@ -27,19 +27,29 @@ Conventions
 - **The record** ``<mask path>.json`` (e.g. ``case12_lesion.tif.json``): see
   :func:`correction_record`; a layer's record is read from its metadata, a
   :class:`~napari_probunet.review.provenance.Provenance` (:func:`layer_mask_and_record`).
-- **Safety**: both files are written to hidden temporary files in the target folder, flushed
-  to disk (``fsync``), then committed, so a crash never leaves a half-written mask. Without
-  ``overwrite`` the commit is a hard link of the finished file onto the target, which fails if
-  the target exists, so two exports racing for one name never replace each other (where the
-  file system has no hard links, a file created with ``O_EXCL`` is filled instead). With
-  ``overwrite`` the files are renamed over the targets (``os.replace``). All or nothing: if the
-  record cannot be committed after the mask, the new mask is removed again (the old one put
-  back), and a failed write raises :class:`~napari_probunet.errors.UserError` saying what
-  happened and that nothing was written. Temporary files are named after their process
-  (``.NAME.~<host>-<pid>.*.tmp.EXT``); those that a killed export left behind are removed by the
-  next export into that folder once their process is gone (or they are an hour old: another
-  machine's). Exports get the ordinary mode of a new file (``0666`` less the umask). A 64-bit
-  label mask is stored in NIfTI as the smallest portable integer type that holds its labels.
+- **The corrected region's pixels** ``<mask path>.image.npy``: the ROI the model saw, as in the
+  image layer (``(h, w)`` or ``(h, w, 3)``, its own dtype), when the review knows them (a
+  correction made in the widget; not one restored from an autosave). The record's
+  ``image.file`` names the file the image was opened from and ``image.pixels`` gives the
+  pixels' ``sha256`` (of the array's bytes in its own dtype and byte order, C order, no header:
+  ``hashlib.sha256(np.load(f).tobytes())``), ``dtype``, ``shape`` and the ``.npy`` file's
+  name; the crop of the mask that goes with them is ``mask[row:row + height, col:col + width]``
+  (for a whole-scan export, on the slice ``volume.slice_index``). So an export is a training
+  pair.
+- **Safety**: the mask, the pixels and the record are one unit
+  (:class:`~napari_probunet.review.export_unit.ExportUnit`): each is written to a hidden
+  temporary file in the target folder and flushed to disk (``fsync``); then, under a lock per
+  name, a journal names the old files' backups and everything is renamed into place, the record
+  last. Without ``overwrite`` the commit is a hard link of the finished file onto the target,
+  which fails if the target exists (where the file system has no hard links, a file created
+  with ``O_EXCL`` is filled instead). A commit that fails puts the old unit back; one that is
+  killed is rolled back by the next export into that folder, and a failed write raises
+  :class:`~napari_probunet.errors.UserError` saying what happened and that nothing was written.
+  Temporary files are named after their process (``.NAME.~<host>-<pid>.*.tmp.EXT``); those that
+  a killed export left behind are removed by the next export into that folder once their
+  process is gone (or they are an hour old: another machine's), except what a journal still
+  names. Exports get the ordinary mode of a new file (``0666`` less the umask). A 64-bit label
+  mask is stored in NIfTI as the smallest portable integer type that holds its labels.
 
 The helpers every atomic write of the package uses (temporary files, commits, fsync) are in
 :mod:`napari_probunet.files`; autosaved corrections in :mod:`napari_probunet.review.recovery`.
