@@ -102,7 +102,8 @@ class Session:
         return self._x
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Raw image -> padded network input ``(1, in_channels, Hp, Wp)`` on the session's device."""
+        """Raw image -> padded network input ``(1, in_channels, Hp, Wp)`` on the session's
+        device."""
         a = as_model_image(image, self.config.in_channels)
         h, w = a.shape[:2]
         if h * w > self.max_pixels:
@@ -123,7 +124,8 @@ class Session:
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
-        """Encode ``image`` ((H, W) grey or (H, W, 3) RGB, any size and dtype): U-Net and prior once."""
+        """Encode ``image`` ((H, W) grey or (H, W, 3) RGB, any size and dtype): U-Net and prior
+        once, and fcomb's image term (the image's prepared decoder)."""
         self._clear()
         x = self.preprocess(image)
         h, w = np.shape(image)[:2]
@@ -134,8 +136,9 @@ class Session:
         prior_sigma = torch.exp(enc.prior_logsigma[0]).float()
         # a damaged model (or an image far outside its range) overflows to NaN/inf; decoded,
         # that is "background everywhere, all hypotheses agree": refuse it, never show it
-        broken = [what for what, t in (("encoded features", feats), ("encoded features", decoder.base),
-                                       ("prior mean", prior_mu), ("prior sigma", prior_sigma))
+        checked = (("encoded features", feats), ("encoded features", decoder.base),
+                   ("prior mean", prior_mu), ("prior sigma", prior_sigma))
+        broken = [what for what, t in checked
                   if not bool(torch.isfinite(t).all())]
         if broken:
             raise InputError(
@@ -234,7 +237,8 @@ class Session:
         single = z.ndim == 1
         zz = z[None] if single else z
         if zz.ndim != 2 or zz.shape[1] != self.config.latent_dim:
-            raise InputError(f"z must have {self.config.latent_dim} entries per latent, got shape {z.shape}")
+            raise InputError(f"z must have {self.config.latent_dim} entries per latent, got "
+                             f"shape {z.shape}")
         labels, probs = self._decode_batch(torch.from_numpy(zz).to(self.device), return_probs)
         lab, pr = self._to_maps(labels, probs)
         if single:
@@ -272,8 +276,10 @@ class Session:
             )
         hp, wp = self._x.shape[-2:]
         h, w = self._image_shape
-        y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode="edge" if (hp > h or wp > w) else "constant")
-        q_mu, q_logsigma = self.model.posterior_params(self._x, torch.from_numpy(y)[None].to(self.device))
+        pad_mode = "edge" if (hp > h or wp > w) else "constant"
+        y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode=pad_mode)
+        y_t = torch.from_numpy(y)[None].to(self.device)
+        q_mu, q_logsigma = self.model.posterior_params(self._x, y_t)
         if self._mixture is not None:  # no closed form: a fixed, seeded 512-sample estimate
             weights, means, sigmas = self._mixture
             eps = torch.from_numpy(np.random.default_rng(0).standard_normal(

@@ -41,7 +41,8 @@ def as_model_image(image: np.ndarray, in_channels: int) -> np.ndarray:
     if a.dtype == np.bool_:
         a = a.astype(np.uint8)
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise InputError(f"the image has dtype {a.dtype}; expected integer or floating-point pixels")
+        raise InputError(f"the image has dtype {a.dtype}; expected integer or floating-point "
+                         "pixels")
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 3 and a.shape[-1] == 4:
@@ -50,7 +51,8 @@ def as_model_image(image: np.ndarray, in_channels: int) -> np.ndarray:
         a = a[..., None]
     elif not (a.ndim == 3 and a.shape[-1] == 3):
         raise InputError(
-            f"expected a 2D grey (H, W) or RGB (H, W, 3) image, got shape {tuple(np.shape(image))}; "
+            "expected a 2D grey (H, W) or RGB (H, W, 3) image, got shape "
+            f"{tuple(np.shape(image))}; "
             "for a 3D stack take one slice (the plugin uses the current slice)"
         )
     if a.shape[0] == 0 or a.shape[1] == 0:

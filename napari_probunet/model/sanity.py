@@ -51,7 +51,9 @@ def diversity_problem(model, images: list[np.ndarray] | None = None) -> str | No
         return None
     device = next(model.parameters()).device
     split = model.fcomb.split()
-    for k, image in enumerate(images if images is not None else probe_images(cfg, max(64, cfg.stride))):
+    if images is None:
+        images = probe_images(cfg, max(64, cfg.stride))
+    for k, image in enumerate(images):
         a = np.asarray(image)[..., None].repeat(cfg.in_channels, axis=-1)
         x = torch.from_numpy(np.ascontiguousarray(
             cfg.preprocessing.apply(a).transpose(2, 0, 1)))[None].to(device)
