@@ -56,6 +56,10 @@ class Session:
     """
 
     def __init__(self, model: ProbUNet, device: str = "auto", max_pixels: int = 2048 * 2048):
+        """``model``: a network from :func:`~napari_probunet.model.network.build_model` (or
+        :func:`~napari_probunet.model.modelfile.load_model`, which calls it); the session only
+        uses its ``encode``, ``posterior_params``, ``fcomb.split()`` and ``config`` (and, in
+        the reference path :meth:`decode_unsplit`, ``unet`` and ``fcomb``)."""
         self.device = resolve_device(device)
         # a model being trained (validation) keeps its memory format: changing it would change
         # the training's arithmetic (exact resume, identical weights on every rank)
