@@ -130,3 +130,54 @@ def test_a_waiting_writer_without_overwrite_is_refused_after_the_first_commits(t
     assert slow.returncode == 0 and fast.returncode != 0
     assert b"already exist" in err
     assert _pair(target) == (2, 2)
+
+
+SEG_CHILD = """
+import sys
+import numpy as np
+from napari_probunet.data.volumes import read_dicom_series
+from napari_probunet.review import export
+target, k = sys.argv[1], int(sys.argv[2])
+volume = read_dicom_series(sys.argv[3])
+crop = np.zeros((16, 16), np.uint8)
+crop[4:12, 4:12] = 1
+record = export.correction_record(crop, choice_source="hypothesis", index=k, seed=k,
+                                  n_samples=16, roi=(300, 300, 16, 16), plane_shape=(512, 512),
+                                  slice_index=(k,), volume=volume.source())
+record[export.PIXELS_KEY] = np.full((16, 16), k, np.int16)
+plane = export.paste_into_plane(crop, (300, 300, 16, 16), (512, 512))
+export.export_correction(plane, target, record, overwrite=True)
+"""
+CT = Path("/work/shared/data/lidc-idri-scans/LIDC-IDRI-0001/ct")
+
+
+@pytest.mark.skipif(not CT.is_dir(), reason="the LIDC-IDRI-0001 scan is not here")
+@pytest.mark.parametrize("step", ["mask", "companion", "done"])
+def test_a_seg_export_is_the_same_unit(tmp_path, step):
+    """A ``.seg.dcm`` export killed between its commits: the next export into the folder puts
+    the old SEG, pixels and record back together (or, after ``done``, keeps the new ones)."""
+    pytest.importorskip("highdicom")
+    target = tmp_path / "case.seg.dcm"
+
+    def run(k: int, fault: str | None = None) -> int:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop(FAULT_VARIABLE, None)
+        if fault:
+            env[FAULT_VARIABLE] = fault
+        return subprocess.run([sys.executable, "-c", SEG_CHILD, str(target), str(k), str(CT)],
+                              env=env, capture_output=True, timeout=300).returncode
+
+    assert run(40) == 0
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(old) == ["case.seg.dcm", "case.seg.dcm.image.npy", "case.seg.dcm.json"]
+    assert run(41, f"crash:{step}") == 70
+    export.export_correction(np.zeros((8, 8), np.uint8), tmp_path / "other.npy", {"writer": 0})
+    now = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("case.")}
+    record = json.loads(now["case.seg.dcm.json"])
+    pixels = np.load(tmp_path / "case.seg.dcm.image.npy")
+    expected = 41 if step == "done" else 40
+    assert record["choice"]["index"] == expected and int(pixels[0, 0]) == expected
+    if step != "done":
+        assert now == old  # the old unit, byte for byte
+    assert record["seg"]["sop_instance_uid"] in now["case.seg.dcm"].decode("latin-1")
+    assert _hidden(tmp_path) == []
