@@ -13,7 +13,6 @@ the logit difference is needed for the label map.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,21 +21,14 @@ import torch
 from napari_probunet.device import resolve_device
 from napari_probunet.errors import InputError
 from napari_probunet.iou import foreground_iou
+from napari_probunet.model.decode import BLOCK_ROWS, PreparedDecoder
+from napari_probunet.model.hypotheses import Hypotheses
+from napari_probunet.model.images import as_model_image, image_signature, pixel_disagreement
 from napari_probunet.model.losses import kl_diag_gaussians, kl_to_mixture
 from napari_probunet.model.network import ProbUNet
 
-#: pixel-samples per decoding block: 16384 x 32 hidden channels x 4 bytes = 2 MiB, cache-sized
-BLOCK_ROWS = 16384
-
-
-@dataclass
-class Hypotheses:
-    """``n`` sampled segmentations of the current image."""
-
-    labels: np.ndarray  # (n, H, W) uint8 label maps
-    z: np.ndarray  # (n, d) float32 latents they were decoded from
-    seed: int
-    probs: np.ndarray | None = None  # (n, classes, H, W) float32, on request
+__all__ = ["BLOCK_ROWS", "Hypotheses", "Location", "Session", "as_model_image",
+           "image_signature", "pixel_disagreement"]
 
 
 @dataclass
@@ -48,65 +40,6 @@ class Location:
     kl: float  # KL(q(z|x,y) || p(z|x)) in nats: how unusual the model finds the mask
     reconstruction: np.ndarray  # (H, W) uint8: the decode at the posterior mean
     iou: float  # mean foreground IoU between the mask and its reconstruction
-
-
-def image_signature(image: np.ndarray) -> str:
-    """``sha256:<hex>`` over shape, dtype and bytes: identifies an image in provenance records."""
-    a = np.ascontiguousarray(image)
-    h = hashlib.sha256(f"{a.shape}|{a.dtype.str}|".encode())
-    h.update(a.tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def pixel_disagreement(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-pixel disagreement of ``(n, H, W)`` label maps: ``1 - (share of the majority class)``.
-
-    0 where all samples agree; at most ``1 - 1/num_classes``. Returned as float32 ``(H, W)``.
-    """
-    labels = np.asarray(labels)
-    if labels.shape[0] == 0:
-        raise InputError("no samples to measure disagreement on")
-    counts = np.stack([(labels == c).sum(axis=0) for c in range(num_classes)])
-    return (1.0 - counts.max(axis=0) / labels.shape[0]).astype(np.float32)
-
-
-def as_model_image(image: np.ndarray, in_channels: int) -> np.ndarray:
-    """Validate a user's 2D image and bring it to ``(H, W, in_channels)`` (raw intensities)."""
-    a = np.asarray(image)
-    if a.dtype == np.bool_:
-        a = a.astype(np.uint8)
-    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise InputError(f"the image has dtype {a.dtype}; expected integer or floating-point pixels")
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 3 and a.shape[-1] == 4:
-        a = a[..., :3]  # drop alpha
-    if a.ndim == 2:
-        a = a[..., None]
-    elif not (a.ndim == 3 and a.shape[-1] == 3):
-        raise InputError(
-            f"expected a 2D grey (H, W) or RGB (H, W, 3) image, got shape {tuple(np.shape(image))}; "
-            "for a 3D stack take one slice (the plugin uses the current slice)"
-        )
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise InputError(f"the image is empty (shape {tuple(np.shape(image))})")
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).sum())
-        raise InputError(
-            f"the image contains {bad} NaN or infinite pixel(s); replace them (e.g. with the "
-            "background value) before segmenting"
-        )
-    channels = a.shape[-1]
-    if channels == in_channels:
-        return a
-    if in_channels == 3 and channels == 1:
-        return np.repeat(a, 3, axis=-1)
-    if in_channels == 1 and channels == 3:
-        grey = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        if np.issubdtype(a.dtype, np.integer):  # stay in the dtype's range for the preprocessing
-            grey = np.rint(grey).astype(a.dtype)
-        return grey[..., None]
-    raise InputError(f"the model takes {in_channels}-channel images; this one has {channels}")
 
 
 class Session:
@@ -123,6 +56,10 @@ class Session:
     """
 
     def __init__(self, model: ProbUNet, device: str = "auto", max_pixels: int = 2048 * 2048):
+        """``model``: a network from :func:`~napari_probunet.model.network.build_model` (or
+        :func:`~napari_probunet.model.modelfile.load_model`, which calls it); the session only
+        uses its ``encode``, ``posterior_params``, ``fcomb.split()`` and ``config`` (and, in
+        the reference path :meth:`decode_unsplit`, ``unet`` and ``fcomb``)."""
         self.device = resolve_device(device)
         # a model being trained (validation) keeps its memory format: changing it would change
         # the training's arithmetic (exact resume, identical weights on every rank)
@@ -135,29 +72,13 @@ class Session:
             self.model.to(memory_format=torch.channels_last)
         self.config = model.config
         self.max_pixels = max_pixels
-        self._split_weights()
+        self._fcomb = model.fcomb.split()  # fcomb's weights, split for fast decoding
         self._clear()
-
-    # -- model-dependent constants ---------------------------------------------------------------
-    def _split_weights(self) -> None:
-        fc = self.model.fcomb
-        w_f, w_z, b = fc.split_first_layer()
-        self._w_f = w_f.detach().t().contiguous()  # (c_F, c_h)
-        self._w_z = w_z.detach().t().contiguous()  # (d, c_h)
-        self._b0 = b.detach().clone()
-        self._hidden = [(c.weight.detach()[:, :, 0, 0].t().contiguous(), c.bias.detach().clone())
-                        for c in fc.hidden[1:]]
-        w_out = fc.logits.weight.detach()[:, :, 0, 0]
-        b_out = fc.logits.bias.detach()
-        self._w_out, self._b_out = w_out.t().contiguous(), b_out.clone()
-        # binary: label = [logit_1 - logit_0 > 0]
-        self._w_diff = (w_out[1] - w_out[0]).contiguous()
-        self._b_diff = float(b_out[1] - b_out[0])
 
     def _clear(self) -> None:
         self._mixture = None
         self._image_shape: tuple[int, int] | None = None
-        self._base: torch.Tensor | None = None
+        self._decoder: PreparedDecoder | None = None
         self._prior_mu = self._prior_sigma = None
         self._x: torch.Tensor | None = None
         self.image_signature: str | None = None
@@ -165,7 +86,7 @@ class Session:
     # -- encoding ------------------------------------------------------------------------------
     @property
     def has_image(self) -> bool:
-        return self._base is not None
+        return self._decoder is not None
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -185,7 +106,8 @@ class Session:
         return self._x
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Raw image -> padded network input ``(1, in_channels, Hp, Wp)`` on the session's device."""
+        """Raw image -> padded network input ``(1, in_channels, Hp, Wp)`` on the session's
+        device."""
         a = as_model_image(image, self.config.in_channels)
         h, w = a.shape[:2]
         if h * w > self.max_pixels:
@@ -206,20 +128,21 @@ class Session:
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
-        """Encode ``image`` ((H, W) grey or (H, W, 3) RGB, any size and dtype): U-Net and prior once."""
+        """Encode ``image`` ((H, W) grey or (H, W, 3) RGB, any size and dtype): U-Net and prior
+        once, and fcomb's image term (the image's prepared decoder)."""
         self._clear()
         x = self.preprocess(image)
         h, w = np.shape(image)[:2]
         enc = self.model.encode(x)
         feats = enc.features[0, :, :h, :w].permute(1, 2, 0)  # crop the padding: (H, W, c_F)
-        # pixel-major (P, c_F): a free view when F is channels-last and nothing was cropped
-        base = feats.reshape(-1, feats.shape[-1]) @ self._w_f + self._b0  # (P, c_h)
+        decoder = self._fcomb.prepare(feats)  # the image term of fcomb's first layer, once
         prior_mu = enc.prior_mu[0].float()
         prior_sigma = torch.exp(enc.prior_logsigma[0]).float()
         # a damaged model (or an image far outside its range) overflows to NaN/inf; decoded,
         # that is "background everywhere, all hypotheses agree": refuse it, never show it
-        broken = [what for what, t in (("encoded features", feats), ("encoded features", base),
-                                       ("prior mean", prior_mu), ("prior sigma", prior_sigma))
+        checked = (("encoded features", feats), ("encoded features", decoder.base),
+                   ("prior mean", prior_mu), ("prior sigma", prior_sigma))
+        broken = [what for what, t in checked
                   if not bool(torch.isfinite(t).all())]
         if broken:
             raise InputError(
@@ -228,7 +151,7 @@ class Session:
                 "model file is probably damaged (open another model) or the image is far "
                 "outside the intensity range the model was trained on"
             )
-        self._base = base.contiguous()
+        self._decoder = decoder
         self._prior_mu = prior_mu
         self._prior_sigma = prior_sigma
         self._mixture = None
@@ -240,7 +163,7 @@ class Session:
         self.image_signature = image_signature(np.asarray(image))
 
     def _require_image(self) -> None:
-        if self._base is None:
+        if self._decoder is None:
             raise InputError("no image is set: call set_image(image) first")
 
     def prior(self) -> tuple[np.ndarray, np.ndarray]:
@@ -260,46 +183,9 @@ class Session:
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode_batch(self, z: torch.Tensor, want_probs: bool):
-        """z ``(n, d)`` -> labels ``(n, P)`` uint8 (and probs ``(n, C, P)``).
-
-        Works through blocks of about :data:`BLOCK_ROWS` pixel-samples (a whole sample, part of
-        one, or several small ones) with preallocated buffers, so the hidden activations stay
-        in cache; big intermediate tensors made this memory-bound and 3-4x slower.
-        """
-        n, p = z.shape[0], self._base.shape[0]
-        bias = z @ self._w_z  # (n, c_h): the z term of fcomb's first layer
-        n_cls = self.config.num_classes
-        labels = torch.empty((n, p), dtype=torch.uint8, device=self.device)
-        probs = torch.empty((n, n_cls, p), device=self.device) if want_probs else None
-        binary = n_cls == 2 and not want_probs
-        per_block = max(1, BLOCK_ROWS // p)  # samples per block when an image is small
-        rows = min(p, BLOCK_ROWS) if per_block == 1 else per_block * p
-        c_h = self._base.shape[1]
-        buf_a = torch.empty((rows, c_h), device=self.device)
-        buf_b = torch.empty((rows, c_h), device=self.device)
-        out_buf = torch.empty(rows, device=self.device) if binary else None
-        for s in range(0, n, per_block):
-            k = min(per_block, n - s)
-            for p0 in range(0, p, rows if per_block == 1 else p):
-                m = min(rows, p - p0) if per_block == 1 else k * p
-                a, b = buf_a[:m], buf_b[:m]
-                torch.add(self._base[p0:p0 + m // k].unsqueeze(0), bias[s:s + k, None, :],
-                          out=a.view(k, m // k, c_h))
-                a.relu_()
-                for w, bb in self._hidden:
-                    torch.addmm(bb, a, w, out=b)
-                    b.relu_()
-                    a, b = b, a
-                target = labels[s:s + k, p0:p0 + m // k]
-                if binary:
-                    torch.mv(a, self._w_diff, out=out_buf[:m])
-                    torch.gt(out_buf[:m].view(k, m // k), -self._b_diff, out=target)
-                    continue
-                logits = torch.addmm(self._b_out, a, self._w_out).view(k, m // k, n_cls)
-                target.copy_(logits.argmax(dim=-1))
-                if want_probs:
-                    probs[s:s + k, :, p0:p0 + m // k] = logits.softmax(dim=-1).transpose(1, 2)
-        return labels, probs
+        """z ``(n, d)`` -> labels ``(n, P)`` uint8 (and probs ``(n, C, P)``): the image's
+        prepared decoder (:meth:`PreparedDecoder.decode`)."""
+        return self._decoder.decode(z, want_probs)
 
     def _to_maps(self, labels: torch.Tensor, probs: torch.Tensor | None):
         h, w = self._image_shape
@@ -317,7 +203,8 @@ class Session:
         z = torch.from_numpy(self.draw_latents(n, seed)).to(self.device)
         labels, probs = self._decode_batch(z, return_probs)
         lab, pr = self._to_maps(labels, probs)
-        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr)
+        return Hypotheses(labels=lab, z=z.cpu().numpy(), seed=int(seed), probs=pr,
+                          image_signature=self.image_signature)
 
     def draw_latents(self, n: int, seed: int = 0) -> np.ndarray:
         """The ``(n, d)`` float32 latents ``sample(n, seed)`` decodes: ``mu + sigma * eps``.
@@ -354,7 +241,8 @@ class Session:
         single = z.ndim == 1
         zz = z[None] if single else z
         if zz.ndim != 2 or zz.shape[1] != self.config.latent_dim:
-            raise InputError(f"z must have {self.config.latent_dim} entries per latent, got shape {z.shape}")
+            raise InputError(f"z must have {self.config.latent_dim} entries per latent, got "
+                             f"shape {z.shape}")
         labels, probs = self._decode_batch(torch.from_numpy(zz).to(self.device), return_probs)
         lab, pr = self._to_maps(labels, probs)
         if single:
@@ -392,8 +280,10 @@ class Session:
             )
         hp, wp = self._x.shape[-2:]
         h, w = self._image_shape
-        y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode="edge" if (hp > h or wp > w) else "constant")
-        q_mu, q_logsigma = self.model.posterior_params(self._x, torch.from_numpy(y)[None].to(self.device))
+        pad_mode = "edge" if (hp > h or wp > w) else "constant"
+        y = np.pad(m.astype(np.int64), ((0, hp - h), (0, wp - w)), mode=pad_mode)
+        y_t = torch.from_numpy(y)[None].to(self.device)
+        q_mu, q_logsigma = self.model.posterior_params(self._x, y_t)
         if self._mixture is not None:  # no closed form: a fixed, seeded 512-sample estimate
             weights, means, sigmas = self._mixture
             eps = torch.from_numpy(np.random.default_rng(0).standard_normal(

@@ -65,13 +65,13 @@ def test_split_fcomb_equals_unsplit(two_mode_model):
 
 
 def test_decoding_in_blocks_matches_one_block(two_mode_model, monkeypatch):
-    import napari_probunet.session as session_module
+    import napari_probunet.model.decode as decode_module
 
     image, _ = two_mode_case()
     s = Session(two_mode_model, device="cpu")
     s.set_image(image)
     ref = s.sample(10, seed=2)
-    monkeypatch.setattr(session_module, "BLOCK_ROWS", 300)  # blocks split images and samples
+    monkeypatch.setattr(decode_module, "BLOCK_ROWS", 300)  # blocks split images and samples
     np.testing.assert_array_equal(s.sample(10, seed=2).labels, ref.labels)
 
 

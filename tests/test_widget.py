@@ -637,7 +637,7 @@ def test_failed_write_keeps_the_correction(review, qtbot, tmp_path, notes, monke
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied")
 
-        monkeypatch.setattr(export.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr("tempfile.mkstemp", refuse)
     else:
         folder.chmod(0o500)
     try:

@@ -118,6 +118,7 @@ def test_the_bundles_model_also_encodes_the_image(make_napari_viewer, qtbot, pre
     assert widget.state.session is not None
     viewer.open(str(path), plugin="napari-probunet")
     qtbot.waitUntil(lambda: widget.state.hypotheses is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)  # encoded on the worker
     st = widget.state
     assert st.ready and st.session.image_signature == st.encoded.image_signature
     assert len(st.hypothesis_layers) == 16

@@ -1,8 +1,10 @@
 """``probunet info``: show what a model file contains, without building the network.
 
 The description itself (header checked as loading checks it, sha256, weights finite or not)
-is :func:`napari_probunet.model.modelfile.describe_model`; this module only parses the
-arguments and prints it, as a table or (``--json``) as JSON.
+is :func:`napari_probunet.model.modelfile.describe_model`; weights that are finite are then
+probed for diversity (:mod:`napari_probunet.model.sanity`: a model whose hypotheses would all be
+identical is BROKEN too). This module parses the arguments and prints the description, as a
+table or (``--json``) as JSON; the exit code is 2 for a BROKEN model, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from napari_probunet.errors import UserError
 from napari_probunet.model import modelfile
 
 
@@ -21,13 +24,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the description; exit code 2 if the model is broken (its ``weights`` say so)."""
     described = modelfile.describe_model(args.model)
     info = described.to_dict()
+    if info["weights"] == "finite":  # finite, but can it give diverse hypotheses?
+        info["weights"] = _diversity(described.path)
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
-    _print_table(described.path, described.metadata, info)
-    return 0
+    else:
+        _print_table(described.path, described.metadata, info)
+    return 2 if str(info["weights"]).startswith("BROKEN") else 0
+
+
+def _diversity(path) -> str:
+    """``"finite"``, or ``"BROKEN: ..."`` if every hypothesis of the model would be the same
+    (:func:`napari_probunet.model.sanity.diversity_problem`, on fixed probe images)."""
+    from napari_probunet.model.sanity import diversity_problem  # lazy: torch
+
+    try:
+        problem = diversity_problem(modelfile.load_model(path))
+    except UserError as exc:
+        return f"BROKEN: {exc}"
+    return "finite" if problem is None else f"BROKEN: {path.name}: {problem}"
 
 
 def _print_table(path, meta: dict, info: dict) -> None:

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # lazy: `probunet sample --help` does not load torch
     from tqdm import tqdm
 
+    from napari_probunet.model.sanity import check_diversity
     from napari_probunet.session import Session
 
     if args.n < 1:
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(threads)
         ranks = Ranks(args.device)
         model = load_model(args.model, device="cpu")  # first: a bad model leaves nothing behind
+        check_diversity(model, Path(model.source_path or str(args.model)).name)
         out = batch.prepare_out(args.out)
         session = Session(model, device=ranks.device)
         settings = batch.RunSettings(

@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads not in ("auto", 0):
         torch.set_num_threads(int(args.threads))
     model = load_model(args.model, device="cpu")
+    from napari_probunet.model.sanity import check_diversity  # identical hypotheses: refused
+
+    check_diversity(model, Path(model.source_path or str(args.model)).name)
     from napari_probunet.data.pacs.spec import resolve_inputs  # a series on a DICOMweb server
 
     local = resolve_inputs(args.inputs, report=lambda line: print(f"probunet sample: {line}"))

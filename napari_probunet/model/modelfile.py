@@ -355,11 +355,11 @@ def _expected_shapes(name: str, config) -> dict[str, tuple[int, ...]]:
 
     import torch
 
-    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.model.network import build_model
 
     try:
         with torch.device("meta"):
-            skeleton = ProbUNet(config)
+            skeleton = build_model(config)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{name}: invalid model configuration: {exc}") from exc
     shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
@@ -379,7 +379,7 @@ def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
     import torch
     from safetensors.torch import load_file
 
-    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.model.network import build_model
 
     p = resolve_model_path(path)
     header, meta = _read_header(p)
@@ -406,7 +406,7 @@ def load_model(path: str | os.PathLike = "default", device: str = "cpu"):
     except Exception as exc:  # safetensors raises its own error types
         raise ModelFileError(f"{p.name} cannot be read as safetensors: {exc}") from exc
     _check_weights(p.name, tensors)
-    model = ProbUNet(config)
+    model = build_model(config)
     state = model.state_dict()
     with torch.no_grad():
         model.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})

@@ -10,7 +10,9 @@ Tensors are ``(batch, channels, height, width)`` throughout. Notation of the pap
   to give class logits.
 
 The loss lives in :mod:`napari_probunet.model.losses`; fast sampling (fcomb's first layer split
-into an image term and a per-sample bias) in :mod:`napari_probunet.session`.
+into an image term and a per-sample bias) in :mod:`napari_probunet.model.decode`
+(:meth:`Fcomb.split`). :func:`build_model` is the one place a network is made from its
+configuration (the session, model files, training and tests call it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_probunet.model.config import ModelConfig
+from napari_probunet.model.decode import PreparedDecoder, SplitFcomb
 
 
 def _conv_block(in_ch: int, out_ch: int, n_convs: int) -> nn.Sequential:
@@ -236,6 +239,15 @@ class Fcomb(nn.Module):
         w = self.hidden[0].weight[:, :, 0, 0]
         return w[:, : self.feature_channels], w[:, self.feature_channels :], self.hidden[0].bias
 
+    def split(self) -> SplitFcomb:
+        """The weights as they are now, split for fast decoding: ``split().prepare(F)`` gives
+        an image's :class:`~napari_probunet.model.decode.PreparedDecoder`."""
+        return SplitFcomb(self)
+
+    def prepare(self, features: torch.Tensor) -> PreparedDecoder:
+        """The fast decoder of one image's F ``(H, W, c_F)`` (pixel-major)."""
+        return self.split().prepare(features)
+
 
 @dataclass
 class Encoded:
@@ -343,3 +355,12 @@ class ProbUNet(nn.Module):
             out["prior_logits"], out["prior_mix_mu"], out["prior_mix_logsigma"] = enc.mixture
             out["kl_samples"] = torch.tensor(self.config.kl_samples)
         return out
+
+
+def build_model(config: ModelConfig | None = None) -> ProbUNet:
+    """The network of ``config`` (the default configuration if ``None``), freshly initialised.
+
+    The one entry that maps a configuration to an architecture: a new architecture is added
+    here (and in :mod:`napari_probunet.model`), not in the session or the model-file code.
+    """
+    return ProbUNet(config)

@@ -24,10 +24,10 @@ def tiny_model(seed: int = 0, **overrides):
     """An untrained, seeded tiny model (eval mode)."""
     import torch
 
-    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.model.network import build_model
 
     torch.manual_seed(seed)
-    return ProbUNet(tiny_config(**overrides)).eval()
+    return build_model(tiny_config(**overrides)).eval()
 
 
 #: model settings added after the first model files were written; a file without them must load
@@ -83,11 +83,11 @@ def train_two_mode_model(steps: int = 400, seed: int = 0, size: int = 32, lr: fl
     import torch
 
     from napari_probunet.model.losses import elbo_loss
-    from napari_probunet.model.network import ProbUNet
+    from napari_probunet.model.network import build_model
 
     torch.manual_seed(seed)
     cfg = tiny_config(input_size=size)
-    model = ProbUNet(cfg)
+    model = build_model(cfg)
     image, masks = two_mode_case(size)
     x = torch.from_numpy(cfg.preprocessing.apply(image[..., None]).transpose(2, 0, 1))
     x = x[None].repeat(8, 1, 1, 1)

@@ -46,6 +46,7 @@ import numpy as np
 
 from napari_probunet import files
 from napari_probunet.errors import UserError
+from napari_probunet.model.images import pixel_disagreement
 from napari_probunet.model.modelfile import bundled_model_of
 from napari_probunet.review import bundle as bundles
 from napari_probunet.review.batch_plan import Item, Plan
@@ -60,7 +61,6 @@ SUMMARY_NAME = "summary.json"
 @dataclass
 class RunSettings:
     """What every bundle of a run shares."""
-
     out: Path
     n: int
     run_seed: int
@@ -114,8 +114,6 @@ def _compute(item: Item, session, settings: RunSettings,
     Returns its result record and, when there is a bundle to write, ``(path, bundle)``.
     Never raises for a problem with the case: the record says ``failed`` and why.
     """
-    from napari_probunet.session import pixel_disagreement  # torch: imported when sampling
-
     t0 = time.perf_counter()
     seed = seed_for_case_id(settings.run_seed, item.stack_id or item.case_id)
     path = bundles.bundle_path(settings.out, item.name)

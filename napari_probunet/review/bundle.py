@@ -50,6 +50,7 @@ import numpy as np
 
 from napari_probunet import files, limits
 from napari_probunet.errors import UserError
+from napari_probunet.model.hypotheses import Hypotheses
 from napari_probunet.review.provenance import Provenance
 
 FORMAT = "napari-probunet-bundle"
@@ -112,6 +113,14 @@ class Bundle:
     @property
     def model_name(self) -> str | None:
         return self.manifest["model"].get("name")
+
+    def as_hypotheses(self) -> Hypotheses:
+        """The bundle's hypotheses as the one record the session and the review use (views of
+        its arrays: ``labels`` is :attr:`hypotheses`, the region is the whole image)."""
+        signature = self.manifest.get("image_signature")
+        return Hypotheses(labels=self.hypotheses, z=self.z, seed=self.seed,
+                          uncertainty=self.uncertainty, image_signature=signature,
+                          plane_signature=signature)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays by member name (without ``.npy``); ``graders`` only when present."""

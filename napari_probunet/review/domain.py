@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from napari_probunet.errors import DataError
+from napari_probunet.model.images import as_model_image
 
 #: names of the intensity features, in order
 FEATURES = ("mean", "std", "texture_1", "texture_2", "texture_4", "texture_8", "centre_minus_mean",
@@ -88,8 +89,6 @@ def intensity_features(unit: np.ndarray) -> np.ndarray:
 
 def model_input_unit(config, image: np.ndarray) -> np.ndarray:
     """The image as the network sees it (after the model's preprocessing), shifted to 0..1."""
-    from napari_probunet.session import as_model_image  # lazy: the session module loads torch
-
     a = as_model_image(image, config.in_channels)
     return config.preprocessing.apply(a) + 0.5
 
@@ -109,7 +108,6 @@ class Domain:
     k: neighbours averaged in the distance; threshold: the distance above which an image is
         flagged (:data:`FLAG_QUANTILE` of other training images' distances).
     """
-
     modality: str = ""
     description: str = ""
     intensity: str = ""
@@ -209,7 +207,6 @@ def fit_domain(units: Sequence[np.ndarray], groups: Sequence | None = None,
 @dataclass
 class DomainCheck:
     """What :func:`check_image` found: ``warnings`` (empty when the image looks in-domain)."""
-
     warnings: list[str]
     distance: float | None = None
     threshold: float | None = None

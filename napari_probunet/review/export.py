@@ -27,19 +27,29 @@ Conventions
 - **The record** ``<mask path>.json`` (e.g. ``case12_lesion.tif.json``): see
   :func:`correction_record`; a layer's record is read from its metadata, a
   :class:`~napari_probunet.review.provenance.Provenance` (:func:`layer_mask_and_record`).
-- **Safety**: both files are written to hidden temporary files in the target folder, flushed
-  to disk (``fsync``), then committed, so a crash never leaves a half-written mask. Without
-  ``overwrite`` the commit is a hard link of the finished file onto the target, which fails if
-  the target exists, so two exports racing for one name never replace each other (where the
-  file system has no hard links, a file created with ``O_EXCL`` is filled instead). With
-  ``overwrite`` the files are renamed over the targets (``os.replace``). All or nothing: if the
-  record cannot be committed after the mask, the new mask is removed again (the old one put
-  back), and a failed write raises :class:`~napari_probunet.errors.UserError` saying what
-  happened and that nothing was written. Temporary files are named after their process
-  (``.NAME.~<host>-<pid>.*.tmp.EXT``); those that a killed export left behind are removed by the
-  next export into that folder once their process is gone (or they are an hour old: another
-  machine's). Exports get the ordinary mode of a new file (``0666`` less the umask). A 64-bit
-  label mask is stored in NIfTI as the smallest portable integer type that holds its labels.
+- **The corrected region's pixels** ``<mask path>.image.npy``: the ROI the model saw, as in the
+  image layer (``(h, w)`` or ``(h, w, 3)``, its own dtype), when the review knows them (a
+  correction made in the widget; not one restored from an autosave). The record's
+  ``image.file`` names the file the image was opened from and ``image.pixels`` gives the
+  pixels' ``sha256`` (of the array's bytes in its own dtype and byte order, C order, no header:
+  ``hashlib.sha256(np.load(f).tobytes())``), ``dtype``, ``shape`` and the ``.npy`` file's
+  name; the crop of the mask that goes with them is ``mask[row:row + height, col:col + width]``
+  (for a whole-scan export, on the slice ``volume.slice_index``). So an export is a training
+  pair.
+- **Safety**: the mask, the pixels and the record are one unit
+  (:class:`~napari_probunet.review.export_unit.ExportUnit`): each is written to a hidden
+  temporary file in the target folder and flushed to disk (``fsync``); then, under a lock per
+  name, a journal names the old files' backups and everything is renamed into place, the record
+  last. Without ``overwrite`` the commit is a hard link of the finished file onto the target,
+  which fails if the target exists (where the file system has no hard links, a file created
+  with ``O_EXCL`` is filled instead). A commit that fails puts the old unit back; one that is
+  killed is rolled back by the next export into that folder, and a failed write raises
+  :class:`~napari_probunet.errors.UserError` saying what happened and that nothing was written.
+  Temporary files are named after their process (``.NAME.~<host>-<pid>.*.tmp.EXT``); those that
+  a killed export left behind are removed by the next export into that folder once their
+  process is gone (or they are an hour old: another machine's), except what a journal still
+  names. Exports get the ordinary mode of a new file (``0666`` less the umask). A 64-bit label
+  mask is stored in NIfTI as the smallest portable integer type that holds its labels.
 
 The helpers every atomic write of the package uses (temporary files, commits, fsync) are in
 :mod:`napari_probunet.files`; autosaved corrections in :mod:`napari_probunet.review.recovery`.
@@ -48,15 +58,9 @@ The helpers every atomic write of the package uses (temporary files, commits, fs
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import secrets
-import shutil
-import tempfile
-from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +69,22 @@ import numpy as np
 from napari_probunet import files
 from napari_probunet.data import formats
 from napari_probunet.errors import UserError
+from napari_probunet.review.export_unit import (
+    ExportExistsError,
+    ExportUnit,
+    exists_error,
+    journal_files,
+    record_path,
+    recover_folder,
+    write_failed,
+)
 from napari_probunet.review.provenance import (
+    RECORD_KIND,
+    RECORD_VERSION,
     Provenance,
     jsonable,
     now_iso,
-    pixels_changed,
+    pixels_identity,
     versions,
 )
 from napari_probunet.review.seg_export import SEG_SUFFIX, export_seg  # DICOM SEG
@@ -77,16 +92,20 @@ from napari_probunet.review.volume_export import volume_mask, volume_source
 
 #: file types :func:`export_correction` writes, by suffix
 SUFFIXES = formats.EXPORT_SUFFIXES
-RECORD_VERSION = 1
-RECORD_KIND = "napari-probunet correction"
+#: the key under which an in-memory record carries the corrected region's image pixels (an
+#: array): :func:`export_correction` writes them as ``<mask>.image.npy``, never into the JSON
+PIXELS_KEY = "region_pixels"
+#: the companion file of the corrected region's pixels: ``<mask path>`` + this
+PIXELS_SUFFIX = ".image.npy"
 #: ``.<target>[.~<host>-<pid>].<8 random characters>.tmp[<suffix>]``: the temporary files of an
 #: export (the owner part names the process that writes it; older versions left it out)
 _TEMP_RE = re.compile(r"^\.(?P<target>.+?)(?:\.~[0-9a-f]{6}-\d+)?\.[A-Za-z0-9_]{8}"
                       r"\.tmp(?P<ext>\.[A-Za-z.]+)?$")
 
-
-class ExportExistsError(UserError):
-    """The target file (or its record) exists and ``overwrite`` was not given."""
+__all__ = ["PIXELS_KEY", "PIXELS_SUFFIX", "RECORD_KIND", "RECORD_VERSION",
+           "ExportExistsError", "SUFFIXES", "correction_record", "export_correction",
+           "full_record", "layer_mask_and_record", "mask_suffix", "paste_into_plane",
+           "read_record", "record_path", "remove_stale_temporaries", "write_mask_file"]
 
 
 # ----------------------------------------------------------------------------- paths
@@ -95,11 +114,6 @@ class ExportExistsError(UserError):
 def mask_suffix(path: str | os.PathLike) -> str:
     """The export format suffix of ``path`` (``.nii.gz`` counts as one), lower case."""
     return formats.suffix_of(path)
-
-
-def record_path(path: str | os.PathLike) -> Path:
-    """Where the JSON record of a mask file goes: ``<path>.json``."""
-    return Path(f"{os.fspath(path)}.json")
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -153,49 +167,17 @@ def correction_record(
     class_names: list[str] | None = None,
     volume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of a correction (a JSON-able dict).
-
-    ``correction`` and ``source_labels`` are the ROI crops (``(h, w)``): the edited map and the
-    hypothesis (or explorer decode) it started from; ``pixels_changed_by_hand`` counts where they
-    differ. ``index`` is 0-based (``session.sample(n, seed).labels[index]``); the record also
-    gives the 1-based number of the layer name (``hypothesis 03`` is index 2). ``volume``, the
-    image's scan record (its layer's ``metadata["source"]``), adds ``"volume": {"source": ...}``
-    (a NIfTI export then writes the whole scan, see the module docstring).
-    """
-    roi_d = None
-    if roi is not None:
-        r0, c0, h, w = (int(v) for v in roi)
-        roi_d = {"row": r0, "col": c0, "height": h, "width": w}
-    choice: dict[str, Any] = {"source": choice_source}
-    if choice_source == "hypothesis":
-        choice.update({"hypothesis": None if index is None else int(index) + 1,
-                       "index": None if index is None else int(index),
-                       "seed": seed, "n_samples": n_samples})
-    choice["z"] = None if z is None else [float(v) for v in np.asarray(z).ravel()]
-    record = jsonable({
-        "record_version": RECORD_VERSION,
-        "kind": RECORD_KIND,
-        "image": {
-            "layer": image_layer,
-            "signature": image_signature,  # of the ROI pixels the model saw
-            "plane_signature": plane_signature,  # of the whole 2D plane
-            "plane_shape": None if plane_shape is None else [int(s) for s in plane_shape],
-            "slice_index": [int(i) for i in (slice_index or ())],
-            "scale": scale,
-            "translate": translate,
-        },
-        "roi": roi_d,
-        "model": {"file": model_name, "sha256": model_sha256},
-        "choice": choice,
-        "pixels_changed_by_hand": pixels_changed(correction, source_labels),
-        "labels": {str(i): n for i, n in enumerate(class_names)} if class_names else None,
-        "foreground_pixels": int(np.count_nonzero(np.asarray(correction))),
-        "versions": versions(),
-        "created": now_iso(),
-    })
-    if volume is not None:
-        record["volume"] = {"source": jsonable(volume)}
-    return record
+    """The provenance record of a correction (a JSON-able dict), from keywords: scripts' way
+    to :meth:`Provenance.correction_record <napari_probunet.review.provenance.Provenance.
+    correction_record>` (which the review's layers use; see it for the keys)."""
+    prov = Provenance(
+        kind="correction" if (choice_source or source_labels is not None) else None,
+        source=choice_source, index=index, z=z, seed=seed, n_samples=n_samples, roi=roi,
+        plane_shape=plane_shape, image_signature=image_signature,
+        plane_signature=plane_signature, image_layer=image_layer, slice_index=slice_index,
+        scale=scale, translate=translate, model_sha256=model_sha256, model_name=model_name,
+        class_names=class_names, source_labels=source_labels)
+    return prov.correction_record(correction, volume=volume)
 
 
 def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | None = None):
@@ -214,22 +196,12 @@ def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | Non
     arr = np.asarray(data)
     if prov.kind in ("correction", "hypothesis") and prov.roi and prov.plane_shape:
         crop = arr.reshape(arr.shape[-2:]) if all(s == 1 for s in arr.shape[:-2]) else arr
-        record = correction_record(
-            crop,
-            source_labels=prov.source_labels if prov.is_correction else None,
-            choice_source=prov.choice_source,
-            index=prov.index, z=prov.z, seed=prov.seed,
-            n_samples=prov.n_samples, roi=prov.roi, plane_shape=prov.plane_shape,
-            image_signature=prov.image_signature,
-            plane_signature=prov.plane_signature, image_layer=prov.image_layer,
-            slice_index=prov.slice_index or (), scale=prov.scale,
-            translate=prov.translate, model_sha256=prov.model_sha256,
-            model_name=prov.model_name, class_names=prov.class_names,
-            volume=volume_source({"source": prov.volume}),
-        )
+        record = prov.correction_record(crop, volume=volume_source({"source": prov.volume}))
         record["layer"] = name
+        if prov.region_pixels is not None:  # written beside the mask, never into the JSON
+            record[PIXELS_KEY] = np.asarray(prov.region_pixels)
         return paste_into_plane(crop, prov.roi, prov.plane_shape), record
-    record = correction_record(arr, volume=volume_source(metadata))
+    record = Provenance().correction_record(arr, volume=volume_source(metadata))
     record.update(layer=name, extent="layer", roi=None)
     return arr, record
 
@@ -270,29 +242,6 @@ def _nifti_labels(mask: np.ndarray) -> np.ndarray:
                     f"this mask has {low}..{high}: export it as .tif or .npy")
 
 
-def _write_failed(path: Path, exc: OSError) -> UserError:
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "the folder is read-only or you may not write there"
-    elif exc.errno == errno.ENOSPC:
-        hint = "the disk is full"
-    elif exc.errno == errno.ENOENT:
-        hint = "the folder does not exist"
-    else:
-        hint = "the file could not be written"
-    return UserError(
-        f"could not save {path.name} in {path.parent}: {reason} ({hint}). Nothing was written; "
-        "the correction is unchanged in napari. Choose another folder and export again."
-    )
-
-
-def _exists_error(names: list[str], folder: Path) -> ExportExistsError:
-    return ExportExistsError(
-        f"{' and '.join(names)} already exist(s) in {folder}; choose another name or confirm "
-        "that it may be replaced"
-    )
-
-
 def _is_export_temporary(name: str) -> bool:
     """``.case.tif.a1b2c3d4.tmp.tif`` (a mask), ``.case.tif.json.a1b2c3d4.tmp`` (a record)."""
     m = _TEMP_RE.match(name)
@@ -310,64 +259,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, now: float | None = None
     :data:`~napari_probunet.files.STALE_TEMP_SECONDS`; return what was deleted.
 
     Younger ones of a running process (or of another machine) may belong to an export under
-    way and are left alone.
+    way and are left alone. First, exports that were killed while committing are rolled back
+    (:func:`~napari_probunet.review.export_unit.recover_folder`); a file a journal still names
+    (the backup of an old pair) is never deleted.
     """
-    return files.remove_dead_temporaries(folder, _is_export_temporary, now)
+    recover_folder(folder)
+    kept = journal_files(folder)
+    return files.remove_dead_temporaries(
+        folder, lambda name: name not in kept and _is_export_temporary(name), now)
 
 
-# ----------------------------------------------------------------------------- the commit
-
-
-def _backup(path: Path, suffix: str) -> Path | None:
-    """A hidden second name (or copy) of the file at ``path`` to put back if the export fails."""
-    if not path.exists():
-        return None
-    backup = path.with_name(f".{path.name}.{files.owner_tag()}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
-        os.link(path, backup)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        shutil.copy2(path, backup)
-    return backup
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _take_back(path: Path, written: tuple[int, int] | None, backup: Path | None) -> str | None:
-    """Undo the commit of the mask at ``path``: put the old one back or remove the new one.
-
-    Returns None when done, else why it could not be done."""
-    try:
-        if backup is not None:
-            os.replace(backup, path)
-        elif written is not None and _identity(path) == written:
-            os.unlink(path)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-@dataclass
-class _Pending:
-    """The hidden files of one export under way: whatever is still named here when the export
-    ends (done or failed) is deleted; a committed temporary is set to ``None``."""
-
-    mask: Path | None = None
-    record: Path | None = None
-    backup: Path | None = None
-
-    def remove(self) -> None:
-        for tmp in (self.mask, self.record, self.backup):
-            if tmp is not None:
-                with suppress(OSError):
-                    tmp.unlink()
+# ----------------------------------------------------------------------------- the export
 
 
 def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any],
@@ -382,36 +284,61 @@ def export_correction(mask: np.ndarray, path: str | os.PathLike, record: dict[st
     """
     path, suffix = _checked_target(path)
     mask = _checked_mask(mask, suffix)
+    record = dict(record)
+    pixels = record.pop(PIXELS_KEY, None)  # the corrected region's image: a file of its own
     if suffix == SEG_SUFFIX:  # a DICOM SEG over the scan's series: review/seg_export.py
-        return export_seg(mask, path, record, overwrite=overwrite)
+        return export_seg(mask, path, record, overwrite=overwrite, pixels=pixels)
     mask, affine, volume = volume_mask(mask, record, suffix)
     if volume is not None:  # the scan's record, and where the slice went (or why not)
         record = {**record, "volume": volume}
         if volume["placed"] and volume["slice_index"] is not None:
             record["extent"] = "whole scan"
-    json_path = record_path(path)
+    remove_stale_temporaries(path.parent)  # first: puts back a pair a killed export split
+    check_target_free(path, overwrite)
+    try:
+        with ExportUnit(path, suffix, overwrite) as unit:  # one writer per name, journaled
+            mode = files.ordinary_mode()
+            notes = _write_mask(unit, mask, path, suffix, (scale, affine, volume), mode)
+            full = full_record(record, path, suffix, mask, notes)
+            write_pixels(unit, full, pixels, mode)
+            unit.write_record(jsonable(full), mode)
+            unit.commit()
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
+    return path, record_path(path)
+
+
+def pixels_path(path: str | os.PathLike) -> Path:
+    """Where the corrected region's image pixels go: ``<mask path>.image.npy``."""
+    return Path(f"{os.fspath(path)}{PIXELS_SUFFIX}")
+
+
+def write_pixels(unit: ExportUnit, full: dict[str, Any], pixels, mode: int) -> None:
+    """Write the corrected region's image ``pixels`` (the ROI the model saw, ``(h, w)`` or
+    ``(h, w, 3)``, as in the image layer) as ``<mask>.image.npy`` in the export ``unit``, and
+    name the file in the record's ``image.pixels``; nothing when they are not known."""
+    if pixels is None:
+        return
+    pixels = np.ascontiguousarray(pixels)
+    target = pixels_path(unit.path)
+    tmp = unit.temporary(target, ".npy")
+    with open(tmp, "wb") as f:
+        np.save(f, pixels, allow_pickle=False)
+    unit.finish(tmp, mode)
+    image = full.setdefault("image", {})
+    identity = image.get("pixels") or pixels_identity(pixels)
+    image["pixels"] = {**identity, "file": target.name}
+
+
+def check_target_free(path: Path, overwrite: bool) -> None:
+    """Refuse early (before anything is built or written): the target folder is missing, or
+    (without ``overwrite``) the mask or its record exists. Checked again under the lock."""
     if not overwrite:
-        existing = [p.name for p in (path, json_path) if p.exists()]
+        existing = [p.name for p in (path, record_path(path)) if p.exists()]
         if existing:
-            raise _exists_error(existing, path.parent)
+            raise exists_error(existing, path.parent)
     if not path.parent.is_dir():
         raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
-    remove_stale_temporaries(path.parent)
-
-    pending = _Pending()
-    try:
-        try:
-            mode = files.ordinary_mode()
-            notes = _write_mask(pending, mask, path, suffix, (scale, affine, volume), mode)
-            _write_record(pending, _full_record(record, path, suffix, mask, notes), json_path,
-                          mode)
-            _commit(pending, path, json_path, suffix, overwrite)
-            files.fsync_folder(path.parent)
-        except OSError as exc:
-            raise _write_failed(path, exc) from exc
-    finally:
-        pending.remove()
-    return path, json_path
 
 
 def _checked_target(path: str | os.PathLike) -> tuple[Path, str]:
@@ -442,20 +369,17 @@ def _checked_mask(mask: np.ndarray, suffix: str) -> np.ndarray:
     return mask
 
 
-def _write_mask(pending: _Pending, mask: np.ndarray, path: Path, suffix: str, geometry,
+def _write_mask(unit: ExportUnit, mask: np.ndarray, path: Path, suffix: str, geometry,
                 mode: int) -> dict[str, Any]:
-    """Write the mask to a hidden temporary file beside ``path`` (``pending.mask``), flushed
-    to disk with the ordinary ``mode``; return the format's notes for the record.
+    """Write the mask to a hidden temporary file beside ``path`` (``unit.mask_temp()``),
+    flushed to disk with the ordinary ``mode``; return the format's notes for the record.
     ``geometry``: ``(scale, affine, volume record)`` for NIfTI (see :func:`write_mask_file`)."""
     scale, affine, volume = geometry
     # a scan's affine and codes, only when there is one (the plane's call is as it was)
     scan = {} if affine is None else {"affine": affine, "codes": volume.get("codes")}
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{files.owner_tag()}.",
-                                suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    pending.mask = Path(name)
+    tmp = unit.mask_temp()
     try:
-        notes = write_mask_file(mask, pending.mask, suffix, scale=scale, **scan)
+        notes = write_mask_file(mask, tmp, suffix, scale=scale, **scan)
     except (OSError, UserError):
         raise
     except Exception as exc:  # the format's library refuses this mask
@@ -464,12 +388,11 @@ def _write_mask(pending: _Pending, mask: np.ndarray, path: Path, suffix: str, ge
             f"{suffix} ({type(exc).__name__}: {exc}); export it as .tif or .npy. "
             "Nothing was written."
         ) from None
-    files.fsync_file(pending.mask)
-    os.chmod(pending.mask, mode)  # mkstemp's files are private (0600)
+    unit.finish_mask(mode)
     return notes
 
 
-def _full_record(record: dict[str, Any], path: Path, suffix: str, mask: np.ndarray,
+def full_record(record: dict[str, Any], path: Path, suffix: str, mask: np.ndarray,
                  notes: dict[str, Any]) -> dict[str, Any]:
     """``record`` with what was written (file, format, shape, dtype, extent) and when."""
     full = dict(record)
@@ -486,57 +409,3 @@ def _full_record(record: dict[str, Any], path: Path, suffix: str, mask: np.ndarr
     full.setdefault("created", now_iso())
     full["exported"] = now_iso()
     return full
-
-
-def _write_record(pending: _Pending, full: dict[str, Any], json_path: Path, mode: int) -> None:
-    """Write the JSON record to a hidden temporary file (``pending.record``), flushed to disk."""
-    fd, name = tempfile.mkstemp(prefix=f".{json_path.name}.{files.owner_tag()}.",
-                                suffix=".tmp", dir=json_path.parent)
-    pending.record = Path(name)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(jsonable(full), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(pending.record, mode)
-
-
-def _put(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Move the finished temporary ``tmp`` to ``target``: replacing it (``overwrite``), or only
-    where nothing is there yet (a hard link, so that a file appearing meanwhile is never
-    clobbered)."""
-    if overwrite:
-        os.replace(tmp, target)
-        return
-    try:
-        files.link_no_clobber(tmp, target)
-    except FileExistsError:
-        raise _exists_error([target.name], target.parent) from None
-
-
-def _commit(pending: _Pending, path: Path, json_path: Path, suffix: str,
-            overwrite: bool) -> None:
-    """Commit the mask, then its record; if the record fails, take the mask back."""
-    if overwrite:
-        pending.backup = _backup(path, suffix)
-    _put(pending.mask, path, overwrite)
-    if overwrite:
-        pending.mask = None  # moved, nothing left to clean up
-    written = _identity(path)
-    try:
-        _put(pending.record, json_path, overwrite)
-        if overwrite:
-            pending.record = None
-    except BaseException as exc:
-        problem = _take_back(path, written, pending.backup)
-        # put back, or (if that failed) the only old copy: kept either way
-        kept, pending.backup = pending.backup, None
-        if problem is not None and isinstance(exc, OSError):
-            old = f" The previous {path.name} is in {kept.name}." if kept else ""
-            raise UserError(
-                f"could not save {json_path.name} in {path.parent}: "
-                f"{exc.strerror or exc}, and the new {path.name} could not be taken "
-                f"back ({problem}): it is there without its record.{old} Export "
-                "again, or delete it."
-            ) from exc
-        raise

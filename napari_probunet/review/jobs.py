@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_probunet.errors import InputError, UserError
+from napari_probunet.model.hypotheses import Hypotheses
+from napari_probunet.model.images import image_signature, pixel_disagreement
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.seeds import stack_seed
 from napari_probunet.review.state import EncodedRegion
@@ -41,7 +43,6 @@ DECODE_THREADS = 1
 class SamplingJob:
     """What one click on Sample asks for, as arrays: the GUI reads the image layer and hands
     the job only its pixels, so the worker never touches a layer."""
-
     region: np.ndarray  # (h, w) or (h, w, C): the ROI's pixels in the current plane
     plane: np.ndarray  # (H, W) or (H, W, C): the whole current plane (for its signature)
     layer_name: str  # the image layer's name (messages, the EncodedRegion record)
@@ -63,20 +64,41 @@ class SamplingJob:
 
 @dataclass
 class Sampled:
-    """What a sampling job returns to the GUI thread."""
-
+    """What a sampling job returns to the GUI thread: the request and its
+    :class:`~napari_probunet.model.hypotheses.Hypotheses` (with uncertainty and signatures;
+    for "All slices" those of the current slice), plus, for "All slices", the stacks."""
     request: SamplingJob
-    labels: np.ndarray  # (n, h, w) uint8
-    z: np.ndarray  # (n, d) float32
-    uncertainty: np.ndarray  # (h, w) float32
-    image_signature: str
-    plane_signature: str
+    hypotheses: Hypotheses
     # "All slices" only: the stack of each hypothesis and of the uncertainty, the latents of
     # each slice (None for a blank slice or one not reached before Cancel), the slices done
     stack_labels: np.ndarray | None = None  # (n, K, h, w) uint8
     stack_uncertainty: np.ndarray | None = None  # (K, h, w) float32
     z_per_slice: list | None = None
     slices_done: int = 0
+
+    # the record's fields, by their usual names (one record: nothing is stored twice)
+    @property
+    def labels(self) -> np.ndarray:
+        """``(n, h, w)`` uint8."""
+        return self.hypotheses.labels
+
+    @property
+    def z(self) -> np.ndarray:
+        """``(n, d)`` float32."""
+        return self.hypotheses.z
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """``(h, w)`` float32."""
+        return self.hypotheses.uncertainty
+
+    @property
+    def image_signature(self) -> str:
+        return self.hypotheses.image_signature
+
+    @property
+    def plane_signature(self) -> str:
+        return self.hypotheses.plane_signature
 
 
 def _check_region(region: np.ndarray, name: str) -> None:
@@ -120,8 +142,6 @@ def sampling_job(session, request: SamplingJob):
     for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
     Steps: encoding and drawing the latents are one step; then one chunk per step.
     """
-    from napari_probunet.session import image_signature, pixel_disagreement
-
     region = request.region
     _check_region(region, request.layer_name)
     signature = image_signature(region)
@@ -141,15 +161,15 @@ def sampling_job(session, request: SamplingJob):
     for stop in _decode_in_chunks(session, z, signature, labels):
         yield ("progress", stop)
     uncertainty = pixel_disagreement(labels, session.config.num_classes)
-    return Sampled(request, labels, z, uncertainty, signature, plane_signature)
+    return Sampled(request, Hypotheses(labels, z, request.seed, uncertainty=uncertainty,
+                                       image_signature=signature,
+                                       plane_signature=plane_signature))
 
 
 def decode_region(session, region: np.ndarray, n: int, seed: int):
     """Encode ``region`` (unless held) and decode ``n`` samples for ``seed`` (a part of a job:
     ``yield from`` it). Yields ``("decoded", done)`` after the encoding (0) and each chunk;
     returns ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
-    from napari_probunet.session import image_signature
-
     signature = image_signature(region)
     if not (session.has_image and session.image_signature == signature):
         with _torch_threads(ENCODE_THREADS):
@@ -190,8 +210,6 @@ def stack_job(session, request: SamplingJob):
     are kept, the others stay empty. Finally the session holds the current slice's encoding
     again.
     """
-    from napari_probunet.session import image_signature, pixel_disagreement
-
     roi, n, seed, k0 = request.roi, request.n, request.seed, request.index[-1]
     total = int(request.stack.shape[0])
     h, w = roi[2], roi[3]
@@ -233,7 +251,9 @@ def stack_job(session, request: SamplingJob):
         yield ("stage", "Encoding the current slice…")
         with _torch_threads(ENCODE_THREADS):
             session.set_image(current_region)
-    return Sampled(request, labels, z, stack_unc[k0].copy(), signature, plane_signature,
+    return Sampled(request, Hypotheses(labels, z, request.seed, uncertainty=stack_unc[k0].copy(),
+                                       image_signature=signature,
+                                       plane_signature=plane_signature),
                    stack_labels=stack_labels, stack_uncertainty=stack_unc,
                    z_per_slice=z_per_slice, slices_done=done)
 
@@ -242,9 +262,11 @@ def model_job(source, device: str):
     """Load a model file (or move a loaded model) and make a session on ``device``:
     ``(model, session)``. A function, not a generator: one step (a loaded model is shared
     with the current session, so the runner's lock covers it)."""
+    from napari_probunet.model.sanity import check_diversity
     from napari_probunet.session import Session
 
     if isinstance(source, (str, os.PathLike)):
         model = load_model(source, device="cpu")
+        check_diversity(model, os.path.basename(model.source_path or os.fspath(source)))
         return model, Session(model, device)
     return source, Session(source, device)

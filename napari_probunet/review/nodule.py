@@ -42,6 +42,7 @@ from napari_probunet.data.measure import (
     nodule_volume_mm3,
 )
 from napari_probunet.errors import InputError
+from napari_probunet.model.images import image_signature
 from napari_probunet.review.jobs import decode_region
 from napari_probunet.review.seeds import COUPLINGS, stack_seed
 
@@ -49,7 +50,6 @@ from napari_probunet.review.seeds import COUPLINGS, stack_seed
 @dataclass(frozen=True)
 class NoduleRequest:
     """One click on a nodule of a scan, and how to sample it."""
-
     volume: np.ndarray = field(repr=False)  # (Z, Y, X) intensities (HU for CT)
     spacing: tuple[float, float, float]  # mm per voxel (dz, dy, dx)
     click: tuple[int, int, int]  # (slice, row, column) of the click
@@ -66,7 +66,6 @@ class NoduleRequest:
 @dataclass
 class NoduleHypotheses:
     """``n`` 3D hypotheses of one nodule, on slices ``first .. first + S - 1`` of the scan."""
-
     labels: np.ndarray  # (n, S, h, w) uint8 class labels, within `roi` of each slice
     first: int  # scan slice of labels[:, 0]
     roi: tuple[int, int, int, int]  # (row0, col0, h, w) of the crop in every slice
@@ -127,8 +126,6 @@ def sample_slice(session, image: np.ndarray, n: int, seed: int, k: int | None = 
     :func:`~napari_probunet.review.seeds.stack_seed`, the one rule that ``probunet sample``, the
     review and the nodule tool share. Returns the session's
     :class:`~napari_probunet.session.Hypotheses`."""
-    from napari_probunet.session import image_signature  # torch-free helpers beside torch
-
     if not (session.has_image and session.image_signature == image_signature(image)):
         session.set_image(image)
     return session.sample(int(n), seed=seed if k is None else stack_seed(seed, k, coupling))

@@ -59,7 +59,11 @@ KIND_KEYS = {
 }
 #: keys present when not ``None``
 OPTIONAL_KEYS = ("source", "index", "z", "class_names", "scale", "translate", "source_labels",
-                 "volume")
+                 "volume", "image_file", "region_pixels")
+#: keys whose values are arrays, kept on the layer but never written to JSON
+ARRAY_KEYS = ("source_labels", "region_pixels")
+RECORD_VERSION = 1
+RECORD_KIND = "napari-probunet correction"
 #: keys of a run over all slices, present together
 STACK_KEYS = ("slices", "stack_axis", "slices_done", "z_per_slice")
 #: the order of a correction's keys, as the review widget has always written them: an
@@ -108,6 +112,11 @@ class Provenance:
     slices_done: Any = None
     z_per_slice: Any = None
     volume: dict[str, Any] | None = None
+    #: the file the reviewed image was opened from (its layer's source), when known
+    image_file: str | None = None
+    #: the ROI pixels the model saw, ``(h, w)`` or ``(h, w, 3)``, as in the image layer (an
+    #: array, never written to JSON: the export writes it as ``<mask>.image.npy``)
+    region_pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ conversion
@@ -124,7 +133,7 @@ class Provenance:
         for key in OPTIONAL_KEYS:
             value = getattr(self, key)
             if key in required or value is not None:
-                out[key] = value if key == "source_labels" else _as_list(value)
+                out[key] = value if key in ARRAY_KEYS else _as_list(value)
         if self.slices is not None:
             for key in STACK_KEYS:
                 out[key] = getattr(self, key)
@@ -150,7 +159,8 @@ class Provenance:
         """What an autosave keeps beside the crop: the metadata without ``source_labels``
         (saved as an array of its own)."""
         info = self.to_metadata()
-        info.pop("source_labels", None)
+        for key in ARRAY_KEYS:
+            info.pop(key, None)
         return info
 
     @classmethod
@@ -215,8 +225,78 @@ class Provenance:
         there is nothing to compare with)."""
         return pixels_changed(labels, self.source_labels)
 
+    # ------------------------------------------------------------------ the export's record
+    def correction_record(self, correction: np.ndarray, *,
+                          volume: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON-able record of an export of ``correction`` (the ``(h, w)`` ROI crop, or a
+        layer's whole array) that this provenance describes.
+
+        ``pixels_changed_by_hand`` counts where ``correction`` differs from
+        :attr:`source_labels` (a correction's; ``None`` otherwise); ``choice.index`` is 0-based
+        (``session.sample(n, seed).labels[index]``) and ``choice.hypothesis`` 1-based (the
+        layer name's number). ``image.file`` is the file the image was opened from and
+        ``image.pixels`` identifies the ROI pixels the model saw (:func:`pixels_identity`;
+        ``None`` when they are not known). ``volume``, the image's scan record (its layer's
+        ``metadata["source"]``), adds ``"volume": {"source": ...}``.
+        """
+        roi = self.region
+        choice: dict[str, Any] = {"source": self.choice_source if self.kind else self.source}
+        if choice["source"] == "hypothesis":
+            index = None if self.index is None else int(self.index)
+            choice.update({"hypothesis": None if index is None else index + 1, "index": index,
+                           "seed": self.seed, "n_samples": self.n_samples})
+        choice["z"] = None if self.z is None else [float(v) for v in np.asarray(self.z).ravel()]
+        record = jsonable({
+            "record_version": RECORD_VERSION,
+            "kind": RECORD_KIND,
+            "image": {
+                "layer": self.image_layer,
+                "signature": self.image_signature,  # of the ROI pixels the model saw
+                "plane_signature": self.plane_signature,  # of the whole 2D plane
+                "plane_shape": (None if self.plane_shape is None
+                                else [int(s) for s in self.plane_shape]),
+                "slice_index": [int(i) for i in (self.slice_index or ())],
+                "scale": self.scale,
+                "translate": self.translate,
+                "file": self.image_file,
+                "pixels": pixels_identity(self.region_pixels),
+            },
+            "roi": None if roi is None else dict(zip(("row", "col", "height", "width"), roi)),
+            "model": {"file": self.model_name, "sha256": self.model_sha256},
+            "choice": choice,
+            "pixels_changed_by_hand": pixels_changed(
+                correction, self.source_labels if self.is_correction else None),
+            "labels": ({str(i): n for i, n in enumerate(self.class_names)}
+                       if self.class_names else None),
+            "foreground_pixels": int(np.count_nonzero(np.asarray(correction))),
+            "versions": versions(),
+            "created": now_iso(),
+        })
+        if volume is not None:
+            record["volume"] = {"source": jsonable(volume)}
+        return record
+
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """The standard sha256 (hex) of an image's pixel bytes: the array in its own dtype and
+    byte order, C (row-major) order, no header: ``hashlib.sha256(np.ascontiguousarray(a)
+    .tobytes())``. The same bytes as an ``.npy`` file's data (as written by NumPy)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def pixels_identity(pixels: np.ndarray | None) -> dict[str, Any] | None:
+    """``{"sha256", "dtype", "shape", "order": "C"}`` of the pixels (``dtype`` as NumPy writes
+    it, with its byte order, e.g. ``"<f4"``), or ``None`` if there are none."""
+    if pixels is None:
+        return None
+    a = np.asarray(pixels)
+    return {"sha256": pixels_sha256(a), "dtype": a.dtype.str, "shape": list(a.shape),
+            "order": "C"}
 
 
 def pixels_changed(correction: np.ndarray, source_labels: np.ndarray | None) -> int | None:

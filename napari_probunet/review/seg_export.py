@@ -17,9 +17,11 @@ only) and must still be the series the correction was made on.
   with ``"volume"`` (the scan's record, ``placed: true``, the slice index) and ``"seg"`` (the
   SEG's SOPInstanceUID and SeriesInstanceUID, the series it references, frames, segment
   label, codes and algorithm), so the PACS copy can be found from the record.
-- **Safety**: as :func:`~napari_probunet.review.export.export_correction`: hidden temporary
-  files flushed to disk, a no-clobber commit unless ``overwrite``, the SEG taken back if its
-  record cannot be committed, stale temporaries removed. The SEG is built in memory first,
+- **Safety**: as :func:`~napari_probunet.review.export.export_correction`: the SEG and its
+  record are one unit (:class:`~napari_probunet.review.export_unit.ExportUnit`: a lock per
+  name, hidden temporaries flushed to disk, a journal, a no-clobber commit unless
+  ``overwrite``, the old pair put back if the commit fails or is killed), stale temporaries
+  removed. The SEG is built in memory first,
   so a correction that cannot become a SEG (not from a DICOM series, the series moved or
   changed) is refused before any file is created.
 """
@@ -27,7 +29,6 @@ only) and must still be the series the correction was made on.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ import numpy as np
 from napari_probunet import files
 from napari_probunet.data import formats
 from napari_probunet.errors import UserError
+from napari_probunet.review.export_unit import ExportUnit, record_path, write_failed
+from napari_probunet.review.provenance import jsonable
 
 #: the file name ending of a SEG export (one format, two dots, like ``.nii.gz``)
 SEG_SUFFIX = formats.DICOM_SEG.suffixes[0]
@@ -133,43 +136,30 @@ def build_export(mask: np.ndarray, record: Mapping[str, Any], path: Path):
 
 
 def export_seg(mask: np.ndarray, path: str | os.PathLike, record: dict[str, Any],
-               overwrite: bool = False) -> tuple[Path, Path]:
+               overwrite: bool = False, pixels: np.ndarray | None = None) -> tuple[Path, Path]:
     """Write ``mask`` (the image plane of a DICOM slice, or the whole scan) as the DICOM SEG
     ``path`` (``*.seg.dcm``) and the record as ``<path>.json``, atomically; see the module
-    docstring. Returns the two paths. :class:`~napari_probunet.review.export.ExportExistsError`
+    docstring; ``pixels``, the corrected region's image, go beside it as for the other formats.
+    Returns the two paths. :class:`~napari_probunet.review.export.ExportExistsError`
     if either exists without ``overwrite``; :class:`UserError` otherwise."""
     from napari_probunet.data.dicom_seg import write_dataset
-    from napari_probunet.review import export as ex
+    from napari_probunet.review import export as ex  # export imports this module
 
     path = Path(path).expanduser()
-    json_path = ex.record_path(path)
-    if not overwrite:
-        existing = [p.name for p in (path, json_path) if p.exists()]
-        if existing:
-            raise ex._exists_error(existing, path.parent)
-    if not path.parent.is_dir():
-        raise UserError(f"cannot export to {path}: the folder {path.parent} does not exist")
+    ex.remove_stale_temporaries(path.parent)  # first: puts back a pair a killed export split
+    ex.check_target_free(path, overwrite)
     seg, full, info = build_export(mask, record, path)
-    ex.remove_stale_temporaries(path.parent)
-    pending = ex._Pending()
     try:
-        try:
+        with ExportUnit(path, SEG_SUFFIX, overwrite) as unit:  # one writer per name, journaled
             mode = files.ordinary_mode()
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.{files.owner_tag()}.",
-                                        suffix=f".tmp{SEG_SUFFIX}", dir=path.parent)
-            pending.mask = Path(name)
-            with os.fdopen(fd, "wb") as f:
+            with open(unit.mask_temp(), "wb") as f:
                 write_dataset(seg, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(pending.mask, mode)
-            full_record = ex._full_record({**record, **info, "extent": "whole scan"}, path,
-                                          SEG_SUFFIX, full, {"frames": info["seg"]["frames"]})
-            ex._write_record(pending, full_record, json_path, mode)
-            ex._commit(pending, path, json_path, SEG_SUFFIX, overwrite)
-            files.fsync_folder(path.parent)
-        except OSError as exc:
-            raise ex._write_failed(path, exc) from exc
-    finally:
-        pending.remove()
-    return path, json_path
+            unit.finish_mask(mode)
+            full_record = ex.full_record({**record, **info, "extent": "whole scan"}, path,
+                                         SEG_SUFFIX, full, {"frames": info["seg"]["frames"]})
+            ex.write_pixels(unit, full_record, pixels, mode)  # the corrected region's image
+            unit.write_record(jsonable(full_record), mode)
+            unit.commit()
+    except OSError as exc:
+        raise write_failed(path, exc) from exc
+    return path, record_path(path)

@@ -82,7 +82,7 @@ class ReviewState:
         self.device: str = "auto"
         self.session = None  # Session
         self.encoded: EncodedRegion | None = None
-        self.hypotheses = None  # session.Hypotheses for the encoded region
+        self.hypotheses = None  # model.hypotheses.Hypotheses for the encoded region
         self.hypothesis_layers: list[Any] = []  # napari Labels layers, one per hypothesis
         self.uncertainty_layer: Any = None
         self.correction_layer: Any = None
@@ -113,8 +113,8 @@ class ReviewState:
 
     def set_hypotheses(self, hypotheses, layers: list[Any], uncertainty_layer: Any = None,
                        encoded: EncodedRegion | None = None) -> None:
-        """``hypotheses`` (a ``session.Hypotheses``) of the encoded region, shown by ``layers``
-        (one per hypothesis) and ``uncertainty_layer``.
+        """``hypotheses`` (a :class:`~napari_probunet.model.hypotheses.Hypotheses`) of the
+        encoded region, shown by ``layers`` (one per hypothesis) and ``uncertainty_layer``.
 
         ``encoded``, when given, is set in the same step (an opened bundle brings its region and
         its hypotheses together).

@@ -16,6 +16,7 @@ from napari_probunet.data.augment import Augmentation, augment
 from napari_probunet.data.readers import open_cases
 from napari_probunet.errors import UserError
 from napari_probunet.model.config import ModelConfig
+from napari_probunet.model.images import as_model_image
 from napari_probunet.review.domain import fit_model_domain
 from napari_probunet.training.settings import TrainConfig
 
@@ -26,7 +27,6 @@ class BatchSampler:
     Returns ``x (b, in_channels, h, w)`` float32 (preprocessed) and ``y (b, h, w)`` int64.
     Its NumPy generator state is part of the checkpoint, so a resumed run draws the same batches.
     """
-
     def __init__(self, cases, model_cfg: ModelConfig, batch_size: int, seed: int, augment: bool):
         self.cases = cases
         self.cfg = model_cfg
@@ -36,8 +36,6 @@ class BatchSampler:
 
     def __call__(self):
         import torch
-
-        from napari_probunet.session import as_model_image  # the session module loads torch
 
         xs, ys = [], []
         for _ in range(self.batch_size):

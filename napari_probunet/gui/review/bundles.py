@@ -19,6 +19,8 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from napari_probunet.gui.review.common import is_bundle_layer
+from napari_probunet.gui.worker import returning
+from napari_probunet.model.hypotheses import Hypotheses
 from napari_probunet.review.bundle import collect_layers
 from napari_probunet.review.geometry import as_2d
 from napari_probunet.review.provenance import Provenance
@@ -35,8 +37,7 @@ class _Found:
     layers: list[Any]  # hypothesis layers, by index
     uncertainty: Any
     record: Provenance  # the shared record (that of the first hypothesis)
-    labels: np.ndarray  # (n, h, w) uint8
-    z: np.ndarray  # (n, d) float32
+    hypotheses: Hypotheses  # labels (n, h, w) uint8, z (n, d), seed, image signature
     roi: tuple[int, int, int, int]
 
 
@@ -97,12 +98,13 @@ class BundleAdopter:
             show_warning(f"Bundle not adopted. The bundle of '{image.name}' does not fit its "
                          "region.")
             return None
-        return _Found(image, hyps, found.uncertainty, record, labels, z, roi)
+        hypotheses = Hypotheses(labels=labels, z=z, seed=int(record.seed or 0),
+                                image_signature=record.image_signature,
+                                plane_signature=record.signature)
+        return _Found(image, hyps, found.uncertainty, record, hypotheses, roi)
 
     def adopt(self, image_signature: str | None = None, *, notify: bool = True) -> bool:
         """See :meth:`ReviewWidget.adopt_bundle_layers`."""
-        from napari_probunet.session import Hypotheses
-
         w = self.widget
         if w.closed:
             return False
@@ -116,35 +118,40 @@ class BundleAdopter:
         signature = record.image_signature  # the bundle's (collect_layers matched it)
         encoded = EncodedRegion(layer_name=found.image.name, slice_index=(), roi=found.roi,
                           image_signature=signature, image=np.asarray(found.image.data))
-        in_session = self._encode(encoded, record.model_sha256)
-        st.set_hypotheses(Hypotheses(labels=found.labels, z=found.z,
-                                     seed=int(record.seed or 0)),
-                          found.layers, found.uncertainty, encoded=encoded)
+        st.set_hypotheses(found.hypotheses, found.layers, found.uncertainty, encoded=encoded)
         w.hypothesis_view.adopt(found.layers, found.uncertainty, record.signature)
         self.record = record
-        self._show(found, in_session, notify)
+        self._show(found, notify)
+        self._encode(encoded, record.model_sha256)
         return True
 
-    def _encode(self, encoded: EncodedRegion, model_sha256: str | None) -> bool:
-        """Encode the bundle's image into the session if the loaded model is the one that
-        wrote the bundle (for the explorer); otherwise leave the session alone."""
+    def _encode(self, encoded: EncodedRegion, model_sha256: str | None) -> None:
+        """Encode the bundle's image into the session on the worker (never on the GUI thread:
+        a large image, or a model on a remote device, takes seconds) if the loaded model is the
+        one that wrote the bundle (for the explorer); otherwise leave the session alone. The
+        state says ``image_encoded`` when it is done and the bundle is still the review's."""
         st = self.widget.state
         session = st.session
         if session is None or not model_sha256 or session.model_sha256 != model_sha256:
-            return False
+            return
 
-        def encode():
+        def encode() -> bool:
             if not (session.has_image and session.image_signature == encoded.image_signature):
                 session.set_image(encoded.image)
+            return True
 
-        try:
-            self.widget.jobs.call_now(encode)  # on the GUI thread, under the session lock
-        except Exception as exc:  # noqa: BLE001 (the review works without it)
+        def encoded_now(_result) -> None:
+            w = self.widget
+            if not w.closed and st.session is session and st.encoded is encoded:
+                w.emit(st.image_encoded)
+
+        def failed(exc: BaseException) -> None:  # the review works without it
             log.warning("could not encode the bundle's image: %s", exc)
-            return False
-        return True
 
-    def _show(self, found: _Found, in_session: bool, notify: bool) -> None:
+        self.widget.jobs.start("encode", returning(encode), returned=encoded_now,
+                               errored=failed, finished=lambda: None)
+
+    def _show(self, found: _Found, notify: bool) -> None:
         """Show the first hypothesis, set the Sampling box to the bundle's, tell the others."""
         w, st, record, hyps = self.widget, self.widget.state, found.record, found.layers
         w.hypothesis_view.current = 0
@@ -156,8 +163,6 @@ class BundleAdopter:
         if record.seed is not None:
             w.seed_spin.setValue(int(record.seed))
         w.n_spin.setValue(len(hyps))
-        if in_session:
-            w.emit(st.image_encoded)
         w.emit(st.hypotheses_changed)
         w.emit(st.current_hypothesis_changed, 0)
         w.hypothesis_view.update_navigation()

@@ -158,7 +158,9 @@ class Correction:
             scale=[float(s) for s in layer.scale[-2:]],
             translate=[float(t) for t in layer.translate[-2:]],
             source_labels=labels.copy(),
-            volume=export.volume_source(layer.metadata))  # a scan's: exported in place
+            volume=export.volume_source(layer.metadata),  # a scan's: exported in place
+            image_file=getattr(layer.source, "path", None),  # exported with the pixels:
+            region_pixels=enc.image)  # a correction can become training data
 
     def _make(self, layer, plane: ImagePlane, roi, labels2d: np.ndarray,
               prov: Provenance, existing: Labels | None) -> Labels:

@@ -63,15 +63,10 @@ class HypothesisLayers:
     def show_sampled(self, result: Sampled, run) -> None:
         """Show a sampling result (``run`` is the GUI's ``SamplingRun``) and make it the state's
         hypotheses."""
-        from napari_probunet.session import Hypotheses
-
         w = self.widget
         self._show(result, run)
         w.bundles.record = None
-        request = result.request
-        self.state.set_hypotheses(
-            Hypotheses(labels=result.labels, z=result.z, seed=request.seed),
-            self.layers, self.uncertainty)
+        self.state.set_hypotheses(result.hypotheses, self.layers, self.uncertainty)
         self.plane_signature = result.plane_signature
         self.current = 0
         w.emit(self.state.hypotheses_changed)

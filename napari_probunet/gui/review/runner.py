@@ -3,7 +3,7 @@
 The widget runs its jobs (:mod:`napari_probunet.review.jobs`: loading a model, sampling one
 slice or all slices) on one :class:`~napari_probunet.gui.worker.SessionWorker`, which holds the
 session lock around each step; the widget takes the lock nowhere else (bundle adoption encodes
-through :meth:`JobRunner.call_now`). :class:`JobRunner` turns the worker's messages into
+its image as a job of its own, ``"encode"``). :class:`JobRunner` turns the worker's messages into
 callbacks on the GUI thread, the ones napari's thread workers had, so that the parts read like
 this::
 
