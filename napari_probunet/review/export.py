@@ -321,7 +321,7 @@ def write_pixels(unit: ExportUnit, full: dict[str, Any], pixels, mode: int) -> N
         return
     pixels = np.ascontiguousarray(pixels)
     target = pixels_path(unit.path)
-    tmp = unit.temporary(target, ".npy")
+    tmp = unit.temporary(target, formats.NPY.suffixes[0])
     with open(tmp, "wb") as f:
         np.save(f, pixels, allow_pickle=False)
     unit.finish(tmp, mode)
