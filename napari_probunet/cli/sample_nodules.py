@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_probunet.data import formats
 from napari_probunet.errors import UserError
 
 
@@ -75,14 +76,14 @@ def open_scan(path) -> tuple[np.ndarray, tuple[float, float, float], str]:
         raise UserError(f"{p}: no such file or folder")
     if p.is_dir() and is_scan_folder(p):
         p = p / "ct"
-    if p.name.lower().endswith((".nii", ".nii.gz")):
+    if formats.suffix_of(p) in formats.NIFTI.suffixes:
         vol = read_nifti_volume(p)
     else:
         vol = read_dicom_series(p)
     if vol.data.ndim != 3:
         raise UserError(f"{path}: a nodule is sampled in a 3D scan; this is "
                         f"{vol.data.ndim}-D {vol.data.shape}")
-    name = Path(path).name.removesuffix(".gz").removesuffix(".nii") or "scan"
+    name = formats.stem_of(Path(path)) or "scan"
     return vol.data, tuple(float(s) for s in vol.spacing[-3:]), name
 
 
