@@ -137,6 +137,17 @@ def short_dock_title(widget: QWidget | None) -> str | None:
     return None
 
 
+def is_alive(qobject) -> bool:
+    """Whether a Qt object still exists: a result of a background job can arrive after its
+    widget was closed and deleted (with any Qt binding, touching a deleted object raises
+    RuntimeError)."""
+    try:
+        qobject.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
 def is_grader_layer(layer) -> bool:
     """A radiologist's (grader's) mask: a Labels layer whose ``metadata["kind"]`` is
     ``"grader"`` (the samples, the multi-rater case reader, a bundle's graders)."""

@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet.errors import UserError
-from napari_probunet.gui.dock import get_state, is_grader_layer
+from napari_probunet.gui.dock import get_state, is_alive, is_grader_layer
 from napari_probunet.gui.placement import placement
 from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap
 from napari_probunet.gui.worker import SessionWorker
@@ -126,6 +126,8 @@ class NoduleWidget(QWidget):
     def _refresh_images(self, event=None) -> None:
         from napari.layers import Image
 
+        if not is_alive(self.image_combo):  # the dock was closed: its controls are deleted
+            return
         current = self.image_combo.currentText()
         names = [la.name for la in self.viewer.layers
                  if isinstance(la, Image) and la.ndim == 3 and not la.rgb]
@@ -206,7 +208,7 @@ class NoduleWidget(QWidget):
     def _on_job_result(self, message) -> None:
         self._worker.delivered()
         token, kind, item, error = message
-        if token != self._token:
+        if token != self._token or not is_alive(self.status):
             return
         if error is not None or kind.endswith((":done", ":cancelled")):
             self.progress.setRange(0, 1)

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet.errors import UserError
+from napari_probunet.gui.dock import is_alive
 from napari_probunet.gui.review.common import html
 from napari_probunet.gui.worker import returning
 from napari_probunet.review.jobs import model_job
@@ -213,13 +214,17 @@ class ModelPanel:
         self.model_label.setText(f"Loading {name}…")
         device = self.device
         self.widget.jobs.start("load", returning(lambda: model_job(source, device)),
-                               returned=self._on_loaded, errored=self._on_failed,
-                               finished=self._on_finished)
+                               returned=lambda result: self._on_loaded(result, device),
+                               errored=self._on_failed, finished=self._on_finished)
         self.widget.update_buttons()
 
-    def _on_loaded(self, result) -> None:
+    def _on_loaded(self, result, device: str) -> None:
         model, session = result
-        self.state.set_model(model, session, self.device)
+        # the state first: a widget closed while the model loaded is gone (its controls are
+        # deleted), but the explorer and the nodule tool still get the model
+        self.state.set_model(model, session, device)
+        if not is_alive(self.device_combo):
+            return
         self.show_model()
         self.widget.on_model_loaded()
 
@@ -234,6 +239,8 @@ class ModelPanel:
         self.show_model()
 
     def _on_finished(self) -> None:
+        if not is_alive(self.device_combo):  # the widget was closed while the model loaded
+            return
         self.widget.update_buttons()
         if self.sample_when_ready:
             self.sample_when_ready = False
