@@ -55,10 +55,24 @@ def hypothesis_rows(hyp) -> list[HypothesisRow]:
     return sorted(rows, key=lambda r: (r.extent is None, -r.volume_mm3, r.index))
 
 
+def _nonzero_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a ``(Z, Y, X)`` mask's non-zero voxels (slices), or None."""
+    box = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=others))
+        if not len(idx):
+            return None
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
 def radiologist_volumes(masks: dict[str, np.ndarray], hyp, spacing) -> dict[str, float]:
     """Each radiologist's volume (mm^3) of the nodule the hypotheses show: the pieces of their
     ``(Z, Y, X)`` mask (the scan's shape) that overlap the union of the hypotheses, or, when
-    every hypothesis is empty, that lie in the slices and crop the tool sampled."""
+    every hypothesis is empty, that lie in the slices and crop the tool sampled. The pieces
+    are found within the mask's own bounding box (a whole scan is not labelled: this runs on
+    the GUI thread)."""
     from scipy import ndimage  # lazy: scipy.ndimage takes ~0.25 s to import
 
     r0, c0, h, w = hyp.roi
@@ -69,11 +83,25 @@ def radiologist_volumes(masks: dict[str, np.ndarray], hyp, spacing) -> dict[str,
         m = np.asarray(mask)
         if m.ndim != 3 or m.shape[0] < z1 or m.shape[1] < r0 + h or m.shape[2] < c0 + w:
             continue
-        pieces, count = ndimage.label(m > 0)
-        region = pieces[z0:z1, r0:r0 + h, c0:c0 + w]
-        hits = np.unique(region[union & (region > 0)] if union.any() else region[region > 0])
+        box = _nonzero_box(m)
+        if box is None:
+            out[name] = 0.0
+            continue
+        pieces, _ = ndimage.label(m[box] > 0)
+        # the sampled region, in the box's coordinates, clipped to it
+        lo = [z0 - box[0].start, r0 - box[1].start, c0 - box[2].start]
+        hi = [z1 - box[0].start, r0 + h - box[1].start, c0 + w - box[2].start]
+        a = [max(0, v) for v in lo]
+        b = [min(n, v) for n, v in zip(pieces.shape, hi)]
+        if any(x >= y for x, y in zip(a, b)):
+            out[name] = 0.0
+            continue
+        region = pieces[a[0]:b[0], a[1]:b[1], a[2]:b[2]]
+        inside = union[a[0] - lo[0]:b[0] - lo[0], a[1] - lo[1]:b[1] - lo[1],
+                       a[2] - lo[2]:b[2] - lo[2]]
+        hits = np.unique(region[inside & (region > 0)] if union.any() else region[region > 0])
         hits = hits[hits > 0]
-        mine = np.isin(pieces, hits) if len(hits) else np.zeros(m.shape, bool)
+        mine = np.isin(pieces, hits) if len(hits) else np.zeros(pieces.shape, bool)
         out[name] = nodule_volume_mm3(mine, spacing)
     return out
 
