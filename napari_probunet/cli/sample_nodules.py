@@ -92,17 +92,29 @@ def run(args: argparse.Namespace) -> int:
     failed (its reason printed; the others are written)."""
     import torch
 
-    from napari_probunet.model.modelfile import load_model
-    from napari_probunet.review.nodule import NoduleRequest, sample_nodule
-    from napari_probunet.review.provenance import versions
-    from napari_probunet.session import Session
+    from napari_probunet.review.batch import choose_threads
 
     if len(args.inputs) != 1:
         raise UserError("--click / --centres sample nodules of one scan: give one scan (a DICOM "
                         f"series folder, a scan folder or a NIfTI volume), not {len(args.inputs)}")
     clicks = list(args.click or []) + (read_centres(args.centres) if args.centres else [])
-    if args.threads not in ("auto", 0):
-        torch.set_num_threads(int(args.threads))
+    threads_before = torch.get_num_threads()
+    threads = choose_threads(args.threads)  # the rule of every probunet sample run
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _sample_clicks(args, clicks)
+    finally:
+        torch.set_num_threads(threads_before)  # called in-process (tests, notebooks): no trace
+
+
+def _sample_clicks(args: argparse.Namespace, clicks: list[tuple[int, int, int]]) -> int:
+    """Write each click's hypotheses (the module docstring); 0, or 1 if a click failed."""
+    from napari_probunet.model.modelfile import load_model
+    from napari_probunet.review.nodule import NoduleRequest, sample_nodule
+    from napari_probunet.review.provenance import versions
+    from napari_probunet.session import Session
+
     model = load_model(args.model, device="cpu")
     from napari_probunet.model.sanity import check_diversity  # identical hypotheses: refused
 

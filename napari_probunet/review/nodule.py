@@ -42,7 +42,6 @@ from napari_probunet.data.measure import (
     nodule_volume_mm3,
 )
 from napari_probunet.errors import InputError
-from napari_probunet.model.images import image_signature
 from napari_probunet.review.jobs import decode_region
 from napari_probunet.review.seeds import COUPLINGS, stack_seed
 
@@ -121,13 +120,12 @@ class NoduleHypotheses:
 
 def sample_slice(session, image: np.ndarray, n: int, seed: int, k: int | None = None,
                  coupling: str = "shared"):
-    """Slice ``k`` of a stack whose seed is ``seed`` (or a 2D image, ``k=None``): encode it
-    (unless the session holds it) and draw ``n`` hypotheses by
+    """Slice ``k`` of a stack whose seed is ``seed`` (or a 2D image, ``k=None``): encode it and
+    draw ``n`` hypotheses by
     :func:`~napari_probunet.review.seeds.stack_seed`, the one rule that ``probunet sample``, the
     review and the nodule tool share. Returns the session's
     :class:`~napari_probunet.session.Hypotheses`."""
-    if not (session.has_image and session.image_signature == image_signature(image)):
-        session.set_image(image)
+    session.set_image(image)
     return session.sample(int(n), seed=seed if k is None else stack_seed(seed, k, coupling))
 
 
