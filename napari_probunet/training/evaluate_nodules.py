@@ -85,9 +85,9 @@ def nodules_of_slices(cases) -> list[NoduleTruth]:
         groups.setdefault(nod, []).append(i)
     out = []
     for nod, idx in groups.items():
-        items = sorted((int(cases[i].ids["slice"]), cases[i]) for i in idx)
-        images = np.stack([c.image for _, c in items])
-        masks = np.stack([c.masks for _, c in items], axis=1)  # (R, S, H, W)
+        items = sorted((cases[i] for i in idx), key=lambda c: int(c.ids["slice"]))
+        images = np.stack([c.image for c in items])
+        masks = np.stack([c.masks for c in items], axis=1)  # (R, S, H, W)
         if not masks.any():
             continue
         out.append(NoduleTruth(nod, images, masks, SLICES_SET_SPACING,
