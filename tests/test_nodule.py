@@ -272,3 +272,33 @@ def test_probunet_sample_click_errors(two_mode_model_file, tmp_path, capsys, arg
         rc = exc.code
     captured = capsys.readouterr()
     assert rc != 0 and match in captured.out + captured.err
+
+
+def test_probunet_evaluate_nodules_on_an_lidc_slices_set(two_mode_model_file, tmp_path, capsys,
+                                                         monkeypatch):
+    """--nodules groups the slices set's slices by nodule (in slice order, radiologist k the
+    same mask-k on every slice) and reports the 3D figures."""
+    import json
+
+    from test_lidc_slices import write_layout
+
+    from napari_probunet.cli import main
+
+    monkeypatch.setenv("PROBUNET_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_layout(tmp_path / "slices", patients=("0001", "0002"), nodules=2, slices=3,
+                        size=32)
+    out = tmp_path / "nodules.json"
+    rc = main(["evaluate", "--model", str(two_mode_model_file), "--data", str(root),
+               "--nodules", "--samples", "4", "--threads", "1", "--quiet", "--json",
+               "--out", str(out), "--per-image"])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["n_nodules"] == 4
+    assert sorted(r["nodule"] for r in result["per_nodule"]) == [
+        "LIDC-IDRI-0001/nodule-0", "LIDC-IDRI-0001/nodule-1",
+        "LIDC-IDRI-0002/nodule-0", "LIDC-IDRI-0002/nodule-1"]
+    # radiologist 4 draws nothing on the first slice and a square on the others: 4 masks each
+    row = result["per_nodule"][0]
+    assert len(row["radiologist_volumes_mm3"]) == 4 and row["gaps_radiologists"] == [0] * 4
+    assert result["gaps"]["hypotheses"]["share_with_gaps"] in (0.0, None)
+    assert "ged4_3d" in result and "ged4_3d_independent" in result
