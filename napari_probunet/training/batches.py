@@ -1,7 +1,8 @@
 """The data of a training run: its cases, the batches drawn from them, the model's domain.
 
 One batch is ``batch_size`` cases drawn at random, one grader's mask of each at random (the
-paper's recipe), image and mask augmented identically
+paper's recipe), or (``masks_per_case = "all"``) ``batch_size / graders`` cases, each with every
+grader's mask, the image repeated once per mask; image and masks augmented identically
 (:func:`~napari_probunet.data.augment.augment`). Each rank draws its own batches: its
 generator is seeded with the run's seed offset by ``1000 x rank``.
 """
@@ -27,10 +28,12 @@ class BatchSampler:
     Returns ``x (b, in_channels, h, w)`` float32 (preprocessed) and ``y (b, h, w)`` int64.
     Its NumPy generator state is part of the checkpoint, so a resumed run draws the same batches.
     """
-    def __init__(self, cases, model_cfg: ModelConfig, batch_size: int, seed: int, augment: bool):
+    def __init__(self, cases, model_cfg: ModelConfig, batch_size: int, seed: int, augment: bool,
+                 all_masks: bool = False):
         self.cases = cases
         self.cfg = model_cfg
         self.batch_size = batch_size
+        self.all_masks = all_masks
         self.rng = np.random.default_rng(seed)
         self.aug = Augmentation() if augment else None
 
@@ -38,15 +41,23 @@ class BatchSampler:
         import torch
 
         xs, ys = [], []
-        for _ in range(self.batch_size):
+        while len(ys) < self.batch_size:
             case = self.cases[int(self.rng.integers(len(self.cases)))]
-            mask = case.masks[int(self.rng.integers(case.masks.shape[0]))]
+            if self.all_masks:
+                masks = case.masks
+                if len(ys) + masks.shape[0] > self.batch_size:
+                    raise UserError(
+                        f"masks_per_case = 'all': a batch of {self.batch_size} cannot hold every "
+                        f"mask of cases with {masks.shape[0]} graders; make batch_size a "
+                        f"multiple of {masks.shape[0]}")
+            else:
+                masks = case.masks[int(self.rng.integers(case.masks.shape[0]))][None]
             image = as_model_image(case.image, self.cfg.in_channels).astype(np.float32)
             if self.aug is not None:
-                image, m = augment(image, mask[None], self.rng, self.aug)
-                mask = m[0]
-            xs.append(self.cfg.preprocessing.apply(image).transpose(2, 0, 1))
-            ys.append(mask)
+                image, masks = augment(image, masks, self.rng, self.aug)
+            x = self.cfg.preprocessing.apply(image).transpose(2, 0, 1)
+            xs.extend([x] * masks.shape[0])
+            ys.extend(masks)
         shapes = {x.shape for x in xs}
         if len(shapes) > 1:
             raise UserError(
@@ -77,7 +88,8 @@ def open_training_data(cfg: TrainConfig, model_cfg: ModelConfig, rank: int,
     val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
     if len(cases) == 0:
         raise UserError(f"no training cases in {cfg.data}")
-    sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment)
+    sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment,
+                           all_masks=cfg.masks_per_case == "all")
     if not (model_cfg.domain or {}).get("reference"):
         try:
             model_cfg.domain = fit_model_domain(model_cfg, cases, seed=cfg.seed,

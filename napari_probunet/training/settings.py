@@ -72,6 +72,10 @@ class TrainConfig:
     # the architecture must match); the optimiser and schedule start fresh. A committed model
     # file is how a long run's progress moves to a new machine without its checkpoint.
     init_from: str | None = None
+    # "one": each case of a batch with one grader's mask at random (the paper's recipe); "all":
+    # each case with every grader's mask (batch_size counts masks, so it must be a multiple of
+    # the graders), so every step sees the whole disagreement of the slices it draws
+    masks_per_case: str = "one"
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -107,6 +111,9 @@ def check_settings(cfg: TrainConfig) -> None:
     """Refuse a loss, KL schedule or count the training loop cannot run with."""
     if cfg.loss not in ("elbo", "geco"):
         raise UserError(f"unknown loss {cfg.loss!r}: use 'elbo' or 'geco'")
+    if cfg.masks_per_case not in ("one", "all"):
+        raise UserError(f"unknown masks_per_case {cfg.masks_per_case!r}: use 'one' (a grader "
+                        "at random, the paper's recipe) or 'all' (every grader's mask)")
     holds = (cfg.beta_warmup_steps, cfg.beta_hold_steps, cfg.mixture_weight_hold_steps)
     if min(holds) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
         raise UserError(f"beta_warmup_steps, beta_hold_steps and mixture_weight_hold_steps must be "
