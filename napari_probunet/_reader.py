@@ -311,7 +311,7 @@ def read_bundles(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 
 def bundle_layers(b: Bundle) -> list[LayerData]:
     """Layer data tuples for one bundle, bottom to top: image, uncertainty, hypotheses, graders."""
-    name = b.name
+    name, hypotheses = b.name, b.hypotheses
     record = b.provenance()
     n_classes = max(2, len(b.class_names))
     layers: list[LayerData] = [(
@@ -320,7 +320,7 @@ def bundle_layers(b: Bundle) -> list[LayerData]:
          "metadata": replace(record, kind="image").to_metadata()},
         "image",
     ), (
-        b.uncertainty,
+        hypotheses.uncertainty,
         {"name": f"{name} uncertainty", "colormap": "magma", "blending": "additive",
          "opacity": 0.7, "contrast_limits": [0.0, 1.0 - 1.0 / n_classes],
          "metadata": replace(record, kind="uncertainty").to_metadata()},
@@ -328,9 +328,9 @@ def bundle_layers(b: Bundle) -> list[LayerData]:
     )]
     for i in range(b.n):
         hypothesis = replace(record, kind="hypothesis", index=i,
-                             z=[float(v) for v in b.z[i]])
+                             z=[float(v) for v in hypotheses.z[i]])
         layers.append((
-            b.hypotheses[i],
+            hypotheses.labels[i],
             {"name": hypothesis_layer_name(name, i, b.n), "visible": i == 0, "opacity": 0.6,
              "metadata": hypothesis.to_metadata()},
             "labels",

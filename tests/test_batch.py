@@ -115,14 +115,15 @@ def test_a_folder_becomes_one_valid_bundle_per_image_and_slice(study, model_file
         session.set_image(b.image)
         assert m["image_signature"] == session.image_signature
         hyp = session.sample(N, seed=b.seed)
-        np.testing.assert_array_equal(b.hypotheses, hyp.labels)
-        np.testing.assert_allclose(b.z, hyp.z, rtol=1e-6)
+        np.testing.assert_array_equal(b.hypotheses.labels, hyp.labels)
+        np.testing.assert_allclose(b.hypotheses.z, hyp.z, rtol=1e-6)
         mu, sigma = session.prior()
         np.testing.assert_allclose(b.prior_mu, mu, rtol=1e-6)
         np.testing.assert_allclose(b.prior_sigma, sigma, rtol=1e-6)
-        np.testing.assert_array_equal(b.uncertainty, pixel_disagreement(b.hypotheses, 2))
+        np.testing.assert_array_equal(b.hypotheses.uncertainty,
+                                      pixel_disagreement(b.hypotheses.labels, 2))
         assert b.graders is None
-        assert b.hypotheses.shape[1:] == b.image.shape[:2]
+        assert b.hypotheses.labels.shape[1:] == b.image.shape[:2]
 
     # images keep their shape; the RGB one stays RGB; NIfTI slices are vol[:, :, k].T
     assert bundles.read_bundle(out / "b.probunet.zip").image.shape == (40, 32)

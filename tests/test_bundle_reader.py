@@ -80,17 +80,17 @@ def test_a_bundle_opens_as_the_review_widgets_layers(prepared):
     np.testing.assert_array_equal(image[0], b.image)
     assert image[1]["rgb"] is False
     assert uncertainty[1]["colormap"] == "magma"
-    np.testing.assert_array_equal(uncertainty[0], b.uncertainty)
+    np.testing.assert_array_equal(uncertainty[0], b.hypotheses.uncertainty)
     assert [kw["visible"] for _, kw, _ in hyps] == [True] + [False] * (N - 1)
     assert all(kw["visible"] is False for _, kw, _ in graders)
 
     sha = file_sha256(prepared[1])
     for i, (data, kw, _) in enumerate(hyps):
-        np.testing.assert_array_equal(data, b.hypotheses[i])
+        np.testing.assert_array_equal(data, b.hypotheses.labels[i])
         meta = kw["metadata"]
         assert meta["kind"] == "hypothesis"
         assert meta["index"] == i
-        np.testing.assert_allclose(meta["z"], b.z[i], rtol=1e-6)
+        np.testing.assert_allclose(meta["z"], b.hypotheses.z[i], rtol=1e-6)
         assert meta["seed"] == b.seed and meta["n_samples"] == N
         assert meta["model_sha256"] == sha and meta["model_name"] == "tiny.safetensors"
         assert meta["image_signature"] == image_signature(b.image)
@@ -111,12 +111,12 @@ def test_file_save_on_a_bundle_hypothesis_writes_its_provenance(prepared, tmp_pa
     b = bundles.read_bundle(path)
     data, kw, _ = read_bundles(str(path))[2 + 2]  # hypothesis 03
     mask, record = layer_mask_and_record(data, kw["metadata"], name=kw["name"])
-    np.testing.assert_array_equal(mask, b.hypotheses[2])
+    np.testing.assert_array_equal(mask, b.hypotheses.labels[2])
     assert record["model"] == {"file": "tiny.safetensors", "sha256": file_sha256(prepared[1])}
     assert record["image"]["signature"] == b.manifest["image_signature"]
     assert record["choice"]["index"] == 2 and record["choice"]["hypothesis"] == 3
     assert record["choice"]["seed"] == b.seed and record["choice"]["n_samples"] == N
-    np.testing.assert_allclose(record["choice"]["z"], b.z[2], rtol=1e-6)
+    np.testing.assert_allclose(record["choice"]["z"], b.hypotheses.z[2], rtol=1e-6)
     assert record["roi"] == {"row": 0, "col": 0, "height": 32, "width": 32}
 
 
@@ -209,7 +209,8 @@ def test_write_bundle_refuses_inconsistent_arrays(tmp_path):
                 prior_sigma=np.ones(2, np.float32), uncertainty=np.zeros((h, w), np.float32))
     manifest = {"case_id": "c", "name": "c", "n": 3, "seed": 1, "model": {"sha256": "x"},
                 "class_names": ["background", "lesion"]}
-    path = bundles.write_bundle(tmp_path / "c.probunet.zip", bundles.Bundle(dict(manifest), **good))
+    path = bundles.write_bundle(tmp_path / "c.probunet.zip",
+                                bundles.Bundle.from_arrays(dict(manifest), good))
     assert bundles.read_bundle(path).manifest["arrays"]["z"] == {
         "file": "z.npy", "shape": [3, 2], "dtype": "<f4"}
     for key, bad in (("image", np.zeros((h + 1, w), np.float32)),
@@ -219,7 +220,7 @@ def test_write_bundle_refuses_inconsistent_arrays(tmp_path):
                      ("uncertainty", np.zeros((w, h), np.float32))):
         with pytest.raises(bundles.BundleError, match=key):
             bundles.write_bundle(tmp_path / "bad.probunet.zip",
-                                 bundles.Bundle(dict(manifest), **{**good, key: bad}))
+                                 bundles.Bundle.from_arrays(dict(manifest), {**good, key: bad}))
     assert not (tmp_path / "bad.probunet.zip").exists()
 
 

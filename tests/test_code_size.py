@@ -49,7 +49,6 @@ PENDING = {
     "model/config.py": 7,
     "model/modelfile.py": 2,
     "model/network.py": 5,
-    "review/bundle.py": 6,
     "review/provenance.py": 1,
 }
 

@@ -110,9 +110,9 @@ def test_one_hypotheses_record_for_session_jobs_and_bundles(tmp_path):
     sampled = Sampled(request=None, hypotheses=hyp)
     assert sampled.labels is hyp.labels and sampled.z is hyp.z
     assert not {"labels", "z", "uncertainty"} & set(Sampled.__dataclass_fields__)
-    b = bundles.Bundle(manifest={"seed": 4, "image_signature": "sha256:x"},
-                       image=np.zeros((16, 16), np.float32), hypotheses=hyp.labels, z=hyp.z,
-                       prior_mu=np.zeros(2, np.float32), prior_sigma=np.ones(2, np.float32),
-                       uncertainty=np.zeros((16, 16), np.float32))
-    record = b.as_hypotheses()
-    assert isinstance(record, Hypotheses) and record.labels is b.hypotheses and record.seed == 4
+    b = bundles.Bundle(manifest={"case_id": "c"}, image=np.zeros((16, 16), np.float32),
+                       hypotheses=hyp, prior_mu=np.zeros(2, np.float32),
+                       prior_sigma=np.ones(2, np.float32))
+    assert b.hypotheses is hyp and b.seed == 4 and b.n == 3
+    assert b.arrays()["hypotheses"] is hyp.labels and b.arrays()["z"] is hyp.z
+    assert not {"labels", "z", "uncertainty", "seed"} & set(bundles.Bundle.__dataclass_fields__)

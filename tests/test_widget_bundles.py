@@ -50,9 +50,9 @@ def _review_without_model(widget, viewer, bundle_path: Path, tmp_path: Path):
     assert st.hypothesis_layers == layers and len(st.hypotheses.labels) == 16
     assert st.uncertainty_layer is viewer.layers[f"{NAME} uncertainty"]
     assert st.encoded.layer_name == NAME and st.encoded.slice_index == ()
-    assert st.encoded.roi == (0, 0, *b.hypotheses.shape[1:])
-    np.testing.assert_array_equal(st.hypotheses.labels, b.hypotheses)
-    np.testing.assert_allclose(st.hypotheses.z, b.z, rtol=1e-6)
+    assert st.encoded.roi == (0, 0, *b.hypotheses.labels.shape[1:])
+    np.testing.assert_array_equal(st.hypotheses.labels, b.hypotheses.labels)
+    np.testing.assert_allclose(st.hypotheses.z, b.hypotheses.z, rtol=1e-6)
     assert st.hypotheses.seed == b.seed
     assert "Hypothesis 1/16" in widget.hypothesis_label.text()
 
@@ -75,7 +75,7 @@ def _review_without_model(widget, viewer, bundle_path: Path, tmp_path: Path):
     assert widget.export() == target
     np.testing.assert_array_equal(tifffile.imread(target), correction.data)
     record = json.loads((tmp_path / "corr.tif.json").read_text())
-    np.testing.assert_allclose(record["choice"]["z"], b.z[2], rtol=1e-6)
+    np.testing.assert_allclose(record["choice"]["z"], b.hypotheses.z[2], rtol=1e-6)
     assert record["choice"]["seed"] == b.seed and record["choice"]["index"] == 2
     assert record["choice"]["n_samples"] == 16
     assert record["model"]["sha256"] == b.model_sha256

@@ -142,4 +142,5 @@ def test_the_review_and_probunet_sample_give_a_volume_the_same_hypotheses(
     for k, b in cli.items():
         np.testing.assert_array_equal(b.image, np.asarray(layer.data[k], np.float32))
         for i, la in enumerate(layers):
-            np.testing.assert_array_equal(la.data[k], b.hypotheses[i], err_msg=f"slice {k} #{i}")
+            np.testing.assert_array_equal(la.data[k], b.hypotheses.labels[i],
+                                          err_msg=f"slice {k} #{i}")

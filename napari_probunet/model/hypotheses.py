@@ -3,9 +3,10 @@
 
 One record for one idea: :meth:`napari_probunet.session.Session.sample` returns it, a review
 sampling job wraps it (:class:`napari_probunet.review.jobs.Sampled`, with its request and, for
-"All slices", the stacks), a hypothesis bundle gives one (:meth:`napari_probunet.review.bundle.
-Bundle.as_hypotheses`), and the review state holds one (``ReviewState.hypotheses``), whether it
-came from the model or from an opened bundle.
+"All slices", the stacks), a hypothesis bundle holds one (``Bundle.hypotheses``,
+:class:`napari_probunet.review.bundle.Bundle`: the record and what describes the case), and the
+review state holds one (``ReviewState.hypotheses``), whether it came from the model or from an
+opened bundle.
 """
 
 from __future__ import annotations

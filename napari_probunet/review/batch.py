@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -142,21 +142,23 @@ def _compute(item: Item, session, settings: RunSettings,
             return result, None
         hyp = sample_slice(session, image, settings.n, seed, item.slice_index)
         mu, sigma = session.prior()
-        uncertainty = pixel_disagreement(hyp.labels, len(settings.class_names))
+        # the bundle's record: its region is the whole image, so the plane is the image
+        hyp = replace(hyp, z=hyp.z.astype(np.float32), plane_signature=hyp.image_signature,
+                      uncertainty=pixel_disagreement(hyp.labels, len(settings.class_names)))
         if graders is not None:
             graders = np.asarray(graders, dtype=np.uint8)
             graders = graders[None] if graders.ndim == 2 else graders
-        manifest = {
+        manifest = {  # n, seed and image_signature are the record's, here for their place
             "case_id": item.case_id,
             "name": item.name,
             "source": item.source,
             "slice_index": item.slice_index,
             "slice_axis": item.slice_axis,
-            "image_signature": session.image_signature,
+            "image_signature": hyp.image_signature,
             "model": settings.model,
             "class_names": settings.class_names,
-            "n": settings.n,
-            "seed": seed,
+            "n": hyp.n,
+            "seed": hyp.seed,
             "run_seed": settings.run_seed,
             "seed_rule": CASE_ID_SEED_RULE if item.stack_id is None else STACK_SEED_RULE,
             "stack_id": item.stack_id,
@@ -168,9 +170,8 @@ def _compute(item: Item, session, settings: RunSettings,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 4),
         }
-        job = (path, bundles.Bundle(
-            manifest=manifest, image=image, hypotheses=hyp.labels, z=hyp.z.astype(np.float32),
-            prior_mu=mu, prior_sigma=sigma, uncertainty=uncertainty, graders=graders))
+        job = (path, bundles.Bundle(manifest=manifest, image=image, hypotheses=hyp,
+                                    prior_mu=mu, prior_sigma=sigma, graders=graders))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # a crash on one case must not end an overnight run

@@ -72,17 +72,38 @@ class BundleError(UserError):
 
 @dataclass
 class Bundle:
-    """One case's hypotheses and what describes them (see the module docstring for shapes)."""
+    """One case's hypotheses and what describes them (see the module docstring for shapes).
+
+    ``hypotheses`` is the one record of sampled hypotheses
+    (:class:`~napari_probunet.model.hypotheses.Hypotheses`): the label maps (``hypotheses.npy``),
+    the latents they were decoded from (``z.npy``), their per-pixel disagreement
+    (``uncertainty.npy``), the seed and the image signature; a bundle's region is its whole
+    image, so the record's plane signature is the image signature. ``manifest`` describes the
+    rest (case, source, model, class names, ...); the ``n``, ``seed`` and ``image_signature``
+    it writes are the record's (:func:`write_bundle` fills in those it lacks and refuses a
+    manifest that says otherwise).
+    """
 
     manifest: dict[str, Any]
     image: np.ndarray
-    hypotheses: np.ndarray
-    z: np.ndarray
+    hypotheses: Hypotheses
     prior_mu: np.ndarray
     prior_sigma: np.ndarray
-    uncertainty: np.ndarray
     graders: np.ndarray | None = None
     path: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_arrays(cls, manifest: dict[str, Any], arrays: dict[str, np.ndarray],
+                    path: Path | None = None) -> Bundle:
+        """The bundle of ``arrays`` by member name (what :meth:`arrays` gives), its record's
+        seed and image signature read from ``manifest``."""
+        signature = manifest.get("image_signature")
+        record = Hypotheses(labels=arrays["hypotheses"], z=arrays["z"],
+                            seed=int(manifest["seed"]), uncertainty=arrays["uncertainty"],
+                            image_signature=signature, plane_signature=signature)
+        return cls(manifest=manifest, image=arrays["image"], hypotheses=record,
+                   prior_mu=arrays["prior_mu"], prior_sigma=arrays["prior_sigma"],
+                   graders=arrays.get("graders"), path=path)
 
     @property
     def name(self) -> str:
@@ -96,11 +117,11 @@ class Bundle:
     @property
     def seed(self) -> int:
         """The seed ``Session.sample(n, seed)`` was called with for this case."""
-        return int(self.manifest["seed"])
+        return int(self.hypotheses.seed)
 
     @property
     def n(self) -> int:
-        return int(self.hypotheses.shape[0])
+        return self.hypotheses.n
 
     @property
     def class_names(self) -> list[str]:
@@ -114,20 +135,15 @@ class Bundle:
     def model_name(self) -> str | None:
         return self.manifest["model"].get("name")
 
-    def as_hypotheses(self) -> Hypotheses:
-        """The bundle's hypotheses as the one record the session and the review use (views of
-        its arrays: ``labels`` is :attr:`hypotheses`, the region is the whole image)."""
-        signature = self.manifest.get("image_signature")
-        return Hypotheses(labels=self.hypotheses, z=self.z, seed=self.seed,
-                          uncertainty=self.uncertainty, image_signature=signature,
-                          plane_signature=signature)
-
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays by member name (without ``.npy``); ``graders`` only when present."""
-        out = {k: getattr(self, k) for k in REQUIRED_ARRAYS}
-        if self.graders is not None:
-            out["graders"] = self.graders
-        return out
+        """The arrays by member name (without ``.npy``), in the order they are written;
+        ``graders`` only when present (nor the uncertainty when the record lacks it, which
+        :func:`check_arrays` then reports)."""
+        record = self.hypotheses
+        out = {"image": self.image, "hypotheses": record.labels, "z": record.z,
+               "prior_mu": self.prior_mu, "prior_sigma": self.prior_sigma,
+               "uncertainty": record.uncertainty, "graders": self.graders}
+        return {k: a for k, a in out.items() if a is not None}
 
     def provenance(self) -> Provenance:
         """The record every layer of this bundle carries (the review widget's keys, see
@@ -137,14 +153,15 @@ class Bundle:
         ``bundle_format_version``, ``model_path``, ``prior_mu``, ``prior_sigma``) is in its
         ``extra``. No ``kind``: each layer adds its own."""
         m = self.manifest
-        h, w = self.hypotheses.shape[1:]
+        h, w = self.hypotheses.labels.shape[1:]
+        signature = self.hypotheses.image_signature
         return Provenance(
             image_layer=self.name,
             roi=[0, 0, int(h), int(w)],
             plane_shape=[int(h), int(w)],
             slice_index=[],
-            image_signature=m.get("image_signature"),
-            plane_signature=m.get("image_signature"),
+            image_signature=signature,
+            plane_signature=signature,
             model_sha256=self.model_sha256,
             model_name=self.model_name,
             seed=self.seed,
@@ -183,7 +200,8 @@ def check_arrays(arrays: dict[str, np.ndarray], where: str = "bundle") -> None:
         raise BundleError(f"{where}: lacks the array(s) {', '.join(missing)}")
     image, hyp, z = arrays["image"], arrays["hypotheses"], arrays["z"]
     if hyp.ndim != 3 or hyp.dtype != np.uint8 or hyp.shape[0] < 1:
-        raise BundleError(f"{where}: hypotheses must be (n, H, W) uint8, got {hyp.shape} {hyp.dtype}")
+        raise BundleError(f"{where}: hypotheses must be (n, H, W) uint8, got {hyp.shape} "
+                          f"{hyp.dtype}")
     n, h, w = hyp.shape
     if not (image.shape == (h, w) or image.shape == (h, w, 3)) or image.dtype.kind not in "biuf":
         raise BundleError(
@@ -199,7 +217,8 @@ def check_arrays(arrays: dict[str, np.ndarray], where: str = "bundle") -> None:
             raise BundleError(f"{where}: {key} must be ({d},) floats, got {a.shape} {a.dtype}")
     unc = arrays["uncertainty"]
     if unc.shape != (h, w) or unc.dtype.kind != "f":
-        raise BundleError(f"{where}: uncertainty must be ({h}, {w}) floats, got {unc.shape} {unc.dtype}")
+        raise BundleError(f"{where}: uncertainty must be ({h}, {w}) floats, got {unc.shape} "
+                          f"{unc.dtype}")
     graders = arrays.get("graders")
     if graders is not None and (graders.ndim != 3 or graders.shape[1:] != (h, w)
                                 or graders.dtype != np.uint8):
@@ -236,7 +255,8 @@ def check_manifest(manifest: Any, where: str = "bundle") -> dict[str, Any]:
 
     for key in ("n", "seed"):
         value = manifest[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "n" else 0):
+        least = 1 if key == "n" else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise wrong(key, "a positive integer" if key == "n" else "an integer >= 0")
     for key in ("case_id", "name"):
         if not isinstance(manifest[key], str) or not manifest[key]:
@@ -267,6 +287,28 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _manifest_to_write(bundle: Bundle, arrays: dict[str, np.ndarray],
+                       where: str) -> dict[str, Any]:
+    """The ``manifest.json`` of ``bundle``: the format first, then its manifest's keys in their
+    order (``n``, ``seed`` and ``image_signature`` from its record), then the arrays."""
+    kept = {k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version")}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **kept}
+    record = bundle.hypotheses
+    owned = (("n", record.n), ("seed", int(record.seed)),
+             ("image_signature", record.image_signature))
+    for key, value in owned:
+        if key in manifest and manifest[key] != value:
+            raise BundleError(f"{where}: the manifest says {key} {manifest[key]!r} but the "
+                              f"hypotheses have {value!r}")
+        if value is not None:
+            manifest[key] = value  # in its place when the manifest has it
+    manifest["arrays"] = {
+        k: {"file": f"{k}.npy", "shape": list(a.shape), "dtype": a.dtype.str}
+        for k, a in arrays.items()
+    }
+    return check_manifest(manifest, where=where)
+
+
 def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1) -> Path:
     """Write ``bundle`` to ``path`` atomically; the manifest's ``arrays`` entry is filled in.
 
@@ -278,12 +320,7 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, compresslevel: int = 1
     path = Path(path)
     arrays = bundle.arrays()
     check_arrays(arrays, where=str(path))
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                **{k: v for k, v in bundle.manifest.items() if k not in ("format", "format_version")}}
-    manifest["arrays"] = {
-        k: {"file": f"{k}.npy", "shape": list(a.shape), "dtype": a.dtype.str} for k, a in arrays.items()
-    }
-    check_manifest(manifest, where=str(path))
+    manifest = _manifest_to_write(bundle, arrays, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = files.create_temporary(path)  # named after this process: concurrent runs never clash
     try:
@@ -438,7 +475,7 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         )
     if unknown:  # a later minor addition we do not understand: keep going, it is optional
         manifest = {**manifest, "unread_arrays": unknown}
-    return Bundle(manifest=manifest, path=path, **arrays)
+    return Bundle.from_arrays(manifest, arrays, path)
 
 
 def _file_size(path: Path) -> int:
@@ -449,7 +486,8 @@ def _file_size(path: Path) -> int:
 
 
 def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
-    """Check that a bundle is complete and readable; return its manifest (else :class:`BundleError`).
+    """Check that a bundle is complete and readable; return its manifest (else
+    :class:`BundleError`).
 
     ``zipfile`` checks every member's CRC as it is read, so a bundle that passes holds exactly
     what was written.
