@@ -1,5 +1,6 @@
 """Open hypothesis bundles (``*.probunet.zip``), NIfTI files, DICOM series and multi-rater
-case folders in napari: the npe2 reader contributions (``napari.yaml``), and nothing but the napari glue.
+case folders in napari: the npe2 reader contributions (``napari.yaml``), and nothing but the
+napari glue.
 
 - :func:`get_reader` / :func:`read_bundles`: a bundle written by ``probunet sample`` opens as
   the layers the review widget would have made for the whole image, with no model run:

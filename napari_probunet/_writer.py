@@ -1,14 +1,14 @@
 """napari's File → Save for Labels layers: the mask plus its provenance record.
 
 The npe2 ``writers`` contribution (``.tif``, ``.tiff``, ``.png``, ``.npy``, ``.nii``,
-``.nii.gz``). It uses :func:`napari_probunet.review.export.export_correction`, the function behind the
-review widget's Export… button, so both write the same files: for a correction (or hypothesis)
-layer of the review widget the whole image plane with the ROI crop in place and a record built
-from the layer's metadata; for any other Labels layer the layer's array as it is, with what can
-be recorded (name, shape, versions, time). A layer that carries a scan's record (a correction
-of a slice of a NIfTI volume or DICOM series, a Labels layer opened from a NIfTI) saved as
-``.nii``/``.nii.gz`` is written as the whole scan in the file's axis order with the scan's
-affine (:mod:`napari_probunet.review.volume_export`).
+``.nii.gz``). It uses :func:`napari_probunet.review.export.export_correction`, the function
+behind the review widget's Export… button, so both write the same files: for a correction (or
+hypothesis) layer of the review widget the whole image plane with the ROI crop in place and a
+record built from the layer's metadata; for any other Labels layer the layer's array as it is,
+with what can be recorded (name, shape, versions, time). A layer that carries a scan's record
+(a correction of a slice of a NIfTI volume or DICOM series, a Labels layer opened from a NIfTI)
+saved as ``.nii``/``.nii.gz`` is written as the whole scan in the file's axis order with the
+scan's affine (:mod:`napari_probunet.review.volume_export`).
 
 napari's save dialog has already asked before replacing an existing file, so this writer
 replaces the mask and its ``.json`` record.

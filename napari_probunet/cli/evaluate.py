@@ -21,8 +21,8 @@ from napari_probunet.training.report import format_report
 def configure(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``probunet evaluate``."""
     parser.add_argument("--model", default="default",
-                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
-                        "lesions (synthetic demo), default")
+                        help="model file (.safetensors), or a bundled model: lidc (lung "
+                        "nodule, CT), lesions (synthetic demo), default")
     parser.add_argument("--data", required=True,
                         help="a multi-rater folder, synthetic:KIND?n=N&seed=S[&size=H], or a scan "
                         "folder (ct/ + annotations/*.xml; or a folder of them): 3D per nodule")

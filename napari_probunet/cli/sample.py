@@ -28,7 +28,8 @@ from napari_probunet.review.ranks import Ranks
 
 
 def parse_slices(text: str) -> tuple[int, ...] | None:
-    """``--slices``: ``"all"`` -> None; ``"3,7,10-12"`` -> (3, 7, 10, 11, 12) (ranges inclusive, 0-based)."""
+    """``--slices``: ``"all"`` -> None; ``"3,7,10-12"`` -> (3, 7, 10, 11, 12) (ranges
+    inclusive, 0-based)."""
     text = str(text).strip().lower()
     if text in ("all", ""):
         return None
@@ -65,8 +66,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
              "folders, LIDC pickles or 'synthetic:lesions?n=..' specs",
     )
     parser.add_argument("--model", default="default",
-                        help="model file (.safetensors), or a bundled model: lidc (lung nodule, CT), "
-                        "lesions (synthetic demo), default")
+                        help="model file (.safetensors), or a bundled model: lidc (lung "
+                        "nodule, CT), lesions (synthetic demo), default")
     parser.add_argument("--out", required=True, type=Path, help="folder for the bundles")
     parser.add_argument("-n", "--n", "--samples", dest="n", type=int, default=16,
                         help="hypotheses per case (default 16); under torchrun write -n or "

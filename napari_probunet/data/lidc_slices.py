@@ -166,7 +166,8 @@ class _Source:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"{where}: cannot read this PNG ({type(exc).__name__}: {exc}).") from None
+            raise DataError(f"{where}: cannot read this PNG ({type(exc).__name__}: "
+                            f"{exc}).") from None
 
     def close(self) -> None:
         if self.zip is not None:
@@ -283,8 +284,8 @@ def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarra
                                     f"({image.dtype}); this layout is 8-bit.")
                 image = image.astype(np.uint8)
             if image.shape != shape:
-                raise DataError(f"{where}: the image is {image.shape[0]}x{image.shape[1]}, the set's "
-                                f"slices are {shape[0]}x{shape[1]}.")
+                raise DataError(f"{where}: the image is {image.shape[0]}x{image.shape[1]}, "
+                                f"the set's slices are {shape[0]}x{shape[1]}.")
             rater_masks = []
             for r in range(n_raters):
                 raw = source.read(entry[r])
@@ -293,7 +294,8 @@ def decode_slices(source: _Source, on_error: str) -> tuple[np.ndarray, np.ndarra
                 if raw.shape != image.shape:
                     raise DataError(
                         f"{where}: mask-{r} is {raw.shape[0]}x{raw.shape[1]} but the image is "
-                        f"{image.shape[0]}x{image.shape[1]}; every mask must have its image's size.")
+                        f"{image.shape[0]}x{image.shape[1]}; every mask must have its image's "
+                        "size.")
                 values = np.unique(raw)
                 if len(values) == 1 or (len(values) == 2 and values[0] == 0):
                     rater_masks.append(raw > 0)  # 0/255 (the layout), 0/1, or constant

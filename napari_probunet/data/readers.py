@@ -126,13 +126,15 @@ def _truth_from_npz(path: Path, shape, n_graders: int) -> tuple[ModeTruth, np.nd
         with zipfile.ZipFile(path) as zf:
             declared = sum(info.file_size for info in zf.infolist())
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path}: cannot read the truth file ({type(exc).__name__}: {exc}).") from None
+        raise DataError(f"{path}: cannot read the truth file ({type(exc).__name__}: "
+                        f"{exc}).") from None
     limits.check_decoded(declared, path.stat().st_size, f"{path}: the truth file", DataError)
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except Exception as exc:
-        raise DataError(f"{path}: cannot read the truth file ({type(exc).__name__}: {exc}).") from None
+        raise DataError(f"{path}: cannot read the truth file ({type(exc).__name__}: "
+                        f"{exc}).") from None
     missing = {"modes", "probs", "names"} - set(data)
     if missing:
         raise DataError(f"{path}: the truth file lacks {sorted(missing)}.")

@@ -37,9 +37,11 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.mode not in ("fixed", "percentile"):
-            raise ValueError(f"unknown preprocessing mode {self.mode!r}: use 'fixed' or 'percentile'")
+            raise ValueError(f"unknown preprocessing mode {self.mode!r}: use 'fixed' or "
+                             "'percentile'")
         if self.mode == "fixed" and not self.high > self.low:
-            raise ValueError(f"preprocessing needs high > low, got low={self.low}, high={self.high}")
+            raise ValueError(f"preprocessing needs high > low, got low={self.low}, "
+                             f"high={self.high}")
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Map a raw ``(H, W)`` or ``(H, W, C)`` array to float32 network input (same shape)."""
@@ -174,17 +176,23 @@ class ModelConfig:
         if self.weight_init not in ("he", "torch"):
             raise ValueError(f"weight_init must be 'he' or 'torch', not {self.weight_init!r}")
         if self.mixture_weights not in ("prior_net", "unet"):
-            raise ValueError(f"mixture_weights must be 'prior_net' or 'unet', not {self.mixture_weights!r}")
-        if self.mixture_sigma_max is not None and not (
-                math.exp(self.logsigma_bounds[0]) < self.mixture_sigma_max <= math.exp(self.logsigma_bounds[1])):
-            raise ValueError(f"mixture_sigma_max must lie within exp(logsigma_bounds), got {self.mixture_sigma_max}")
+            raise ValueError(f"mixture_weights must be 'prior_net' or 'unet', not "
+                             f"{self.mixture_weights!r}")
+        if self.mixture_sigma_max is not None:
+            sigma_low = math.exp(self.logsigma_bounds[0])
+            sigma_high = math.exp(self.logsigma_bounds[1])
+            if not sigma_low < self.mixture_sigma_max <= sigma_high:
+                raise ValueError(f"mixture_sigma_max must lie within exp(logsigma_bounds), got "
+                                 f"{self.mixture_sigma_max}")
         if self.kl_samples < 1:
             raise ValueError("kl_samples must be at least 1")
         if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:
-            raise ValueError("channels, convs_per_block and fcomb_layers must be non-empty/positive")
+            raise ValueError("channels, convs_per_block and fcomb_layers must be "
+                             "non-empty/positive")
         lo, hi = self.logsigma_bounds
         if not lo < hi:
-            raise ValueError(f"logsigma_bounds must be (low, high) with low < high, got {self.logsigma_bounds}")
+            raise ValueError(f"logsigma_bounds must be (low, high) with low < high, got "
+                             f"{self.logsigma_bounds}")
 
     @property
     def stride(self) -> int:

@@ -175,8 +175,8 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     end = _check_tensor_entries(path, header)
     if 8 + n + end > size:
         raise ModelFileError(
-            f"{path.name} is truncated: the header promises {8 + n + end} bytes, the file has {size}; "
-            "copy the model file again"
+            f"{path.name} is truncated: the header promises {8 + n + end} bytes, the file has "
+            f"{size}; copy the model file again"
         )
     return header, _description(path, header)
 
@@ -229,8 +229,9 @@ def _description(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     meta = header.get("__metadata__", {}).get(METADATA_KEY)
     if meta is None:
         raise ModelFileError(
-            f"{path.name} is a safetensors file but not a napari-probunet model (no '{METADATA_KEY}' "
-            "metadata); save models with napari_probunet.model.modelfile.save_model"
+            f"{path.name} is a safetensors file but not a napari-probunet model (no "
+            f"'{METADATA_KEY}' metadata); save models with "
+            "napari_probunet.model.modelfile.save_model"
         )
     try:
         meta = json.loads(meta)

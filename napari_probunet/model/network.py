@@ -31,7 +31,8 @@ from napari_probunet.model.decode import PreparedDecoder, SplitFcomb
 def _conv_block(in_ch: int, out_ch: int, n_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(n_convs):
-        layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1),
+                   nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -61,7 +62,8 @@ class Encoder(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net without its output layer: image ``(b, in_channels, h, w)`` -> F ``(b, channels[0], h, w)``.
+    """U-Net without its output layer: image ``(b, in_channels, h, w)`` -> F
+    ``(b, channels[0], h, w)``.
 
     Decoder: bilinear upsampling, concatenation with the skip connection, then a conv block
     (as in the original code). ``h`` and ``w`` must be multiples of ``2 ** (levels - 1)``.
@@ -72,7 +74,8 @@ class UNet(nn.Module):
         ch = cfg.channels
         self.encoder = Encoder(cfg.in_channels, ch, cfg.convs_per_block)
         self.decoder = nn.ModuleList(
-            _conv_block(ch[i + 1] + ch[i], ch[i], cfg.convs_per_block) for i in reversed(range(len(ch) - 1))
+            _conv_block(ch[i + 1] + ch[i], ch[i], cfg.convs_per_block)
+            for i in reversed(range(len(ch) - 1))
         )
 
     def forward(self, x: torch.Tensor, with_skips: bool = False):
@@ -322,8 +325,10 @@ class ProbUNet(nn.Module):
         mu, logsigma = self._point_mass(x) if self.prior is None else self.prior(x)
         return Encoded(self.unet(x), mu, logsigma)
 
-    def posterior_params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z | x, y): x ``(b, in_channels, h, w)``, y ``(b, h, w)`` integer labels -> mu, log_sigma."""
+    def posterior_params(self, x: torch.Tensor,
+                         y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x, y): x ``(b, in_channels, h, w)``, y ``(b, h, w)`` integer labels -> mu,
+        log_sigma."""
         if self.posterior is None:
             return self._point_mass(x)
         onehot = F.one_hot(y.long(), self.config.num_classes).permute(0, 3, 1, 2).to(x.dtype)

@@ -87,7 +87,8 @@ def _as_model_input(image: np.ndarray) -> np.ndarray:
 
 
 def _existing(path: Path, item: Item, seed: int, settings: RunSettings) -> tuple[str, str | None]:
-    """What to do about a bundle already at ``path``: ("redo", why) / ("skip", None) / ("clash", why)."""
+    """What to do about a bundle already at ``path``: ("redo", why) / ("skip", None) /
+    ("clash", why)."""
     if not path.exists():
         return "redo", None
     try:
@@ -337,7 +338,8 @@ def prepare_out(out: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write to the output folder {out} ({exc.strerror or exc})") from None
+        raise UserError(f"cannot write to the output folder {out} "
+                        f"({exc.strerror or exc})") from None
     return out.absolute()
 
 

@@ -30,8 +30,9 @@ layer's, last two axes) and ``source_labels`` (the ``(h, w)`` map it started fro
 never written to JSON); for a run over all slices ``slices`` (``"all"``), ``stack_axis``,
 ``slices_done`` and ``z_per_slice``; for a correction of an image opened from a scan (a NIfTI
 volume, a DICOM series) ``volume``, the image layer's ``metadata["source"]`` (the file's shape
-and affine, the axes: :mod:`napari_probunet.review.volume_export` places the export there). Keys this module does not know (a bundle's ``case_id``,
-``bundle_path``, ``prior_mu``..., an autosave's ``saved``) travel in :attr:`Provenance.extra`.
+and affine, the axes: :mod:`napari_probunet.review.volume_export` places the export there).
+Keys this module does not know (a bundle's ``case_id``, ``bundle_path``, ``prior_mu``..., an
+autosave's ``saved``) travel in :attr:`Provenance.extra`.
 
 Also here: :func:`versions` (the packages that made a record), :func:`now_iso` and
 :func:`jsonable`, shared by the export, the autosave and ``probunet sample``.
