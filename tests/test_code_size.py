@@ -41,11 +41,6 @@ PENDING = {
     # #25 rewrite most of them (the review controller, the decode in model/, provenance)
     "_writer.py": 1,
     "cli/evaluate.py": 1,
-    "gui/review/correction.py": 1,
-    "gui/review/gallery.py": 1,
-    "gui/review/roi_tool.py": 1,
-    "gui/review/sampling.py": 1,
-    "gui/review/widget.py": 2,
     "model/config.py": 7,
     "model/modelfile.py": 2,
     "model/network.py": 5,
