@@ -135,11 +135,7 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:
-        def hook(emitter, callback):
-            emitter.connect(callback)
-            self._disconnectors.append(lambda: emitter.disconnect(callback))
-
-        layers = self.viewer.layers
+        layers, hook = self.viewer.layers, self.controller.hook  # (undone by controller.close)
         hook(layers.events.inserted, self._on_layer_inserted)
         hook(layers.events.removed, self._on_layer_removed)
         hook(layers.events.moved, self.refresh_layer_choices)
@@ -205,8 +201,7 @@ class ReviewWidget(QWidget):
 
     def _on_layer_inserted(self, event) -> None:
         layer = event.value
-        layer.events.name.connect(self.refresh_layer_choices)
-        self._disconnectors.append(lambda: layer.events.name.disconnect(self.refresh_layer_choices))
+        self.controller.hook(layer.events.name, self.refresh_layer_choices)
         self.refresh_layer_choices()
         self.bundles.on_layer_inserted(layer)
 
