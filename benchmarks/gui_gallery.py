@@ -41,9 +41,9 @@ def _viewer(sample: str, model: str):
     review = launch.open_review(viewer, scripted=True)
     # (the window fits the screen it opens on: launch.fit_to_screen)
     viewer.open_sample(launch.PLUGIN, sample)
-    review.device_combo.blockSignals(True)
-    review.device_combo.setCurrentIndex(review.device_combo.findData("cpu"))
-    review.device_combo.blockSignals(False)
+    review.model_panel.device_combo.blockSignals(True)
+    review.model_panel.device_combo.setCurrentIndex(review.model_panel.device_combo.findData("cpu"))
+    review.model_panel.device_combo.blockSignals(False)
     launch.load_model(review, model)
     return viewer, review
 
@@ -55,13 +55,13 @@ def _click(review, n: int, seed: int) -> dict:
     gallery = getattr(review, "gallery", None)
     done: list[int] = []
     review.state.hypotheses_changed.connect(lambda: done.append(1))
-    review.n_spin.setValue(n)
-    review.seed_spin.setValue(seed)
+    review.sampler.n_spin.setValue(n)
+    review.sampler.seed_spin.setValue(seed)
     launch.settle(0.3)
     if gallery is not None:
         gallery.build_seconds = 0.0
     t0 = time.perf_counter()
-    review.sample_button.click()
+    review.sampler.sample_button.click()
     launch.wait_until(lambda: bool(done), what="sampling")
     app.processEvents()
     first = time.perf_counter() - t0
@@ -75,7 +75,8 @@ def _click(review, n: int, seed: int) -> dict:
     out["all_layers_s"] = time.perf_counter() - t0
     if gallery is not None:
         out["gallery_build_ms"] = gallery.build_seconds * 1000
-    out["layers_in_viewer"] = sum(la in review.viewer.layers for la in review.hypothesis_layers)
+    layers = review.hypothesis_view.layers
+    out["layers_in_viewer"] = sum(la in review.viewer.layers for la in layers)
     return out
 
 

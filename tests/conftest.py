@@ -56,10 +56,10 @@ def isolated_settings(tmp_path, monkeypatch):
     """
     from qtpy.QtCore import QSettings
 
-    from napari_probunet.gui.review import widget as _widget
+    from napari_probunet.gui.review import common as _common
 
     ini = str(tmp_path / "settings.ini")
-    monkeypatch.setattr(_widget, "_settings", lambda: QSettings(ini, QSettings.Format.IniFormat))
+    monkeypatch.setattr(_common, "_settings", lambda: QSettings(ini, QSettings.Format.IniFormat))
     monkeypatch.setenv("NAPARI_PROBUNET_RECOVERY_DIR", str(tmp_path / "recovery"))
 
 
@@ -75,8 +75,8 @@ def review(make_napari_viewer, qtbot, two_mode_model_file, isolated_settings):
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer, load_default=False)
     viewer.window.add_dock_widget(widget, name="Probabilistic U-Net")
-    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
-    widget.load_model_file(two_mode_model_file)
+    widget.correction.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    widget.model_panel.load_model_file(two_mode_model_file)
     wait_idle(qtbot, widget)
     assert widget.state.session is not None
     yield viewer, widget

@@ -88,9 +88,9 @@ def press(viewer, key: str) -> None:
 def sample(qtbot, viewer, widget, n: int, seed: int = 0):
     if "lesion" not in viewer.layers:
         viewer.open_sample("napari-probunet", "lesion")
-    widget.n_spin.setValue(n)
-    widget.seed_spin.setValue(seed)
-    assert widget.sample()
+    widget.sampler.n_spin.setValue(n)
+    widget.sampler.seed_spin.setValue(seed)
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
     gallery = widget.gallery
     qtbot.waitUntil(lambda: gallery.pending == 0, timeout=10000)
@@ -114,7 +114,7 @@ def click(qtbot, gallery, index: int, double: bool = False) -> None:
 
 
 def shown(widget) -> list[int]:
-    return [i for i, layer in enumerate(widget.hypothesis_layers)
+    return [i for i, layer in enumerate(widget.hypothesis_view.layers)
             if layer.visible and layer in widget.viewer.layers]
 
 
@@ -130,20 +130,20 @@ def test_sampling_fills_the_gallery_click_shows_keys_move(review, qtbot):
     assert "px" in item_of(gallery, 2).toolTip()
 
     click(qtbot, gallery, 3)
-    assert widget.current_hypothesis == 3 and shown(widget) == [3]
-    assert "Hypothesis 4/6" in widget.hypothesis_label.text()
+    assert widget.controller.current == 3 and shown(widget) == [3]
+    assert "Hypothesis 4/6" in widget.hypothesis_view.hypothesis_label.text()
     assert gallery.grid.currentItem() is item_of(gallery, 3)
 
     gallery.grid.setFocus()
     qtbot.keyClick(gallery.grid, Qt.Key.Key_Right)  # the next thumbnail in the grid
-    assert widget.current_hypothesis == 4 and shown(widget) == [4]
+    assert widget.controller.current == 4 and shown(widget) == [4]
     qtbot.keyClick(gallery.grid, ",")  # the widget's keys work in the grid too
-    assert widget.current_hypothesis == 3 and shown(widget) == [3]
+    assert widget.controller.current == 3 and shown(widget) == [3]
     press(viewer, ".")  # the viewer's key: the highlight follows
     press(viewer, ".")
-    assert widget.current_hypothesis == 5 and shown(widget) == [5]
+    assert widget.controller.current == 5 and shown(widget) == [5]
     assert gallery.grid.currentItem() is item_of(gallery, 5)
-    widget.previous_button.click()
+    widget.hypothesis_view.previous_button.click()
     assert gallery.grid.currentItem() is item_of(gallery, 4)
 
     # a thumbnail is that hypothesis over the region
@@ -152,7 +152,7 @@ def test_sampling_fills_the_gallery_click_shows_keys_move(review, qtbot):
         rgb = gallery._rgb[4]
         assert not (rgb[..., 0] == rgb[..., 1]).all()  # colour drawn
     # the region changed: the gallery empties with the hypotheses
-    widget.on_encoded(widget.state.encoded)
+    widget.controller.encoded(widget.state.encoded)
     assert gallery.count == 0 and gallery.grid.count() == 0
     assert gallery.summary.text() == "No hypotheses yet"
 
@@ -176,7 +176,7 @@ def test_marks_persist_and_hide_rejected(review, qtbot):
     assert 1 not in gallery.displayed() and len(gallery.displayed()) == 5
 
     # marks stay through navigation and another order
-    widget.next_hypothesis()
+    widget.controller.next_hypothesis()
     gallery.set_order("similarity")
     assert gallery.order_combo.currentData() == "similarity"
     assert sorted(gallery.displayed()) == [0, 2, 3, 4, 5]
@@ -200,10 +200,10 @@ def test_use_as_best_fit_from_the_gallery(review, qtbot):
     click(qtbot, gallery, 2, double=True)
     correction = viewer.layers["lesion correction"]
     np.testing.assert_array_equal(correction.data, widget.state.hypotheses.labels[2])
-    assert widget.state.choice.index == 2 and widget.current_hypothesis == 2
+    assert widget.state.choice.index == 2 and widget.controller.current == 2
     assert gallery.grid.currentItem() is item_of(gallery, 2)
     # Enter in the grid does the same for the highlighted one
-    widget.confirm = lambda title, text: True
+    widget.correction.confirm = lambda title, text: True
     click(qtbot, gallery, 4)
     gallery.grid.setFocus()
     qtbot.keyClick(gallery.grid, Qt.Key.Key_Return)
@@ -219,7 +219,7 @@ def test_similarity_order_in_the_grid(review, qtbot):
     labels = widget.state.hypotheses.labels
     assert gallery.order == "similarity"
     assert gallery.displayed() == similarity_order(labels).tolist()
-    assert gallery.grid.currentItem() is item_of(gallery, widget.current_hypothesis)
+    assert gallery.grid.currentItem() is item_of(gallery, widget.controller.current)
     gallery.set_order("seed")
     assert gallery.displayed() == list(range(8))
 
@@ -230,7 +230,7 @@ def test_many_hypotheses_get_their_layers_on_demand(review, qtbot, monkeypatch):
     viewer, widget = review
     monkeypatch.setattr(hypotheses_module, "LAYERS_ON_DEMAND_ABOVE", 4)
     gallery = sample(qtbot, viewer, widget, 7)
-    layers = widget.hypothesis_layers
+    layers = widget.hypothesis_view.layers
     hyp = widget.state.hypotheses
     assert len(layers) == 7 and widget.state.hypothesis_layers == layers
     for i, layer in enumerate(layers):
@@ -242,7 +242,8 @@ def test_many_hypotheses_get_their_layers_on_demand(review, qtbot, monkeypatch):
 
     click(qtbot, gallery, 5)  # shown: joins
     assert layers[5] in viewer.layers and shown(widget) == [5]
-    assert widget.hypothesis_label.text() == f"Hypothesis 6/7 · {int(hyp.labels[5].sum())} px"
+    assert widget.hypothesis_view.hypothesis_label.text() == \
+        f"Hypothesis 6/7 · {int(hyp.labels[5].sum())} px"
     gallery.mark(2, "shortlist")  # shortlisted: joins, hidden
     assert layers[2] in viewer.layers and not layers[2].visible
     widget.state.current_hypothesis_changed.emit(3)  # the explorer picks one
@@ -257,7 +258,7 @@ def test_many_hypotheses_get_their_layers_on_demand(review, qtbot, monkeypatch):
     order = [viewer.layers.index(la) for la in layers]
     assert order == sorted(order, reverse=True)
     assert shown(widget) == [3] and not gallery.add_layers_button.isVisibleTo(gallery.box)
-    widget.use_as_best_fit(6)
+    widget.controller.use_as_best_fit(6)
     np.testing.assert_array_equal(viewer.layers["lesion correction"].data, hyp.labels[6])
 
 

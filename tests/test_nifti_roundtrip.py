@@ -359,20 +359,20 @@ def test_the_review_widget_exports_a_scan_slice_in_place(review, qtbot, tmp_path
     src = write_source(tmp_path / "chest.nii.gz")
     (image,) = viewer.open(str(src), plugin="napari-probunet")
     viewer.layers.selection.active = image
-    widget.image_combo.setCurrentText(image.name)
+    widget.roi_tool.image_combo.setCurrentText(image.name)
     viewer.dims.set_current_step(0, SLICE)
-    widget.n_spin.setValue(4)
-    assert widget.sample()
+    widget.sampler.n_spin.setValue(4)
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
-    widget.use_as_best_fit()
+    widget.controller.use_as_best_fit()
     correction = viewer.layers[f"{image.name} correction"]
     assert correction.metadata["volume"]["path"] == str(src)
     correction.paint((0, 5, 5), 1, refresh=True)  # at least one painted pixel
     crop = np.asarray(correction.data).reshape(correction.data.shape[-2:]).copy()
     roi = tuple(correction.metadata["roi"])
     target = tmp_path / "chest_fix.nii.gz"
-    widget.ask_save_path = lambda default: str(target)
-    assert widget.export() == target
+    widget.correction.ask_save_path = lambda default: str(target)
+    assert widget.correction.export() == target
     img = nibabel.load(str(target))
     assert img.shape == SIZE
     np.testing.assert_allclose(img.affine, oblique_affine(), atol=1e-5)

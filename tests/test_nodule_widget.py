@@ -90,7 +90,7 @@ def test_the_real_scan_with_its_radiologists(make_napari_viewer, qtbot, tmp_path
 
     viewer = make_napari_viewer()
     review = ReviewWidget(viewer, load_default=False)
-    review.load_model_file("lidc")
+    review.model_panel.load_model_file("lidc")
     wait_idle(qtbot, review)
     layers = viewer.open(str(SCAN), plugin="napari-probunet")
     ct = layers[0]

@@ -153,7 +153,7 @@ def screen(make_napari_viewer, qtbot):
 
 def test_the_hypothesis_label_at_100_samples_never_widens_the_dock(screen, qtbot):
     viewer, review, _ = screen
-    label = review.hypothesis_label
+    label = review.hypothesis_view.hypothesis_label
     before = review.width()
     full, short = navigation_texts(99, 100, 15192, "no layer yet")
     assert full == "Hypothesis 100/100 · 15192 px (no layer yet)"
@@ -297,15 +297,15 @@ def test_file_save_of_a_hypothesis_of_a_nifti_volume_writes_the_whole_scan(
     save_model(tiny_model(seed=0), model, {"note": "tests"})
     viewer = make_napari_viewer()
     widget = review_widget(viewer)
-    widget.load_model_file(model)
+    widget.model_panel.load_model_file(model)
     wait_idle(qtbot, widget)
     ((data, kwargs, _),) = _reader.read_nifti(str(write_source(tmp_path / "chest.nii.gz")))
     viewer.add_image(data, **kwargs)
     viewer.dims.set_current_step(0, SLICE)
-    widget.n_spin.setValue(2)
-    assert widget.sample()
+    widget.sampler.n_spin.setValue(2)
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
-    layer = widget.hypothesis_layers[1]
+    layer = widget.hypothesis_view.layers[1]
     assert layer.metadata["volume"]["affine"] == kwargs["metadata"]["source"]["affine"]
 
     out = tmp_path / "hypothesis.nii.gz"

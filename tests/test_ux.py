@@ -133,26 +133,31 @@ def test_a_photo_opened_after_a_sampled_image_starts_a_fresh_review(review, qtbo
 
     viewer, widget = review
     viewer.add_image(skimage.data.astronaut()[:200, :200], name="photo", rgb=True)
-    widget.set_roi_mode("whole")
-    widget.n_spin.setValue(2)
-    assert widget.sample()
+    widget.controller.input.set_roi_mode("whole")
+    widget.sampler.n_spin.setValue(2)
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
-    assert widget.domain_label.text() and widget.best_fit_button.isEnabled()
+    assert widget.model_panel.domain_label.text() and widget.correction.best_fit_button.isEnabled()
     viewer.add_image(np.random.default_rng(0).random((64, 64)), name="second")
-    widget.image_combo.setCurrentText("second")
-    assert not widget.domain_label.isVisibleTo(widget)
-    assert not widget.best_fit_button.isEnabled() and not widget.next_button.isEnabled()
-    assert "No hypotheses of 'second'" in widget.hypothesis_label.toolTip() + \
-        widget.hypothesis_label.text()
-    widget.image_combo.setCurrentText("photo")  # back to the sampled image: all as it was
-    assert widget.domain_label.isVisibleTo(widget) and widget.best_fit_button.isEnabled()
-    assert "Hypothesis 1/2" in widget.hypothesis_label.toolTip() + widget.hypothesis_label.text()
+    widget.roi_tool.image_combo.setCurrentText("second")
+    assert not widget.model_panel.domain_label.isVisibleTo(widget)
+    assert not widget.correction.best_fit_button.isEnabled()
+    assert not widget.hypothesis_view.next_button.isEnabled()
+    assert "No hypotheses of 'second'" in widget.hypothesis_view.hypothesis_label.toolTip() + \
+        widget.hypothesis_view.hypothesis_label.text()
+    widget.roi_tool.image_combo.setCurrentText("photo")  # back to the sampled image: all as it was
+    assert widget.model_panel.domain_label.isVisibleTo(widget)
+    assert widget.correction.best_fit_button.isEnabled()
+    label = widget.hypothesis_view.hypothesis_label
+    assert "Hypothesis 1/2" in label.toolTip() + label.text()
     # the sampled image and its layers deleted: a new image starts from nothing
     for layer in [la for la in viewer.layers if la.name.startswith("photo")]:
         viewer.layers.remove(layer)
     assert widget.state.encoded is None and widget.state.hypotheses is None
-    assert widget.domain_label.text() == "" and not widget.best_fit_button.isEnabled()
-    text = widget.hypothesis_label.toolTip() + widget.hypothesis_label.text()
+    assert widget.model_panel.domain_label.text() == ""
+    assert not widget.correction.best_fit_button.isEnabled()
+    label = widget.hypothesis_view.hypothesis_label
+    text = label.toolTip() + label.text()
     assert "deleted" not in text and "Hypothesis" not in text
 
 
@@ -164,19 +169,19 @@ def test_a_small_image_after_a_large_one_goes_back_to_the_whole_image(review, qt
     viewer, widget = review
     rng = np.random.default_rng(0)
     viewer.add_image(rng.random((1024, 1024)).astype(np.float32), name="large")
-    assert widget.roi_mode == "click"
+    assert widget.roi_tool.roi_mode == "click"
     viewer.layers.remove(viewer.layers["large"])
-    side = widget.roi_tool.roi_side()  # the model's input: 128 for the LIDC model
+    side = widget.controller.roi_side()  # the model's input: 128 for the LIDC model
     viewer.add_image(rng.random((side, side)).astype(np.float32), name="small")
-    assert widget.roi_mode == "whole"
-    assert widget.sample()
+    assert widget.roi_tool.roi_mode == "whole"
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
     assert widget.state.hypotheses is not None
     # the user's own choice of 'Click on the lesion' is kept for the next image
-    widget.set_roi_mode("click")
+    widget.controller.input.set_roi_mode("click")
     viewer.add_image(rng.random((side, side)).astype(np.float32), name="small 2")
-    widget.image_combo.setCurrentText("small 2")
-    assert widget.roi_mode == "click"
+    widget.roi_tool.image_combo.setCurrentText("small 2")
+    assert widget.roi_tool.roi_mode == "click"
 
 
 # ------------------------------------------------------------- closing and cancelling a job
@@ -189,13 +194,13 @@ from napari_probunet.gui.launch import open_review, wait_until
 viewer = napari.Viewer(show=True)
 review = open_review(viewer, explorer=True, scripted=True)
 wait_until(lambda: not review.busy, what="the bundled model")
-review.load_bundled_model("lidc")
+review.model_panel.load_bundled_model("lidc")
 wait_until(lambda: not review.busy, what="lidc")
 viewer.add_image(np.random.default_rng(0).random((1024, 1024)).astype(np.float32), name="big")
-review.set_roi_mode("whole")
-review.n_spin.setValue(4)
-assert review.sample()
-wait_until(lambda: "Encoding" in review.progress.format(), timeout=60, what="encoding")
+review.controller.input.set_roi_mode("whole")
+review.sampler.n_spin.setValue(4)
+assert review.sampler.sample()
+wait_until(lambda: "Encoding" in review.sampler.progress.format(), timeout=60, what="encoding")
 time.sleep(0.3)
 viewer.close()
 QApplication.processEvents()
@@ -228,25 +233,26 @@ def test_cancel_during_a_whole_image_encode_acts_within_a_second(review, qtbot):
     from napari_probunet.model.testing import wait_idle
 
     viewer, widget = review
-    widget.load_bundled_model("lidc")
+    widget.model_panel.load_bundled_model("lidc")
     wait_idle(qtbot, widget)
     big = np.random.default_rng(0).random((1024, 1024)).astype(np.float32)
     viewer.add_image(big, name="big")
-    widget.set_roi_mode("whole")
-    widget.n_spin.setValue(2)
-    assert widget.sample()
-    qtbot.waitUntil(lambda: "Encoding" in widget.progress.format(), timeout=60000)
+    widget.controller.input.set_roi_mode("whole")
+    widget.sampler.n_spin.setValue(2)
+    assert widget.sampler.sample()
+    qtbot.waitUntil(lambda: "Encoding" in widget.sampler.progress.format(), timeout=60000)
     qtbot.wait(300)
     t0 = time.perf_counter()
-    widget.cancel_button.click()
+    widget.sampler.cancel_button.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
     assert time.perf_counter() - t0 < 1.0
-    assert widget.progress.format() == "Cancelled" and widget.sample_button.isEnabled()
+    assert widget.sampler.progress.format() == "Cancelled"
+    assert widget.sampler.sample_button.isEnabled()
     # the abandoned encode finishes behind the session lock; a new run then samples
     viewer.add_image(big[:128, :128], name="small")
-    widget.image_combo.setCurrentText("small")
-    widget.set_roi_mode("whole")
-    assert widget.sample()
+    widget.roi_tool.image_combo.setCurrentText("small")
+    widget.controller.input.set_roi_mode("whole")
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget, 120_000)
     assert widget.state.hypotheses is not None
     assert widget.state.encoded.layer_name == "small"
@@ -387,9 +393,10 @@ def seen(widget):
 out = {"window": [win.frameGeometry().x(), win.frameGeometry().y(), win.frameGeometry().width(),
                   win.frameGeometry().height()],
        "screen": [area.x(), area.y(), area.width(), area.height()],
-       "sample": seen(review.sample_button), "export": seen(review.export_button),
+       "sample": seen(review.sampler.sample_button),
+       "export": seen(review.correction.export_button),
        "gallery_now": seen(review.gallery.box)}
-scroll = review.sample_button.parentWidget()
+scroll = review.sampler.sample_button.parentWidget()
 while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
     scroll = scroll.parentWidget()
 scroll.ensureWidgetVisible(review.gallery.grid)

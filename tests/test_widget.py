@@ -52,10 +52,11 @@ def said(notes, text: str, severity=None) -> bool:
 def review(review):
     """conftest's docked widget with the tiny model; draws 4 hypotheses instead of 16."""
     viewer, widget = review
-    assert widget.n_spin.value() == 16 and widget.seed_spin.value() == 0  # the defaults
+    # the defaults
+    assert widget.sampler.n_spin.value() == 16 and widget.sampler.seed_spin.value() == 0
     # napari builds controls and overlays for each Labels layer (~0.1-0.3 s here): tests that
     # are not about the count draw 4 hypotheses; the workflow test draws the default 16
-    widget.n_spin.setValue(4)
+    widget.sampler.n_spin.setValue(4)
     return viewer, widget
 
 
@@ -98,7 +99,7 @@ def hypothesis_layers(viewer, image: str, n: int = 16):
 
 
 def sample_and_wait(qtbot, widget) -> None:
-    assert widget.sample(), "sampling did not start"
+    assert widget.sampler.sample(), "sampling did not start"
     wait_idle(qtbot, widget)
 
 
@@ -109,10 +110,10 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
                                                                  two_mode_model_file):
     viewer, widget = review
     viewer.open_sample("napari-probunet", "lesion")
-    assert widget.image_combo.currentText() == "lesion"
-    widget.n_spin.setValue(16)
+    assert widget.roi_tool.image_combo.currentText() == "lesion"
+    widget.sampler.n_spin.setValue(16)
 
-    qtbot.mouseClick(widget.sample_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.sampler.sample_button, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, widget)
 
     layers = hypothesis_layers(viewer, "lesion")
@@ -142,11 +143,11 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
     press(viewer, ".")
     press(viewer, ".")
     press(viewer, ",")
-    assert widget.current_hypothesis == 2 and seen == [1, 2, 3, 2]
+    assert widget.controller.current == 2 and seen == [1, 2, 3, 2]
     assert [layer.visible for layer in layers] == [i == 2 for i in range(16)]
-    assert "Hypothesis 3/16" in widget.hypothesis_label.text()
-    assert "(key: .)" in widget.next_button.toolTip()
-    assert "Shift-Enter" in widget.best_fit_button.toolTip()
+    assert "Hypothesis 3/16" in widget.hypothesis_view.hypothesis_label.text()
+    assert "(key: .)" in widget.hypothesis_view.next_button.toolTip()
+    assert "Shift-Enter" in widget.correction.best_fit_button.toolTip()
 
     # accept #3 as the best fit
     press(viewer, "Shift-Enter")
@@ -172,8 +173,8 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
 
     # export through the button, then read the files back
     target = tmp_path / "lesion_correction.tif"
-    widget.ask_save_path = lambda default: str(target)
-    assert "(key: Control-Shift-E)" in widget.export_button.toolTip()
+    widget.correction.ask_save_path = lambda default: str(target)
+    assert "(key: Control-Shift-E)" in widget.correction.export_button.toolTip()
     press(viewer, "Control-Shift-E")  # the Export… button's shortcut
     assert said(notes, "Saved lesion_correction.tif and lesion_correction.tif.json")
     np.testing.assert_array_equal(tifffile.imread(target), correction.data)
@@ -198,9 +199,9 @@ def test_review_workflow_sample_cycle_pick_paint_export_reload(review, qtbot, tm
 def test_sample_has_a_shortcut_and_the_click_option_says_what_it_does(review, qtbot):
     viewer, widget = review
     viewer.open_sample("napari-probunet", "lesion")
-    widget.n_spin.setValue(3)
-    assert widget.sample_on_click.text() == "Run on click"  # not a second "Sample"
-    assert "(key: Control-Enter)" in widget.sample_button.toolTip()
+    widget.sampler.n_spin.setValue(3)
+    assert widget.roi_tool.sample_on_click.text() == "Run on click"  # not a second "Sample"
+    assert "(key: Control-Enter)" in widget.sampler.sample_button.toolTip()
     press(viewer, "Control-Enter")
     wait_idle(qtbot, widget)
     assert widget.state.hypotheses is not None and len(widget.state.hypotheses.labels) == 3
@@ -209,21 +210,21 @@ def test_sample_has_a_shortcut_and_the_click_option_says_what_it_does(review, qt
 def test_a_large_image_opened_from_the_menu_starts_in_click_mode(review, qtbot, notes):
     """File > Open Sample > the 256x256 slice: 'Whole image' would segment the whole body."""
     viewer, widget = review
-    widget.load_bundled_model("lesions")  # 64x64 input
+    widget.model_panel.load_bundled_model("lesions")  # 64x64 input
     wait_idle(qtbot, widget)
-    assert widget.roi_mode == "whole"
+    assert widget.roi_tool.roi_mode == "whole"
     viewer.open_sample("napari-probunet", "lesion_large")
-    assert widget.roi_mode == "click"
+    assert widget.roi_tool.roi_mode == "click"
     assert said(notes, "much larger than the model's 64x64 input")
     # the user's choice sticks: no second switch for the same image
-    widget.set_roi_mode("whole")
+    widget.controller.input.set_roi_mode("whole")
     widget.refresh_layer_choices()
-    widget.image_combo.currentIndexChanged.emit(widget.image_combo.currentIndex())
-    assert widget.roi_mode == "whole"
+    widget.roi_tool.image_combo.currentIndexChanged.emit(widget.roi_tool.image_combo.currentIndex())
+    assert widget.roi_tool.roi_mode == "whole"
     # a crop of the model's size keeps the whole image
     viewer.open_sample("napari-probunet", "lesion")
-    widget.image_combo.setCurrentText("lesion")
-    assert widget.roi_mode == "whole"
+    widget.roi_tool.image_combo.setCurrentText("lesion")
+    assert widget.roi_tool.roi_mode == "whole"
 
 
 def test_cycling_while_layers_are_still_being_added_shows_the_chosen_one(review, qtbot):
@@ -231,42 +232,43 @@ def test_cycling_while_layers_are_still_being_added_shows_the_chosen_one(review,
     at once (not "layer deleted", not nothing), and stays the only visible one."""
     viewer, widget = review
     viewer.open_sample("napari-probunet", "lesion")
-    widget.n_spin.setValue(40)
-    assert widget.sample()
-    qtbot.waitUntil(lambda: widget.state.hypotheses is not None and bool(widget.pending_layers),
+    widget.sampler.n_spin.setValue(40)
+    assert widget.sampler.sample()
+    qtbot.waitUntil(lambda: widget.state.hypotheses is not None
+                    and bool(widget.hypothesis_view.pending),
                     timeout=60000)
     for _ in range(5):
         press(viewer, ".")
-    sixth = widget.hypothesis_layers[5]
+    sixth = widget.hypothesis_view.layers[5]
     assert sixth in viewer.layers and sixth.visible
-    assert "Hypothesis 6/40" in widget.hypothesis_label.text()
-    assert "deleted" not in widget.hypothesis_label.text()
+    assert "Hypothesis 6/40" in widget.hypothesis_view.hypothesis_label.text()
+    assert "deleted" not in widget.hypothesis_view.hypothesis_label.text()
     wait_idle(qtbot, widget)
     layers = hypothesis_layers(viewer, "lesion", 40)
     assert [layer.visible for layer in layers] == [i == 5 for i in range(40)]
     order = [viewer.layers.index(layer) for layer in layers]
     assert order == sorted(order, reverse=True)  # hypothesis k right below k-1, as always
-    assert widget.hypothesis_label.text().startswith("Hypothesis 6/40")
-    assert "(layer" not in widget.hypothesis_label.text()
+    assert widget.hypothesis_view.hypothesis_label.text().startswith("Hypothesis 6/40")
+    assert "(layer" not in widget.hypothesis_view.hypothesis_label.text()
 
 
 def test_resampling_replaces_the_previous_set(review, qtbot):
     viewer, widget = review
     image, _ = two_mode_case()
     viewer.add_image(image, name="case")
-    widget.n_spin.setValue(6)
+    widget.sampler.n_spin.setValue(6)
     sample_and_wait(qtbot, widget)
     first = hypothesis_layers(viewer, "case", 6)
-    widget.n_spin.setValue(3)
-    widget.seed_spin.setValue(7)
+    widget.sampler.n_spin.setValue(3)
+    widget.sampler.seed_spin.setValue(7)
     sample_and_wait(qtbot, widget)
     names = [layer.name for layer in viewer.layers if "hypothesis" in layer.name]
     assert sorted(names) == [f"case hypothesis {i:02d}" for i in range(1, 4)]
     assert [layer.metadata["seed"] for layer in hypothesis_layers(viewer, "case", 3)] == [7] * 3
     assert hypothesis_layers(viewer, "case", 3) == first[:3]  # reused, not piled up
     assert len([la for la in viewer.layers if la.name == "case uncertainty"]) == 1
-    widget.new_seed_button.click()
-    assert widget.seed_spin.value() != 7
+    widget.sampler.new_seed_button.click()
+    assert widget.sampler.seed_spin.value() != 7
 
 
 def test_explorer_point_becomes_the_correction(review, qtbot, tmp_path):
@@ -279,7 +281,7 @@ def test_explorer_point_becomes_the_correction(review, qtbot, tmp_path):
     widget.state.best_fit_requested.emit(Choice(source="explorer", index=None, z=z, labels=labels))
     correction = viewer.layers["case correction"]
     np.testing.assert_array_equal(correction.data, labels)
-    path = widget.export(tmp_path / "explorer.npy")
+    path = widget.correction.export(tmp_path / "explorer.npy")
     record = json.loads(export.record_path(path).read_text())
     assert record["choice"]["source"] == "explorer" and "seed" not in record["choice"]
     np.testing.assert_allclose(record["choice"]["z"], z)
@@ -291,21 +293,21 @@ def test_replacing_an_edited_correction_asks_first(review, qtbot):
     image, _ = two_mode_case()
     viewer.add_image(image, name="case")
     sample_and_wait(qtbot, widget)
-    widget.use_as_best_fit(0)
+    widget.controller.use_as_best_fit(0)
     correction = viewer.layers["case correction"]
-    widget.use_as_best_fit(1)  # nothing edited yet: replaced without a question
+    widget.controller.use_as_best_fit(1)  # nothing edited yet: replaced without a question
     np.testing.assert_array_equal(correction.data, widget.state.hypotheses.labels[1])
     correction.paint((2, 2), 1)
     correction.paint((2, 2), 0)
     correction.paint((28, 28), 1 - correction.data[28, 28])
     edited = correction.data.copy()
     questions = []
-    widget.confirm = lambda title, text: questions.append(text) or False
-    widget.use_as_best_fit(3)
+    widget.correction.confirm = lambda title, text: questions.append(text) or False
+    widget.controller.use_as_best_fit(3)
     assert questions and "edited by hand" in questions[0]
     np.testing.assert_array_equal(viewer.layers["case correction"].data, edited)
-    widget.confirm = lambda title, text: True
-    widget.use_as_best_fit(3)
+    widget.correction.confirm = lambda title, text: True
+    widget.controller.use_as_best_fit(3)
     np.testing.assert_array_equal(viewer.layers["case correction"].data,
                                   widget.state.hypotheses.labels[3])
 
@@ -317,13 +319,13 @@ def test_click_roi_places_the_hypotheses_over_the_lesion(review, qtbot, tmp_path
     viewer, widget = review
     data = sample_lesion_large()[0][0]
     image = viewer.add_image(data, name="CT slice", scale=(0.5, 0.5), translate=(10.0, -4.0))
-    widget.set_roi_mode("click")
+    widget.controller.input.set_roi_mode("click")
     side = widget.state.model.config.input_size  # 32 for the tiny model
     centre = (LARGE_OFFSET[0] + 32, LARGE_OFFSET[1] + 32)  # the lesion, in data pixels
     world = image.data_to_world(centre)
 
     mouse(viewer, world, drag_to=(260, 240))  # a drag pans: no ROI, no sampling
-    assert widget.click_roi is None and not widget.busy
+    assert widget.controller.input.click is None and not widget.busy
     mouse(viewer, world)  # a click: the ROI is centred on it and sampling starts
     wait_idle(qtbot, widget)
 
@@ -340,13 +342,14 @@ def test_click_roi_places_the_hypotheses_over_the_lesion(review, qtbot, tmp_path
                                image.data_to_world((r0 - 0.5, c0 - 0.5)))
 
     # near the border the crop stays inside the image
-    assert widget.set_click_roi(image.data_to_world((2, 250))) == (0, 256 - side, side, side)
+    assert widget.roi_tool.set_click_roi(image.data_to_world((2, 250))) == \
+        (0, 256 - side, side, side)
     wait_idle(qtbot, widget)
 
     # the export holds the whole 256x256 plane with the crop in place
-    widget.use_as_best_fit()
+    widget.controller.use_as_best_fit()
     correction = viewer.layers["CT slice correction"]
-    path = widget.export(tmp_path / "slice.npy")
+    path = widget.correction.export(tmp_path / "slice.npy")
     full = np.load(path)
     assert full.shape == (256, 256)
     roi = widget.state.encoded.roi
@@ -363,7 +366,7 @@ def test_rectangle_roi_from_a_shapes_layer(review, qtbot):
     viewer, widget = review
     data = sample_lesion_large()[0][0]
     viewer.add_image(data, name="CT slice")
-    widget.set_roi_mode("rectangle")
+    widget.controller.input.set_roi_mode("rectangle")
     shapes = viewer.layers["ROI"]  # created for the user to draw in
     assert viewer.layers.selection.active is shapes and shapes.mode == "add_rectangle"
     shapes.add_rectangles(np.array([[59.5, 39.5], [123.5, 103.5]]))
@@ -389,14 +392,14 @@ def test_current_slice_of_a_4d_stack_and_rgb(review, qtbot, notes):
     np.testing.assert_allclose(first.data_to_world((0, 0, 0, 0)), layer.data_to_world((1, 2, 0, 0)))
 
     viewer.dims.ndisplay = 3
-    assert not widget.sample()
+    assert not widget.sampler.sample()
     assert said(notes, "switch the viewer to 2D", NotificationSeverity.WARNING)
     viewer.dims.ndisplay = 2
 
     rgb = (np.stack([image, image * 0.8, image * 0.6], axis=-1) * 255).astype(np.uint8)
     viewer.add_image(rgb, name="colour")
     assert viewer.layers["colour"].rgb
-    widget.image_combo.setCurrentText("colour")
+    widget.roi_tool.image_combo.setCurrentText("colour")
     sample_and_wait(qtbot, widget)
     assert viewer.layers["colour hypothesis 01"].data.shape == (32, 32)
 
@@ -407,10 +410,10 @@ def test_current_slice_of_a_4d_stack_and_rgb(review, qtbot, notes):
 def test_cancel_keeps_the_previous_hypotheses(review, qtbot, notes):
     viewer, widget = review
     viewer.add_image(sample_lesion_large()[0][0], name="CT slice")
-    widget.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
-    widget.n_spin.setValue(100)
-    assert widget.sample()
-    qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)
+    widget.controller.input.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
+    widget.sampler.n_spin.setValue(100)
+    assert widget.sampler.sample()
+    qtbot.mouseClick(widget.sampler.cancel_button, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, widget)
     assert said(notes, "Sampling cancelled")
     assert widget.state.hypotheses is None
@@ -420,10 +423,10 @@ def test_cancel_keeps_the_previous_hypotheses(review, qtbot, notes):
 def test_second_click_while_sampling_is_refused(review, qtbot, notes):
     viewer, widget = review
     viewer.add_image(sample_lesion_large()[0][0], name="CT slice")
-    widget.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
-    assert widget.sample()
+    widget.controller.input.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
+    assert widget.sampler.sample()
     # the worker's end is handled by the Qt event loop, which has not run yet: still running
-    qtbot.mouseClick(widget.sample_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.sampler.sample_button, Qt.MouseButton.LeftButton)
     assert said(notes, "already running", NotificationSeverity.WARNING)
     wait_idle(qtbot, widget)
     assert len(hypothesis_layers(viewer, "CT slice", 4)) == 4
@@ -433,9 +436,9 @@ def test_second_click_while_sampling_is_refused(review, qtbot, notes):
 def test_image_deleted_while_sampling(review, qtbot, notes):
     viewer, widget = review
     viewer.add_image(sample_lesion_large()[0][0], name="CT slice")
-    widget.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
-    widget.n_spin.setValue(100)
-    assert widget.sample()
+    widget.controller.input.set_roi_mode("whole")  # the whole 256x256 slice: a long run, on purpose
+    widget.sampler.n_spin.setValue(100)
+    assert widget.sampler.sample()
     viewer.layers.remove("CT slice")
     wait_idle(qtbot, widget)
     assert said(notes, "'CT slice' was removed while sampling", NotificationSeverity.WARNING)
@@ -446,20 +449,20 @@ def test_hypothesis_layer_deleted_before_and_while_sampling(review, qtbot):
     viewer, widget = review
     image, _ = two_mode_case()
     viewer.add_image(image, name="case")
-    widget.n_spin.setValue(6)
+    widget.sampler.n_spin.setValue(6)
     sample_and_wait(qtbot, widget)
     viewer.layers.remove("case hypothesis 04")
     for _ in range(3):
-        widget.next_hypothesis()  # reaches the deleted one without an error
-    assert "Hypothesis 4/6" in widget.hypothesis_label.text()
-    assert "layer deleted" in widget.hypothesis_label.text()
-    widget.next_hypothesis()
+        widget.controller.next_hypothesis()  # reaches the deleted one without an error
+    assert "Hypothesis 4/6" in widget.hypothesis_view.hypothesis_label.text()
+    assert "layer deleted" in widget.hypothesis_view.hypothesis_label.text()
+    widget.controller.next_hypothesis()
     assert viewer.layers["case hypothesis 05"].visible
-    widget.use_as_best_fit(3)  # its labels are still known
+    widget.controller.use_as_best_fit(3)  # its labels are still known
     np.testing.assert_array_equal(viewer.layers["case correction"].data,
                                   widget.state.hypotheses.labels[3])
-    widget.seed_spin.setValue(3)
-    assert widget.sample()
+    widget.sampler.seed_spin.setValue(3)
+    assert widget.sampler.sample()
     viewer.layers.remove("case hypothesis 02")
     wait_idle(qtbot, widget)
     assert len(hypothesis_layers(viewer, "case", 6)) == 6
@@ -471,7 +474,7 @@ def test_hypothesis_layer_deleted_before_and_while_sampling(review, qtbot):
 
 def test_bad_images_are_explained(review, qtbot, notes):
     viewer, widget = review
-    assert not widget.sample()
+    assert not widget.sampler.sample()
     assert said(notes, "There is no image layer", NotificationSeverity.ERROR)
 
     image, _ = two_mode_case()
@@ -482,19 +485,19 @@ def test_bad_images_are_explained(review, qtbot, notes):
     assert said(notes, "'holes' has 1 NaN or infinite pixel(s)", NotificationSeverity.ERROR)
 
     viewer.add_image(np.full((32, 32), 0.3, np.float32), name="flat")
-    widget.image_combo.setCurrentText("flat")
+    widget.roi_tool.image_combo.setCurrentText("flat")
     sample_and_wait(qtbot, widget)
     assert said(notes, "is constant", NotificationSeverity.ERROR)
 
     viewer.add_image(np.zeros((1100, 1100), np.float32), name="huge")
-    widget.image_combo.setCurrentText("huge")
-    assert widget.roi_mode == "click"  # chosen for a large image
+    widget.roi_tool.image_combo.setCurrentText("huge")
+    assert widget.roi_tool.roi_mode == "click"  # chosen for a large image
     assert said(notes, "much larger than the model's")
-    widget.set_roi_mode("whole")
-    assert not widget.sample()
+    widget.controller.input.set_roi_mode("whole")
+    assert not widget.sampler.sample()
     assert said(notes, "too large to segment whole", NotificationSeverity.WARNING)
-    assert widget.roi_mode == "click"
-    assert not widget.sample()
+    assert widget.roi_tool.roi_mode == "click"
+    assert not widget.sampler.sample()
     assert said(notes, "Click on the lesion in the viewer first")
     assert widget.state.hypotheses is None
 
@@ -508,13 +511,13 @@ def test_incompatible_model_files_keep_the_loaded_model(review, qtbot, notes, tm
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(two_mode_model_file.read_bytes()[:1000])
     for path, words in ((pickled, "pickled PyTorch checkpoint"), (truncated, "truncated")):
-        widget.ask_model_path = lambda folder, path=path: str(path)
-        qtbot.mouseClick(widget.open_model_button, Qt.MouseButton.LeftButton)
+        widget.model_panel.ask_model_path = lambda folder, path=path: str(path)
+        qtbot.mouseClick(widget.model_panel.open_model_button, Qt.MouseButton.LeftButton)
         wait_idle(qtbot, widget)
         assert said(notes, words, NotificationSeverity.ERROR)
         assert said(notes, "The previous model stays loaded")
         assert widget.state.model is loaded
-    assert "two_mode.safetensors" in widget.model_label.text()
+    assert "two_mode.safetensors" in widget.model_panel.model_label.text()
 
 
 def test_missing_bundled_model_says_so(make_napari_viewer, monkeypatch, tmp_path, notes):
@@ -524,10 +527,10 @@ def test_missing_bundled_model_says_so(make_napari_viewer, monkeypatch, tmp_path
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
     assert said(notes, "The bundled model is not installed", NotificationSeverity.WARNING)
-    assert "No model loaded" in widget.model_label.text()
-    assert "Open model" in widget.model_label.text()
+    assert "No model loaded" in widget.model_panel.model_label.text()
+    assert "Open model" in widget.model_panel.model_label.text()
     viewer.add_image(two_mode_case()[0], name="case")
-    assert not widget.sample()
+    assert not widget.sampler.sample()
     assert said(notes, "No model is loaded", NotificationSeverity.ERROR)
 
 
@@ -542,26 +545,27 @@ def test_bundled_model_loads_off_the_gui_thread(make_napari_viewer, qtbot, monke
     monkeypatch.setattr(modelfile, "DEFAULT_MODEL_NAME", "lesions")
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer)
-    assert widget.model_loading  # loading in the background
-    widget.n_spin.setValue(4)
+    assert widget.controller.loading  # loading in the background
+    widget.sampler.n_spin.setValue(4)
     viewer.add_image(two_mode_case()[0], name="case")
-    assert not widget.sample()  # queued until the model is there
+    assert not widget.sampler.sample()  # queued until the model is there
     wait_idle(qtbot, widget)
-    assert "Synthetic demo lesion (bundled model)" in widget.model_label.text()
-    assert widget.model_combo.currentText() == "Synthetic demo lesion"
+    assert "Synthetic demo lesion (bundled model)" in widget.model_panel.model_label.text()
+    assert widget.model_panel.model_combo.currentText() == "Synthetic demo lesion"
     assert widget.state.hypotheses is not None  # the queued sampling ran
 
 
 def test_devices_listed_and_remembered(review, make_napari_viewer, notes):
     from napari_probunet.device import available_devices
+    from napari_probunet.gui.review.common import settings
 
     viewer, widget = review
-    assert widget.device_names() == ["auto", *available_devices()]
-    widget.set_device("cpu")
-    assert str(widget.settings().value("device")) == "cpu"
-    assert ReviewWidget(make_napari_viewer(), load_default=False).device == "cpu"
+    assert widget.model_panel.device_names() == ["auto", *available_devices()]
+    widget.model_panel.set_device("cpu")
+    assert str(settings().value("device")) == "cpu"
+    assert ReviewWidget(make_napari_viewer(), load_default=False).model_panel.device == "cpu"
     if "cuda" not in available_devices():
-        widget.set_device("cuda")
+        widget.model_panel.set_device("cuda")
         assert said(notes, "'cuda' is not available", NotificationSeverity.ERROR)
 
 
@@ -570,11 +574,11 @@ def test_devices_listed_and_remembered(review, make_napari_viewer, notes):
 
 def test_autosave_and_restore_on_reopening(review, qtbot, tmp_path, notes):
     viewer, widget = review
-    widget.autosave_delay_ms = 30
+    widget.correction.timer.setInterval(30)
     image, _ = two_mode_case()
     viewer.add_image(image, name="case")
     sample_and_wait(qtbot, widget)
-    widget.use_as_best_fit(2)
+    widget.controller.use_as_best_fit(2)
     correction = viewer.layers["case correction"]
     correction.paint((3, 3), 1)
     painted = correction.data.copy()
@@ -583,13 +587,13 @@ def test_autosave_and_restore_on_reopening(review, qtbot, tmp_path, notes):
     qtbot.waitUntil(recovery.exists, timeout=5000)
     saved, source, info = load_recovery(image_signature(image))
     np.testing.assert_array_equal(saved, painted)
-    assert info["index"] == 2 and "autosaved" in widget.correction_label.text()
+    assert info["index"] == 2 and "autosaved" in widget.correction.correction_label.text()
 
     # the correction is deleted by mistake; sampling the same image offers it back
     viewer.layers.remove(correction)
     questions = []
-    widget.confirm = lambda title, text: questions.append(title) or True
-    widget.seed_spin.setValue(11)
+    widget.correction.confirm = lambda title, text: questions.append(title) or True
+    widget.sampler.seed_spin.setValue(11)
     sample_and_wait(qtbot, widget)
     assert questions == ["Restore the autosaved correction?"]
     restored = viewer.layers["case correction"]
@@ -598,7 +602,7 @@ def test_autosave_and_restore_on_reopening(review, qtbot, tmp_path, notes):
 
     # declined: kept on disk, not asked again in this session
     viewer.layers.remove(restored)
-    widget.confirm = lambda title, text: questions.append(title) or False
+    widget.correction.confirm = lambda title, text: questions.append(title) or False
     sample_and_wait(qtbot, widget)
     sample_and_wait(qtbot, widget)
     assert len(questions) == 2 and recovery.exists()
@@ -609,15 +613,15 @@ def test_no_overwrite_without_confirmation(review, qtbot, tmp_path, notes):
     viewer, widget = review
     viewer.add_image(two_mode_case()[0], name="case")
     sample_and_wait(qtbot, widget)
-    widget.use_as_best_fit()
+    widget.controller.use_as_best_fit()
     target = tmp_path / "mask.png"
     target.write_bytes(b"someone else's file")
-    widget.confirm = lambda title, text: False
-    assert widget.export(target) is None
+    widget.correction.confirm = lambda title, text: False
+    assert widget.correction.export(target) is None
     assert target.read_bytes() == b"someone else's file"
     assert said(notes, "Nothing was exported")
-    widget.confirm = lambda title, text: True
-    assert widget.export(target) == target
+    widget.correction.confirm = lambda title, text: True
+    assert widget.correction.export(target) == target
     from PIL import Image
 
     stored = np.asarray(Image.open(target))
@@ -628,7 +632,7 @@ def test_failed_write_keeps_the_correction(review, qtbot, tmp_path, notes, monke
     viewer, widget = review
     viewer.add_image(two_mode_case()[0], name="case")
     sample_and_wait(qtbot, widget)
-    widget.use_as_best_fit()
+    widget.controller.use_as_best_fit()
     correction = viewer.layers["case correction"]
     correction.paint((1, 1), 1)
     folder = tmp_path / "read-only"
@@ -641,7 +645,7 @@ def test_failed_write_keeps_the_correction(review, qtbot, tmp_path, notes, monke
     else:
         folder.chmod(0o500)
     try:
-        assert widget.export(folder / "mask.tif") is None
+        assert widget.correction.export(folder / "mask.tif") is None
     finally:
         folder.chmod(0o700)
     assert said(notes, "read-only", NotificationSeverity.ERROR)
@@ -653,7 +657,7 @@ def test_file_save_uses_the_writer_with_a_record(review, qtbot, tmp_path):
     viewer, widget = review
     viewer.add_image(two_mode_case()[0], name="case")
     sample_and_wait(qtbot, widget)
-    widget.use_as_best_fit(1)
+    widget.controller.use_as_best_fit(1)
     correction = viewer.layers["case correction"]
     correction.paint((5, 5), 1)
     viewer.layers.selection.active = correction
@@ -699,9 +703,9 @@ def test_the_explorer_shares_the_state_through_napari(make_napari_viewer, qtbot,
     _, explorer = viewer.window.add_plugin_dock_widget("napari-probunet", "Latent-space explorer")
     assert explorer.state is widget.state
     wait_idle(qtbot, widget)  # the bundled model, if installed
-    widget.load_model_file(two_mode_model_file)
+    widget.model_panel.load_model_file(two_mode_model_file)
     wait_idle(qtbot, widget)
-    widget.n_spin.setValue(4)
+    widget.sampler.n_spin.setValue(4)
     viewer.add_image(two_mode_case()[0], name="case")
     sample_and_wait(qtbot, widget)
     qtbot.waitUntil(lambda: explorer.idle, timeout=30_000)
@@ -718,15 +722,15 @@ def test_a_reopened_widget_picks_up_the_review(review, qtbot, tmp_path):
     viewer, widget = review
     viewer.add_image(two_mode_case()[0], name="case")
     sample_and_wait(qtbot, widget)
-    widget.use_as_best_fit(1)
+    widget.controller.use_as_best_fit(1)
     viewer.window.remove_dock_widget(widget)
     widget.close()
     again = ReviewWidget(viewer, load_default=False)
     viewer.window.add_dock_widget(again)
-    assert "Hypothesis 1/4" in again.hypothesis_label.text()
-    again.next_hypothesis()
+    assert "Hypothesis 1/4" in again.hypothesis_view.hypothesis_label.text()
+    again.controller.next_hypothesis()
     assert viewer.layers["case hypothesis 02"].visible
-    assert again.export(tmp_path / "again.npy") is not None
+    assert again.correction.export(tmp_path / "again.npy") is not None
 
 
 def test_placement_follows_any_image_transform():
@@ -757,23 +761,25 @@ def test_model_choice_lists_bundled_models_by_plain_name_and_opened_files(
     from napari_probunet.model.modelfile import BUNDLED_MODELS
 
     viewer, widget = review
-    titles = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    combo = widget.model_panel.model_combo
+    titles = [combo.itemText(i) for i in range(combo.count())]
     shipped = [m.title for m in BUNDLED_MODELS if m.path.exists()]
     assert titles[:len(shipped)] == shipped
     assert "Synthetic demo lesion" in titles
     # the test's model file is listed as a file, selected
-    assert widget.model_combo.currentText() == f"File: {two_mode_model_file.name}"
+    assert widget.model_panel.model_combo.currentText() == f"File: {two_mode_model_file.name}"
     # choosing a bundled model loads it off the GUI thread and shows what it was trained on
-    i = widget.model_combo.findData("lesions")
-    widget.model_combo.setCurrentIndex(i)
-    widget.model_combo.activated.emit(i)
+    i = widget.model_panel.model_combo.findData("lesions")
+    widget.model_panel.model_combo.setCurrentIndex(i)
+    widget.model_panel.model_combo.activated.emit(i)
     wait_idle(qtbot, widget)
     assert widget.state.model.config.input_size == 64
-    text = widget.model_label.text()
+    text = widget.model_panel.model_label.text()
     assert "Synthetic demo lesion (bundled model)" in text
     assert "Trained on: synthetic CT-like lesion crops" in text
-    assert widget.model_combo.currentText() == "Synthetic demo lesion"
-    assert widget.model_combo.findData(str(two_mode_model_file)) == -1  # no stale file entry
+    assert widget.model_panel.model_combo.currentText() == "Synthetic demo lesion"
+    # no stale file entry
+    assert widget.model_panel.model_combo.findData(str(two_mode_model_file)) == -1
 
 
 def test_an_image_unlike_the_training_data_is_warned_about_not_blocked(
@@ -783,23 +789,23 @@ def test_an_image_unlike_the_training_data_is_warned_about_not_blocked(
     import skimage.data
 
     viewer, widget = review
-    widget.load_bundled_model("lesions")
+    widget.model_panel.load_bundled_model("lesions")
     wait_idle(qtbot, widget)
     viewer.add_image(skimage.data.astronaut()[:200, :200], name="photo", rgb=True)
-    widget.set_roi_mode("whole")
-    widget.n_spin.setValue(2)
-    assert widget.sample()
+    widget.controller.input.set_roi_mode("whole")
+    widget.sampler.n_spin.setValue(2)
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
     assert widget.state.hypotheses is not None  # not blocked
-    assert widget.domain_label.isVisible() or not widget.isVisible()
-    text = widget.domain_label.text()
+    assert widget.model_panel.domain_label.isVisible() or not widget.isVisible()
+    text = widget.model_panel.domain_label.text()
     assert "colour image" in text and "200x200 pixels" in text
     assert said(notes, "outside what the model knows", NotificationSeverity.WARNING)
     # an image like its training data clears the warning
     from napari_probunet.data.synthetic import SyntheticDataset
 
     viewer.add_image(SyntheticDataset("lesions", 1, seed=3, size=64)[0].image, name="synthetic")
-    widget.image_combo.setCurrentText("synthetic")
-    assert widget.sample()
+    widget.roi_tool.image_combo.setCurrentText("synthetic")
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
-    assert widget.domain_label.text() == ""
+    assert widget.model_panel.domain_label.text() == ""

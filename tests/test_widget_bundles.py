@@ -54,13 +54,13 @@ def _review_without_model(widget, viewer, bundle_path: Path, tmp_path: Path):
     np.testing.assert_array_equal(st.hypotheses.labels, b.hypotheses.labels)
     np.testing.assert_allclose(st.hypotheses.z, b.hypotheses.z, rtol=1e-6)
     assert st.hypotheses.seed == b.seed
-    assert "Hypothesis 1/16" in widget.hypothesis_label.text()
+    assert "Hypothesis 1/16" in widget.hypothesis_view.hypothesis_label.text()
 
-    widget.next_hypothesis()
-    assert widget.current_hypothesis == 1
+    widget.controller.next_hypothesis()
+    assert widget.controller.current == 1
     assert [la.visible for la in layers] == [i == 1 for i in range(16)]
 
-    widget.use_as_best_fit(2)
+    widget.controller.use_as_best_fit(2)
     correction = viewer.layers[f"{NAME} correction"]
     np.testing.assert_array_equal(correction.data, layers[2].data)
     assert not any(la.visible for la in layers)
@@ -71,8 +71,8 @@ def _review_without_model(widget, viewer, bundle_path: Path, tmp_path: Path):
     assert edited > 0
 
     target = tmp_path / "corr.tif"
-    widget.ask_save_path = lambda default: str(target)
-    assert widget.export() == target
+    widget.correction.ask_save_path = lambda default: str(target)
+    assert widget.correction.export() == target
     np.testing.assert_array_equal(tifffile.imread(target), correction.data)
     record = json.loads((tmp_path / "corr.tif.json").read_text())
     np.testing.assert_allclose(record["choice"]["z"], b.hypotheses.z[2], rtol=1e-6)
@@ -89,7 +89,7 @@ def test_opened_bundle_is_ready_for_review_without_a_model(make_napari_viewer, q
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-probunet")
     widget = ReviewWidget(viewer, load_default=False)
-    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    widget.correction.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
     assert any("Opened bundle" in m and "16 hypotheses ready (no model run)" in m
                for m in notes())
     _review_without_model(widget, viewer, path, tmp_path)
@@ -101,7 +101,7 @@ def test_widget_adopts_a_bundle_opened_later(make_napari_viewer, qtbot, prepared
     path, _ = prepared
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer, load_default=False)
-    widget.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
+    widget.correction.confirm = lambda title, text: pytest.fail(f"unexpected question: {title}")
     viewer.open(str(path), plugin="napari-probunet")
     qtbot.waitUntil(lambda: widget.state.hypotheses is not None, timeout=10_000)
     assert any(f"Opened bundle {read_bundle(path).case_id}: 16 hypotheses ready (no model run)"
@@ -113,7 +113,7 @@ def test_the_bundles_model_also_encodes_the_image(make_napari_viewer, qtbot, pre
     path, model = prepared
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer, load_default=False)
-    widget.load_model_file(model)
+    widget.model_panel.load_model_file(model)
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
     assert widget.state.session is not None
     viewer.open(str(path), plugin="napari-probunet")
@@ -130,7 +130,7 @@ def test_another_models_session_is_left_alone(make_napari_viewer, qtbot, prepare
     save_model(tiny_model(2), other)
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer, load_default=False)
-    widget.load_model_file(other)
+    widget.model_panel.load_model_file(other)
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
     viewer.open(str(path), plugin="napari-probunet")
     qtbot.waitUntil(lambda: widget.state.hypotheses is not None, timeout=10_000)

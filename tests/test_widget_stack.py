@@ -27,17 +27,17 @@ def test_all_slices_samples_every_slice(review, qtbot, two_mode_model_file):
     stack = make_stack()
     viewer.add_image(stack, name="stack")
     viewer.dims.set_current_step(0, 1)
-    assert widget.slices_combo.isEnabled()
-    widget.set_all_slices(True)
-    widget.n_spin.setValue(16)
-    widget.seed_spin.setValue(7)
-    assert widget.sample()
+    assert widget.roi_tool.slices_combo.isEnabled()
+    widget.controller.input.set(slices_all=True)
+    widget.sampler.n_spin.setValue(16)
+    widget.sampler.seed_spin.setValue(7)
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
     layers = [viewer.layers[f"stack hypothesis {i:02d}"] for i in range(1, 17)]
     assert all(la.data.shape == (4, 32, 32) for la in layers)
     unc = viewer.layers["stack uncertainty"]
     assert unc.data.shape == (4, 32, 32)
-    assert widget.progress.value() == 4 and widget.progress.maximum() == 4
+    assert widget.sampler.progress.value() == 4 and widget.sampler.progress.maximum() == 4
 
     direct = Session(load_model(two_mode_model_file), "cpu")
     for k in range(4):
@@ -57,7 +57,7 @@ def test_all_slices_samples_every_slice(review, qtbot, two_mode_model_file):
     assert st.encoded.slice_index == (1,)
     np.testing.assert_array_equal(st.hypotheses.labels, np.stack([la.data[1] for la in layers]))
     assert st.session.image_signature == st.encoded.image_signature
-    widget.next_hypothesis()
+    widget.controller.next_hypothesis()
     assert layers[1].visible and not layers[0].visible
 
 
@@ -77,11 +77,11 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
     monkeypatch.setattr(_jobs, "decode_region", held)
     viewer.add_image(make_stack(), name="stack")
     viewer.dims.set_current_step(0, 0)
-    widget.set_all_slices(True)
-    widget.n_spin.setValue(4)
-    assert widget.sample()
+    widget.controller.input.set(slices_all=True)
+    widget.sampler.n_spin.setValue(4)
+    assert widget.sampler.sample()
     qtbot.waitUntil(lambda: len(decoded) == 1, timeout=20_000)
-    qtbot.mouseClick(widget.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.sampler.cancel_button, Qt.MouseButton.LeftButton)
     clicked.set()
     wait_idle(qtbot, widget)
     layers = [viewer.layers[f"stack hypothesis {i:02d}"] for i in range(1, 5)]
@@ -98,10 +98,10 @@ def test_cancel_after_the_first_slice_keeps_it(review, qtbot, monkeypatch):
 def test_option_disabled_for_a_2d_image(review):
     viewer, widget = review
     viewer.add_image(two_mode_case()[0], name="flat")
-    widget.image_combo.setCurrentText("flat")
-    assert not widget.slices_combo.isEnabled()
-    widget.set_all_slices(True)
-    assert not widget.all_slices
+    widget.roi_tool.image_combo.setCurrentText("flat")
+    assert not widget.roi_tool.slices_combo.isEnabled()
+    widget.controller.input.set(slices_all=True)
+    assert not widget.controller.input.all_slices
 
 
 def test_the_review_and_probunet_sample_give_a_volume_the_same_hypotheses(
@@ -131,10 +131,10 @@ def test_the_review_and_probunet_sample_give_a_volume_the_same_hypotheses(
     layer = viewer.open(path, plugin="napari-probunet")[0]
     assert layer.data.shape == stack.shape
     viewer.dims.set_current_step(0, 0)
-    widget.set_all_slices(True)
-    widget.n_spin.setValue(8)
-    widget.seed_spin.setValue(seeds.pop())
-    assert widget.sample()
+    widget.controller.input.set(slices_all=True)
+    widget.sampler.n_spin.setValue(8)
+    widget.sampler.seed_spin.setValue(seeds.pop())
+    assert widget.sampler.sample()
     wait_idle(qtbot, widget)
     name = layer.name
     layers = [viewer.layers[f"{name} hypothesis {i:02d}"] for i in range(1, 9)]

@@ -90,8 +90,8 @@ def open_review(viewer, explorer: bool = True, scripted: bool = False):
     """
     dock, review = viewer.window.add_plugin_dock_widget(PLUGIN, REVIEW)
     if scripted:
-        review.recovery_dir = tempfile.mkdtemp(prefix="probunet-recovery-")
-        review.confirm = lambda title, text: False
+        review.correction.recovery_dir = tempfile.mkdtemp(prefix="probunet-recovery-")
+        review.correction.confirm = lambda title, text: False
     if explorer:
         try:
             # a tab beside the review: each gets the window's full height (drag the tab out
@@ -130,18 +130,19 @@ def load_model(review, model: str | None) -> None:
     wait_until(lambda: not review.busy, what="the bundled model")
     if model:
         if bundled_model(model) is not None:
-            review.load_bundled_model(model)
+            review.model_panel.load_bundled_model(model)
         else:
-            review.load_model_file(model)
+            review.model_panel.load_model_file(model)
         wait_until(lambda: not review.busy, what=f"the model {model}")
     if review.state.session is None:
-        raise SystemExit("no model could be loaded: " + (review.model_error or "see above"))
+        raise SystemExit("no model could be loaded: "
+                         + (review.controller.model_error or "see above"))
 
 
 def sample(review, n: int = 16, seed: int = 0) -> None:
-    review.n_spin.setValue(n)
-    review.seed_spin.setValue(seed)
-    review.sample_button.click()
+    review.sampler.n_spin.setValue(n)
+    review.sampler.seed_spin.setValue(seed)
+    review.sampler.sample_button.click()
     wait_until(lambda: not review.busy, what="sampling")
 
 
@@ -239,7 +240,7 @@ def _show_a_drawn_hypothesis(review) -> None:
     areas = labels.reshape(len(labels), -1).sum(1)
     drawn = [int(i) for i in np.argsort(areas) if areas[i] > 0]
     if drawn:
-        review.show_hypothesis(drawn[len(drawn) // 2])
+        review.controller.show_hypothesis(drawn[len(drawn) // 2])
 
 
 def _review_scenes(folder: Path, model: str) -> list[Path]:
@@ -259,12 +260,12 @@ def _review_scenes(folder: Path, model: str) -> list[Path]:
     # the hypothesis that differs most from the first one, to show what cycling reveals
     labels = review.state.hypotheses.labels
     differs = [int(np.count_nonzero(labels[i] != labels[0])) for i in range(len(labels))]
-    review.show_hypothesis(int(np.argmax(differs)))
+    review.controller.show_hypothesis(int(np.argmax(differs)))
     out.append(screenshot(viewer, folder / "review-cycle.png"))
 
     # the middle-sized hypothesis as the best fit, with a brush stroke that adds a bulge
     areas = labels.reshape(len(labels), -1).sum(axis=1)
-    review.use_as_best_fit(int(np.argsort(areas)[len(areas) // 2]))
+    review.controller.use_as_best_fit(int(np.argsort(areas)[len(areas) // 2]))
     correction = review.state.correction_layer
     viewer.layers[f"{image.name} uncertainty"].visible = False
     mask = correction.data > 0
@@ -286,7 +287,7 @@ def _review_scenes(folder: Path, model: str) -> list[Path]:
 def show_raters(viewer, review) -> None:
     """Show the radiologists who drew something (their outlines: graders are drawn as
     contours by default) over a drawn hypothesis, the uncertainty map hidden."""
-    image = review.image_layer()
+    image = review.roi_tool.image_layer()
     _show_a_drawn_hypothesis(review)
     unc = review.hypothesis_view.uncertainty
     if unc is not None:
@@ -311,10 +312,11 @@ def _graders_scene(folder: Path, model: str) -> Path:
 def _click_scene(folder: Path) -> Path:
     """The large (synthetic) slice and the synthetic model: click on the lesion."""
     viewer, review = _open_for_pictures("lesion_large", "lesions")
-    review.set_roi_mode("click")
+    review.controller.input.set_roi_mode("click")
     settle()
     image = viewer.layers["CT slice"]
-    review.set_click_roi(image.data_to_world((LARGE_OFFSET[0] + 32, LARGE_OFFSET[1] + 32)))
+    centre = (LARGE_OFFSET[0] + 32, LARGE_OFFSET[1] + 32)
+    review.roi_tool.set_click_roi(image.data_to_world(centre))
     wait_until(lambda: not review.busy, what="sampling")
     viewer.layers.selection.active = image
     path = screenshot(viewer, folder / "review-roi.png")
@@ -358,9 +360,10 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
         viewer = _make_viewer()
         review = open_review(viewer, explorer=False, scripted=True)
         # CPU for this run only (set_device would also remember it for the user)
-        review.device_combo.blockSignals(True)
-        review.device_combo.setCurrentIndex(review.device_combo.findData("cpu"))
-        review.device_combo.blockSignals(False)
+        combo = review.model_panel.device_combo
+        combo.blockSignals(True)
+        combo.setCurrentIndex(combo.findData("cpu"))
+        combo.blockSignals(False)
         load_model(review, model_path)
         done = []
         review.state.hypotheses_changed.connect(lambda done=done: done.append(1))
@@ -368,7 +371,7 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
         def click(review=review, done=done) -> tuple[float, float]:
             done.clear()
             t0 = time.perf_counter()
-            review.sample_button.click()
+            review.sampler.sample_button.click()
             wait_until(lambda: bool(done), what="sampling")
             _app().processEvents()  # the queued repaint: the layers are on screen
             t_first = time.perf_counter() - t0
@@ -378,15 +381,16 @@ def bench(n: int = 16, repeats: int = 5, model: str | None = None) -> dict:
 
         viewer.add_image(base, name="CT slice")
         settle(0.1)
-        review.set_roi_mode("whole")  # a large image starts in click mode: time the whole image
-        review.n_spin.setValue(n)
-        review.seed_spin.setValue(k)
+        # a large image starts in click mode: time the whole image
+        review.controller.input.set_roi_mode("whole")
+        review.sampler.n_spin.setValue(n)
+        review.sampler.seed_spin.setValue(k)
         settle(0.3)
         t_first, t_all = click()
         first.append(t_first)
         all_layers.append(t_all)
         settle(0.2)
-        review.seed_spin.setValue(1000 + k)
+        review.sampler.seed_spin.setValue(1000 + k)
         resample.append(click()[0])
         viewer.close()
     return {
@@ -448,14 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open_sample(PLUGIN, args.sample)
     refit_after_docking(viewer)  # fit the sample to the canvas once the docks have settled
     if args.sample == "lesion_large":
-        review.set_roi_mode("click")
+        review.controller.input.set_roi_mode("click")
     if args.model:
         # the default model is loading in the background: open the chosen one after it
         wait_until(lambda: not review.busy, what="the bundled model")
         if bundled_model(args.model) is not None:
-            review.load_bundled_model(args.model)
+            review.model_panel.load_bundled_model(args.model)
         else:
-            review.load_model_file(args.model)
+            review.model_panel.load_model_file(args.model)
     napari.run()
     return 0
 

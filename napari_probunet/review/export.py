@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ from napari_probunet.review.export_unit import (
     recover_folder,
     write_failed,
 )
+from napari_probunet.review.geometry import as_2d
 from napari_probunet.review.provenance import (
     RECORD_KIND,
     RECORD_VERSION,
@@ -204,6 +206,28 @@ def layer_mask_and_record(data, metadata: dict[str, Any] | None, name: str | Non
     record = Provenance().correction_record(arr, volume=volume_source(metadata))
     record.update(layer=name, extent="layer", roi=None)
     return arr, record
+
+
+@dataclass
+class Exported:
+    """An exported correction layer: the files written and the crop they hold."""
+
+    mask: Path
+    record: Path
+    crop: np.ndarray  # the (h, w) correction inside the ROI, as exported
+    plane_signature: str | None  # the autosave key of the correction's plane
+
+
+def export_layer(layer, path: str | os.PathLike, *, overwrite: bool = False) -> Exported:
+    """Write a correction ``layer`` (anything with ``data``, ``metadata`` and ``name``: a
+    napari Labels layer) to ``path`` with its JSON record (:func:`layer_mask_and_record`, then
+    :func:`export_correction`, whose UserError says what is wrong)."""
+    crop = as_2d(layer.data)
+    prov = Provenance.from_metadata(layer.metadata)
+    mask, record = layer_mask_and_record(crop, layer.metadata, name=layer.name)
+    written, record_file = export_correction(mask, Path(path), record, overwrite=overwrite,
+                                             scale=prov.scale)
+    return Exported(written, record_file, crop, prov.plane_signature)
 
 
 # ----------------------------------------------------------------------------- writing

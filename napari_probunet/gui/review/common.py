@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import suppress
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSettings, QSize, Qt
 from qtpy.QtWidgets import QFileDialog, QLabel, QMessageBox, QSizePolicy
 
 from napari_probunet.review import export
+from napari_probunet.review.controller import is_bundle_record
 
 #: keyboard shortcuts, bound on the viewer while the widget is open
 KEY_NEXT = "."
@@ -18,11 +19,9 @@ KEY_SAMPLE = "Control-Enter"
 KEY_EXPORT = "Control-Shift-E"
 #: whole-image sampling is refused above this many pixels (use an ROI)
 WHOLE_IMAGE_LIMIT = 1024 * 1024
-#: ROI side when no model is loaded yet (the model's config.input_size otherwise)
-FALLBACK_ROI = 128
 #: autosave the correction this long after the last edit
 AUTOSAVE_MS = 2000
-ROI_MODES = ("whole", "rectangle", "click")
+#: the region modes (the controller's ``ROI_MODES``) as the Input box shows them
 ROI_LABELS = ("Whole image", "Rectangle (Shapes layer)", "Click on the lesion")
 #: the "Slices" choice for a 3D/4D stack
 SLICE_LABELS = ("Current slice", "All slices")
@@ -71,10 +70,18 @@ def remove_layers(viewer, layers) -> None:
         selection.active = active
 
 
+def settings() -> QSettings:
+    """Where the review remembers the device and the model and export folders."""
+    return _settings()
+
+
+def _settings() -> QSettings:  # (tests point it at a temporary file)
+    return QSettings("napari-probunet", "review")
+
+
 def is_bundle_layer(layer) -> bool:
     """A layer that the bundle reader made (its metadata names the bundle format)."""
-    meta = getattr(layer, "metadata", None) or {}
-    return meta.get("bundle_format_version") is not None and "image_signature" in meta
+    return is_bundle_record(getattr(layer, "metadata", None))
 
 
 def keybinding(key: str):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -28,37 +29,62 @@ from napari_probunet.gui.review.common import (
     CORRECTION_COLOURS,
     KEY_ACCEPT,
     KEY_EXPORT,
+    ask_save_path,
+    ask_yes_no,
     colormap,
     readable_time,
+    settings,
 )
+from napari_probunet.gui.review.region import find_image
 from napari_probunet.review import export, recovery
+from napari_probunet.review.controller import ReviewController
 from napari_probunet.review.geometry import as_2d, embed
 from napari_probunet.review.provenance import Provenance, pixels_changed
 from napari_probunet.review.state import Choice
 
 
 class Correction:
-    """The correction layer of a :class:`ReviewWidget`: best fit, autosave, restore, export."""
+    """The correction layer of the review: best fit, autosave, restore, export.
 
-    #: controls the widget exposes as its own attributes
-    CONTROLS = ("best_fit_button", "correction_label", "export_button")
+    Its questions are attributes that scripts and tests can answer:
+    ``confirm(title, text) -> bool`` and ``ask_save_path(default) -> str | None``;
+    ``recovery_dir`` is where autosaves go (None: :func:`recovery.recovery_dir`).
+    """
 
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.viewer = widget.viewer
-        self.state = widget.state
+    def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
+        self.controller = controller
+        self.viewer = viewer
+        self.state = controller.state
+        self.confirm: Callable[[str, str], bool] = lambda title, text: ask_yes_no(
+            parent, title, text)
+        self.ask_save_path: Callable[[str], str | None] = lambda d: ask_save_path(parent, d)
+        self.recovery_dir: str | os.PathLike | None = None
         self._declined_recovery: set[str] = set()
         self._last_autosaved: np.ndarray | None = None
         self._autosave_failed = False
         self._saved_at: str | None = None  # time of the last autosave of the correction
-        self.timer = QTimer(widget)
+        self.timer = QTimer(parent)
         self.timer.setSingleShot(True)
         self.timer.setInterval(AUTOSAVE_MS)
         self.timer.timeout.connect(self.autosave_now)
         self.box = self._build()
         # (lambdas: `clicked` would pass its `checked` flag as the first argument)
-        self.best_fit_button.clicked.connect(lambda: widget.use_as_best_fit())
-        self.export_button.clicked.connect(lambda: widget.export())
+        self.best_fit_button.clicked.connect(lambda: controller.use_as_best_fit())
+        self.export_button.clicked.connect(lambda: self.export())
+        c = controller
+        c.hook(c.best_fit_requested, self.on_best_fit_requested)
+        c.hook(c.results_shown, lambda result, run: self.offer_restore(
+            result.plane_signature, run.job.layer_name, run.plane))
+        c.hook_all((signal, self.update_controls) for signal in (
+            c.hypotheses_changed, c.input_changed, c.correction_changed, c.model_changed))
+        if self.layer is not None:  # the widget closed and reopened: keep autosaving it
+            self.watch(self.layer)
+            self.update_label()
+
+    def update_controls(self, *_) -> None:
+        """*Use as best fit* with hypotheses of the image chosen, *Export…* with a correction."""
+        self.best_fit_button.setEnabled(self.controller.can_choose)
+        self.export_button.setEnabled(self.layer is not None)
 
     def _build(self) -> QGroupBox:
         box = QGroupBox("Best fit && export")
@@ -108,7 +134,7 @@ class Correction:
             show_error(f"Sample again, then retry. The chosen map is {labels.shape[0]}x"
                        f"{labels.shape[1]} but the encoded region is {enc.roi[2]}x{enc.roi[3]}.")
             return
-        layer = self.widget.roi_tool.find_image(enc.layer_name)
+        layer = find_image(self.viewer, enc.layer_name)
         if layer is None:
             show_error(f"The image is gone. The layer '{enc.layer_name}' is needed to place "
                        "the correction: open the image again and sample.")
@@ -120,28 +146,26 @@ class Correction:
         if existing is not None:
             edited = Provenance.from_metadata(existing.metadata).pixels_edited(
                 as_2d(existing.data))
-            if edited and not self.widget.confirm(
+            if edited and not self.confirm(
                     "Replace the correction?",
                     f"'{existing.name}' has {edited} pixel(s) edited by hand. Replace it with "
                     f"{label}? The edits are lost unless you export them first."):
                 show_info("The correction was kept.")
                 return
         prov = self._record(choice, labels, layer, plane)
-        correction = self._make(layer, plane, enc.roi, labels.copy(), prov, existing)
-        self.state.choose(choice, correction)
-        unc = self.widget.hypothesis_view.uncertainty
-        if unc is not None and unc in self.viewer.layers:
-            unc.visible = False  # it would wash out the correction's colour; one click brings it back
+        correction = self._make(layer, plane, enc.roi, labels.copy(), prov, existing,
+                                hide_uncertainty=True)
+        self.controller.choose(choice, correction)
         show_info(f"Best fit: {label}. It is now '{enc.layer_name} correction': edit it with "
                   "the brush (P), eraser (E) or fill (F); Ctrl+Z undoes.")
 
     def _record(self, choice: Choice, labels: np.ndarray, layer, plane: ImagePlane) -> Provenance:
         """Where the correction came from (its layer's metadata, the export record's source)."""
-        w, enc, hyp = self.widget, self.state.encoded, self.state.hypotheses
+        c, enc, hyp = self.controller, self.state.encoded, self.state.hypotheses
         # hypotheses from an opened bundle carry their own model record (there may be no model)
-        bundle = w.bundles.record if choice.source == "hypothesis" else None
-        model_sha = bundle.model_sha256 if bundle is not None else w.model_sha()
-        model_name = bundle.model_name if bundle is not None else w.model_name()
+        bundle = c.bundle_record if choice.source == "hypothesis" else None
+        model_sha = bundle.model_sha256 if bundle is not None else c.model_sha()
+        model_name = bundle.model_name if bundle is not None else c.model_name()
         class_names = (list(self.state.model.config.class_names) if self.state.model
                        else None)
         if bundle is not None and bundle.class_names:
@@ -153,7 +177,7 @@ class Correction:
             n_samples=len(hyp.labels) if hyp is not None else None,
             roi=enc.roi, image_layer=enc.layer_name, slice_index=enc.slice_index,
             plane_shape=plane.shape, image_signature=enc.image_signature,
-            plane_signature=w.hypothesis_view.plane_signature or enc.image_signature,
+            plane_signature=c.plane_signature or enc.image_signature,
             model_sha256=model_sha, model_name=model_name, class_names=class_names,
             scale=[float(s) for s in layer.scale[-2:]],
             translate=[float(t) for t in layer.translate[-2:]],
@@ -163,9 +187,10 @@ class Correction:
             region_pixels=enc.image)  # a correction can become training data
 
     def _make(self, layer, plane: ImagePlane, roi, labels2d: np.ndarray,
-              prov: Provenance, existing: Labels | None) -> Labels:
+              prov: Provenance, existing: Labels | None, hide_uncertainty: bool = False) -> Labels:
         """Put ``labels2d`` (the ROI crop) into the correction layer (``existing`` reused when
-        it fits), with ``prov`` as its metadata, ready for the brush."""
+        it fits), with ``prov`` as its metadata, ready for the brush, over the hypotheses
+        (and the uncertainty map when ``hide_uncertainty``)."""
         viewer = self.viewer
         meta = prov.to_metadata()
         place = placement(layer, roi, plane.index)
@@ -174,7 +199,8 @@ class Correction:
         num_classes = self.state.model.config.num_classes if self.state.model else max(
             2, len(prov.class_names or ()))
         self._unwatch()
-        if existing is not None and existing in viewer.layers and existing.data.shape == data.shape:
+        if existing is not None and existing in viewer.layers \
+                and existing.data.shape == data.shape:
             correction = existing
             correction.metadata = meta
             correction.data = data
@@ -187,19 +213,15 @@ class Correction:
                                 colormap=colormap(max(num_classes, 2), CORRECTION_COLOURS),
                                 **place)
             viewer.layers.append(correction)
-        for la in self.widget.hypothesis_view.layers:
-            if la in viewer.layers:
-                la.visible = False
         viewer.layers.selection.active = correction
         correction.selected_label = 1
         correction.brush_size = max(1, min(labels2d.shape) // 16)
         correction.mode = "paint"
-        self.state.set_correction_layer(correction)
         self._last_autosaved = labels2d.copy()
         self._saved_at = None
         self.watch(correction)
+        self.controller.place_correction(correction, hide_uncertainty)
         self.update_label()
-        self.widget.update_buttons()
         return correction
 
     def _correction_for(self, image_name: str) -> Labels | None:
@@ -224,7 +246,7 @@ class Correction:
 
     # ------------------------------------------------------------------ autosave and restore
     def _on_edited(self, event=None) -> None:
-        if not self.widget.closed:
+        if not self.controller.closed:
             self.timer.start()
             self.update_label(saved=self._saved_at)
 
@@ -261,7 +283,7 @@ class Correction:
 
     def offer_restore(self, plane_signature: str, image_name: str, plane: ImagePlane) -> None:
         """Offer the autosaved correction of this plane, if any, after sampling it again."""
-        folder = self.widget.recovery_dir
+        folder = self.recovery_dir
         if plane_signature in self._declined_recovery or self._correction_for(image_name):
             return
         found = recovery.load_recovery(plane_signature, folder)
@@ -276,7 +298,7 @@ class Correction:
         edited = pixels_changed(correction, source)
         what = (f"hypothesis {prov.hypothesis_number}" if prov.source == "hypothesis"
                 else "an explorer point")
-        if not self.widget.confirm(
+        if not self.confirm(
                 "Restore the autosaved correction?",
                 f"A correction of this image was autosaved "
                 f"{readable_time(info.get('saved', '?'))} (from "
@@ -289,9 +311,9 @@ class Correction:
         layer = self._make(plane.layer, plane, roi, correction, prov, None)
         self._last_autosaved = correction.copy()
         z = np.asarray(prov.z or [], np.float32)
-        self.state.choose(Choice(source=prov.choice_source, index=prov.index, z=z,
-                                 labels=prov.source_labels),
-                          layer)
+        self.controller.choose(Choice(source=prov.choice_source, index=prov.index, z=z,
+                                      labels=prov.source_labels),
+                               layer)
         show_info(f"Autosave restored. It is '{image_name} correction'.")
 
     def on_layer_removed(self, layer) -> None:
@@ -308,7 +330,7 @@ class Correction:
                 show_info("The deleted correction was autosaved. Sample the same image again "
                           "to restore it.")
         self._unwatch()
-        self.state.drop_correction()
+        self.controller.drop_correction()
         self.update_label()
 
     def _save_recovery(self, layer, data: np.ndarray) -> Path:
@@ -317,47 +339,43 @@ class Correction:
         prov = Provenance.from_metadata(layer.metadata)
         return recovery.save_recovery(prov.plane_signature, data, prov.recovery_info(),
                                       source_labels=prov.source_labels,
-                                      folder=self.widget.recovery_dir)
+                                      folder=self.recovery_dir)
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | os.PathLike | None = None) -> Path | None:
+        """Export the correction (the Export… button; ``path``: no dialog). Returns the
+        mask's path, or ``None``."""
         layer = self.layer
         if layer is None:
             show_warning("Nothing to export yet. Pick a hypothesis with 'Use as best fit' "
                          "first.")
             return None
-        meta = layer.metadata
-        prov = Provenance.from_metadata(meta)
-        settings = self.widget.settings
+        prov = Provenance.from_metadata(layer.metadata)
         asked = path is None
         if asked:
             folder = str(settings().value("export_folder", str(Path.home())))
             stem = f"{prov.image_layer}_correction".replace(" ", "_")
-            path = self.widget.ask_save_path(str(Path(folder) / f"{stem}.tif"))
+            path = self.ask_save_path(str(Path(folder) / f"{stem}.tif"))
             if not path:
                 return None
         path = Path(path).expanduser()
-        crop = as_2d(layer.data)
-        mask, record = export.layer_mask_and_record(crop, meta, name=layer.name)
-        json_path = export.record_path(path)
-        exists = [p.name for p in (path, json_path) if p.exists()]
-        if exists and not self.widget.confirm(
+        exists = [p.name for p in (path, export.record_path(path)) if p.exists()]
+        if exists and not self.confirm(
                 "Replace the existing file?",
                 f"{' and '.join(exists)} already exist(s) in {path.parent}. Replace?"):
             show_info("Nothing was exported. The existing file is kept.")
             return None
         try:
-            written, record_file = export.export_correction(
-                mask, path, record, overwrite=bool(exists), scale=prov.scale)
+            done = self.controller.export(path, overwrite=bool(exists))
         except UserError as exc:
             show_error(str(exc))
             return None
         if asked:
             settings().setValue("export_folder", str(path.parent))
         with suppress(KeyError, OSError, ValueError):
-            if np.array_equal(crop, as_2d(layer.data)):
-                recovery.discard_recovery(prov.plane_signature, self.widget.recovery_dir)
-                self._last_autosaved = crop.copy()
-        show_info(f"Saved {written.name} and {record_file.name}. Folder: {written.parent}")
+            if np.array_equal(done.crop, as_2d(layer.data)):
+                recovery.discard_recovery(done.plane_signature, self.recovery_dir)
+                self._last_autosaved = done.crop.copy()
+        show_info(f"Saved {done.mask.name} and {done.record.name}. Folder: {done.mask.parent}")
         self.update_label()
-        return written
+        return done.mask

@@ -4,7 +4,7 @@ A collapsible box under the Sampling box: one thumbnail per hypothesis (the regi
 the hypothesis as a fill with a contour, :mod:`.thumbnails`) in a scrolling grid, the shown
 hypothesis highlighted. Click (or the arrow keys in the grid) shows a hypothesis, as the
 navigation does; ``.``/``,`` step in hypothesis order there too; double-click or Enter makes it
-the best fit (:meth:`ReviewWidget.use_as_best_fit`). Right-click, the buttons, or the keys
+the best fit (the controller's ``use_as_best_fit``). Right-click, the buttons, or the keys
 ``S`` and ``X`` shortlist or reject one: shortlisted thumbnails get a gold frame and star (and
 their layer joins the viewer), rejected ones are dimmed and crossed out, and *Hide rejected*
 takes them out of the grid. *Order*: seed order, or grouped by similarity
@@ -45,6 +45,7 @@ from qtpy.QtWidgets import (
 
 from napari_probunet.gui.review import thumbnails
 from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, KEY_NEXT, KEY_PREVIOUS
+from napari_probunet.review.controller import ReviewController
 from napari_probunet.review.ordering import ORDERS, ordered
 
 MARKS = ("shortlist", "reject")
@@ -73,29 +74,30 @@ class _Grid(QListWidget):
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         g, text = self.gallery, event.text()
-        actions = {KEY_NEXT: g.widget.next_hypothesis, KEY_PREVIOUS: g.widget.previous_hypothesis,
+        c = g.controller
+        actions = {KEY_NEXT: c.next_hypothesis, KEY_PREVIOUS: c.previous_hypothesis,
                    "s": lambda: g.toggle(g.current, "shortlist"),
                    "x": lambda: g.toggle(g.current, "reject")}
         if text.lower() in actions:
             actions[text.lower()]()
         elif event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
-            g.widget.use_as_best_fit(g.current)
+            c.use_as_best_fit(g.current)
         else:
             super().keyPressEvent(event)
 
 
 class Gallery:
-    """The Gallery box of a :class:`ReviewWidget`."""
+    """The Gallery box of the review."""
 
-    CONTROLS = ()
     #: thumbnail side in pixels
     SIZE = 80
     #: time budget of one batch of icons (seconds), then Qt gets the event loop back
     BATCH_S = 0.02
 
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.state = widget.state
+    def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
+        self.controller = controller
+        self.viewer = viewer
+        self.state = controller.state
         self.marks: dict[int, str] = {}
         self.order = "seed"
         self.hide_rejected = False
@@ -115,12 +117,11 @@ class Gallery:
         blank.fill(QColor(40, 40, 40))
         self._blank = QIcon(blank)
         self.box = self._build()
-        st = self.state
-        for signal, slot in ((st.hypotheses_changed, self.rebuild), (st.image_encoded, self.rebuild),
-                             (st.model_changed, self.rebuild),
-                             (st.current_hypothesis_changed, self.on_current_changed)):
-            signal.connect(slot)
-            widget._disconnectors.append(lambda s=signal, f=slot: s.disconnect(f))
+        c = controller
+        c.hook_all(((c.hypotheses_changed, self.rebuild),
+                    (c.encoded_changed, self.rebuild), (c.model_changed, self.rebuild),
+                    (c.current_changed, self.on_current_changed),
+                    (c.layers_changed, self._update_summary)))
         self.rebuild()
 
     # ------------------------------------------------------------------ the box
@@ -183,7 +184,7 @@ class Gallery:
         grid.currentItemChanged.connect(lambda item, _: self._on_item(item))
         grid.itemClicked.connect(self._on_item)
         grid.itemDoubleClicked.connect(
-            lambda item: self.widget.use_as_best_fit(self._index(item)))
+            lambda item: self.controller.use_as_best_fit(self._index(item)))
         return grid
 
     def _build_buttons(self) -> QHBoxLayout:
@@ -211,14 +212,15 @@ class Gallery:
         self.toggle_button.blockSignals(True)
         self.toggle_button.setChecked(on)
         self.toggle_button.blockSignals(False)
-        self.toggle_button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.toggle_button.setArrowType(
+            Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
         self.content.setVisible(on)
 
     # ------------------------------------------------------------------ state
     @property
     def current(self) -> int:
         """The hypothesis shown (0-based)."""
-        return self.widget.current_hypothesis
+        return self.controller.current
 
     @property
     def count(self) -> int:
@@ -236,7 +238,7 @@ class Gallery:
 
     def rebuild(self, *_) -> None:
         """Take the state's hypotheses (new ones drop the marks) and fill the grid."""
-        if self.widget.closed:
+        if self.controller.closed:
             return
         hyp = self.state.hypotheses
         if hyp is not self._hypotheses:
@@ -295,7 +297,7 @@ class Gallery:
 
     def _draw_batch(self) -> None:
         """Draw thumbnails for about :attr:`BATCH_S`, then give Qt the event loop back."""
-        if self.widget.closed or not self._todo:
+        if self.controller.closed or not self._todo:
             return
         t0 = time.perf_counter()
         rgb = self._rgb
@@ -333,7 +335,7 @@ class Gallery:
     # ------------------------------------------------------------------ actions
     def select(self, index: int) -> None:
         """Show hypothesis ``index`` (as a click on its thumbnail)."""
-        self.widget.show_hypothesis(int(index))
+        self.controller.show_hypothesis(int(index))
 
     def mark(self, index: int, mark: str | None) -> None:
         """Shortlist (``"shortlist"``) or reject (``"reject"``) hypothesis ``index``, or clear
@@ -348,7 +350,7 @@ class Gallery:
         else:
             self.marks[index] = mark
         if mark == "shortlist":
-            self.widget.hypothesis_view.join(index)
+            self.controller.want_layer(index)
         self._redraw(index)
         self._apply_filter()
         self._update_summary()
@@ -379,7 +381,7 @@ class Gallery:
 
     def add_all_layers(self) -> None:
         """Put every hypothesis's layer into the viewer (a few per event-loop turn)."""
-        self.widget.hypothesis_view.add_all()
+        self.controller.want_all_layers()
         self._update_summary()
 
     def scroll_to_current(self) -> None:
@@ -398,7 +400,7 @@ class Gallery:
         i = self._index(item)
         menu = QMenu(self.grid)
         menu.addAction(f"Show hypothesis {i + 1}", lambda: self.select(i))
-        menu.addAction("Use as best fit", lambda: self.widget.use_as_best_fit(i))
+        menu.addAction("Use as best fit", lambda: self.controller.use_as_best_fit(i))
         menu.addSeparator()
         for mark, text in (("shortlist", "Shortlist"), ("reject", "Reject")):
             action = menu.addAction(text, lambda m=mark: self.toggle(i, m))
@@ -413,8 +415,8 @@ class Gallery:
         if self._syncing or item is None:
             return
         i = self._index(item)
-        layers = self.widget.hypothesis_layers
-        shown = i < len(layers) and layers[i].visible and layers[i] in self.widget.viewer.layers
+        layers = self.state.hypothesis_layers
+        shown = i < len(layers) and layers[i].visible and layers[i] in self.viewer.layers
         if i != self.current or not shown:
             self.select(i)
 
@@ -437,13 +439,13 @@ class Gallery:
             _later(self._update_summary)
 
     def _update_summary(self) -> None:
-        if self.widget.closed:
+        if self.controller.closed:
             return
         n = self.count
         has = n > 0
         for b in (self.shortlist_button, self.reject_button):
             b.setEnabled(has)
-        deferred = len(self.widget.hypothesis_view.deferred)
+        deferred = self.controller.layers_deferred
         self.add_layers_button.setVisible(deferred > 0)
         if not has:
             self.summary.setText("No hypotheses yet")

@@ -22,13 +22,21 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSizePolicy
 
 from napari_probunet.gui.napari_compat import no_layer_activation
 from napari_probunet.gui.placement import move_to
-from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap, remove_layers
+from napari_probunet.gui.review.common import (
+    HYPOTHESIS_COLOURS,
+    KEY_NEXT,
+    KEY_PREVIOUS,
+    ElidedLabel,
+    colormap,
+    remove_layers,
+)
 from napari_probunet.review import export
+from napari_probunet.review.controller import ReviewController
 from napari_probunet.review.geometry import embed
 from napari_probunet.review.jobs import Sampled
 from napari_probunet.review.provenance import Provenance
@@ -38,52 +46,87 @@ LAYERS_ON_DEMAND_ABOVE = 40
 
 
 class HypothesisLayers:
-    """The hypothesis and uncertainty layers of a :class:`ReviewWidget`, and which one shows."""
+    """The hypothesis and uncertainty layers of the review, which one shows, and the
+    navigation row (◀, the hypothesis shown, ▶) that the widget puts in the Sampling box."""
 
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.viewer = widget.viewer
-        self.state = widget.state
-        self.current = 0
+    def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
+        self.controller = controller
+        self.viewer = viewer
+        self.state = controller.state
         self.layers: list[Labels] = []  # ours, also while state's list is cleared
         self.pending: list[tuple[Labels, Labels | None]] = []  # layers still to add
         self.deferred: list[Labels] = []  # layers that join the viewer when needed
         self.uncertainty: Image | None = None
-        #: signature of the whole plane the hypotheses were drawn on (autosave key)
-        self.plane_signature: str | None = None
+        self.navigation = self._build_navigation()
+        self.previous_button.clicked.connect(lambda: controller.previous_hypothesis())
+        self.next_button.clicked.connect(lambda: controller.next_hypothesis())
+        c = controller
+        c.hook_all(((c.results_ready, self.show_sampled),
+                    (c.hypotheses_changed, self._on_hypotheses_changed),
+                    (c.current_changed, self._on_current_changed),
+                    (c.input_changed, self.update_navigation),
+                    (c.model_changed, self.update_controls),
+                    (c.correction_placed, self._hide),
+                    (c.layer_wanted, self.join),
+                    (c.all_layers_wanted, self.add_all)))
+        c.hook(viewer.layers.selection.events.active, self.on_active_layer)
+        self._follow_state()
+        self.update_navigation()
 
-    def adopt(self, layers: list, uncertainty, plane_signature: str | None) -> None:
-        """Take over hypothesis layers made elsewhere (a reopened widget, an opened bundle)."""
+    def _build_navigation(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.previous_button = QPushButton("◀")
+        self.previous_button.setToolTip(f"Previous hypothesis (key: {KEY_PREVIOUS})")
+        self.next_button = QPushButton("▶")
+        self.next_button.setToolTip(f"Next hypothesis (key: {KEY_NEXT})")
+        for b in (self.previous_button, self.next_button):
+            b.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+            b.setFixedWidth(34)
+        self.hypothesis_label = ElidedLabel("No hypotheses yet", about=(
+            "The hypothesis shown, and its area in pixels"))
+        self.hypothesis_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        row.addWidget(self.previous_button)
+        row.addWidget(self.hypothesis_label, 1)
+        row.addWidget(self.next_button)
+        return row
+
+    def _follow_state(self) -> None:
+        """Take over hypothesis layers the state holds that were made elsewhere (an opened
+        bundle, a widget closed and reopened)."""
+        st = self.state
+        layers = st.hypothesis_layers
+        if st.hypotheses is None or not layers or len(layers) != len(st.hypotheses.labels) \
+                or (len(layers) == len(self.layers)
+                    and all(a is b for a, b in zip(layers, self.layers))):
+            return
         self.layers = list(layers)
         self.deferred = []
-        self.uncertainty = uncertainty
-        self.plane_signature = plane_signature
+        self.uncertainty = st.uncertainty_layer
+        self._report()
+
+    def _report(self) -> None:
+        """Tell the controller how many layers are still to join the viewer."""
+        self.controller.set_layer_queue(len(self.pending), len(self.deferred))
 
     # ------------------------------------------------------------------ a new run
     def show_sampled(self, result: Sampled, run) -> None:
-        """Show a sampling result (``run`` is the GUI's ``SamplingRun``) and make it the state's
-        hypotheses."""
-        w = self.widget
+        """Show a sampling result (``run`` is the GUI's ``SamplingRun``) and make it the
+        review's hypotheses."""
         self._show(result, run)
-        w.bundles.record = None
-        self.state.set_hypotheses(result.hypotheses, self.layers, self.uncertainty)
-        self.plane_signature = result.plane_signature
-        self.current = 0
-        w.emit(self.state.hypotheses_changed)
-        w.emit(self.state.current_hypothesis_changed, 0)
-        self.update_navigation()
+        self.controller.set_hypotheses(result.hypotheses, self.layers, self.uncertainty,
+                                       result.plane_signature)
 
     def _layer_data(self, result: Sampled, image=None):
         """``(the record shared by all layers, hypothesis i -> layer data, uncertainty data)``;
         ``image`` is the image layer sampled (its scan record goes into the hypotheses' so that
         File > Save writes a hypothesis as the whole scan, as the correction's export does)."""
         request = result.request
-        w = self.widget
+        c = self.controller
         base = Provenance(
             image_layer=request.layer_name, roi=request.roi,
             plane_shape=request.plane.shape[:2], slice_index=request.index,
             image_signature=result.image_signature, plane_signature=result.plane_signature,
-            model_sha256=w.model_sha(), model_name=w.model_name(),
+            model_sha256=c.model_sha(), model_name=c.model_name(),
             seed=request.seed, n_samples=request.n,
             volume=export.volume_source(getattr(image, "metadata", None)))
         if result.stack_labels is None:
@@ -107,7 +150,6 @@ class HypothesisLayers:
         """Put the hypotheses and the uncertainty map into layers, reusing the previous ones."""
         request = result.request
         n, viewer, place = request.n, self.viewer, run.placement
-        self.current = 0
         num_classes = self.state.model.config.num_classes if self.state.model else 2
         width = max(2, len(str(n)))
         base, to_layer, unc_data = self._layer_data(result, run.plane.layer)
@@ -180,7 +222,7 @@ class HypothesisLayers:
 
     def add_pending(self) -> None:
         """Add queued hypothesis layers for about 40 ms (at least one), then yield to Qt."""
-        if self.widget.closed:
+        if self.controller.closed:
             return
         viewer = self.viewer
         start = time.perf_counter()
@@ -196,6 +238,7 @@ class HypothesisLayers:
                 if time.perf_counter() - start > 0.04:
                     break
         self.keep_correction_on_top()
+        self._report()
         if self.pending:
             QTimer.singleShot(0, self.add_pending)
         else:
@@ -206,6 +249,7 @@ class HypothesisLayers:
         on demand (as it is: shown or hidden)."""
         if 0 <= index < len(self.layers):
             self._add_now(self.layers[index])
+            self._report()
             self.update_navigation()
 
     def add_all(self) -> None:
@@ -248,55 +292,65 @@ class HypothesisLayers:
                 viewer.layers.move(i, len(viewer.layers))
 
     # ------------------------------------------------------------------ navigation
-    def show(self, index: int, notify: bool = True) -> None:
-        """Show hypothesis ``index`` (wraps around) and hide the others."""
-        hyp = self.state.hypotheses
-        if hyp is None or not self.layers:
-            show_info("No hypotheses yet: click Sample first.")
-            return
-        n = len(self.layers)
-        self.current = int(index) % n
-        for i, layer in enumerate(self.layers):
-            # layers still queued too: they join the viewer with the right visibility
-            layer.visible = i == self.current
-        self._add_now(self.layers[self.current])
+    def _on_hypotheses_changed(self) -> None:
+        self._follow_state()
         self.update_navigation()
-        if notify:
-            self.widget.emit(self.state.current_hypothesis_changed, self.current)
 
-    def select(self, index: int) -> None:
-        """Make ``index`` the current hypothesis without changing which layers show (the user
-        selected its layer, or picked it as the best fit)."""
-        if index != self.current:
-            self.current = index
-            self.update_navigation()
-            self.widget.emit(self.state.current_hypothesis_changed, index)
+    def _on_current_changed(self, index: int, show: bool) -> None:
+        """The controller's current hypothesis is ``index``: show its layer (hide the
+        others) when ``show``."""
+        if show and self.layers:
+            for i, layer in enumerate(self.layers):
+                # layers still queued too: they join the viewer with the right visibility
+                if layer.visible != (i == index):
+                    layer.visible = i == index
+            self._add_now(self.layers[index])
+            self._report()
+        self.update_navigation()
 
-    def on_current_changed_elsewhere(self, index: int) -> None:
-        if not self.widget.emitting and self.layers:
-            self.show(index, notify=False)
+    def _hide(self, uncertainty_too: bool) -> None:
+        """The correction is on screen: the hypotheses step back (and the uncertainty map,
+        which would wash out the correction's colour; one click brings it back)."""
+        for la in self.layers:
+            if la in self.viewer.layers:
+                la.visible = False
+        unc = self.uncertainty
+        if uncertainty_too and unc is not None and unc in self.viewer.layers:
+            unc.visible = False
 
     def on_active_layer(self, event=None) -> None:
         active = self.viewer.layers.selection.active
         if active is not None and active in self.layers:
-            self.select(self.layers.index(active))
+            self.controller.select(self.layers.index(active))
 
-    def update_navigation(self) -> None:
+    def update_navigation(self, *_) -> None:
+        """The navigation row: the hypothesis shown, its area, and why its layer is not in
+        the list if it is not."""
         n = len(self.layers)
         hyp = self.state.hypotheses
-        label = self.widget.hypothesis_label
-        if hyp is None or n == 0 or len(hyp.labels) != n or not 0 <= self.current < n:
+        current = self.controller.current
+        label = self.hypothesis_label
+        if self.controller.other_image_chosen:
+            label.set_texts(f"No hypotheses of '{self.controller.input.image}' yet",
+                            "No hypotheses yet")
+        elif hyp is None or n == 0 or len(hyp.labels) != n or not 0 <= current < n:
             label.set_texts("No hypotheses yet")
         else:
-            layer = self.layers[self.current]
-            area = int(np.count_nonzero(hyp.labels[self.current]))
+            layer = self.layers[current]
+            area = int(np.count_nonzero(hyp.labels[current]))
             queued = any(layer is q for q, _ in self.pending)
             waiting = any(layer is la for la in self.deferred)
             where = ("" if layer in self.viewer.layers
                      else "layer being added" if queued
                      else "no layer yet" if waiting else "layer deleted")
-            label.set_texts(*navigation_texts(self.current, n, area, where))
-        self.widget.update_buttons()
+            label.set_texts(*navigation_texts(current, n, area, where))
+        self.update_controls()
+
+    def update_controls(self, *_) -> None:
+        """◀ and ▶ only with hypotheses of the image chosen."""
+        can = self.controller.can_choose
+        for b in (self.previous_button, self.next_button):
+            b.setEnabled(can)
 
 
 def navigation_texts(current: int, n: int, area: int, where: str = "") -> tuple[str, str]:

@@ -1,19 +1,19 @@
 """The review widget's Model box: which model, on which device, and what it was trained on.
 
 :class:`ModelPanel` lists the bundled models and an opened model file, loads one off the GUI
-thread (``jobs.model_job``, a job of kind ``"load"`` on the widget's
-:class:`~napari_probunet.gui.review.runner.JobRunner`),
-remembers the device, describes the loaded model and warns, without blocking, when an image
-looks unlike what the model was trained on.
+thread (``jobs.model_job``, a job of kind ``"load"`` on the review's
+:class:`~napari_probunet.gui.review.runner.JobRunner`), remembers the device, describes the
+loaded model and shows, without blocking, the controller's warnings when an image looks unlike
+what the model was trained on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -27,31 +27,36 @@ from qtpy.QtWidgets import (
 )
 
 from napari_probunet.errors import UserError
-from napari_probunet.gui.dock import is_alive
-from napari_probunet.gui.review.common import html
+from napari_probunet.gui.review.common import ask_model_path, html, settings
 from napari_probunet.gui.worker import returning
+from napari_probunet.review.controller import ReviewController, join_sentences
 from napari_probunet.review.jobs import model_job
 
 log = logging.getLogger(__name__)
 
 
 class ModelPanel:
-    """The Model box and model loading of a :class:`ReviewWidget`."""
+    """The Model box of the review, and model loading.
 
-    #: controls the widget exposes as its own attributes
-    CONTROLS = ("model_label", "model_combo", "open_model_button", "domain_label",
-                "device_combo")
+    ``ask_model_path(folder) -> str | None`` is the *Open model…* dialog (scripts and tests
+    replace it).
+    """
 
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.state = widget.state
-        self.error: str | None = None  # why the last load failed, shown in the box
-        self.sample_when_ready = False  # Sample was clicked while the model loaded
-        self._domain_warned: tuple | None = None
+    def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
+        self.controller = controller
+        self.state = controller.state
+        self.runner = runner
+        self.ask_model_path: Callable[[str], str | None] = lambda d: ask_model_path(parent, d)
         self.box = self._build()
         self.open_model_button.clicked.connect(self._on_open_model_clicked)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.device_combo.activated.connect(self._on_device_chosen)
+        c = controller
+        c.hook_all(((c.model_changed, self.show_model), (c.model_failed, self.show_model),
+                    (c.busy_changed, self.update_controls),
+                    (c.input_changed, self.update_controls),
+                    (c.encoded_changed, self.update_controls),
+                    (c.domain_changed, self.show_domain)))
 
     def _build(self) -> QGroupBox:
         box = QGroupBox("Model")
@@ -93,7 +98,7 @@ class ModelPanel:
         self.device_combo.addItem(f"auto ({devices[0]})", "auto")
         for d in devices:
             self.device_combo.addItem(d, d)
-        remembered = str(self.widget.settings().value("device", "auto"))
+        remembered = str(settings().value("device", "auto"))
         i = self.device_combo.findData(remembered)
         if i < 0:
             show_info(f"Using device auto. The device used last time ({remembered}) is not "
@@ -119,10 +124,11 @@ class ModelPanel:
         self._on_device_chosen(i)
 
     def _on_device_chosen(self, _index: int) -> None:
-        self.widget.settings().setValue("device", self.device)
-        if self.state.model is not None and not self.widget.busy:
+        settings().setValue("device", self.device)
+        busy = self.controller.busy
+        if self.state.model is not None and not busy:
             self._start(self.state.model)
-        elif self.widget.busy:
+        elif busy:
             show_info("Device changed for the next model load. The model is busy now.")
 
     # ------------------------------------------------------------------ model choice
@@ -167,20 +173,16 @@ class ModelPanel:
             self.load_model_file(str(key))
 
     def _on_open_model_clicked(self) -> None:
-        settings = self.widget.settings
         folder = str(settings().value("model_folder", str(Path.home())))
-        path = self.widget.ask_model_path(folder)
+        path = self.ask_model_path(folder)
         if path:
             settings().setValue("model_folder", str(Path(path).expanduser().parent))
             self.load_model_file(path)
 
     # ------------------------------------------------------------------ loading
-    @property
-    def loading(self) -> bool:
-        """A model is being loaded (in the background) and has not finished."""
-        return self.widget.jobs.running("load")
-
     def load_bundled_model(self, name: str = "default") -> None:
+        """Load a model that ships with the package (``"default"``, ``"lidc"``,
+        ``"lesions"``) off the GUI thread."""
         from napari_probunet.model.modelfile import BUNDLED_MODELS, bundled_model
 
         bundled = bundled_model(name)
@@ -192,68 +194,48 @@ class ModelPanel:
             message = (f"The bundled model is not installed ({bundled.path.name} is missing "
                        "from the package). Open a model file with 'Open model…', or reinstall "
                        "napari-probunet.")
-            self.error = message
-            self.show_model()
-            show_warning(message)
+            self.controller.load_failed(message, message, level="warning")
             return
         self._start(str(bundled.path))
 
     def load_model_file(self, path: str | os.PathLike) -> None:
+        """Load a model file (``.safetensors``) off the GUI thread; errors become
+        notifications."""
         self._start(os.fspath(Path(path).expanduser()))
 
     def _start(self, source) -> None:
-        if self.widget.sampler.running:
+        if self.controller.sampling:
             show_warning("Sampling is running. Wait for it to finish or click Cancel, then "
                          "change the model or device.")
             return
-        if self.loading:
+        if self.controller.loading:
             show_warning("A model is already loading; wait a moment.")
             return
-        self.error = None
+        self.controller.load_started()
         name = Path(source).name if isinstance(source, (str, os.PathLike)) else "the model"
         self.model_label.setText(f"Loading {name}…")
         device = self.device
-        self.widget.jobs.start("load", returning(lambda: model_job(source, device)),
-                               returned=lambda result: self._on_loaded(result, device),
-                               errored=self._on_failed, finished=self._on_finished)
-        self.widget.update_buttons()
-
-    def _on_loaded(self, result, device: str) -> None:
-        model, session = result
-        # the state first: a widget closed while the model loaded is gone (its controls are
-        # deleted), but the explorer and the nodule tool still get the model
-        self.state.set_model(model, session, device)
-        if not is_alive(self.device_combo):
-            return
-        self.show_model()
-        self.widget.on_model_loaded()
+        self.runner.start("load", returning(lambda: model_job(source, device)),
+                          returned=lambda result: self.controller.model_loaded(*result, device),
+                          errored=self._on_failed, finished=self.controller.load_finished)
 
     def _on_failed(self, exc: BaseException) -> None:
-        self.error = str(exc) if isinstance(exc, UserError) else (
+        error = str(exc) if isinstance(exc, UserError) else (
             f"could not load the model ({type(exc).__name__}: {exc})")
         if not isinstance(exc, UserError):
             log.error("model loading failed", exc_info=exc)
         kept = " The previous model stays loaded." if self.state.model is not None else ""
-        show_error(f"Model not loaded: {self.error}.{kept}")
-        self.sample_when_ready = False
-        self.show_model()
-
-    def _on_finished(self) -> None:
-        if not is_alive(self.device_combo):  # the widget was closed while the model loaded
-            return
-        self.widget.update_buttons()
-        if self.sample_when_ready:
-            self.sample_when_ready = False
-            if self.state.session is not None:
-                self.widget.sample()
+        self.controller.load_failed(error, f"Model not loaded: {error}.{kept}")
 
     # ------------------------------------------------------------------ what it shows
-    def show_model(self) -> None:
+    def show_model(self, *_) -> None:
+        """Describe the loaded model (or why there is none)."""
         model = self.state.model
+        error = self.controller.model_error
         if model is None:
             text = "<b>No model loaded</b>"
-            if self.error:
-                text += f"<br><span style='color:#e06c5a'>{html(self.error)}</span>"
+            if error:
+                text += f"<br><span style='color:#e06c5a'>{html(error)}</span>"
             self.model_label.setText(text)
             self.model_label.setToolTip("")
         else:
@@ -263,8 +245,16 @@ class ModelPanel:
             tip += [f"{k}: {v}" for k, v in prov.items() if isinstance(v, (str, int, float))]
             self.model_label.setToolTip("\n".join(tip))
         self._sync_model_combo()
-        self.widget.update_buttons()
-        self.widget.roi_tool.show_roi()
+        self.update_controls()
+
+    def update_controls(self) -> None:
+        """Model choices off while a model loads; the domain warning only for the image it
+        is about."""
+        loading = self.controller.loading
+        self.open_model_button.setEnabled(not loading)
+        self.model_combo.setEnabled(not loading)
+        domain = self.domain_label
+        domain.setVisible(bool(domain.text()) and not self.controller.other_image_chosen)
 
     def _describe(self, model) -> str:
         """The Model box's text for ``model``: name, classes, input, latent, domain, device."""
@@ -292,37 +282,13 @@ class ModelPanel:
                 f" · input {cfg.input_size}×{cfg.input_size} · latent {cfg.latent_dim}{kind}"
                 f"{trained}<br>running on <b>{device}</b>")
 
-    def check_domain(self, image: np.ndarray) -> None:
-        """Warn, without blocking, when the image given to the model looks unlike what it was
-        trained on (napari_probunet.review.domain): in the Model box and, once per image, as a
-        notification."""
-        from napari_probunet.review.domain import check_image
-
-        session = self.state.session
-        if session is None:
-            return
-        found = check_image(session.config, image).warnings
+    def show_domain(self) -> None:
+        """The controller's domain warnings of the image last encoded, in the Model box."""
+        found = self.controller.domain_warnings
         if not found:
             self.domain_label.setVisible(False)
             self.domain_label.setText("")
             return
         text = join_sentences(found)
         self.domain_label.setText(f"<span style='color:#e5a445'>⚠ This image: {html(text)}</span>")
-        self.domain_label.setVisible(True)
-        key = (id(session), text)
-        if key != self._domain_warned:  # once per model and finding, not on every slice
-            self._domain_warned = key
-            show_warning(f"Unusual image for this model. It may be outside what the model "
-                         f"knows: {text}")
-
-
-def join_sentences(found: list[str]) -> str:
-    """Findings (each a sentence in lower case, ending with a full stop) as one text: the
-    first as it is (it follows "This image:"), the others capitalised, one space apart. They
-    were joined with "; ", which read "...converted to grey.; the image is..."."""
-    parts = []
-    for i, sentence in enumerate(f.strip() for f in found if f.strip()):
-        if not sentence.endswith((".", "!", "?")):
-            sentence += "."
-        parts.append(sentence if i == 0 else sentence[0].upper() + sentence[1:])
-    return " ".join(parts)
+        self.update_controls()

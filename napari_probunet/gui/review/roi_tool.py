@@ -1,9 +1,11 @@
 """The review widget's Input box: which image, which region of it, which slices.
 
-:class:`RoiTool` keeps the image and Shapes choices in step with the layer list, and turns the
-chosen region mode into an ROI ``(row0, col0, height, width)`` of the plane on screen: the
-whole image, the bounding box of a drawn rectangle, or a crop of the model's input size centred
-on a click (a mouse callback, and the yellow ``ROI`` Shapes layer that shows it).
+:class:`RoiTool` keeps the image and Shapes choices in step with the layer list and shows the
+controller's :class:`~napari_probunet.review.inputs.InputChoice` (the image, the region
+mode, the slices, the last click), which its controls edit: the whole image, the bounding box
+of a drawn rectangle, or a crop of the model's input size centred on a click (a mouse
+callback, and the yellow ``ROI`` Shapes layer that shows it). The ROI itself is computed when
+sampling starts (:func:`napari_probunet.gui.review.region.resolve_roi`).
 """
 
 from __future__ import annotations
@@ -15,38 +17,34 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.placement import ImagePlane, current_plane, placement, plane_shape
-from napari_probunet.gui.review.common import (
-    FALLBACK_ROI,
-    ROI_LABELS,
-    ROI_MODES,
-    SLICE_LABELS,
-    WHOLE_IMAGE_LIMIT,
-)
-from napari_probunet.review.geometry import bounding_roi, centred_roi
-from napari_probunet.review.provenance import Provenance
+from napari_probunet.gui.review.common import ROI_LABELS, SLICE_LABELS, WHOLE_IMAGE_LIMIT
+from napari_probunet.gui.review.region import find_image, image_layers
+from napari_probunet.review.controller import ReviewController
+from napari_probunet.review.geometry import centred_roi
+from napari_probunet.review.inputs import ROI_MODES
 
 
 class RoiTool:
-    """The Input box and the region of interest of a :class:`ReviewWidget`."""
+    """The Input box of the review: the image, the region of interest, the slices."""
 
-    #: controls the widget exposes as its own attributes
-    CONTROLS = ("image_combo", "roi_combo", "shapes_combo", "shapes_label", "slices_combo",
-                "sample_on_click", "roi_label")
-
-    def __init__(self, widget) -> None:
-        self.widget = widget
-        self.viewer = widget.viewer
+    def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
+        self.controller = controller
+        self.viewer = viewer
         self.roi_layer: Shapes | None = None
-        #: the last click's (image name, plane index, ROI)
-        self.click: tuple[str, tuple[int, ...], tuple[int, int, int, int]] | None = None
         self._region_suggested: set[str] = set()  # images switched to the click region once
-        #: the region mode is 'Click on the lesion' because an image was too large (not the
-        #: user's choice): a small image chosen next goes back to 'Whole image'
-        self._click_suggested = False
-        self._suggesting = False
+        self._mode_shown: str | None = None  # the mode whose rows and tools are set up
         self.box = self._build()
-        self.roi_combo.currentIndexChanged.connect(self.on_roi_mode_changed)
+        self.roi_combo.currentIndexChanged.connect(self._on_mode_chosen)
         self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
+        self.shapes_combo.currentIndexChanged.connect(
+            lambda _: controller.input.set(shapes=self.shapes_combo.currentText() or None))
+        self.slices_combo.currentIndexChanged.connect(
+            lambda i: controller.input.set(slices_all=i == 1))
+        self.sample_on_click.toggled.connect(lambda on: controller.input.set(run_on_click=on))
+        c = controller
+        c.hook_all(((c.input_changed, self._follow_input),
+                    (c.model_changed, self._on_model_changed), (c.model_failed, self.show_roi)))
+        self._follow_input()
 
     def _build(self) -> QGroupBox:
         box = QGroupBox("Input")
@@ -54,7 +52,8 @@ class RoiTool:
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("The image to segment: 2D grey or RGB, or the current slice "
                                     "of a 3D/4D stack")
-        self.image_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.image_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         form.addRow("Image", self.image_combo)
         self.roi_combo = QComboBox()
         self.roi_combo.addItems(ROI_LABELS)
@@ -83,22 +82,13 @@ class RoiTool:
         return box
 
     # ------------------------------------------------------------------ the image
-    def image_layers(self) -> list[Image]:
-        return [layer for layer in self.viewer.layers
-                if isinstance(layer, Image)
-                and Provenance.from_metadata(layer.metadata).kind != "uncertainty"]
-
     def image_layer(self) -> Image | None:
-        return self.find_image(self.image_combo.currentText())
-
-    def find_image(self, name: str) -> Image | None:
-        for layer in self.image_layers():
-            if layer.name == name:
-                return layer
-        return None
+        """The image layer chosen (``None`` if there is none)."""
+        return find_image(self.viewer, self.image_combo.currentText())
 
     def refresh_layer_choices(self) -> None:
-        for combo, layers in ((self.image_combo, self.image_layers()),
+        """Bring the image and Shapes choices in step with the viewer's layers."""
+        for combo, layers in ((self.image_combo, image_layers(self.viewer)),
                               (self.shapes_combo, [la for la in self.viewer.layers
                                                    if isinstance(la, Shapes)])):
             names = [la.name for la in layers]
@@ -114,13 +104,22 @@ class RoiTool:
                 active = self.viewer.layers.selection.active
                 combo.setCurrentText(active.name if active in layers else names[-1])
             combo.blockSignals(False)
+        self._tell_image()
+        self.controller.input.set(shapes=self.shapes_combo.currentText() or None)
         self.suggest_region()
         self.show_roi()
 
+    def _tell_image(self) -> None:
+        """The controller hears the chosen image (and whether it has slices)."""
+        image = self.image_layer()
+        self.controller.input.set(image=None if image is None else image.name,
+                                  stack=image is not None and image.ndim >= 3)
+        self.slices_combo.setEnabled(image is not None and image.ndim >= 3)
+
     def _on_image_chosen(self, *_) -> None:
+        self._tell_image()
         self.suggest_region()
         self.show_roi()
-        self.widget.update_buttons()
 
     def suggest_region(self) -> None:
         """A newly chosen image much larger than the model's input (more than twice its side)
@@ -136,44 +135,57 @@ class RoiTool:
             h, w = plane_shape(layer)
         except Exception:  # an unusual layer: the ROI line explains what is wrong
             return
-        side = self.roi_side()
+        side = self.controller.roi_side()
         large = max(h, w) > SIZE_FACTOR * side or h * w > WHOLE_IMAGE_LIMIT
-        if not large and self.roi_mode == "click" and self._click_suggested:
-            self._suggest_mode("whole")  # the click region was for the large image before
+        inp = self.controller.input
+        if not large and inp.mode == "click" and inp.mode_suggested:
+            # the click region was for the large image before
+            self.controller.input.set_roi_mode("whole", suggested=True)
             return
-        if not large or self.roi_mode != "whole" or layer.name in self._region_suggested:
+        if not large or inp.mode != "whole" or layer.name in self._region_suggested:
             return
         self._region_suggested.add(layer.name)
-        self._suggest_mode("click")
+        self.controller.input.set_roi_mode("click", suggested=True)
         show_info(f"Click on the lesion. '{layer.name}' is {w}x{h} pixels, much larger than the "
                   f"model's {side}x{side} input: the region is now 'Click on the lesion'. "
                   "Choose 'Whole image' to segment it all at once.")
 
-    @property
-    def all_slices(self) -> bool:
-        return self.slices_combo.isEnabled() and self.slices_combo.currentIndex() == 1
+    def _on_model_changed(self, mine: bool) -> None:
+        if mine:
+            self.suggest_region()  # the input size may differ from the last model's
+        self.show_roi()
 
     # ------------------------------------------------------------------ the region
     @property
     def roi_mode(self) -> str:
+        """The region mode shown: ``"whole"``, ``"rectangle"`` or ``"click"``."""
         return ROI_MODES[max(0, self.roi_combo.currentIndex())]
 
-    def set_roi_mode(self, mode: str) -> None:
-        self.roi_combo.setCurrentIndex(ROI_MODES.index(mode))
+    def _on_mode_chosen(self, *_) -> None:
+        # (nothing new when the change came from the controller)
+        self.controller.input.set_roi_mode(self.roi_mode)
+        if self._mode_shown != self.roi_mode:
+            self._show_mode()
 
-    def _suggest_mode(self, mode: str) -> None:
-        """Set the region mode for the image (not the user's choice: see ``_click_suggested``)."""
-        self._suggesting = True
-        try:
-            self.set_roi_mode(mode)
-        finally:
-            self._suggesting = False
-        self._click_suggested = mode == "click"
+    def _follow_input(self) -> None:
+        """Show the controller's input (changed here, by a script or by another part)."""
+        inp = self.controller.input
+        if self.roi_combo.currentIndex() != ROI_MODES.index(inp.mode):
+            self.roi_combo.setCurrentIndex(ROI_MODES.index(inp.mode))  # -> _on_mode_chosen
+        elif self._mode_shown != inp.mode:
+            self._show_mode()
+        if inp.image is not None and self.image_combo.currentText() != inp.image \
+                and self.image_combo.findText(inp.image) >= 0:
+            self.image_combo.setCurrentText(inp.image)  # -> _on_image_chosen
+        if self.slices_combo.currentIndex() != int(inp.slices_all):
+            self.slices_combo.setCurrentIndex(int(inp.slices_all))
+        if self.sample_on_click.isChecked() != inp.run_on_click:
+            self.sample_on_click.setChecked(inp.run_on_click)
+        self.show_roi()
 
-    def on_roi_mode_changed(self, *_) -> None:
-        if not self._suggesting:
-            self._click_suggested = False  # the user (or a script) chose it
-        mode = self.roi_mode
+    def _show_mode(self) -> None:
+        """The rows, the click tool and the ROI layer for the region mode."""
+        mode = self._mode_shown = self.roi_mode
         rect, click = mode == "rectangle", mode == "click"
         self.shapes_label.setVisible(rect)
         self.shapes_combo.setVisible(rect)
@@ -192,54 +204,13 @@ class RoiTool:
             roi_layer.visible = mode != "whole"
         self.show_roi()
 
-    def roi_side(self) -> int:
-        model = self.widget.state.model
-        return int(model.config.input_size) if model is not None else FALLBACK_ROI
+    def on_layer_removed(self, layer) -> None:
+        """A layer left the viewer (the ROI layer: draw a new one next time)."""
+        if layer is self.roi_layer:
+            self.roi_layer = None
 
-    def resolve_roi(self, layer, plane: ImagePlane):
-        """The ROI for the chosen mode, or raise a UserError that says what to do."""
-        mode = self.roi_mode
-        h, w = plane.shape
-        if mode == "whole":
-            if h * w > WHOLE_IMAGE_LIMIT:
-                self._suggest_mode("click")
-                raise UserError(
-                    f"'{layer.name}' is {h}x{w} pixels, too large to segment whole. The region "
-                    "is now 'Click on the lesion': click the lesion in the viewer (or draw a "
-                    "rectangle)")
-            return (0, 0, h, w)
-        if mode == "click":
-            if self.click is None or self.click[:2] != (layer.name, plane.index):
-                raise UserError("Click on the lesion in the viewer first (the region is "
-                                "'Click on the lesion')")
-            return self.click[2]
-        return self._rectangle_roi(layer, plane)
-
-    def _rectangle_roi(self, layer, plane: ImagePlane):
-        shapes = self._shapes_layer()
-        if shapes is None or len(shapes.data) == 0:
-            raise UserError("Draw a rectangle around the lesion in a Shapes layer first (the "
-                            "region is 'Rectangle')")
-        selected = sorted(shapes.selected_data)
-        vertices = shapes.data[selected[-1] if selected else -1]
-        world = np.array([shapes.data_to_world(v) for v in vertices])
-        data = np.array([layer.world_to_data(p) for p in world])
-        roi = bounding_roi(data, plane.shape)
-        if roi is None:
-            raise UserError(f"the rectangle in '{shapes.name}' lies outside '{layer.name}'")
-        if roi[2] * roi[3] > WHOLE_IMAGE_LIMIT:
-            raise UserError(f"the rectangle covers {roi[2]}x{roi[3]} pixels, too many; draw a "
-                            "smaller one around the lesion or click on it")
-        return roi
-
-    def _shapes_layer(self) -> Shapes | None:
-        name = self.shapes_combo.currentText()
-        for layer in self.viewer.layers:
-            if isinstance(layer, Shapes) and layer.name == name:
-                return layer
-        return None
-
-    def show_roi(self) -> None:
+    def show_roi(self, *_) -> None:
+        """Say which region the model will see."""
         mode = self.roi_mode
         layer = self.image_layer()
         if layer is None:
@@ -251,12 +222,13 @@ class RoiTool:
             dims = shape[layer.ndim - 2:layer.ndim]
             self.roi_label.setText(f"The whole image ({dims[0]}×{dims[1]} pixels).")
         elif mode == "click":
-            if self.click is not None and self.click[0] == layer.name:
-                r0, c0, h, w = self.click[2]
+            click = self.controller.input.click
+            if click is not None and click[0] == layer.name:
+                r0, c0, h, w = click[2]
                 self.roi_label.setText(f"{h}×{w} pixels at row {r0}, column {c0}. Click again "
                                        "to move it.")
             else:
-                side = self.roi_side()
+                side = self.controller.roi_side()
                 self.roi_label.setText(f"Click on the lesion in the viewer: a {side}×{side} "
                                        "crop is centred on the click.")
         else:
@@ -285,9 +257,15 @@ class RoiTool:
             if pos is not None and pos0 is not None and np.hypot(*(np.subtract(pos, pos0))) > 4:
                 return  # a drag (pan): leave it to napari
             yield
-        self.widget.set_click_roi(start)
+        self.set_click_roi(start)
 
     def set_click_roi(self, world_position) -> tuple[int, int, int, int] | None:
+        """Centre the ROI (a crop of the model's input size) on a point given in world
+        coordinates (a click on the lesion).
+
+        Returns the ROI ``(row, col, height, width)`` in the image's data pixels; the
+        controller samples right away when *Run on click* is ticked.
+        """
         layer = self.image_layer()
         if layer is None:
             show_warning("There is no image layer to click on: open an image first.")
@@ -303,10 +281,11 @@ class RoiTool:
         if not (-0.5 <= row < h - 0.5 and -0.5 <= col < w - 0.5):
             show_info(f"That click is outside '{layer.name}'; click on the lesion.")
             return None
-        roi = centred_roi(row, col, self.roi_side(), plane.shape)
-        self.click = (layer.name, plane.index, roi)
+        roi = centred_roi(row, col, self.controller.roi_side(), plane.shape)
+        self.controller.input.set(click=(layer.name, plane.index, roi))
         self._draw_roi(layer, plane, roi)
         self.show_roi()
+        self.controller.region_clicked()
         return roi
 
     def _ensure_roi_layer(self, layer=None, plane: ImagePlane | None = None) -> Shapes | None:
@@ -318,7 +297,8 @@ class RoiTool:
             "scale": layer.scale, "translate": layer.translate}
         if roi_layer is None or roi_layer not in self.viewer.layers or roi_layer.ndim != layer.ndim:
             roi_layer = Shapes(name="ROI", ndim=layer.ndim, edge_color="yellow",
-                               face_color="transparent", edge_width=max(1, self.roi_side() // 64),
+                               face_color="transparent",
+                               edge_width=max(1, self.controller.roi_side() // 64),
                                metadata={"kind": "roi"}, **kwargs)
             self.viewer.layers.append(roi_layer)
             self.roi_layer = roi_layer

@@ -7,12 +7,13 @@ its image as a job of its own, ``"encode"``). :class:`JobRunner` turns the worke
 callbacks on the GUI thread, the ones napari's thread workers had, so that the parts read like
 this::
 
-    widget.jobs.start("sample", sampling_job(session, request), yielded=..., returned=...,
+    self.runner.start("sample", sampling_job(session, request), yielded=..., returned=...,
                       errored=..., aborted=..., finished=...)
 
 At most one job of a kind runs (the parts refuse a second one); ``finished`` always comes
 last, after ``returned``, ``errored`` or ``aborted``, and :attr:`JobRunner.busy` is true until
-then.
+then. ``changed(kinds)``, when given, hears the kinds running after each start and end (the
+review's controller: its ``busy_changed``), before the job's ``aborted`` and ``finished``.
 """
 
 from __future__ import annotations
@@ -43,15 +44,21 @@ class JobRunner:
         parent: the widget (the worker's signals go with it; its end stops the worker). A
             closed widget keeps its worker: a model still loading then still arrives in the
             state, for the explorer, as it did with napari's thread workers.
+        changed: called with the kinds running (a frozenset) whenever they change.
     """
 
-    def __init__(self, lock, parent) -> None:
+    def __init__(self, lock, parent, changed: Callable[[frozenset], None] | None = None) -> None:
         self._worker = worker = SessionWorker(lock, parent=parent, name="probunet-review")
         worker.signals.job_result.connect(self._on_result)
         parent.destroyed.connect(lambda *_: worker.stop())
         self._running: dict[str, tuple[object, _Callbacks]] = {}  # kind -> (token, callbacks)
         #: cancelled jobs whose running step may still yield: token -> yielded callback
         self._abandoned: dict[object, Callable[[Any], None] | None] = {}
+        self._changed = changed
+
+    def _tell(self) -> None:
+        if self._changed is not None:
+            self._changed(frozenset(self._running))
 
     def start(self, kind: str, job: Iterator, *, returned, errored, finished, yielded=None,
               aborted=None) -> None:
@@ -62,6 +69,7 @@ class JobRunner:
         token = object()  # this run's messages: any other is stale
         self._running[kind] = (token, _Callbacks(returned, errored, finished, yielded, aborted))
         self._worker.submit(token, kind, job)
+        self._tell()
 
     def running(self, kind: str) -> bool:
         """A job of ``kind`` was started and has not finished (``finished`` not called yet)."""
@@ -86,6 +94,7 @@ class JobRunner:
         token, callbacks = entry
         self._worker.cancel_job(kind)
         self._abandoned[token] = callbacks.yielded
+        self._tell()
         try:
             if callbacks.aborted is not None:
                 callbacks.aborted()
@@ -121,4 +130,7 @@ class JobRunner:
                 callbacks.aborted()
         finally:
             del self._running[kind]
-            callbacks.finished()
+            try:
+                self._tell()
+            finally:
+                callbacks.finished()

@@ -1,10 +1,11 @@
 """The review widget's Sampling box and its sampling runs.
 
-:class:`Sampler` owns the Sampling box (hypotheses, seed, Sample/Cancel, progress, and the
-hypothesis navigation row): it reads the image region on the GUI thread, starts the job
-(:mod:`napari_probunet.review.jobs`, which takes arrays) as kind ``"sample"`` on the widget's
-:class:`~napari_probunet.gui.review.runner.JobRunner` and hands the result to the hypothesis
-layers.
+:class:`Sampler` owns the Sampling box (hypotheses, seed, Sample/Cancel, progress; the widget
+puts the hypothesis navigation row under it): it reads the image region on the GUI thread,
+starts the job (:mod:`napari_probunet.review.jobs`, which takes arrays) as kind ``"sample"`` on
+the review's :class:`~napari_probunet.gui.review.runner.JobRunner` and hands what the job
+reports to the controller (the encoded region, then the result, which the hypothesis layers
+show).
 """
 
 from __future__ import annotations
@@ -18,21 +19,21 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
 )
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.placement import ImagePlane, current_plane, placement
-from napari_probunet.gui.review.common import KEY_NEXT, KEY_PREVIOUS, KEY_SAMPLE, ElidedLabel
+from napari_probunet.gui.review.common import KEY_SAMPLE
+from napari_probunet.gui.review.region import TooLarge, find_image, resolve_roi
+from napari_probunet.review.controller import ReviewController
 from napari_probunet.review.jobs import Sampled, SamplingJob, sampling_job, stack_job
 
 log = logging.getLogger(__name__)
@@ -49,22 +50,24 @@ class SamplingRun:
 
 
 class Sampler:
-    """The Sampling box and the sampling runs of a :class:`ReviewWidget`."""
+    """The Sampling box and the sampling runs of the review."""
 
-    #: controls the widget exposes as its own attributes
-    CONTROLS = ("n_spin", "seed_spin", "new_seed_button", "sample_button", "cancel_button",
-                "progress", "previous_button", "next_button", "hypothesis_label")
-
-    def __init__(self, widget) -> None:
-        self.widget = widget
+    def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
+        self.controller = controller
+        self.viewer = viewer
+        self.runner = runner
         self.run: SamplingRun | None = None
+        #: how long the last sampling run took, from the click to the layers
         self.last_seconds: float | None = None
         self.box = self._build()
         self.new_seed_button.clicked.connect(self.new_seed)
-        self.sample_button.clicked.connect(lambda: widget.sample())
+        self.sample_button.clicked.connect(lambda: self.sample())
         self.cancel_button.clicked.connect(self.cancel)
-        self.previous_button.clicked.connect(widget.previous_hypothesis)
-        self.next_button.clicked.connect(widget.next_hypothesis)
+        c = controller
+        c.hook_all(((c.busy_changed, self.update_controls),
+                    (c.model_changed, self.update_controls),
+                    (c.sample_requested, self.sample),
+                    (c.bundle_adopted, self._on_bundle_adopted)))
 
     def _build(self) -> QGroupBox:
         box = QGroupBox("Sampling")
@@ -89,7 +92,7 @@ class Sampler:
         lay.addLayout(form)
         row = QHBoxLayout()
         self.sample_button = QPushButton("Sample")
-        self.sample_button.setToolTip(f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})")
+        self.sample_button.setToolTip("Load a model first")
         self.sample_button.setDefault(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -103,58 +106,52 @@ class Sampler:
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         lay.addWidget(self.progress)
-        lay.addLayout(self._build_navigation())
         return box
-
-    def _build_navigation(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        self.previous_button = QPushButton("◀")
-        self.previous_button.setToolTip(f"Previous hypothesis (key: {KEY_PREVIOUS})")
-        self.next_button = QPushButton("▶")
-        self.next_button.setToolTip(f"Next hypothesis (key: {KEY_NEXT})")
-        for b in (self.previous_button, self.next_button):
-            b.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
-            b.setFixedWidth(34)
-        self.hypothesis_label = ElidedLabel("No hypotheses yet", about=(
-            "The hypothesis shown, and its area in pixels"))
-        self.hypothesis_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        row.addWidget(self.previous_button)
-        row.addWidget(self.hypothesis_label, 1)
-        row.addWidget(self.next_button)
-        return row
 
     def new_seed(self) -> None:
         self.seed_spin.setValue(int(np.random.default_rng().integers(0, 2**31 - 1)))
+
+    def update_controls(self, *_) -> None:
+        """Cancel while a run goes on; Sample says why it cannot run."""
+        running = self.controller.sampling
+        self.cancel_button.setEnabled(running)
+        self.sample_button.setText("Sampling…" if running else "Sample")
+        self.sample_button.setToolTip(
+            f"Draw the hypotheses for the image region (key: {KEY_SAMPLE})"
+            if self.controller.session is not None else "Load a model first")
 
     # ------------------------------------------------------------------ a run
     @property
     def running(self) -> bool:
         """A sampling run was started and has not finished."""
-        return self.widget.jobs.running("sample")
+        return self.runner.running("sample")
 
     def sample(self) -> bool:
         """Start sampling (the Sample button). Returns whether a run was started."""
-        w = self.widget
+        c = self.controller
         if self.running:
             show_warning("Sampling is already running. Wait for it to finish or click Cancel.")
             return False
-        if w.model_panel.loading:
-            w.model_panel.sample_when_ready = True
-            show_info("The model is still loading. Sampling starts as soon as it is ready.")
+        if self.runner.running("load"):
+            c.queue_sample()
             return False
-        session = w.state.session
+        session = c.session
         if session is None:
-            show_error("No model is loaded: " + (w.model_error
+            show_error("No model is loaded: " + (c.model_error
                                                  or "click 'Open model…' to choose a model file."))
             return False
-        layer = w.image_layer()
+        layer = find_image(self.viewer, c.input.image)
         if layer is None:
             show_error("There is no image layer to segment. Open an image (File → Open, or "
                        "File → Open Sample → napari-probunet) and choose it under Input.")
             return False
         try:
-            plane = current_plane(layer, w.viewer)
-            roi = w.roi_tool.resolve_roi(layer, plane)
+            plane = current_plane(layer, self.viewer)
+            roi = resolve_roi(self.viewer, c.input, layer, plane)
+        except TooLarge as exc:
+            c.input.set_roi_mode("click", suggested=True)
+            show_warning(str(exc))
+            return False
         except UserError as exc:
             show_warning(str(exc))
             return False
@@ -164,22 +161,20 @@ class Sampler:
         self.progress.setRange(0, run.job.n)
         self.progress.setValue(0)
         self.progress.setFormat("Preparing…")
-        w.jobs.start(
+        self.runner.start(
             "sample", job(session, run.job), yielded=self._on_yielded,
             returned=partial(self._on_sampled, run), errored=self._on_failed,
             aborted=self._on_aborted, finished=self._on_finished)
-        w.update_buttons()
         return True
 
     def _prepare(self, layer, plane: ImagePlane, roi) -> SamplingRun:
         """Read the region (and for "All slices" the stack) on the GUI thread: the job gets
         arrays, never the layer."""
-        w = self.widget
         job = SamplingJob(region=plane.read(roi), plane=plane.read(), layer_name=layer.name,
                           index=plane.index, roi=roi, n=int(self.n_spin.value()),
                           seed=int(self.seed_spin.value()))
         place = placement(layer, roi, plane.index)
-        if w.all_slices and plane.index:
+        if self.controller.input.all_slices and plane.index:
             job.stack, job.stop = plane.read_stack(roi), threading.Event()
             place = placement(layer, roi, plane.index[:-1] + (0,))
         return SamplingRun(job=job, plane=plane, placement=place, started=time.perf_counter())
@@ -192,13 +187,13 @@ class Sampler:
             if run is not None and run.job.stop is not None:
                 run.job.stop.set()  # all slices: stop after this slice, keep those done
             else:
-                self.widget.jobs.cancel("sample")
+                self.runner.cancel("sample")
 
     def stop_if_reading(self, layer) -> None:
         """Stop the run when ``layer`` (just removed) is the image it samples."""
         run = self.run
         if run is not None and layer is run.plane.layer and self.running:
-            self.widget.jobs.cancel("sample")
+            self.runner.cancel("sample")
             show_warning(f"Sampling stopped. The image layer '{layer.name}' was removed while "
                          "sampling.")
 
@@ -215,16 +210,15 @@ class Sampler:
             self.progress.setValue(done)
             self.progress.setFormat(f"slice {done} / {total}")
         elif kind == "encoded":
-            self.widget.on_encoded(value)
+            self.controller.encoded(value)
 
     def _on_sampled(self, run: SamplingRun, result: Sampled) -> None:
-        w = self.widget
         job = run.job
-        if run.plane.layer not in w.viewer.layers:
+        if run.plane.layer not in self.viewer.layers:
             show_warning(f"Hypotheses discarded. The image layer '{job.layer_name}' was "
                          "removed while sampling.")
             return
-        w.hypothesis_view.show_sampled(result, run)
+        self.controller.show_results(result, run)
         self.last_seconds = time.perf_counter() - run.started
         if result.stack_labels is not None:
             total = result.stack_labels.shape[1]
@@ -234,7 +228,7 @@ class Sampler:
                                     f"{total} in {self.last_seconds:.2f} s")
         else:
             self.progress.setFormat(f"{job.n} hypotheses in {self.last_seconds:.2f} s")
-        w.correction.offer_restore(result.plane_signature, job.layer_name, run.plane)
+        self.controller.results_on_screen(result, run)
 
     def _on_failed(self, exc: BaseException) -> None:
         if isinstance(exc, UserError):
@@ -251,4 +245,11 @@ class Sampler:
 
     def _on_finished(self) -> None:
         self.run = None
-        self.widget.update_buttons()
+
+    def _on_bundle_adopted(self, record) -> None:
+        """The Sampling box takes an opened bundle's seed and number of hypotheses."""
+        n = len(self.controller.state.hypotheses.labels)
+        if record.seed is not None:
+            self.seed_spin.setValue(int(record.seed))
+        self.n_spin.setValue(n)
+        self.progress.setFormat(f"{n} hypotheses from the bundle")
