@@ -14,6 +14,17 @@ rate-limited). We count the napari canvas's draws (vispy's draw event) and call 
 *displayed* when the explorer layer changed since the previous one; frames/s = displayed draws
 over the time from the first move to the last draw after the last move.
 
+Beside it, to read that figure: ``canvas_ceiling_per_s`` and ``layer_update_ceiling_per_s``
+(what napari draws at all, in the same window, right after); ``cpu_ms_per_displayed_frame``
+(CPU per frame shown, by role: the GUI thread, Mesa's llvmpipe threads that rasterise the
+OpenGL canvas and compose the window, the other threads, mostly the decoding worker, and the X
+server; Linux only), which does not depend on what else runs beside it as the frame rate does;
+and how much the decoded mask changes along the dragged path (``path_mask_changes`` between
+consecutive mouse positions, ``changed_frames_per_s_at_canvas_ceiling``: the most changed
+frames per second this path allows if every frame napari can draw showed the newest position;
+a path through a part of the plane where the mask stays the same, e.g. empty, shows no
+changed frame however fast the drag).
+
 **Grid.** The background 9x9 grid at 128x128: one batched ``session.decode`` of the 81
 latents (best of 3), and the explorer's own row-by-row grid job from plane change to last row.
 
@@ -25,6 +36,7 @@ untrained model of the default architecture (decoding cost depends on the archit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -117,6 +129,50 @@ def _large_image() -> np.ndarray:
         return make_case("lesions", 0, 0, size=256).image
 
 
+def _cpu_seconds() -> dict[str, float] | None:
+    """CPU seconds so far of this process's threads by role (the GUI thread, Mesa's llvmpipe
+    rasteriser threads, the others: the decoding worker above all) and of the X server that
+    shows them; None where /proc is not there to read."""
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        out = {"gui_thread": 0.0, "llvmpipe": 0.0, "other_threads": 0.0, "x_server": 0.0}
+
+        def used(stat_path: str) -> float:
+            fields = open(stat_path).read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / hz  # utime + stime
+
+        for tid in os.listdir("/proc/self/task"):
+            name = open(f"/proc/self/task/{tid}/comm").read().strip()
+            role = ("gui_thread" if tid == str(os.getpid()) else
+                    "llvmpipe" if name.startswith("llvmpipe") else "other_threads")
+            out[role] += used(f"/proc/self/task/{tid}/stat")
+        display = os.environ.get("DISPLAY", "").encode()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                if display and cmd[0].endswith((b"Xvfb", b"Xorg")) and display in cmd:
+                    out["x_server"] += used(f"/proc/{pid}/stat")
+        return out
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _path_content(session, plane, points, rate: float, ceiling: float) -> dict:
+    """How much the decoded mask changes along the dragged path (what bounds the measure):
+    changes between consecutive mouse positions if every one were decoded and shown, and the
+    most changed frames per second at napari's redraw ceiling (a frame every 1/ceiling s, at
+    the position the mouse had then)."""
+    masks = [session.decode(plane.latent(*p)) for p in points]
+    changes = sum(not np.array_equal(a, b) for a, b in zip(masks, masks[1:]))
+    seconds = (len(points) - 1) / rate
+    shown = [masks[min(len(masks) - 1, round(t * rate))]
+             for t in np.arange(0.0, seconds + 1e-9, 1.0 / max(ceiling, 1e-3))]
+    at_ceiling = sum(not np.array_equal(a, b) for a, b in zip(shown, shown[1:]))
+    return {"path_mask_changes": changes,
+            "path_moves_with_a_change": round(changes / (len(points) - 1), 2),
+            "changed_frames_per_s_at_canvas_ceiling": round(at_ceiling / seconds, 1)}
+
+
 def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int],
                profile: bool = False) -> dict:
     import napari
@@ -200,12 +256,14 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
 
         profiler = cProfile.Profile()
         profiler.enable()
+    cpu0 = _cpu_seconds()
     t_start = time.perf_counter()
     thread.start()
     _app_wait(app, lambda: sent["done"] and stats["moves"] >= moves + 2 and explorer.idle, 120)
     t_idle = time.perf_counter()
     _app_wait(app, lambda: time.perf_counter() - t_idle > 0.15, 1)  # let the last frame draw
     thread.join()
+    cpu1 = _cpu_seconds()
     if profiler is not None:
         import pstats
 
@@ -233,7 +291,14 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
         "map_repaint_ms_mean": round(1000 * (plot.paint_seconds - paint_s0) / max(1, paints), 2),
         "elapsed_s": round(time.perf_counter() - t_start, 2),
     }
+    if cpu0 is not None and cpu1 is not None and stats["displayed"]:
+        # CPU per frame shown, by role: what a frame costs, whatever else runs beside it
+        result["cpu_ms_per_displayed_frame"] = {
+            k: round(1000 * (cpu1[k] - cpu0[k]) / stats["displayed"], 1) for k in cpu0}
     result.update(_ceilings(app, explorer, canvas, stats))
+    points = [plot.to_plane(path(k)) for k in range(moves + 1)]
+    result.update(_path_content(explorer.state.session, explorer.plane, points, rate,
+                                result["canvas_ceiling_per_s"]))
     canvas.events.draw.disconnect(on_draw)
     explorer.shutdown()
     viewer.close()

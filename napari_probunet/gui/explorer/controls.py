@@ -3,7 +3,7 @@
 :class:`PlaneControls` creates the axis, "others at", background and grid-size controls in one
 grid layout (:attr:`PlaneControls.layout`, added to the dock's layout as is) and knows how to
 fill the axis lists from a ranking, which axes are chosen, and which controls a model allows.
-:class:`MapPanel` is the map with its status line and buttons.
+:class:`MapPanel` is the map with its status line (:class:`StatusLine`) and buttons.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -163,9 +164,7 @@ class MapPanel(QWidget):
         top_layout.setContentsMargins(0, 0, 0, 0)
         self.map = LatentMap(parent)
         top_layout.addWidget(self.map, stretch=1)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = StatusLine()
         top_layout.addWidget(self.status)
         buttons = QHBoxLayout()
         self.best_fit_button = QPushButton("Use as best fit")
@@ -178,3 +177,42 @@ class MapPanel(QWidget):
         for button in (self.best_fit_button, self.centre_button, self.open_review_button):
             buttons.addWidget(button)
         top_layout.addLayout(buttons)
+
+
+class StatusLine(QWidget):
+    """The line under the map: word-wrapped, selectable text (``setText``, ``text``) whose
+    change lays the window out again only when it needs another number of lines.
+
+    A ``QLabel`` in a layout asks every parent up to the main window to lay out again on each
+    ``setText``; while dragging (4 status updates a second) each of those repainted most of the
+    window, recomposed through napari's OpenGL canvas on its own. Here the label sits in this
+    holder, which has no layout: the holder's fixed height follows the label's lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label = QLabel("", self)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+        self._fit()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        self.label.setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        width = max(1, self.width())
+        height = self.label.heightForWidth(width)
+        if height < 0:
+            height = self.label.sizeHint().height()
+        if height != self.maximumHeight():
+            self.setFixedHeight(height)  # another line count: a relayout, rarely
+        self.label.setGeometry(0, 0, width, height)

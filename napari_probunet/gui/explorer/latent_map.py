@@ -36,6 +36,8 @@ REPAINT_HZ = 30
 SYNC_FALLBACK_S = 0.1
 #: marker hit radius in pixels
 HIT_RADIUS = 8.0
+#: how far the current point's marker (a crosshair of arms 12 px, pen 4 px) reaches from it
+POINT_REACH = 16.0
 
 
 @dataclass
@@ -57,10 +59,13 @@ class LatentMap(QWidget):
 
     Coordinates are plane coordinates ``(u, v)`` in prior sigmas; :meth:`to_pixel` and
     :meth:`to_plane` convert. Signals: ``point_moved(u, v, final)`` while the user clicks or
-    drags, ``hypothesis_clicked(index)``, ``annotation_clicked(index)``.
+    drags, ``hypothesis_clicked(index)``, ``annotation_clicked(index)``, ``repainting()``.
     """
 
     point_moved = Signal(float, float, bool)
+    #: a repaint of the map is about to be asked for (what else changes on screen with it
+    #: then shares its window composition)
+    repainting = Signal()
     hypothesis_clicked = Signal(int)
     annotation_clicked = Signal(int)
 
@@ -71,6 +76,9 @@ class LatentMap(QWidget):
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setCursor(Qt.CursorShape.CrossCursor)
+        # every paint covers the whole widget (paint_static fills it): Qt then repaints none of
+        # the dock's widgets under it, which it did for each frame of a drag
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, True)
         self.extent = core.DEFAULT_EXTENT
         self.is_line = False
         self.axis_labels = ("z1 / \u03c3", "z2 / \u03c3")
@@ -88,6 +96,8 @@ class LatentMap(QWidget):
         self._press: tuple[QPointF, str, int] | None = None  # (where, what, index)
         self._dragging = False
         self._last_paint = 0.0
+        self._whole_dirty = True  # a repaint must cover more than the current point's marker
+        self._point_painted: QRectF | None = None  # where the point's marker was last painted
         self._static: QPixmap | None = None
         self._static_key: tuple = ()
         self._repaint_timer = QTimer(self)
@@ -148,34 +158,58 @@ class LatentMap(QWidget):
         return self.line_layout(r)[1].bottom() - 10
 
     # -- repaint throttle ------------------------------------------------------------------------
-    def request_repaint(self, delay: float = 0.0) -> None:
-        """Repaint after ``delay`` seconds or later, at most :data:`REPAINT_HZ` times a second."""
+    def request_repaint(self, delay: float = 0.0, point_only: bool = False) -> None:
+        """Repaint after ``delay`` seconds or later, at most :data:`REPAINT_HZ` times a second.
+
+        ``point_only``: only the current point moved (a drag): the repaint covers its marker's
+        old and new places, not the whole map."""
+        self._whole_dirty |= not point_only
         if self._repaint_timer.isActive():
             return
         wait = max(delay, 1.0 / REPAINT_HZ - (time.perf_counter() - self._last_paint))
         self._repaint_timer.start(max(0, int(wait * 1000)))
 
-    def repaint_with_frame(self, force: bool = False) -> None:
+    def repaint_with_frame(self, force: bool = False, point_only: bool = False) -> None:
         """Repaint together with a new napari frame (one window composition for both).
 
         With napari's OpenGL canvas in the window, every repaint of any widget recomposes the
         whole window; repainting the map in the same event-loop pass as the canvas costs one
         composition instead of two. Within ``1 / REPAINT_HZ`` of the last repaint the map
         waits for the next frame instead (or, if none comes, for the fallback timer).
+        ``point_only`` as for :meth:`request_repaint`.
         """
+        self._whole_dirty |= not point_only
         self._repaint_timer.stop()
         if force or time.perf_counter() - self._last_paint >= 1.0 / REPAINT_HZ:
-            self.update()
+            self._repaint_now()
         else:
             self._repaint_timer.start(int(SYNC_FALLBACK_S * 1000))
 
     def _repaint_now(self) -> None:
-        self.update()
+        self.repainting.emit()
+        old, new = self._point_painted, self.point_rect()
+        if self._whole_dirty or old is None or new is None:
+            self.update()
+        else:
+            self.update(old.united(new).toAlignedRect())
+
+    def point_rect(self) -> QRectF | None:
+        """The rectangle the current point's marker covers (None without a point or plane)."""
+        if self.markers.point is None or self.hint:
+            return None
+        pt, reach = self.to_pixel(*self.markers.point), POINT_REACH
+        if self.is_line:  # its vertical line spans the plot
+            r = self.plot_rect()
+            return QRectF(pt.x() - reach, r.top() - reach, 2 * reach, r.height() + 2 * reach)
+        return QRectF(pt.x() - reach, pt.y() - reach, 2 * reach, 2 * reach)
 
     # -- painting --------------------------------------------------------------------------------
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         t0 = time.perf_counter()
         self._last_paint = t0
+        if event.rect().contains(self.rect()):
+            self._whole_dirty = False
+        self._point_painted = self.point_rect()
         p = QPainter(self)
         try:
             p.drawPixmap(0, 0, self._static_picture())

@@ -2,11 +2,13 @@
 updated in place.
 
 Live dragging writes a new decode into this layer many times a second, so an update touches as
-little as it can: the layer's own array is written in place, only the bounding box of the
-changed pixels is recoloured and sent to the canvas (:func:`write_labels`, through
-:func:`~napari_probunet.gui.napari_compat.write_labels_region`), and nothing that could trigger
-a full napari refresh happens on the per-frame path (:meth:`ExplorerLayer.ensure`). The layer
-is placed over the region by the one placement rule (:mod:`napari_probunet.gui.placement`).
+little as it can, through napari's public API only: the changed pixels are written with
+``Labels.data_setitem`` (what napari's own paint brush uses: the layer's array in place, only the
+box of the changed pixels recoloured and sent to the canvas; :func:`write_labels`), and nothing
+that could trigger a full napari refresh happens on the per-frame path
+(:meth:`ExplorerLayer.ensure`). The thumbnail follows, and the undo steps that ``data_setitem``
+records are dropped, once the drag ends (:meth:`ExplorerLayer.settle`). The layer is placed
+over the region by the one placement rule (:mod:`napari_probunet.gui.placement`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_probunet.gui.napari_compat import write_labels_region
 from napari_probunet.gui.placement import fallback_placement, is_placed, move_to, placement
 
 #: metadata key marking the layer this widget writes to
@@ -54,23 +55,39 @@ def read_geometry(viewer, encoded) -> RegionGeometry:
                           np.asarray(layer.scale, float), np.asarray(layer.translate, float))
 
 
-def write_labels(layer, view: np.ndarray, new: np.ndarray) -> bool:
-    """Show ``new`` in ``layer`` whose 2D data is ``view``; return False if nothing changed.
+def write_labels(layer, new: np.ndarray) -> bool:
+    """Show ``new`` ``(H, W)`` in the Labels ``layer`` (its 2D data, or the one slice of its
+    ``(1, ..., H, W)`` data); return False if nothing changed.
 
-    Only the bounding box of the changed pixels is written and recoloured, without undo
-    history (:func:`~napari_probunet.gui.napari_compat.write_labels_region`); where that fast
-    path does not apply, the layer is refreshed whole.
+    Only the changed pixels are written, by ``layer.data_setitem``, which recolours and uploads
+    just their bounding box (in every view napari has: contours, 3D, a transposed view, another
+    slice shown). Its ``labels_update`` and ``paint`` events reach the canvas and any direct
+    listener, not the layer's event group: through it the layer list would repaint its rows on
+    every frame for nothing (it shows no pixels).
     """
-    changed = view != new
-    rows = np.flatnonzero(changed.any(axis=1))
+    data = layer.data
+    lead = data.ndim - 2
+    view = data[(0,) * lead] if lead else data
+    rows, cols = np.nonzero(view != new)
     if rows.size == 0:
         return False
-    cols = np.flatnonzero(changed.any(axis=0))
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    view[r0:r1, c0:c1] = new[r0:r1, c0:c1]
-    if not write_labels_region(layer, new, r0, r1, c0, c1):
-        layer.refresh(thumbnail=False, extent=False, highlight=False)
+    indices = (*([np.zeros_like(rows)] * lead), rows, cols)
+    events = layer.events
+    with events.labels_update.blocker(events), events.paint.blocker(events):
+        layer.data_setitem(indices, new[rows, cols])
     return True
+
+
+def forget_undo(layer) -> None:
+    """Drop ``layer``'s undo history (napari's public way: it forgets it when the layer stops
+    being editable), keeping its mode. The explorer's frames are not edits to undo."""
+    if not layer.editable:
+        return
+    mode = layer.mode
+    layer.editable = False
+    layer.editable = True
+    if layer.mode != mode:
+        layer.mode = mode
 
 
 class ExplorerLayer:
@@ -114,11 +131,13 @@ class ExplorerLayer:
         if self._layer is not None and self._layer in self.viewer.layers:
             self._layer.visible = False
 
-    def refresh_thumbnail(self) -> None:
-        """Refresh the layer's thumbnail, once a drag has ended."""
+    def settle(self) -> None:
+        """A drag (or a click) is shown: refresh the layer's thumbnail and drop the undo steps
+        its frames left."""
         layer = self.layer
         if layer is not None:
             layer.refresh(extent=False, highlight=False)
+            forget_undo(layer)
 
     def show(self, labels: np.ndarray) -> None:
         """Write ``labels`` ``(h, w)``, the decode of the region, into the layer."""
@@ -127,9 +146,7 @@ class ExplorerLayer:
         if self.layer is None and not self.wanted:
             return
         layer = self.ensure(labels.shape)
-        lead = layer.data.ndim - 2
-        view = layer.data[(0,) * lead] if lead else layer.data
-        if write_labels(layer, view, labels):
+        if write_labels(layer, labels):
             self.frames += 1
 
     def ensure(self, shape: tuple[int, int]):

@@ -4,8 +4,9 @@ A mouse move only stores the newest latent (:meth:`LiveDecoding.move`); the work
 newest pending one (latest request wins, :meth:`SessionWorker.request_latest`), and
 :meth:`LiveDecoding.on_ready` writes the result into the explorer layer in place, repaints the
 map with the same frame and rewrites the status line at most every
-:data:`STATUS_INTERVAL_S`. The decode shown is kept, so "Use as best fit" hands over exactly
-what is on screen.
+:data:`STATUS_INTERVAL_S`, always together with a repaint of the map (with napari's OpenGL
+canvas in the window, each change on screen on its own recomposes the whole window). The
+decode shown is kept, so "Use as best fit" hands over exactly what is on screen.
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ class LiveDecoding:
         self.decode_seconds: list[float] = []  # of every live decode shown (benchmark)
         self._shown: LatestResult | None = None  # last decode written to the layer
         self._status_time = 0.0
+        self._status_pending: str | None = None  # shown with the map's next repaint
+        latent_map.repainting.connect(self._flush_status)
 
     def reset(self) -> None:
         """Forget the point's latent and what was shown (a new model or region)."""
         self._shown = None
         self.z = None
         self.final_pending = False
+        self._status_pending = None
 
     def move(self, token, session, plane, u: float, v: float, final: bool) -> None:
         """Go to ``(u, v)`` of ``plane`` (clamped to the map) and ask for its decode.
@@ -84,7 +88,7 @@ class LiveDecoding:
         self.z = plane.latent(u, v)
         self._map.markers.point = (u, v)
         # normally repainted with the frame that shows this point; this is the fallback
-        self._map.request_repaint(delay=SYNC_FALLBACK_S)
+        self._map.request_repaint(delay=SYNC_FALLBACK_S, point_only=True)
         if final:
             self.final_pending = True
         self._worker.request_latest(token, "point", partial(session.decode, self.z),
@@ -104,17 +108,24 @@ class LiveDecoding:
             self._output.forget()
             self._notify(f"Could not update the explorer layer: {exc}")
         final = self.final_pending and np.array_equal(result.request.z, self.z)
+        now = time.perf_counter()
+        if final or now - self._status_time > STATUS_INTERVAL_S:
+            self._status_time = now
+            self._status_pending = status_text(result, is_line)
+            if final:
+                self._flush_status()
         if final or self._output.frames != frames:
-            self._map.repaint_with_frame(force=final)
+            self._map.repaint_with_frame(force=final, point_only=True)
         else:  # the mask did not change: no canvas frame to share the window's repaint with
-            self._map.request_repaint(delay=POINT_ONLY_REPAINT_S)
+            self._map.request_repaint(delay=POINT_ONLY_REPAINT_S, point_only=True)
         if final:
             self.final_pending = False
-            self._output.refresh_thumbnail()
-        now = time.perf_counter()
-        if final or now - self._status_time > STATUS_INTERVAL_S:  # a label relayout costs
-            self._status_time = now
-            self._status.setText(status_text(result, is_line))
+            self._output.settle()
+
+    def _flush_status(self) -> None:
+        if self._status_pending is not None:
+            self._status.setText(self._status_pending)
+            self._status_pending = None
 
     def shown_labels(self, token, z: np.ndarray) -> np.ndarray | None:
         """A copy of the decode shown if it is the one of ``z`` under ``token``, else None."""

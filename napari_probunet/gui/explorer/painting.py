@@ -60,7 +60,9 @@ def qimage(rgba: np.ndarray) -> QImage:
 def paint_static(m, p: QPainter) -> None:
     """The background, contours, axes and legend of map ``m`` (or its hint when it has none)."""
     c = m.colors
-    p.fillRect(QRectF(0, 0, m.width(), m.height()), c["background"])
+    opaque = QColor(c["background"])
+    opaque.setAlpha(255)  # the map is an opaque widget: nothing under it is painted
+    p.fillRect(QRectF(0, 0, m.width(), m.height()), opaque)
     r = m.plot_rect()
     if m.hint:
         p.fillRect(r, c["foreground"])

@@ -12,10 +12,11 @@ Live dragging is built for speed (SPEC.md, "Measured here"):
 - a mouse move only stores the newest latent; one worker thread decodes it (torch at one
   thread, holding :attr:`ReviewState.lock`), always the newest pending one, and never starts a
   new decode while the GUI has not taken the last result (no queue of stale frames);
-- the layer is updated in place (only the changed pixels' colours,
-  :func:`~napari_probunet.gui.explorer.layer.write_labels`), its thumbnail once the drag ends;
+- the layer is updated in place through napari's public ``Labels.data_setitem`` (only the changed
+  pixels, :func:`~napari_probunet.gui.explorer.layer.write_labels`), its thumbnail once the drag
+  ends;
 - the map repaints at most :data:`~napari_probunet.gui.explorer.latent_map.REPAINT_HZ` times a
-  second, from cached pictures.
+  second, from cached pictures, and while only the point moves just the point's marker.
 
 The parts: the worker is :class:`napari_probunet.gui.worker.SessionWorker` (the one threading
 model of both widgets, and the one place the session lock is taken); in this package the map
@@ -88,8 +89,9 @@ class ExplorerWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
-        # napari hands plugins a proxy of the viewer whose layers warn (FutureWarning) on every
-        # private attribute the fast repaint reads; the viewer itself does not (as the review)
+        # napari hands plugins a proxy of the viewer (a different one for each widget); the
+        # state is kept on the viewer itself, and a layer reached without the proxy skips its
+        # per-attribute checks on every frame of a drag (as the review)
         self.viewer = unwrap_viewer(napari_viewer)
         self.state = get_state(self.viewer)
         self._token = 0  # bumped when the model or the encoded region changes
