@@ -250,6 +250,22 @@ class Session:
         return (lab, pr) if return_probs else lab
 
     @torch.inference_mode()
+    def logits_at(self, z: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """fcomb's class logits at a few pixels of the current image for many latents:
+        z ``(n, d)``, ``pixels`` ``(k, 2)`` integer (row, column) -> ``(n, k, classes)``
+        float32 (:meth:`PreparedDecoder.logits_at`: the clicks of
+        :mod:`napari_probunet.review.refine` scored under a pool of latents)."""
+        self._require_image()
+        z = np.asarray(z, dtype=np.float32).reshape(-1, self.config.latent_dim)
+        px = np.asarray(pixels, dtype=np.int64).reshape(-1, 2)
+        h, w = self._image_shape
+        if len(px) and not ((px >= 0).all() and (px[:, 0] < h).all() and (px[:, 1] < w).all()):
+            raise InputError(f"pixels {px.tolist()} are not all inside the {h}x{w} image")
+        index = torch.from_numpy(px[:, 0] * w + px[:, 1]).to(self.device)
+        zt = torch.from_numpy(z).to(self.device)
+        return self._decoder.logits_at(zt, index).float().cpu().numpy()
+
+    @torch.inference_mode()
     def decode_unsplit(self, z: np.ndarray) -> np.ndarray:
         """Reference path: fcomb as plain convolutions on ``[F; z]``, one latent at a time.
 

@@ -13,7 +13,9 @@ from napari_probunet.errors import UserError
 from napari_probunet.files import check_writable
 from napari_probunet.model.modelfile import load_model
 from napari_probunet.review.calibration import RELIABILITY_BINS
+from napari_probunet.review.refine import DEFAULT_RULE, POOL, RULES
 from napari_probunet.training.evaluate import DEFAULT_SAMPLES, evaluate_model, open_data
+from napari_probunet.training.evaluate_clicks import CLICK_ON
 from napari_probunet.training.evaluate_nodules import scan_folders
 from napari_probunet.training.report import format_report
 
@@ -50,6 +52,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="scan folders: count each outline's own pixels as nodule (the "
                         "default leaves them out, as the LIDC-IDRI slices the models learned "
                         "from do)")
+    parser.add_argument("--clicks", type=int, metavar="K",
+                        help="refining by clicks: simulate K clicks per (slice, radiologist) "
+                        "from the radiologist's mask and report the best and median hypothesis "
+                        "IoU after 0..K clicks (n = the smallest --samples). See "
+                        "docs/evaluation.md, 'Refining by clicks'")
+    parser.add_argument("--rule", nargs="+", default=[DEFAULT_RULE], choices=RULES,
+                        help=f"--clicks: how hypotheses are chosen among the latents that agree "
+                        f"(default {DEFAULT_RULE}; several are compared in one pass)")
+    parser.add_argument("--pool", type=int, default=POOL,
+                        help=f"--clicks: latents scored per refinement (default {POOL})")
+    parser.add_argument("--click-on", default="best", choices=CLICK_ON,
+                        help="--clicks: the next click goes to the largest error of the "
+                        "hypothesis nearest the radiologist (best) or of the pixel-wise "
+                        "majority (default best)")
+    parser.add_argument("--slices", type=int, metavar="N",
+                        help="--clicks: evaluate N slices drawn with --seed (default: all)")
     parser.add_argument("--baseline", metavar="MODEL",
                         help="also evaluate this model (e.g. a trained deterministic U-Net, "
                         "recipes/lidc_unet.toml) on the same data and report it beside")
@@ -106,6 +124,24 @@ def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out, scans=(
     return 0
 
 
+def _run_clicks(args: argparse.Namespace, cases, spec: str, model, out) -> int:
+    """``--clicks``: simulated clicks (:mod:`napari_probunet.training.evaluate_clicks`)."""
+    from napari_probunet.training.evaluate_clicks import evaluate_clicks, format_clicks_report
+
+    if args.baseline or args.nodules:
+        raise UserError("--clicks cannot be combined with --baseline or --nodules; run them "
+                        "separately")
+    result = evaluate_clicks(model, cases, clicks=args.clicks, n=min(args.samples),
+                             seed=args.seed, rules=args.rule, pool=args.pool,
+                             click_on=args.click_on, slices=args.slices, device=args.device,
+                             progress=not args.quiet)
+    result = {"model": str(args.model), "data": spec, **result}
+    text = json.dumps(result, indent=2, allow_nan=False)
+    _write_out(out, text)
+    print(text if args.json else format_clicks_report(result))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate (and the baseline), write ``--out``, print the report; returns the exit code."""
     if args.bins < 1:
@@ -123,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_nodules(args, None, str(args.data), model, out, scans)
     cases, spec = open_data(args.data)
     model = load_model(args.model, device="cpu")
+    if args.clicks is not None:
+        return _run_clicks(args, cases, spec, model, out)
     if args.nodules:
         return _run_nodules(args, cases, spec, model, out)
     baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast

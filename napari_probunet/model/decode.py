@@ -102,3 +102,24 @@ class PreparedDecoder:
                 if want_probs:
                     probs[s:s + k, :, p0:p0 + m // k] = logits.softmax(dim=-1).transpose(1, 2)
         return labels, probs
+
+    def logits_at(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """fcomb at a few pixels only: z ``(n, d)``, ``index`` ``(k,)`` pixel numbers
+        (row-major) -> class logits ``(n, k, C)`` float32.
+
+        Cheap for many latents (a click's prediction under thousands of hypotheses costs about
+        as much as one full decode); the same arithmetic as :meth:`decode`, so the label
+        (argmax) agrees with the full map's at those pixels up to float rounding.
+        """
+        sp = self.split
+        base = self.base[index]  # (k, c_h)
+        bias = z @ sp.w_z  # (n, c_h)
+        n, k, c_h = z.shape[0], base.shape[0], base.shape[1]
+        out = torch.empty((n, k, sp.num_classes), device=base.device)
+        step = max(1, BLOCK_ROWS // max(1, k))
+        for s in range(0, n, step):
+            a = (base.unsqueeze(0) + bias[s:s + step, None, :]).reshape(-1, c_h).relu_()
+            for w, bb in sp.hidden:
+                a = torch.addmm(bb, a, w).relu_()
+            out[s:s + step] = torch.addmm(sp.b_out, a, sp.w_out).view(-1, k, sp.num_classes)
+        return out

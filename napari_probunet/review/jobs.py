@@ -142,20 +142,9 @@ def sampling_job(session, request: SamplingJob):
     for ``seed``), decoded in chunks so that the progress bar moves and Cancel takes effect.
     Steps: encoding and drawing the latents are one step; then one chunk per step.
     """
-    region = request.region
-    _check_region(region, request.layer_name)
-    signature = image_signature(region)
+    signature = yield from encode_request(session, request)
     plane_signature = image_signature(request.plane)
-    if session.has_image and session.image_signature == signature:
-        z = session.draw_latents(request.n, request.seed)
-    else:
-        yield ("stage", "Encoding the image…")
-        with _torch_threads(ENCODE_THREADS):
-            session.set_image(region)
-        z = session.draw_latents(request.n, request.seed)
-        yield ("encoded", EncodedRegion(
-            layer_name=request.layer_name, slice_index=request.index,
-            roi=request.roi, image_signature=signature, image=region))
+    z = session.draw_latents(request.n, request.seed)
     labels = np.empty((request.n, request.roi[2], request.roi[3]), np.uint8)
     yield ("stage", "Sampling…")
     for stop in _decode_in_chunks(session, z, signature, labels):
@@ -166,15 +155,44 @@ def sampling_job(session, request: SamplingJob):
                                        plane_signature=plane_signature))
 
 
-def decode_region(session, region: np.ndarray, n: int, seed: int):
-    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed`` (a part of a job:
-    ``yield from`` it). Yields ``("decoded", done)`` after the encoding (0) and each chunk;
-    returns ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
+def encode_request(session, request: SamplingJob):
+    """Encode the request's region unless the session holds it (a job part: ``yield from``
+    it; one step with what follows). Yields ``("stage", text)`` and ``("encoded",
+    EncodedRegion)`` when it encodes; returns the region's signature."""
+    region = request.region
+    _check_region(region, request.layer_name)
     signature = image_signature(region)
+    if not (session.has_image and session.image_signature == signature):
+        yield ("stage", "Encoding the image…")
+        encode_region(session, region, signature)
+        yield ("encoded", EncodedRegion(
+            layer_name=request.layer_name, slice_index=request.index,
+            roi=request.roi, image_signature=signature, image=region))
+    return signature
+
+
+def encode_region(session, region: np.ndarray, signature: str | None = None) -> str:
+    """Have the session hold ``region``'s encoding (encoded with :data:`ENCODE_THREADS` unless
+    it holds it already); returns its signature."""
+    signature = signature or image_signature(region)
     if not (session.has_image and session.image_signature == signature):
         with _torch_threads(ENCODE_THREADS):
             session.set_image(region)
-    z = session.draw_latents(n, seed)
+    return signature
+
+
+def decode_region(session, region: np.ndarray, n: int, seed: int, picks=None):
+    """Encode ``region`` (unless held) and decode ``n`` samples for ``seed`` (a part of a job:
+    ``yield from`` it); with ``picks`` the draws of those numbers instead of the first ``n``
+    (:mod:`napari_probunet.review.refine`). Yields ``("decoded", done)`` after the encoding (0)
+    and each chunk; returns ``(labels (n, h, w) uint8, z (n, d), image signature)``."""
+    signature = encode_region(session, region)
+    if picks is None:
+        z = session.draw_latents(n, seed)
+    else:
+        picks = np.asarray(picks, np.int64)
+        n = len(picks)
+        z = session.draw_latents(int(picks.max()) + 1, seed)[picks]
     yield ("decoded", 0)
     labels = np.empty((n, *region.shape[:2]), np.uint8)
     for stop in _decode_in_chunks(session, z, signature, labels):

@@ -60,6 +60,9 @@ class NoduleRequest:
     max_extent_mm: float = 40.0  # at most this far from the click, above and below
     snap_mm: float = 5.0  # a click off every piece takes the nearest piece this close
     slices: tuple[int, int] | None = None  # (first, last + 1): sample exactly these slices
+    #: refined by clicks (:func:`napari_probunet.review.refine.steer_nodule`): hypothesis i is
+    #: draw picks[i] of the seed's shared draws; None: draws 0..n-1
+    picks: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -159,6 +162,11 @@ def check_request(request: NoduleRequest, input_size: int) -> tuple[int, int, in
         if not (0 <= a <= click[0] < b <= vol.shape[0]):
             raise InputError(f"the slices {a}..{b - 1} must hold the clicked slice {click[0]} "
                              f"and lie in the scan's 0..{vol.shape[0] - 1}")
+    if request.picks is not None and (len(request.picks) != int(request.n)
+                                      or min(request.picks) < 0
+                                      or request.coupling != "shared"):
+        raise InputError(f"picks must be {request.n} draw numbers (>= 0) of shared draws, one "
+                         f"per hypothesis; got {len(request.picks)} ({request.coupling})")
     size = int(request.crop or input_size)
     if size < 8:
         raise InputError(f"the crop of {size} pixels is too small; use at least 8")
@@ -221,7 +229,8 @@ def _sample_slice(session, request: NoduleRequest, k: int, roi, labels_out, late
         latents_out[:] = np.nan
         return
     labels, z, _ = yield from decode_region(
-        session, region, int(request.n), stack_seed(request.seed, k, request.coupling))
+        session, region, int(request.n), stack_seed(request.seed, k, request.coupling),
+        request.picks)
     labels_out[:] = labels
     latents_out[:] = z
 
