@@ -213,3 +213,21 @@ def test_evaluate_clicks_on_synthetic_cases(two_mode_model):
         res = halo["rules"][rule]
         assert res["clicks0"]["median_iou"] < 0.8 < 0.95 < res["clicks2"]["median_iou"]
     assert "best / median" in format_clicks_report(halo)
+
+
+def test_probunet_evaluate_clicks(two_mode_model_file, tmp_path, capsys):
+    import json
+
+    from napari_probunet import cli
+
+    out = tmp_path / "clicks.json"
+    code = cli.main(["evaluate", "--model", str(two_mode_model_file), "--data",
+                     "synthetic:lesions?n=3&size=32", "--clicks", "2", "--samples", "8",
+                     "--pool", "256", "--rule", "sample", "score", "--slices", "2", "--quiet",
+                     "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "0 clicks" in text and "2 clicks" in text and "empty after 1" in text
+    result = json.loads(out.read_text())
+    assert result["slices_drawn"] == 2 and result["slices_total"] == 3
+    assert set(result["rules"]) == {"sample", "score"} and result["n"] == 8

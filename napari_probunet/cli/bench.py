@@ -7,7 +7,7 @@ import argparse
 import json
 
 from napari_probunet.device import resolve_device
-from napari_probunet.training.bench import bench_session, bench_training
+from napari_probunet.training.bench import bench_refine, bench_session, bench_training
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-training", action="store_true",
                         help="leave out the training figures")
     parser.add_argument("--skip-ged", action="store_true", help="leave out the GED figure")
+    parser.add_argument("--skip-refine", action="store_true",
+                        help="leave out the refine-by-clicks figures (bundled lidc model)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
     results = bench_session(device, args.repeats)
+    if not args.skip_refine:
+        results.update(bench_refine(device, args.repeats))
     if not args.skip_ged:
         from napari_probunet.review.metrics import ged_benchmark_seconds  # lazy: scipy, 0.5 s
 
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     targets = {"sample100_ms_128": "<= 100", "decode_ms_256": "<= 15",
                "unsplit_over_split_100": ">= 4", "ged_s_1000x100x4_128": "<= 10",
-               "train_images_per_s_128_b8": ">= 5"}
+               "train_images_per_s_128_b8": ">= 5", "refine16_ms_128_lidc": "<= 500",
+               "refine16_3clicks_ms_128_lidc": "<= 500"}
     print(f"{'measure':<36}{'value':>12}  target")
     for key, value in results.items():
         shown = f"{value:.2f}" if isinstance(value, float) else str(value)

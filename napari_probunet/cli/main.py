@@ -128,7 +128,8 @@ def _synthetic_specs(args: argparse.Namespace):
 #: (command, option) -> the smallest value that means something, for the counts that the
 #: subcommand itself does not check (the message names the option as typed)
 _MINIMUM = {("bench", "repeats"): (1, "--repeats"), ("bench", "threads"): (0, "--threads"),
-            ("domain", "max_images"): (1, "--max-images")}
+            ("domain", "max_images"): (1, "--max-images"), ("evaluate", "clicks"): (1, "--clicks"),
+            ("evaluate", "pool"): (16, "--pool"), ("evaluate", "slices"): (1, "--slices")}
 
 
 def check_arguments(args: argparse.Namespace) -> None:

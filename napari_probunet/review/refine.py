@@ -128,7 +128,7 @@ def _refuse_contradictions(keyed: list) -> None:
 def click_scores(logits: np.ndarray, clicks: tuple[Click, ...]):
     """Logits ``(M, k, C)`` at the ``k`` clicks under ``M`` latents -> ``(agrees (M, k) bool,
     log-likelihood (M, k))`` of each click's class (foreground = any class but 0)."""
-    lg = np.asarray(logits, np.float64)
+    lg = np.asarray(logits, np.float32)
     positive = np.array([c.positive for c in clicks], bool)
     norm = _logsumexp(lg, axis=-1)
     log_fg = _logsumexp(lg[..., 1:], axis=-1) - norm
@@ -165,9 +165,18 @@ class PoolScores:
     def empty(cls, size: int) -> PoolScores:
         return cls(size, np.zeros(size, np.int64), np.zeros(size), np.zeros(size))
 
-    def add(self, session, z: np.ndarray, clicks: tuple[Click, ...]) -> None:
-        """Score latents ``z`` ``(M, d)`` on the session's image at ``clicks``."""
-        self.log_prior += prior_log_density(z, *session.prior_components())
+    def extended(self, more: PoolScores) -> PoolScores:
+        """These scores followed by those of the next draws (a grown pool)."""
+        return PoolScores(self.size + more.size,
+                          *(np.concatenate([getattr(self, f), getattr(more, f)])
+                            for f in ("agree_count", "loglik", "log_prior")))
+
+    def add(self, session, z: np.ndarray, clicks: tuple[Click, ...], prior: bool = True,
+            ) -> None:
+        """Score latents ``z`` ``(M, d)`` on the session's image at ``clicks`` (and their prior
+        log-density, unless ``prior`` is false: the ``"sample"`` rule does not need it)."""
+        if prior:
+            self.log_prior += prior_log_density(z, *session.prior_components())
         if not clicks:
             return
         pixels = np.array([(c.row, c.col) for c in clicks], np.int64)
@@ -199,14 +208,16 @@ def select(scores: PoolScores, clicks: int, n: int, rule: str) -> tuple[np.ndarr
 
 
 def score_pool(session, clicks: tuple[Click, ...], n: int, seed: int, pool: int = POOL,
-               pool_max: int = POOL_MAX) -> tuple[PoolScores, np.ndarray]:
+               pool_max: int = POOL_MAX, prior: bool = True) -> tuple[PoolScores, np.ndarray]:
     """The pool scored at the clicks on the session's image, grown x4 (to ``pool_max``)
-    while fewer than ``n`` agree: ``(scores, latents (M, d))``."""
-    size = max(int(pool), int(n))
+    while fewer than ``n`` agree: ``(scores, latents (M, d))``; ``prior``: with the latents'
+    prior log-densities."""
+    size, scores = max(int(pool), int(n)), PoolScores.empty(0)
     while True:
-        z = session.draw_latents(size, seed)
-        scores = PoolScores.empty(size)
-        scores.add(session, z, clicks)
+        z = session.draw_latents(size, seed)  # its first draws are those scored already
+        more = PoolScores.empty(size - scores.size)
+        more.add(session, z[scores.size:], clicks, prior)
+        scores = scores.extended(more)
         if (scores.agree_count == len(clicks)).sum() >= n or size >= pool_max:
             return scores, z
         size = min(size * 4, max(int(pool_max), size))
@@ -234,7 +245,7 @@ def refine(session, clicks, n: int = 16, seed: int = 0, pool: int = POOL,
         raise InputError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
     h, w = session.image_shape
     checked = as_clicks(clicks, (h, w))
-    scores, z = score_pool(session, checked, int(n), seed, pool, pool_max)
+    scores, z = score_pool(session, checked, int(n), seed, pool, pool_max, rule != "sample")
     picks, agreed = select(scores, len(checked), int(n), rule)
     chosen = z[picks]
     labels = session.decode(chosen)
@@ -343,7 +354,7 @@ def steer_nodule(session, request, clicks, pool: int = POOL, rule: str = DEFAULT
                 continue
             encode_region(session, region)
             scores.add(session, session.draw_latents(size, int(request.seed)),
-                       tuple(by_slice[k]))
+                       tuple(by_slice[k]), rule != "sample")
         if (scores.agree_count == len(checked)).sum() >= n or size >= pool_max:
             break
         size = min(size * 4, max(int(pool_max), size))

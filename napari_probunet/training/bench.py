@@ -13,6 +13,11 @@ Keys (``--json`` prints them as one object):
   (convolutions on [F; z]) divided by ``sample(100)``.
 - ``peak_rss_mb_sample100_512``: peak resident memory of a fresh process that loads the model,
   encodes a 512x512 image and samples 100 hypotheses.
+- ``refine16_ms_128_lidc``, ``refine16_3clicks_ms_128_lidc``: 16 hypotheses steered by one
+  inside click, and by three clicks (the evaluation's simulated clicks, which make the pool
+  grow), on the bundled ``lidc`` model and a real 128x128 test slice (its encoding held, as
+  in the review after a sample); ``refine16_encode_ms_128_lidc`` adds the encoding (a new
+  region). :func:`bench_refine`.
 - ``ged_s_1000x100x4_128``: GED for 1000 images x 100 samples x 4 graders at 128x128.
 - ``train_images_per_s_128_b8`` (and ``..._fp32``, ``..._bf16``): training throughput at batch
   8, 128x128, with the training path users run; the headline figure is the configuration
@@ -93,6 +98,39 @@ def bench_session(device: str = "cpu", repeats: int = 5) -> dict[str, float]:
     out["decode_ms_256"] = _median_ms(timed(lambda: session.decode(z0)), 4 * repeats, warmup=3)
     out["peak_rss_mb_sample100_512"] = _rss_child(str(session.device))
     out["device"] = str(session.device)
+    return out
+
+
+def bench_refine(device: str = "cpu", repeats: int = 5) -> dict[str, float]:
+    """Refining by clicks (:mod:`napari_probunet.review.refine`) on the bundled ``lidc`` model
+    and the first real CT sample (``samples/lidc_test_slices.npz``), radiologist 1's mask."""
+    from pathlib import Path
+
+    from napari_probunet.model.modelfile import load_model
+    from napari_probunet.review.refine import refine
+    from napari_probunet.session import Session
+    from napari_probunet.training.evaluate_clicks import first_click, next_click
+
+    data = np.load(Path(__file__).resolve().parents[1] / "samples" / "lidc_test_slices.npz")
+    image, mask = data["images"][0], data["masks"][0, 0]
+    session = Session(load_model("lidc", device="cpu"), device=device)
+    session.set_image(image)
+    clicks = [first_click(mask)]
+    while len(clicks) < 3:  # the evaluation's clicks: the nearest hypothesis's largest error
+        labels = refine(session, clicks, 16, seed=0).hypotheses.labels
+        inter = (labels & mask[None]).reshape(16, -1).sum(1)
+        union = (labels | mask[None]).reshape(16, -1).sum(1)
+        clicks.append(next_click(mask, labels[int(np.argmax(inter / np.maximum(union, 1)))])
+                      or clicks[-1])
+    out = {"refine16_ms_128_lidc": _median_ms(lambda: refine(session, clicks[:1], 16), repeats),
+           "refine16_3clicks_ms_128_lidc": _median_ms(lambda: refine(session, clicks, 16),
+                                                      repeats)}
+
+    def encode_and_refine():
+        session.set_image(image)
+        refine(session, clicks[:1], 16)
+
+    out["refine16_encode_ms_128_lidc"] = _median_ms(encode_and_refine, repeats)
     return out
 
 
