@@ -231,3 +231,19 @@ def test_probunet_evaluate_clicks(two_mode_model_file, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["slices_drawn"] == 2 and result["slices_total"] == 3
     assert set(result["rules"]) == {"sample", "score"} and result["n"] == 8
+
+
+def test_refine_nodule_job_notes_the_agreement(session):
+    from napari_probunet.review.nodule import NoduleRequest
+    from napari_probunet.review.refine import refine_nodule_job
+    from tests.test_nodule import SPACING, nodule_scan
+
+    request = NoduleRequest(nodule_scan(), SPACING, (4, 32, 32), n=8, seed=0)
+    job = refine_nodule_job(session, request, [(5, 32, 40, True), (4, 18, 18, False)])
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert "8 of 8 hypotheses agree with the 2 click(s)" in result.notes[-1]

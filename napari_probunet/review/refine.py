@@ -361,3 +361,31 @@ def steer_nodule(session, request, clicks, pool: int = POOL, rule: str = DEFAULT
     picks, agreed = select(scores, len(checked), n, rule)
     message = shortfall_message(agreed, size, n, len(checked))
     return replace(request, picks=tuple(int(p) for p in picks)), agreed, size, message
+
+
+def refine_nodule_job(session, request, clicks, pool: int = POOL, rule: str = DEFAULT_RULE):
+    """A nodule's hypotheses steered by ``clicks`` (``(slice, row, col, positive)`` on the
+    scan): :func:`steer_nodule`, then :func:`~napari_probunet.review.nodule.nodule_job` on the
+    chosen draws; a job for the Nodule widget's worker. Returns the
+    :class:`~napari_probunet.review.nodule.NoduleHypotheses` with a note on how many agree
+    with the clicks (after each hypothesis is cut to its one connected nodule) and, when too
+    few of the pool agreed, the shortfall message."""
+    from napari_probunet.review.nodule import nodule_job
+
+    steered, agreed, size, message = yield from steer_nodule(session, request, clicks, pool,
+                                                             rule)
+    result = yield from nodule_job(session, steered)
+    roi = result.roi
+    ok = np.ones(result.n, bool)
+    for k, r, c, positive in ((c.slice, c.row, c.col, c.positive) for c in
+                              as_clicks_3d(clicks, np.shape(request.volume), roi)):
+        j = k - result.first
+        inside = result.labels[:, j, r - roi[0], c - roi[1]] != 0 if 0 <= j < \
+            result.labels.shape[1] else np.zeros(result.n, bool)
+        ok &= inside == positive
+    if clicks:
+        result.notes.append(f"{int(ok.sum())} of {result.n} hypotheses agree with the "
+                            f"{len(clicks)} click(s) ({agreed} of {size} draws did)")
+    if message:
+        result.notes.append(message)
+    return result
