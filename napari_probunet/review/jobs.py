@@ -75,6 +75,9 @@ class Sampled:
     stack_uncertainty: np.ndarray | None = None  # (K, h, w) float32
     z_per_slice: list | None = None
     slices_done: int = 0
+    #: refined by clicks (:mod:`napari_probunet.review.refine`): the clicks, rule, pool and
+    #: draw numbers, kept in the hypotheses' provenance (``refined_by_clicks``)
+    refinement: dict | None = None
 
     # the record's fields, by their usual names (one record: nothing is stored twice)
     @property

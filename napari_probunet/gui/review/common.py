@@ -84,6 +84,22 @@ def is_bundle_layer(layer) -> bool:
     return is_bundle_record(getattr(layer, "metadata", None))
 
 
+def show_job_error(exc: BaseException, what: str, log) -> None:
+    """A job's error as a notification: a UserError's own message, anything else logged with
+    its traceback and told as "``what`` failed. <type>: <message>. The previous hypotheses are
+    unchanged." """
+    from napari.utils.notifications import show_error
+
+    from napari_probunet.errors import UserError
+
+    if isinstance(exc, UserError):
+        show_error(str(exc))
+        return
+    log.error("%s failed", what.lower(), exc_info=exc)
+    show_error(f"{what} failed. {type(exc).__name__}: {exc}. The previous hypotheses are "
+               "unchanged.")
+
+
 def keybinding(key: str):
     from app_model.types import KeyBinding
 

@@ -128,7 +128,8 @@ class HypothesisLayers:
             image_signature=result.image_signature, plane_signature=result.plane_signature,
             model_sha256=c.model_sha(), model_name=c.model_name(),
             seed=request.seed, n_samples=request.n,
-            volume=export.volume_source(getattr(image, "metadata", None)))
+            volume=export.volume_source(getattr(image, "metadata", None)),
+            extra={"refined_by_clicks": result.refinement} if result.refinement else {})
         if result.stack_labels is None:
             def to_layer(i):
                 # a copy: brush edits on a hypothesis layer must not change state.hypotheses

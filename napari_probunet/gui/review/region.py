@@ -1,12 +1,16 @@
 """The image and region of interest a review samples, read from the viewer's layers.
 
-Helpers shared by the review's parts (not a part): which layers are images to segment, the
-chosen image by name, and :func:`resolve_roi`, the ROI ``(row0, col0, height, width)`` of the
-plane on screen for the review's :class:`~napari_probunet.review.inputs.InputChoice`:
-the whole image, the bounding box of a drawn rectangle, or the last click's crop.
+Helpers shared by the review's parts (not a part): a :class:`SamplingRun` (a sample's or a
+refinement's), which layers are images to segment, the chosen image by name, and
+:func:`resolve_roi`, the ROI ``(row0, col0, height, width)`` of the plane on screen for the
+review's :class:`~napari_probunet.review.inputs.InputChoice`: the whole image, the bounding box
+of a drawn rectangle, or the last click's crop.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from napari.layers import Image, Shapes
@@ -16,7 +20,19 @@ from napari_probunet.gui.placement import ImagePlane
 from napari_probunet.gui.review.common import WHOLE_IMAGE_LIMIT
 from napari_probunet.review.geometry import bounding_roi
 from napari_probunet.review.inputs import InputChoice
+from napari_probunet.review.jobs import SamplingJob
 from napari_probunet.review.provenance import Provenance
+
+
+@dataclass
+class SamplingRun:
+    """One sampling run (a sample, or a refinement by clicks) as the GUI sees it: the job,
+    and where its results go (what the hypothesis layers and the correction read)."""
+
+    job: SamplingJob
+    plane: ImagePlane  # the image layer's plane (compared with removed layers)
+    placement: dict[str, Any]  # of the hypothesis layers (the stack's for "All slices")
+    started: float
 
 
 class TooLarge(UserError):

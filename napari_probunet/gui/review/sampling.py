@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -31,22 +29,12 @@ from qtpy.QtWidgets import (
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.placement import ImagePlane, current_plane, placement
-from napari_probunet.gui.review.common import KEY_SAMPLE
-from napari_probunet.gui.review.region import TooLarge, find_image, resolve_roi
+from napari_probunet.gui.review.common import KEY_SAMPLE, show_job_error
+from napari_probunet.gui.review.region import SamplingRun, TooLarge, find_image, resolve_roi
 from napari_probunet.review.controller import ReviewController
 from napari_probunet.review.jobs import Sampled, SamplingJob, sampling_job, stack_job
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SamplingRun:
-    """One sampling run as the GUI sees it: the job, and where its results go."""
-
-    job: SamplingJob
-    plane: ImagePlane  # the image layer's plane (compared with removed layers)
-    placement: dict[str, Any]  # of the hypothesis layers (the stack's for "All slices")
-    started: float
 
 
 class Sampler:
@@ -231,12 +219,7 @@ class Sampler:
         self.controller.results_on_screen(result, run)
 
     def _on_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, UserError):
-            show_error(str(exc))
-        else:
-            log.error("sampling failed", exc_info=exc)
-            show_error(f"Sampling failed. {type(exc).__name__}: {exc}. The previous hypotheses "
-                       "are unchanged.")
+        show_job_error(exc, "Sampling", log)
         self.progress.setFormat("Failed")
 
     def _on_aborted(self) -> None:

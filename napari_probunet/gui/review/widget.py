@@ -69,6 +69,7 @@ from napari_probunet.gui.review.correction import Correction
 from napari_probunet.gui.review.gallery import Gallery
 from napari_probunet.gui.review.hypotheses import HypothesisLayers
 from napari_probunet.gui.review.model_panel import ModelPanel
+from napari_probunet.gui.review.prompts import Prompts
 from napari_probunet.gui.review.roi_tool import RoiTool
 from napari_probunet.gui.review.runner import JobRunner
 from napari_probunet.gui.review.sampling import Sampler
@@ -105,6 +106,7 @@ class ReviewWidget(QWidget):
         self.model_panel = ModelPanel(*parts)
         self.roi_tool = RoiTool(*parts)
         self.sampler = Sampler(*parts)
+        self.prompts = Prompts(*parts)  # refine by clicks
         self.correction = Correction(*parts)
         self.hypothesis_view = HypothesisLayers(*parts)
         self.gallery = Gallery(*parts)  # all hypotheses at a glance (gallery.py)
@@ -126,7 +128,8 @@ class ReviewWidget(QWidget):
         root = QVBoxLayout(scrolling_content(self, min_width=300))
         root.setContentsMargins(6, 6, 6, 6)
         self.sampler.box.layout().addLayout(self.hypothesis_view.navigation)
-        parts = (self.model_panel, self.roi_tool, self.sampler, self.correction, self.gallery)
+        parts = (self.model_panel, self.roi_tool, self.sampler, self.prompts, self.correction,
+                 self.gallery)
         for part in parts:
             # the gallery takes the height left over: as many thumbnails as the screen allows
             root.addWidget(part.box, 10 if part is self.gallery else 0)

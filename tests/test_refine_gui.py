@@ -1,0 +1,147 @@
+"""Refine by clicks in the review widget: a click on the image adds an inside point, a
+Shift+click an outside one, and the hypotheses are redrawn off the GUI thread to agree with
+them (gui/review/prompts.py over review/refine.py), with the tiny two-mode model (core vs
+core + halo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+from napari.utils.notifications import notification_manager
+
+from napari_probunet.gui.palette import RADIOLOGIST_COLOURS
+from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS
+from napari_probunet.gui.review.prompts import INSIDE, OUTSIDE
+from napari_probunet.model.testing import two_mode_case, wait_idle
+
+pytestmark = pytest.mark.usefixtures("isolated_settings")
+
+HALO = (16, 24)  # the halo mode's lesion, the core mode's background
+
+
+@dataclass
+class _Mouse:
+    """A vispy mouse event as napari's layer callbacks read it."""
+
+    type: str
+    position: tuple
+    modifiers: list = field(default_factory=list)
+    is_dragging: bool = False
+    pos: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    view_direction: list | None = None
+    up_direction: list | None = None
+    dims_displayed: list = field(default_factory=lambda: [0, 1])
+    handled: bool = False
+
+
+def click(layer, at, modifiers=()) -> None:
+    """A click (press and release, no move) on ``layer`` at world position ``at``."""
+    mouse_press_callbacks(layer, _Mouse("mouse_press", tuple(at), list(modifiers)))
+    mouse_release_callbacks(layer, _Mouse("mouse_release", tuple(at), list(modifiers)))
+
+
+@pytest.fixture
+def sampled(review, qtbot):
+    """The review with 8 hypotheses of the two-mode image (the whole image)."""
+    viewer, widget = review
+    viewer.add_image(two_mode_case(32)[0], name="two modes")
+    widget.sampler.n_spin.setValue(8)
+    assert widget.sampler.sample()
+    wait_idle(qtbot, widget)
+    return viewer, widget
+
+
+def settle(qtbot, widget) -> None:
+    """Wait for the refinement the clicks started (and the layers it shows)."""
+    qtbot.waitUntil(lambda: not widget.prompts.pending, timeout=60_000)
+    wait_idle(qtbot, widget)
+
+
+def halo_hypotheses(widget) -> np.ndarray:
+    labels = widget.state.hypotheses.labels
+    return labels[:, HALO[0], HALO[1]] == 1
+
+
+def test_a_click_adds_a_point_and_the_hypotheses_agree(sampled, qtbot):
+    viewer, widget = sampled
+    prompts = widget.prompts
+    before = widget.state.hypotheses
+    assert not halo_hypotheses(widget).all()  # the plain sample has both modes
+    prompts.refine_button.click()
+    layer = viewer.layers["clicks"]
+    assert viewer.layers.selection.active is layer and layer.mode == "add"
+
+    click(layer, HALO)  # inside
+    assert len(layer.data) == 1 and bool(layer.features["positive"][0])
+    assert tuple(layer.face_color[0][:3]) == (1.0, 1.0, 1.0)
+    settle(qtbot, widget)
+    after = widget.state.hypotheses
+    assert after is not before and after.n == 8 and after.seed == before.seed
+    assert halo_hypotheses(widget).all()
+    layers = widget.state.hypothesis_layers
+    np.testing.assert_array_equal(layers[0].data, after.labels[0])
+    record = layers[0].metadata["refined_by_clicks"]
+    assert record["clicks"] == [[16, 24, True]] and len(record["picks"]) == 8
+    assert "1 click(s): 8 of 8 hypotheses agree" in prompts.status.text()
+
+    click(layer, (16, 26), ["Shift"])  # outside, next to the first: the halo's rim
+    assert not bool(layer.features["positive"][1])
+    assert layer.symbol[1].value == OUTSIDE[2]
+    settle(qtbot, widget)
+    labels = widget.state.hypotheses.labels
+    assert (labels[:, 16, 24] == 1).all() or "miss a click" in prompts.status.text() \
+        or any("miss a click" in str(n.message) for n in notification_manager.records)
+    assert viewer.layers.selection.active is layer  # the user keeps clicking
+
+    prompts.clear_button.click()  # no click: the plain sample again
+    settle(qtbot, widget)
+    np.testing.assert_array_equal(widget.state.hypotheses.labels, before.labels)
+
+
+def test_an_outside_click_by_the_box_and_a_new_sample_forgets_the_clicks(sampled, qtbot):
+    viewer, widget = sampled
+    prompts = widget.prompts
+    prompts.outside_check.setChecked(True)
+    prompts.add_click(*HALO)
+    settle(qtbot, widget)
+    assert not halo_hypotheses(widget).any()  # every hypothesis is the core
+    assert prompts.clicks() == [(16.0, 24.0, False)]
+    assert widget.sampler.sample()  # a plain sample: the clicks were about the old set
+    settle(qtbot, widget)
+    assert prompts.clicks() == [] and "Sample first" in prompts.status.text()
+
+
+def test_clicks_need_hypotheses_and_the_region(review, qtbot):
+    viewer, widget = review
+    start = len(notification_manager.records)
+    widget.prompts.refine_button.click()
+    assert not widget.prompts.refine_button.isChecked()
+    said = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("Sample first" in m for m in said)
+    viewer.add_image(np.pad(two_mode_case(32)[0], 8), name="padded")
+    widget.controller.input.set_roi_mode("click")
+    widget.controller.input.set(run_on_click=True)
+    widget.roi_tool.set_click_roi((20, 20))  # a 32x32 region inside the 48x48 image: sampled
+    wait_idle(qtbot, widget)
+    assert widget.state.encoded.roi == (4, 4, 32, 32)
+    before = widget.state.hypotheses
+    widget.prompts.add_click(40, 2)  # below the region
+    settle(qtbot, widget)
+    said = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("outside the region of interest" in m for m in said)
+    assert widget.state.hypotheses is before
+
+
+def test_click_colours_stand_apart():
+    def rgb(colour):
+        if isinstance(colour, str):
+            return np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+        return np.array(colour, float)
+
+    others = [rgb(c) for c in RADIOLOGIST_COLOURS] + [rgb(HYPOTHESIS_COLOURS[0])]
+    for fill in (INSIDE[0], OUTSIDE[0]):
+        assert min(np.abs(rgb(fill) - o).sum() for o in others) > 0.5
+    assert INSIDE[2] != OUTSIDE[2]  # told apart by shape, not by colour alone
