@@ -12,9 +12,9 @@ import pytest
 from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 from napari.utils.notifications import notification_manager
 
+from napari_probunet.gui.clicks import INSIDE, OUTSIDE
 from napari_probunet.gui.palette import RADIOLOGIST_COLOURS
 from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS
-from napari_probunet.gui.review.prompts import INSIDE, OUTSIDE
 from napari_probunet.model.testing import two_mode_case, wait_idle
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")
@@ -145,3 +145,40 @@ def test_click_colours_stand_apart():
     for fill in (INSIDE[0], OUTSIDE[0]):
         assert min(np.abs(rgb(fill) - o).sum() for o in others) > 0.5
     assert INSIDE[2] != OUTSIDE[2]  # told apart by shape, not by colour alone
+
+
+def test_nodule_widget_clicks_on_another_slice_steer_the_nodule(review, qtbot):
+    from napari_probunet.gui.nodule.widget import NoduleWidget
+    from tests.test_nodule import nodule_scan
+
+    viewer, _ = review
+    viewer.add_image(nodule_scan(), name="scan", scale=(2.5, 0.7, 0.7))
+    widget = NoduleWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Nodule (3D)")
+    widget.n_spin.setValue(8)
+    assert widget.find_nodule((4, 32, 32))
+    wait_idle(qtbot, widget)
+    plain = widget.result
+    assert (plain.labels[:, 5 - plain.first, 32 - plain.roi[0], 40 - plain.roi[1]] == 0).any()
+
+    prompts = widget.prompts
+    prompts.refine_button.click()
+    layer = viewer.layers["nodule clicks"]
+    assert viewer.layers.selection.active is layer and layer.mode == "add"
+    prompts.add_click((5, 32, 40))  # the halo, one slice up
+    assert prompts.clicks() == [(5, 32, 40, True)]
+    qtbot.waitUntil(lambda: not prompts.pending and widget.result is not plain, timeout=60_000)
+    steered = widget.result
+    k = 5 - steered.first
+    assert (steered.labels[:, k, 32 - steered.roi[0], 40 - steered.roi[1]] == 1).all()
+    assert "8 of 8 hypotheses agree with the 1 click(s)" in widget.status.text()
+    assert widget.gallery.count() == 8
+
+    prompts.add_click((4, 2, 2), inside=False)  # outside the nodule's region: explained
+    qtbot.waitUntil(lambda: not prompts.pending, timeout=60_000)
+    assert widget.result is steered
+    said = [str(n.message) for n in notification_manager.records[-3:]]
+    assert any("outside the nodule's region" in m for m in said)
+    assert widget.find_nodule((4, 32, 32))  # a new nodule: its clicks start afresh
+    wait_idle(qtbot, widget)
+    assert prompts.clicks() == []

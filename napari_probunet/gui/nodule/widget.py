@@ -46,6 +46,7 @@ from qtpy.QtWidgets import (
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.dock import get_state, is_alive, is_grader_layer
+from napari_probunet.gui.nodule.prompts import NodulePrompts
 from napari_probunet.gui.placement import placement
 from napari_probunet.gui.review.common import HYPOTHESIS_COLOURS, colormap
 from napari_probunet.gui.worker import SessionWorker
@@ -73,6 +74,7 @@ class NoduleWidget(QWidget):
         self._session = None
         self._token = 0
         self.result = None  # NoduleHypotheses of the last run
+        self.request = None  # NoduleRequest of the nodule found last (refined by clicks)
         self.image_layer = None  # the scan layer of the last run
         self.hypothesis_layers: list = []
         self.correction_layer = None
@@ -104,6 +106,7 @@ class NoduleWidget(QWidget):
         self.best_button.clicked.connect(lambda: self.use_as_best_fit())
         self.export_button = QPushButton("Export 3D…", enabled=False)
         self.export_button.clicked.connect(self._export_dialog)
+        self.prompts = NodulePrompts(self)  # refine by clicks
         form = QFormLayout()
         form.addRow("Scan", self.image_combo)
         form.addRow("Hypotheses", self.n_spin)
@@ -117,6 +120,7 @@ class NoduleWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(row)
+        layout.addWidget(self.prompts.box)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.spread)
@@ -164,7 +168,7 @@ class NoduleWidget(QWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     # -- the job ----------------------------------------------------------------------------
-    def _session_for_job(self):
+    def session_for_job(self):
         if self.state.model is None:
             raise UserError("no model is loaded yet: open the Probabilistic U-Net widget (it "
                             "loads the bundled model) or wait until it has loaded")
@@ -185,7 +189,7 @@ class NoduleWidget(QWidget):
             if layer is None:
                 raise UserError("no 3D image is open: open a CT scan (a DICOM series, a NIfTI "
                                 "volume or a scan folder) first")
-            session = self._session_for_job()
+            session = self.session_for_job()
             spacing = tuple(float(s) for s in layer.scale[-3:])
             request = NoduleRequest(np.asarray(layer.data), spacing, click,
                                     n=self.n_spin.value(), seed=self.seed_spin.value())
@@ -194,13 +198,18 @@ class NoduleWidget(QWidget):
             show_error(str(exc))
             self.status.setText(str(exc))
             return False
+        self.image_layer, self.request = layer, request
+        self.prompts.forget()
+        self.submit(nodule_job(session, request), f"Sampling the nodule at slice {click[0]}…")
+        return True
+
+    def submit(self, job, text: str) -> None:
+        """Run a nodule job (its result is shown as a new set of hypotheses)."""
         self._token += 1
-        self.image_layer = layer
         self.progress.setRange(0, 0)
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"Sampling the nodule at slice {click[0]}…")
-        self._worker.submit(self._token, "nodule", nodule_job(session, request))
-        return True
+        self.status.setText(text)
+        self._worker.submit(self._token, "nodule", job)
 
     def cancel(self) -> None:
         self._worker.cancel_job("nodule")

@@ -3,10 +3,9 @@
 As in micro-sam, prompts are points: a ``clicks`` Points layer over the sampled region (placed
 like the hypothesis layers, so a point's last two coordinates are its row and column in the
 region). With *Refine by clicks* on, the layer is active in napari's add mode: a click adds an
-**inside** point (the lesion is here: a white disc), a Shift+click (or any click with *Next
-click outside* ticked) an **outside** point (not lesion: a black cross). Colours and symbols
-differ from the hypotheses' cyan and from every radiologist's colour
-(:mod:`napari_probunet.gui.palette`), and from each other in shape, not only in colour.
+**inside** point (the lesion is here), a Shift+click (or any click with *Next click outside*
+ticked) an **outside** point (not lesion); :mod:`napari_probunet.gui.clicks` has the layer, its
+colours and symbols.
 
 Each change of the points (added, moved, deleted; *Clear clicks*) re-runs the steering off the
 GUI thread (:func:`napari_probunet.review.refine.refine_job`, kind ``"refine"`` on the review's
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -32,6 +30,13 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from napari_probunet.errors import UserError
+from napari_probunet.gui.clicks import (
+    add_point,
+    clear,
+    clicks_layer,
+    is_change,
+    points,
+)
 from napari_probunet.gui.placement import ImagePlane, current_plane, placement
 from napari_probunet.gui.review.common import show_job_error
 from napari_probunet.gui.review.region import SamplingRun, find_image
@@ -43,9 +48,6 @@ log = logging.getLogger(__name__)
 
 #: the clicks layer's name
 CLICKS_LAYER = "clicks"
-#: inside (lesion) and outside (background) points: fill, border, symbol
-INSIDE = ("#ffffff", "#000000", "disc")
-OUTSIDE = ("#000000", "#ffffff", "x")
 
 
 class Prompts:
@@ -105,9 +107,9 @@ class Prompts:
             show_warning(str(exc))
             self.refine_button.setChecked(False)
             return
-        points = self._ensure_layer(layer, plane)
-        self.viewer.layers.selection.active = points
-        points.mode = "add"
+        taking = self._ensure_layer(layer, plane)
+        self.viewer.layers.selection.active = taking
+        taking.mode = "add"
         self.status.setText("Click inside the lesion where the hypotheses miss it; Shift+click "
                             "outside where they go too far.")
 
@@ -126,62 +128,41 @@ class Prompts:
             self.layer.scale, self.layer.translate = place["scale"], place["translate"]
             return self.layer
         side = max(2.0, min(roi[2], roi[3]) / 40)
-        layer = Points(np.empty((0, image.ndim)), ndim=image.ndim, name=CLICKS_LAYER,
-                       size=side, border_width=0.15, border_width_is_relative=True,
-                       features={"positive": np.zeros(0, bool)},
-                       feature_defaults={"positive": True}, face_color=INSIDE[0],
-                       border_color=INSIDE[1], symbol=INSIDE[2], metadata={"kind": "clicks"},
-                       **place)
-        layer.mouse_drag_callbacks.insert(0, self._on_press)  # before napari's add
-        layer.events.data.connect(self._on_data)
-        self.viewer.layers.append(layer)
-        self.layer = layer
-        return layer
-
-    def _on_press(self, layer, event) -> None:
-        """Which kind the next point is: outside with Shift or the box ticked."""
-        inside = not ("Shift" in set(event.modifiers) or self.outside_check.isChecked())
-        fill, border, symbol = INSIDE if inside else OUTSIDE
-        layer.selected_data = set()  # napari applies the current style to selected points
-        layer.feature_defaults = {"positive": inside}
-        layer.current_face_color, layer.current_border_color = fill, border
-        layer.current_symbol = symbol
+        self.layer = clicks_layer(CLICKS_LAYER, image.ndim, place, side,
+                                  self.outside_check.isChecked, self._on_data)
+        self.viewer.layers.append(self.layer)
+        return self.layer
 
     def _on_data(self, event) -> None:
-        action = str(getattr(event, "action", "changed"))
-        if action in ("added", "removed", "changed") and not self.controller.closed:
+        if is_change(event) and not self.controller.closed:
             self._timer.start(0)
 
-    def add_click(self, row: float, col: float, inside: bool = True) -> None:
+    def add_click(self, row: float, col: float, inside: bool | None = None) -> None:
         """Add a click at ``(row, col)`` of the sampled region (scripts and tests; a click in
-        the viewer does the same)."""
+        the viewer does the same); ``inside`` None: as *Next click outside* says."""
         try:
             image, plane = self._sampled_plane()
         except UserError as exc:
             show_warning(str(exc))
             return
         layer = self._ensure_layer(image, plane)
-        point = np.zeros((1, layer.ndim))
-        point[0, -2:] = (row, col)
-        self._on_press(layer, _Press(("Shift",) if not inside else ()))
-        layer.add(point)
+        point = np.zeros(layer.ndim)
+        point[-2:] = (row, col)
+        add_point(layer, point, not self.outside_check.isChecked() if inside is None else inside)
 
     def clicks(self) -> list[tuple[float, float, bool]]:
         """The clicks, ``(row, col, inside)`` in the sampled region's pixels."""
-        if not self._alive() or not len(self.layer.data):
+        data, inside = points(self.layer if self._alive() else None)
+        if not len(data):
             return []
-        data = np.asarray(self.layer.data, float)
         if data.shape[1] > 2 and np.abs(data[:, :-2]).max() > 0.5:
             raise UserError("a click is on another slice than the sampled one; go back to "
                             "that slice or remove the click")
-        inside = np.asarray(self.layer.features["positive"], bool)
         return [(float(r), float(c), bool(p)) for (r, c), p in zip(data[:, -2:], inside)]
 
     def clear(self) -> None:
         """Remove every click: the hypotheses go back to the plain sample."""
-        if self._alive() and len(self.layer.data):
-            self.layer.data = np.empty((0, self.layer.ndim))
-            self.layer.features = {"positive": np.zeros(0, bool)}
+        clear(self.layer if self._alive() else None)
 
     def forget(self, *_) -> None:
         """The clicks no longer apply (a new region or model): remove them without a run."""
@@ -282,13 +263,6 @@ class Prompts:
         if self.again and not self.controller.closed:
             self.again = False
             self._timer.start(0)
-
-
-@dataclass
-class _Press:
-    """A stand-in for a mouse event's modifiers (:meth:`Prompts.add_click`)."""
-
-    modifiers: tuple
 
 
 def refinement_record(refined) -> dict[str, Any]:
