@@ -5,6 +5,7 @@ core + halo)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,7 @@ def halo_hypotheses(widget) -> np.ndarray:
     return labels[:, HALO[0], HALO[1]] == 1
 
 
-def test_a_click_adds_a_point_and_the_hypotheses_agree(sampled, qtbot):
+def test_a_click_adds_a_point_and_the_hypotheses_agree(sampled, qtbot, tmp_path):
     viewer, widget = sampled
     prompts = widget.prompts
     before = widget.state.hypotheses
@@ -95,6 +96,17 @@ def test_a_click_adds_a_point_and_the_hypotheses_agree(sampled, qtbot):
     assert (labels[:, 16, 24] == 1).all() or "miss a click" in prompts.status.text() \
         or any("miss a click" in str(n.message) for n in notification_manager.records)
     assert viewer.layers.selection.active is layer  # the user keeps clicking
+
+    # the best fit, exported: its record names the clicks that steered it
+    widget.controller.use_as_best_fit(3)
+    out = tmp_path / "refined.tif"
+    widget.correction.ask_save_path = lambda default: str(out)
+    widget.correction.export()
+    record = json.loads((tmp_path / "refined.tif.json").read_text())
+    steered = record["choice"]["refined_by_clicks"]
+    assert steered["clicks"][0] == [16, 24, True] and steered["rule"] == "sample"
+    z = widget.state.session.draw_latents(max(steered["picks"]) + 1, 0)[steered["picks"][3]]
+    np.testing.assert_allclose(record["choice"]["z"], z, rtol=1e-6)
 
     prompts.clear_button.click()  # no click: the plain sample again
     settle(qtbot, widget)

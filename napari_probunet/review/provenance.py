@@ -247,6 +247,8 @@ class Provenance:
             choice.update({"hypothesis": None if index is None else index + 1, "index": index,
                            "seed": self.seed, "n_samples": self.n_samples})
         choice["z"] = None if self.z is None else [float(v) for v in np.asarray(self.z).ravel()]
+        if self.extra.get("refined_by_clicks"):  # review/refine.py: the clicks that steered it
+            choice["refined_by_clicks"] = self.extra["refined_by_clicks"]
         record = jsonable({
             "record_version": RECORD_VERSION,
             "kind": RECORD_KIND,

@@ -170,6 +170,10 @@ class Correction:
                        else None)
         if bundle is not None and bundle.class_names:
             class_names = list(bundle.class_names)
+        layers = self.state.hypothesis_layers or []
+        refined = (layers[choice.index].metadata.get("refined_by_clicks")
+                   if choice.source == "hypothesis" and choice.index is not None
+                   and choice.index < len(layers) else None)  # the clicks that steered it
         return Provenance(
             kind="correction", source=choice.source, index=choice.index,
             z=[float(v) for v in np.asarray(choice.z).ravel()],
@@ -184,7 +188,8 @@ class Correction:
             source_labels=labels.copy(),
             volume=export.volume_source(layer.metadata),  # a scan's: exported in place
             image_file=getattr(layer.source, "path", None),  # exported with the pixels:
-            region_pixels=enc.image)  # a correction can become training data
+            region_pixels=enc.image,  # a correction can become training data
+            extra={"refined_by_clicks": refined} if refined else {})
 
     def _make(self, layer, plane: ImagePlane, roi, labels2d: np.ndarray,
               prov: Provenance, existing: Labels | None, hide_uncertainty: bool = False) -> Labels:
