@@ -136,12 +136,39 @@ def screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule", model: str 
     return out
 
 
+def refine_screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule",
+                      model: str = "lidc") -> Path:
+    """The review after one inside click at the sampled region's centre: the hypotheses steered
+    by it in the gallery and the layers, the click shown on the image."""
+    from napari_probunet.gui import launch
+
+    viewer, review = _viewer(sample, model)
+    launch.sample(review, n=n, seed=0)
+    launch.wait_until(lambda: review.gallery.pending == 0, what="the gallery")
+    refined: list[int] = []
+    review.state.hypotheses_changed.connect(lambda: refined.append(1))
+    review.prompts.refine_button.setChecked(True)
+    height, width = review.state.hypotheses.labels.shape[-2:]
+    review.prompts.add_click(height / 2, width / 2, inside=True)
+    launch.wait_until(lambda: bool(refined) and not review.busy, what="the refinement")
+    launch.wait_until(lambda: review.gallery.pending == 0, what="the gallery")
+    review.hypothesis_view.uncertainty.visible = False
+    out = launch.screenshot(viewer, path)
+    viewer.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n", type=int, nargs="+", default=[16, 100])
     parser.add_argument("--screenshot", metavar="PNG", help="take the screenshot instead")
+    parser.add_argument("--refine-screenshot", metavar="PNG",
+                        help="the screenshot after one inside click (Refine by clicks)")
     args = parser.parse_args(argv)
+    if args.refine_screenshot:
+        print(refine_screenshot(Path(args.refine_screenshot)))
+        return 0
     if args.screenshot:
         print(screenshot(Path(args.screenshot)))
         return 0
