@@ -118,6 +118,16 @@ def _encode(viewer, model, image, image_name: str, roi, hypotheses: int = 16, se
     return state, session
 
 
+def _drag_image(name: str) -> np.ndarray:
+    """The image under the drag: ``lidc_nodule`` (the lidc model's own CT sample, 128x128) or
+    ``lesion`` (the large synthetic lesion the lesions model is made for)."""
+    if name == "lidc_nodule":
+        from napari_probunet.gui.samples import sample_lidc_nodule
+
+        return np.asarray(sample_lidc_nodule()[0][0], np.float32)
+    return _large_image()
+
+
 def _large_image() -> np.ndarray:
     try:
         from napari_probunet.gui.samples import sample_lesion_large
@@ -174,7 +184,7 @@ def _path_content(session, plane, points, rate: float, ceiling: float) -> dict:
 
 
 def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int],
-               profile: bool = False) -> dict:
+               profile: bool = False, image_name: str = "lesion") -> dict:
     import napari
     from qtpy.QtCore import QEvent, QPointF, Qt
     from qtpy.QtGui import QMouseEvent
@@ -183,7 +193,7 @@ def bench_drag(model, size: int, moves: int, rate: float, window: tuple[int, int
     from napari_probunet.gui import napari_compat
     from napari_probunet.gui.explorer.widget import ExplorerWidget
 
-    image = _large_image()
+    image = _drag_image(image_name)
     if image.shape[0] != size:
         from skimage.transform import resize
 
@@ -525,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="profile the GUI thread during the drag (to stderr)")
     parser.add_argument("--skip-drag", action="store_true")
+    parser.add_argument("--image", choices=["auto", "lesion", "lidc_nodule"], default="auto",
+                        help="the image under the drag; auto: the model's own kind (its CT "
+                        "sample for a CT model, else the large synthetic lesion)")
     parser.add_argument("--screenshots", metavar="DIR",
                         help="take the user guide's screenshots into DIR instead")
     args = parser.parse_args(argv)
@@ -551,9 +564,14 @@ def main(argv: list[str] | None = None) -> int:
         "latent_dim": model.config.latent_dim,
         "fcomb_channels": model.config.fcomb_channels,
     }
+    image_name = args.image
+    if image_name == "auto":
+        modality = (model.config.domain or {}).get("modality")
+        image_name = "lidc_nodule" if modality == "CT" else "lesion"
+    result["drag_image"] = image_name
     if not args.skip_drag:
         result["drag"] = bench_drag(model, args.size, args.moves, args.rate, window,
-                                    args.profile)
+                                    args.profile, image_name)
     if not args.skip_grid:
         result["grid"] = bench_grid(model)
     print(json.dumps(result, indent=2))

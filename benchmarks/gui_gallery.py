@@ -123,13 +123,7 @@ def screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule", model: str 
         gallery.mark(empty[0] if empty else drawn[-1], "reject")
     viewer.layers.selection.active = viewer.layers[0]
     review.hypothesis_view.uncertainty.visible = False  # the shown hypothesis, not the map
-    from qtpy.QtWidgets import QScrollArea
-
-    parent = gallery.box.parentWidget()  # the review widget scrolls: bring the gallery in
-    while parent is not None and not isinstance(parent, QScrollArea):
-        parent = parent.parentWidget()
-    if parent is not None:
-        parent.ensureWidgetVisible(gallery.box, 0, 0)
+    _scroll_to(gallery.box)  # the review widget scrolls: bring the gallery in
     gallery.scroll_to_current()
     out = launch.screenshot(viewer, path)
     viewer.close()
@@ -153,9 +147,21 @@ def refine_screenshot(path: Path, n: int = 16, sample: str = "lidc_nodule",
     launch.wait_until(lambda: bool(refined) and not review.busy, what="the refinement")
     launch.wait_until(lambda: review.gallery.pending == 0, what="the gallery")
     review.hypothesis_view.uncertainty.visible = False
+    _scroll_to(review.prompts.box)
     out = launch.screenshot(viewer, path)
     viewer.close()
     return out
+
+
+def _scroll_to(box) -> None:
+    """Bring ``box`` into view in the review widget's scroll area."""
+    from qtpy.QtWidgets import QScrollArea
+
+    parent = box.parentWidget()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        parent.ensureWidgetVisible(box, 0, 0)
 
 
 def main(argv: list[str] | None = None) -> int:

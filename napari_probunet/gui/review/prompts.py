@@ -92,11 +92,18 @@ class Prompts:
         self.status = QLabel("Sample first; then click where the hypotheses are wrong.")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
+        # two rows until clicks are taken: on a 1366x768 screen Sample and Export stay in view
+        self._show_details(False)
         return box
+
+    def _show_details(self, on: bool) -> None:
+        self.outside_check.setVisible(on)
+        self.status.setVisible(on)
 
     # ------------------------------------------------------------------ the clicks layer
     def set_active(self, on: bool) -> None:
         """Take clicks (the button) or stop taking them (the points stay)."""
+        self._show_details(on or (self._alive() and len(self.layer.data) > 0))
         if not on:
             if self._alive():
                 self.layer.mode = "pan_zoom"
@@ -171,6 +178,7 @@ class Prompts:
                 self.clear()
         self.refined = None
         self.status.setText("Sample first; then click where the hypotheses are wrong.")
+        self._show_details(self.refine_button.isChecked())
 
     def _on_hypotheses_changed(self) -> None:
         if not self.showing and not self.runner.running("refine"):
