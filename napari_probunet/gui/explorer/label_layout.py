@@ -24,21 +24,20 @@ _DIRECTIONS = ((1, -1), (1, 1), (-1, -1), (-1, 1), (0, -1), (0, 1), (1, 0), (-1,
 OFFSETS = tuple((dx * k, dy * k) for k in (1, 2.5) for dx, dy in _DIRECTIONS)
 
 
+def _start(c: float, extent: float, d: float, gap: float) -> float:
+    """Where a label of ``extent`` starts along one axis: past ``c`` by ``gap`` on side ``d``
+    (its sign), or centred on ``c`` when ``d`` is 0."""
+    if d > 0:
+        return c + gap * d
+    if d < 0:
+        return c + gap * d - extent
+    return c - extent / 2
+
+
 def _box_at(anchor: tuple[float, float], size: tuple[float, float], direction, gap: float) -> Box:
     """The label box of ``size`` (w, h) on side ``direction`` (dx, dy) of ``anchor``."""
     (x, y), (w, h), (dx, dy) = anchor, size, direction
-    if dx > 0:
-        x0 = x + gap * dx
-    elif dx < 0:
-        x0 = x + gap * dx - w
-    else:
-        x0 = x - w / 2
-    if dy > 0:
-        y0 = y + gap * dy
-    elif dy < 0:
-        y0 = y + gap * dy - h
-    else:
-        y0 = y - h / 2
+    x0, y0 = _start(x, w, dx, gap), _start(y, h, dy, gap)
     return (x0, y0, x0 + w, y0 + h)
 
 

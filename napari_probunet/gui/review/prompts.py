@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 #: the clicks layer's name
 CLICKS_LAYER = "clicks"
+IDLE_TEXT = "Sample first; then click where the hypotheses are wrong."
 
 
 class Prompts:
@@ -89,7 +90,7 @@ class Prompts:
         lay.addLayout(row)
         self.outside_check = QCheckBox("Next click outside (or Shift+click)")
         lay.addWidget(self.outside_check)
-        self.status = QLabel("Sample first; then click where the hypotheses are wrong.")
+        self.status = QLabel(IDLE_TEXT)
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
         # two rows until clicks are taken: on a 1366x768 screen Sample and Export stay in view
@@ -177,7 +178,7 @@ class Prompts:
             with self.layer.events.data.blocker(self._on_data):
                 self.clear()
         self.refined = None
-        self.status.setText("Sample first; then click where the hypotheses are wrong.")
+        self.status.setText(IDLE_TEXT)
         self._show_details(self.refine_button.isChecked())
 
     def _on_hypotheses_changed(self) -> None:
