@@ -9,6 +9,7 @@ import os
 import sys
 from contextlib import suppress
 
+from napari_probunet.data.context import NEIGHBOURS, interior
 from napari_probunet.errors import UserError
 from napari_probunet.files import check_writable
 from napari_probunet.model.modelfile import load_model
@@ -68,6 +69,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "majority (default best)")
     parser.add_argument("--slices", type=int, metavar="N",
                         help="--clicks: evaluate N slices drawn with --seed (default: all)")
+    parser.add_argument("--neighbours", default="data", choices=NEIGHBOURS,
+                        help="a model that sees neighbouring slices (slice_context): each "
+                        "slice's neighbours in the data (default), or none (the slice "
+                        "repeated, as a single 2D image is given)")
+    parser.add_argument("--interior", action="store_true",
+                        help="only the slices whose neighbours (at least one each side) are in "
+                        "the data: in the LIDC-IDRI slices set a missing neighbour marks a "
+                        "nodule's end, which a whole scan never shows")
     parser.add_argument("--baseline", metavar="MODEL",
                         help="also evaluate this model (e.g. a trained deterministic U-Net, "
                         "recipes/lidc_unet.toml) on the same data and report it beside")
@@ -142,6 +151,15 @@ def _run_clicks(args: argparse.Namespace, cases, spec: str, model, out) -> int:
     return 0
 
 
+def _interior(cases, context: int):
+    """The cases whose ``context`` neighbours each side are in the data (none: an error)."""
+    keep = interior(cases, context)
+    if len(keep) == 0:
+        raise UserError("--interior: no slice has its neighbours in this data (it needs "
+                        "nodule and slice ids, as the LIDC-IDRI slices set has)")
+    return cases.subset(keep) if hasattr(cases, "subset") else [cases[int(i)] for i in keep]
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate (and the baseline), write ``--out``, print the report; returns the exit code."""
     if args.bins < 1:
@@ -159,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_nodules(args, None, str(args.data), model, out, scans)
     cases, spec = open_data(args.data)
     model = load_model(args.model, device="cpu")
+    if args.interior:
+        cases, spec = _interior(cases, max(1, model.config.slice_context)), spec + " (interior)"
     if args.clicks is not None:
         return _run_clicks(args, cases, spec, model, out)
     if args.nodules:
@@ -166,12 +186,13 @@ def run(args: argparse.Namespace) -> int:
     baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast
     result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
                             device=args.device, progress=not args.quiet, n_bins=args.bins,
-                            per_image=args.per_image)
+                            per_image=args.per_image, neighbours=args.neighbours)
     result = {"model": str(args.model), "data": spec, **result}
     if baseline is not None:
         base = evaluate_model(baseline, cases,
                               n_samples=args.samples, seed=args.seed, device=args.device,
-                              progress=not args.quiet, n_bins=args.bins)
+                              progress=not args.quiet, n_bins=args.bins,
+                              neighbours=args.neighbours)
         result["baseline"] = {"model": str(args.baseline), **base}
     text = json.dumps(result, indent=2, allow_nan=False)
     _write_out(out, text)

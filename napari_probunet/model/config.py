@@ -123,6 +123,10 @@ class ModelConfig:
     deterministic: a plain U-Net of the same size instead (the baseline of ``probunet
         evaluate``'s model cards): no prior or posterior net, fcomb always sees z = 0, the loss
         is the cross-entropy alone. Every "sample" is the same map. Not in the original.
+    slice_context: the neighbouring slices each side the model also sees (2.5D; 0 = the slice
+        alone, the default): its ``in_channels`` are then the ``2 * slice_context + 1`` grey
+        slices ``i - c .. i + c`` of a scan, the one to segment in the middle
+        (:mod:`napari_probunet.data.context`). A single 2D image is given as itself repeated.
     domain: what the model expects and was trained on (:class:`napari_probunet.review.domain.Domain`
         as a dict: modality, intensity convention, training-data statistics); empty for a
         model that says nothing. The plugin shows it and warns when an image looks foreign.
@@ -150,6 +154,7 @@ class ModelConfig:
     kl_samples: int = 4
     weight_init: str = "he"
     deterministic: bool = False
+    slice_context: int = 0
     domain: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -184,6 +189,10 @@ class ModelConfig:
             if not sigma_low < self.mixture_sigma_max <= sigma_high:
                 raise ValueError(f"mixture_sigma_max must lie within exp(logsigma_bounds), got "
                                  f"{self.mixture_sigma_max}")
+        if self.slice_context < 0 or (
+                self.slice_context and self.in_channels != 2 * self.slice_context + 1):
+            raise ValueError(f"slice_context = {self.slice_context} needs in_channels = "
+                             f"{2 * self.slice_context + 1} (the slice and its neighbours)")
         if self.kl_samples < 1:
             raise ValueError("kl_samples must be at least 1")
         if not self.channels or self.convs_per_block < 1 or self.fcomb_layers < 1:

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from napari_probunet.data.augment import Augmentation, augment
+from napari_probunet.data.context import drop_neighbours, with_slice_context
 from napari_probunet.data.readers import open_cases
 from napari_probunet.errors import UserError
 from napari_probunet.model.config import ModelConfig
@@ -29,8 +30,9 @@ class BatchSampler:
     Its NumPy generator state is part of the checkpoint, so a resumed run draws the same batches.
     """
     def __init__(self, cases, model_cfg: ModelConfig, batch_size: int, seed: int, augment: bool,
-                 all_masks: bool = False):
+                 all_masks: bool = False, context_dropout: float = 0.0):
         self.cases = cases
+        self.context_dropout = context_dropout
         self.cfg = model_cfg
         self.batch_size = batch_size
         self.all_masks = all_masks
@@ -53,6 +55,7 @@ class BatchSampler:
             else:
                 masks = case.masks[int(self.rng.integers(case.masks.shape[0]))][None]
             image = as_model_image(case.image, self.cfg.in_channels).astype(np.float32)
+            image = drop_neighbours(image, self.cfg.slice_context, self.context_dropout, self.rng)
             if self.aug is not None:
                 image, masks = augment(image, masks, self.rng, self.aug)
             x = self.cfg.preprocessing.apply(image).transpose(2, 0, 1)
@@ -84,12 +87,14 @@ def open_training_data(cfg: TrainConfig, model_cfg: ModelConfig, rank: int,
     (:mod:`napari_probunet.review.domain`); a fixed seed gives the same on a resume.
     ``verbose`` (rank 0) says so when there are too few images for it.
     """
-    cases = open_cases(cfg.data)
-    val_cases = list(open_cases(cfg.val_data)) if cfg.val_data else []
+    context = model_cfg.slice_context
+    cases = with_slice_context(open_cases(cfg.data), context)
+    val_cases = list(with_slice_context(open_cases(cfg.val_data), context)) if cfg.val_data else []
     if len(cases) == 0:
         raise UserError(f"no training cases in {cfg.data}")
     sampler = BatchSampler(cases, model_cfg, cfg.batch_size, cfg.seed + 1000 * rank, cfg.augment,
-                           all_masks=cfg.masks_per_case == "all")
+                           all_masks=cfg.masks_per_case == "all",
+                           context_dropout=cfg.context_dropout)
     if not (model_cfg.domain or {}).get("reference"):
         try:
             model_cfg.domain = fit_model_domain(model_cfg, cases, seed=cfg.seed,

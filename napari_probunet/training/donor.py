@@ -1,6 +1,7 @@
 """A new run started from another model file's weights (``init_from`` in the recipe).
 
-The architecture must match the recipe's ``[model]``; the optimiser and the schedules start
+The architecture must match the recipe's ``[model]`` (except that a one-slice donor can start a
+model that also sees neighbouring slices, ``slice_context``); the optimiser and the schedules start
 fresh. A committed model file is how a long run's progress moves to a new machine without its
 checkpoint. The run's model files record their starting point (the donor's name or path, its
 sha256, and its own recipe, steps and date), since the donor file may later be replaced.
@@ -15,6 +16,27 @@ from napari_probunet.errors import UserError
 from napari_probunet.model.modelfile import load_model
 
 
+def _widened(config, donor_config, mine: dict, theirs: dict) -> dict:
+    """A one-slice donor's weights for a model with ``slice_context``: each first convolution's
+    image weights go to the middle slice, the neighbours' start at zero (the model starts as
+    the donor and learns what the neighbours add); other tensors as they are."""
+    context = config.slice_context
+    if not context or donor_config.slice_context or donor_config.in_channels != 1:
+        return theirs
+    out = dict(theirs)
+    for k, v in theirs.items():
+        if k not in mine or mine[k].ndim != 4 or v.ndim != 4:
+            continue
+        extra = mine[k].shape[1] - v.shape[1]
+        if extra != 2 * context or mine[k].shape[0] != v.shape[0]:
+            continue
+        wide = v.new_zeros(mine[k].shape)
+        wide[:, context] = v[:, 0]  # the image (the donor's only image channel)
+        wide[:, 2 * context + 1:] = v[:, 1:]  # the posterior's mask channels, if any
+        out[k] = wide
+    return out
+
+
 def init_weights(model, source: str, verbose: bool) -> dict[str, Any]:
     """Copy the weights of a model file into ``model`` (same architecture), or explain why not.
 
@@ -25,6 +47,7 @@ def init_weights(model, source: str, verbose: bool) -> dict[str, Any]:
 
     donor = load_model(source, device="cpu")
     mine, theirs = model.state_dict(), donor.state_dict()
+    theirs = _widened(model.config, donor.config, mine, theirs)
     wrong = sorted(k for k in set(mine) | set(theirs)
                    if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)
     if wrong:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from napari_probunet.data.context import with_slice_context
 from napari_probunet.data.readers import open_cases
 from napari_probunet.errors import DataError, UserError
 from napari_probunet.iou import as_label_stack, mean_foreground_iou
@@ -159,6 +160,7 @@ def evaluate_model(
     progress: bool = True,
     n_bins: int = calibration.RELIABILITY_BINS,
     per_image: bool = False,
+    neighbours: str = "data",
 ) -> dict[str, Any]:
     """Evaluate a model on multi-rater cases.
 
@@ -175,6 +177,9 @@ def evaluate_model(
         progress: a progress bar on stderr.
         n_bins: bins of the reliability table.
         per_image: add per-image GED and HM-IoU lists (key ``per_image``).
+        neighbours: a model with ``slice_context``: ``"data"`` (each slice's neighbours in
+            ``cases``) or ``"none"`` (the slice repeated, as a single image is given);
+            :mod:`napari_probunet.data.context`.
 
     Returns:
         A JSON-ready dict. Always: ``ged{n}``, ``hm_iou{n}``, ``sample_diversity{n}``,
@@ -198,6 +203,7 @@ def evaluate_model(
         raise DataError("no cases to evaluate")
     session = _session(model_or_session, device)
     config = session.config
+    cases = with_slice_context(cases, config.slice_context, neighbours)
     use_truth, truth_note = _truth_usable(cases)
     notes = [truth_note] if truth_note else []
     data_classes = getattr(cases, "class_names", None)

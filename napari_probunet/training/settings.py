@@ -76,6 +76,9 @@ class TrainConfig:
     # each case with every grader's mask (batch_size counts masks, so it must be a multiple of
     # the graders), so every step sees the whole disagreement of the slices it draws
     masks_per_case: str = "one"
+    # a model with slice_context: the chance that one side's neighbours are replaced by the
+    # slice itself in a batch (data/context.py: a missing neighbour must not say "edge")
+    context_dropout: float = 0.5
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -114,6 +117,8 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.masks_per_case not in ("one", "all"):
         raise UserError(f"unknown masks_per_case {cfg.masks_per_case!r}: use 'one' (a grader "
                         "at random, the paper's recipe) or 'all' (every grader's mask)")
+    if not 0.0 <= cfg.context_dropout <= 1.0:
+        raise UserError(f"context_dropout must lie in [0, 1], not {cfg.context_dropout}")
     holds = (cfg.beta_warmup_steps, cfg.beta_hold_steps, cfg.mixture_weight_hold_steps)
     if min(holds) < 0 or not 0.0 <= cfg.beta_start <= 1.0:
         raise UserError(f"beta_warmup_steps, beta_hold_steps and mixture_weight_hold_steps must be "
