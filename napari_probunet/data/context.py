@@ -75,7 +75,7 @@ def interior(cases: Sequence, context: int) -> np.ndarray:
 
 
 def stack_neighbours(images: Sequence[np.ndarray], centre: int) -> np.ndarray:
-    """``(H, W, len(images))`` from grey ``(H, W)`` slices; ``centre`` is checked to be the middle."""
+    """``(H, W, len(images))`` from grey ``(H, W)`` slices, the middle one at ``centre``."""
     if centre != len(images) // 2:
         raise ValueError("the slice to segment must be the middle one")
     return np.stack([np.asarray(a, np.float32) for a in images], axis=-1)

@@ -33,7 +33,7 @@ def tiny_model(seed: int = 0, **overrides):
 #: model settings added after the first model files were written; a file without them must load
 #: as it was trained (the paper's Gaussian, PyTorch's init, the anchor on each image)
 LATER_SETTINGS = ("latent_distribution", "mixture_components", "mixture_weights",
-                  "mixture_sigma_max", "weight_init", "prior_anchor_scope")
+                  "mixture_sigma_max", "weight_init", "prior_anchor_scope", "slice_context")
 
 
 def rewrite_metadata(src, dst, change) -> None:
