@@ -172,3 +172,16 @@ def test_probunet_evaluate_interior_and_without_neighbours(slices, tmp_path, cap
     assert outs["--interior"]["n_images"] == 6 and "(interior)" in outs["--interior"]["data"]
     assert outs["--neighbours none"]["ged4"] != outs[""]["ged4"]
     capsys.readouterr()
+
+
+def test_a_single_slice_given_to_a_25d_model_is_said():
+    from napari_probunet.review.domain import check_image
+
+    config = tiny_model(in_channels=3, slice_context=1).config
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    found = check_image(config, image).warnings
+    assert any("neighbouring slice(s) on each side" in w and "--neighbours none" in w
+               for w in found)
+    stacked = volume_context(np.stack([image] * 3), 1, 1)
+    assert not any("neighbouring" in w for w in check_image(config, stacked).warnings)
+    assert not any("neighbouring" in w for w in check_image(tiny_model().config, image).warnings)

@@ -228,6 +228,13 @@ def check_image(config, image: np.ndarray) -> DomainCheck:
         if not (np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 0], rgb[..., 2])):
             warnings.append(f"a colour image, but this model was trained on grey images"
                             f"{trained_on}; it sees the image converted to grey.")
+    context = getattr(config, "slice_context", 0)
+    if context and a.ndim == 2:
+        warnings.append(
+            f"this model also sees {context} neighbouring slice(s) on each side, but it is "
+            "given this slice alone (repeated in their place; the review does not pass a "
+            "scan's neighbours yet): expect the figures of 'probunet evaluate --neighbours "
+            "none' in its model card.")
     h, w = a.shape[:2]
     size = config.input_size
     if max(h, w) > SIZE_FACTOR * size:
