@@ -185,3 +185,22 @@ def test_a_single_slice_given_to_a_25d_model_is_said():
     stacked = volume_context(np.stack([image] * 3), 1, 1)
     assert not any("neighbouring" in w for w in check_image(config, stacked).warnings)
     assert not any("neighbouring" in w for w in check_image(tiny_model().config, image).warnings)
+
+
+def test_folding_the_neighbours_gives_the_model_on_a_repeated_slice():
+    import torch
+
+    from napari_probunet.errors import UserError
+    from napari_probunet.training.donor import fold_neighbours
+
+    wide = tiny_model(seed=5, in_channels=3, slice_context=1, latent_distribution="mixture",
+                      mixture_weights="unet")
+    folded = fold_neighbours(wide)
+    assert folded.config.in_channels == 1 and folded.config.slice_context == 0
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        a, b = wide.encode(x.repeat(1, 3, 1, 1)), folded.encode(x)
+        torch.testing.assert_close(a.features, b.features, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.mixture[0], b.mixture[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="nothing to fold"):
+        fold_neighbours(folded)

@@ -63,3 +63,32 @@ def init_weights(model, source: str, verbose: bool) -> dict[str, Any]:
     prov = donor.metadata.get("provenance") or {}
     return {"model": source, "sha256": donor.source_sha256,
             **{k: prov[k] for k in ("recipe", "steps", "date") if k in prov}}
+
+
+def fold_neighbours(model):
+    """A one-slice model that computes exactly what ``model`` (with ``slice_context``) does
+    when each neighbour is the slice itself (a single image: ``probunet evaluate --neighbours
+    none``): every first convolution's weights of the ``2c + 1`` slices are summed into one
+    channel. Returns a new model; the domain record and the other weights are copied."""
+    import copy
+
+    import torch
+
+    from napari_probunet.model.network import build_model
+
+    context = model.config.slice_context
+    if not context:
+        raise UserError("this model sees no neighbouring slices (slice_context = 0): nothing "
+                        "to fold")
+    config = copy.deepcopy(model.config)
+    config.slice_context, config.in_channels = 0, 1
+    folded = build_model(config).eval()
+    mine, theirs = folded.state_dict(), model.state_dict()
+    with torch.no_grad():
+        for k, v in mine.items():
+            w = theirs[k]
+            if w.shape != v.shape:  # a first convolution: the slices' weights summed
+                images = 2 * context + 1
+                w = torch.cat([w[:, :images].sum(dim=1, keepdim=True), w[:, images:]], dim=1)
+            v.copy_(w.to(v.dtype))
+    return folded
