@@ -52,6 +52,14 @@ def write_layout(root: Path, patients=("0001", "0002", "0003", "0004"), nodules=
     return root
 
 
+def nodule_set(tmp_path: Path, monkeypatch) -> Path:
+    """Two patients with two nodules of three 32 x 32 slices each (the tiny test model's size),
+    the decoded cache under ``tmp_path``: the set of the 3D evaluation's command-line tests."""
+    monkeypatch.setenv("PROBUNET_CACHE_DIR", str(tmp_path / "cache"))
+    return write_layout(tmp_path / "slices", patients=("0001", "0002"), nodules=2, slices=3,
+                        size=32)
+
+
 def zip_folder(folder: Path, out: Path, prefix: str = "LIDC-IDRI-slices/") -> Path:
     with zipfile.ZipFile(out, "w") as z:
         for f in sorted(folder.rglob("*.png")):

@@ -280,13 +280,11 @@ def test_probunet_evaluate_nodules_on_an_lidc_slices_set(two_mode_model_file, tm
     same mask-k on every slice) and reports the 3D figures."""
     import json
 
-    from test_lidc_slices import write_layout
+    from test_lidc_slices import nodule_set
 
     from napari_probunet.cli import main
 
-    monkeypatch.setenv("PROBUNET_CACHE_DIR", str(tmp_path / "cache"))
-    root = write_layout(tmp_path / "slices", patients=("0001", "0002"), nodules=2, slices=3,
-                        size=32)
+    root = nodule_set(tmp_path, monkeypatch)
     out = tmp_path / "nodules.json"
     rc = main(["evaluate", "--model", str(two_mode_model_file), "--data", str(root),
                "--nodules", "--samples", "4", "--threads", "1", "--quiet", "--json",

@@ -12,6 +12,7 @@ from napari_probunet.review.refine import (
     Click,
     agrees_with,
     as_clicks,
+    decode_chosen,
     prior_log_density,
     refine,
     steer_nodule,
@@ -93,6 +94,26 @@ def test_too_few_agree_is_said_never_silent(session):
     assert r.agreed == 0 and r.pool == 1024 and r.n == 4
     assert not r.agreeing.any()
     assert "only 0 of 1024" in r.message and "miss a click" in r.message
+
+
+def test_a_map_with_no_lesion_goes_last_after_an_inside_click(session):
+    # far-out latents decode to no lesion about a third of the time on this model
+    z = session.draw_latents(64, 0) * 10
+    empty = ~session.decode(z).reshape(64, -1).any(axis=1)
+    assert 2 <= empty[:8].sum() and (~empty).sum() >= 8 and empty.sum() >= 6
+    ranked = np.arange(64)
+    corner = (Click(0, 0, True),)  # agreed by none: every hypothesis is a fill-in
+    picks, labels = decode_chosen(session, z, ranked, 8, corner)
+    expected = np.flatnonzero(~empty)[:8]  # the non-empty ones, in their rank order
+    np.testing.assert_array_equal(picks, expected)
+    np.testing.assert_array_equal(labels, session.decode(z[expected]))
+    # fewer non-empty maps than n among the candidates: they come first, then the empty ones
+    few = np.concatenate([np.flatnonzero(empty)[:6], np.flatnonzero(~empty)[:2]])
+    picks, _ = decode_chosen(session, z, few, 8, corner)
+    np.testing.assert_array_equal(picks, np.concatenate([few[6:], few[:6]]))
+    # outside clicks only: an empty map is an answer, the ranking stays
+    picks, _ = decode_chosen(session, z, ranked, 8, (Click(0, 0, False),))
+    np.testing.assert_array_equal(picks, ranked[:8])
 
 
 def test_bad_clicks_are_refused_with_a_way_out(session):

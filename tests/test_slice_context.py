@@ -172,6 +172,9 @@ def test_probunet_evaluate_interior_and_without_neighbours(slices, tmp_path, cap
     assert outs["--interior"]["n_images"] == 6 and "(interior)" in outs["--interior"]["data"]
     assert outs["--neighbours none"]["ged4"] != outs[""]["ged4"]
     capsys.readouterr()
+    assert main(["evaluate", "--model", str(path), "--data", data, "--nodules",
+                 "--interior"]) != 0
+    assert "--interior keeps some slices of each nodule" in capsys.readouterr().err
 
 
 def test_a_single_slice_given_to_a_25d_model_is_said():

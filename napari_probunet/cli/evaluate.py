@@ -39,7 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout (progress goes to stderr)")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON object to FILE")
-    parser.add_argument("--per-image", action="store_true", help="include per-image numbers")
+    parser.add_argument("--per-image", action="store_true",
+                        help="include per-image numbers (3D: per nodule; 3D with --clicks: per "
+                        "(nodule, radiologist) pair)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch CPU threads (default: torch's choice; 1 is often faster "
                         "for small models on a busy machine)")
@@ -48,7 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="3D figures per nodule instead of per slice: each nodule's "
                         "hypotheses from one click at the centre of the radiologists' outlines, "
                         "against their 3D masks (LIDC-IDRI slices data; a scan folder with "
-                        "reading files is always evaluated so). See docs/evaluation.md")
+                        "reading files is always evaluated so); with --clicks K, refining by "
+                        "clicks in 3D. See docs/evaluation.md")
     parser.add_argument("--outline-pixels", action="store_true",
                         help="scan folders: count each outline's own pixels as nodule (the "
                         "default leaves them out, as the LIDC-IDRI slices the models learned "
@@ -56,8 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clicks", type=int, metavar="K",
                         help="refining by clicks: simulate K clicks per (slice, radiologist) "
                         "from the radiologist's mask and report the best and median hypothesis "
-                        "IoU after 0..K clicks (n = the smallest --samples). See "
-                        "docs/evaluation.md, 'Refining by clicks'")
+                        "IoU after 0..K clicks (n = the smallest --samples); with --nodules (or "
+                        "a scan folder) per (nodule, radiologist) on the 3D hypotheses, 3D IoU. "
+                        "See docs/evaluation.md, 'Refining by clicks'")
     parser.add_argument("--rule", nargs="+", default=[DEFAULT_RULE], choices=RULES,
                         help=f"--clicks: how hypotheses are chosen among the latents that agree "
                         f"(default {DEFAULT_RULE}; several are compared in one pass)")
@@ -66,9 +70,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--click-on", default="best", choices=CLICK_ON,
                         help="--clicks: the next click goes to the largest error of the "
                         "hypothesis nearest the radiologist (best) or of the pixel-wise "
-                        "majority (default best)")
+                        "(voxel-wise in 3D) majority (default best)")
     parser.add_argument("--slices", type=int, metavar="N",
-                        help="--clicks: evaluate N slices drawn with --seed (default: all)")
+                        help="--clicks in 2D: evaluate N slices drawn with --seed (default: "
+                        "all; in 3D: --nodule-count)")
+    parser.add_argument("--nodule-count", type=int, metavar="N",
+                        help="3D figures (--nodules, or a scan folder; also with --clicks): "
+                        "evaluate N nodules drawn with --seed (default: all)")
     parser.add_argument("--neighbours", default="data", choices=NEIGHBOURS,
                         help="a model that sees neighbouring slices (slice_context): each "
                         "slice's neighbours in the data (default), or none (the slice "
@@ -101,13 +109,9 @@ def _write_out(out, text: str) -> None:
 
 def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out, scans=()) -> int:
     """``--nodules`` or scan folders: the 3D figures
-    (:mod:`napari_probunet.training.evaluate_nodules`)."""
-    from napari_probunet.training.evaluate_nodules import (
-        evaluate_nodules,
-        format_nodule_report,
-        nodules_of_scans,
-        nodules_of_slices,
-    )
+    (:mod:`napari_probunet.training.evaluate_nodules`), or with ``--clicks`` the 3D click
+    evaluation (:mod:`napari_probunet.training.evaluate_clicks3d`)."""
+    from napari_probunet.training.evaluate_nodules import nodules_of_scans, nodules_of_slices
 
     if args.baseline:
         raise UserError("--baseline is not available for 3D figures yet; evaluate the "
@@ -117,9 +121,7 @@ def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out, scans=(
         nodules, notes = nodules_of_scans(scans, include_outline=args.outline_pixels)
     else:
         nodules = nodules_of_slices(cases)
-    result = evaluate_nodules(model, nodules, n_samples=args.samples, seed=args.seed,
-                              device=args.device, progress=not args.quiet,
-                              per_nodule=args.per_image)
+    result, report = _evaluate_3d(args, model, nodules)
     result = {"model": str(args.model), "data": spec, **result}
     if scans:
         result["scans"] = [str(p) for p in scans]
@@ -129,17 +131,48 @@ def _run_nodules(args: argparse.Namespace, cases, spec: str, model, out, scans=(
     _write_out(out, text)
     for note in notes:
         print(f"probunet evaluate: note: {note}", file=sys.stderr)
-    print(text if args.json else format_nodule_report(result))
+    print(text if args.json else report(result))
     return 0
+
+
+def _evaluate_3d(args: argparse.Namespace, model, nodules):
+    """``(result, the function that formats it)`` of the 3D figures or, with ``--clicks``,
+    of the 3D click evaluation."""
+    if args.clicks is not None:
+        from napari_probunet.training.evaluate_clicks3d import (
+            evaluate_clicks_3d,
+            format_clicks3d_report,
+        )
+
+        return evaluate_clicks_3d(
+            model, nodules, clicks=args.clicks, n=min(args.samples), seed=args.seed,
+            rules=args.rule, pool=args.pool, click_on=args.click_on, count=args.nodule_count,
+            device=args.device, progress=not args.quiet, per_pair=args.per_image,
+        ), format_clicks3d_report
+    from napari_probunet.training.evaluate_nodules import evaluate_nodules, format_nodule_report
+
+    return evaluate_nodules(model, nodules, n_samples=args.samples, seed=args.seed,
+                            device=args.device, progress=not args.quiet,
+                            per_nodule=args.per_image, count=args.nodule_count,
+                            ), format_nodule_report
+
+
+def _check_3d_options(args: argparse.Namespace, three_d: bool) -> None:
+    """Refuse an option that counts slices in 3D, or nodules in 2D."""
+    if three_d and args.slices is not None:
+        raise UserError("--slices draws slices for the 2D figures; for 3D figures draw "
+                        "nodules with --nodule-count N")
+    if not three_d and args.nodule_count is not None:
+        raise UserError("--nodule-count is for 3D figures (--nodules, or a scan folder); "
+                        "for slices use --slices N with --clicks")
 
 
 def _run_clicks(args: argparse.Namespace, cases, spec: str, model, out) -> int:
     """``--clicks``: simulated clicks (:mod:`napari_probunet.training.evaluate_clicks`)."""
     from napari_probunet.training.evaluate_clicks import evaluate_clicks, format_clicks_report
 
-    if args.baseline or args.nodules:
-        raise UserError("--clicks cannot be combined with --baseline or --nodules; run them "
-                        "separately")
+    if args.baseline:
+        raise UserError("--clicks cannot be combined with --baseline; run them separately")
     result = evaluate_clicks(model, cases, clicks=args.clicks, n=min(args.samples),
                              seed=args.seed, rules=args.rule, pool=args.pool,
                              click_on=args.click_on, slices=args.slices, device=args.device,
@@ -172,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     scans = scan_folders(args.data)
+    _check_3d_options(args, bool(scans) or args.nodules)
+    if args.interior and (scans or args.nodules):
+        raise UserError("--interior keeps some slices of each nodule, so it applies to the 2D "
+                        "figures only; leave it out with --nodules or a scan folder")
     if scans:  # whole scans with reading files: always 3D, per nodule
         model = load_model(args.model, device="cpu")
         return _run_nodules(args, None, str(args.data), model, out, scans)
@@ -179,10 +216,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device="cpu")
     if args.interior:
         cases, spec = _interior(cases, max(1, model.config.slice_context)), spec + " (interior)"
-    if args.clicks is not None:
-        return _run_clicks(args, cases, spec, model, out)
     if args.nodules:
         return _run_nodules(args, cases, spec, model, out)
+    if args.clicks is not None:
+        return _run_clicks(args, cases, spec, model, out)
     baseline = load_model(args.baseline, device="cpu") if args.baseline else None  # fail fast
     result = evaluate_model(model, cases, n_samples=args.samples, seed=args.seed,
                             device=args.device, progress=not args.quiet, n_bins=args.bins,

@@ -279,6 +279,16 @@ def stack_job(session, request: SamplingJob):
                    z_per_slice=z_per_slice, slices_done=done)
 
 
+def run_job(job):
+    """A job run to its end on the calling thread (command line, evaluation, scripts): its
+    result, the progress messages dropped."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value
+
+
 def model_job(source, device: str):
     """Load a model file (or move a loaded model) and make a session on ``device``:
     ``(model, session)``. A function, not a generator: one step (a loaded model is shared

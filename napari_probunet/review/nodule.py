@@ -42,7 +42,7 @@ from napari_probunet.data.measure import (
     nodule_volume_mm3,
 )
 from napari_probunet.errors import InputError
-from napari_probunet.review.jobs import decode_region
+from napari_probunet.review.jobs import decode_region, run_job
 from napari_probunet.review.seeds import COUPLINGS, stack_seed
 
 
@@ -338,9 +338,4 @@ def _collect(request: NoduleRequest, roi, done: dict, reached: bool) -> NoduleHy
 
 def sample_nodule(session, request: NoduleRequest) -> NoduleHypotheses:
     """:func:`nodule_job` run to the end (command line, evaluation, scripts)."""
-    job = nodule_job(session, request)
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
+    return run_job(nodule_job(session, request))

@@ -21,9 +21,10 @@ nothing (:meth:`Session.logits_at <napari_probunet.session.Session.logits_at>`).
    log-likelihood, agreeing or not. ``docs/evaluation.md`` ("Refining by clicks") has the
    comparison on the validation patients that chose the default.
 4. **Too few agree**: all that agree are kept and the rest are the closest of the others (most
-   clicks agreed, then the highest summed click log-likelihood), and :attr:`Refined.message`
-   says so: never silently.
-5. Only the ``n`` chosen latents are decoded in full.
+   clicks agreed, then the highest summed click log-likelihood; after an inside click a map
+   with no lesion at all goes last), and :attr:`Refined.message` says so: never silently.
+5. Only the ``n`` chosen latents are decoded in full (up to :data:`FALLBACK_DECODES` times
+   ``n`` when too few agree with an inside click).
 
 Reproducible: the same image, clicks (in any order), ``n``, seed, pool and rule give the same
 hypotheses; :attr:`Refined.picks` are their numbers in the pool, so ``draw_latents(max(picks) +
@@ -51,6 +52,9 @@ POOL_MAX = 65536
 #: how the n hypotheses are chosen among the latents that agree (see the module's docstring)
 RULES = ("sample", "probable", "score")
 DEFAULT_RULE = "sample"
+#: when fewer than n agree with an inside click, up to this many times n of the closest are
+#: decoded so that maps with no lesion can go last (:func:`decode_chosen`)
+FALLBACK_DECODES = 4
 #: log-likelihood of a positive click on a blank slice (every hypothesis is empty there)
 BLANK_LOGLIK = -50.0
 
@@ -246,9 +250,9 @@ def refine(session, clicks, n: int = 16, seed: int = 0, pool: int = POOL,
     h, w = session.image_shape
     checked = as_clicks(clicks, (h, w))
     scores, z = score_pool(session, checked, int(n), seed, pool, pool_max, rule != "sample")
-    picks, agreed = select(scores, len(checked), int(n), rule)
+    picks, agreed = select(scores, len(checked), int(n) * FALLBACK_DECODES, rule)
+    picks, labels = decode_chosen(session, z, picks, int(n), checked)
     chosen = z[picks]
-    labels = session.decode(chosen)
     agreeing = agrees_with(labels, checked)
     hyp = Hypotheses(labels=labels, z=chosen, seed=int(seed),
                      uncertainty=pixel_disagreement(labels, session.config.num_classes),
@@ -258,6 +262,28 @@ def refine(session, clicks, n: int = 16, seed: int = 0, pool: int = POOL,
         message = (f"{int((~agreeing).sum())} of {n} hypotheses miss a click by a hair "
                    "(the click lies on their outline)")
     return Refined(hyp, checked, scores.size, agreed, picks, agreeing, rule, message)
+
+
+def decode_chosen(session, z: np.ndarray, ranked: np.ndarray, n: int,
+                   clicks: tuple[Click, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(picks (n,), labels (n, h, w))``: the first ``n`` of the ``ranked`` pool numbers, except
+    that where a hypothesis misses an inside click (too few agree) a map with no lesion at all
+    goes after every map with one: decoded ``n`` at a time, at most :data:`FALLBACK_DECODES`
+    times ``n``. An empty map is never the closest answer to "the lesion is here"."""
+    first = session.decode(z[ranked[:n]])
+    if not any(c.positive for c in clicks) or agrees_with(first, clicks).all():
+        return ranked[:n], first
+    kept: list[tuple[int, np.ndarray]] = []
+    empty: list[tuple[int, np.ndarray]] = []
+    for start in range(0, len(ranked), n):
+        labels = first if start == 0 else session.decode(z[ranked[start:start + n]])
+        for pick, label in zip(ranked[start:start + n], labels):
+            (kept if label.any() else empty).append((int(pick), label))
+        if len(kept) >= n:
+            break
+    chosen = (kept + empty)[:n]
+    return (np.array([p for p, _ in chosen], np.int64),
+            np.stack([label for _, label in chosen]))
 
 
 def agrees_with(labels: np.ndarray, clicks: tuple[Click, ...]) -> np.ndarray:

@@ -45,34 +45,38 @@ from napari_probunet.review.seeds import STREAM_SAMPLES, seed_for_index
 CLICK_ON = ("best", "majority")
 
 
-def _interior_point(region: np.ndarray) -> tuple[int, int]:
-    """The pixel of ``region`` (bool ``(H, W)``, not empty) farthest from its boundary (the
-    image border counts as boundary); ties: the one nearest the region's centroid, then the
-    first in row-major order."""
+def _interior_point(region: np.ndarray, spacing=None) -> tuple[int, ...]:
+    """The pixel (voxel) of ``region`` (bool, 2D or 3D, not empty) farthest from its boundary
+    (the array's border counts as boundary), distances in ``spacing`` units per axis (None:
+    pixels); ties: the one nearest the region's centroid (same units), then the first in
+    row-major order."""
     from scipy import ndimage  # lazy: scipy.ndimage takes ~0.25 s to import
 
-    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    rows, cols = np.nonzero(dist == dist.max())
+    scale = np.ones(region.ndim) if spacing is None else np.asarray(spacing, float)
+    inner = tuple(slice(1, -1) for _ in range(region.ndim))
+    dist = ndimage.distance_transform_edt(np.pad(region, 1), sampling=scale)[inner]
+    at = np.argwhere(dist == dist.max())
     centre = np.argwhere(region).mean(axis=0)
-    j = int(np.argmin((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2))
-    return int(rows[j]), int(cols[j])
+    j = int(np.argmin((((at - centre) * scale) ** 2).sum(axis=1)))
+    return tuple(int(v) for v in at[j])
 
 
-def first_click(mask: np.ndarray) -> tuple[int, int, bool]:
-    """The first simulated click: positive, at the centre of ``mask``'s foreground."""
-    return (*_interior_point(np.asarray(mask) > 0), True)
+def first_click(mask: np.ndarray, spacing=None) -> tuple:
+    """The first simulated click: positive, at the centre of ``mask``'s foreground (2D
+    ``(row, col, True)``; 3D ``(slice, row, col, True)``, distances in ``spacing``)."""
+    return (*_interior_point(np.asarray(mask) > 0, spacing), True)
 
 
-def next_click(mask: np.ndarray, prediction: np.ndarray) -> tuple[int, int, bool] | None:
-    """The next simulated click: in the largest error piece of ``prediction`` against
-    ``mask`` (positive where it misses the mask, negative where it adds to it); None when the
-    prediction has no error."""
+def next_click(mask: np.ndarray, prediction: np.ndarray, spacing=None) -> tuple | None:
+    """The next simulated click: in the largest error piece (8-connected in 2D, 26-connected
+    in 3D) of ``prediction`` against ``mask`` (positive where it misses the mask, negative
+    where it adds to it); None when the prediction has no error."""
     from scipy import ndimage
 
     truth, pred = np.asarray(mask) > 0, np.asarray(prediction) > 0
     best: tuple[int, np.ndarray, bool] | None = None
     for error, positive in ((truth & ~pred, True), (pred & ~truth, False)):
-        pieces, count = ndimage.label(error, structure=np.ones((3, 3), bool))
+        pieces, count = ndimage.label(error, structure=np.ones((3,) * error.ndim, bool))
         if not count:
             continue
         sizes = np.bincount(pieces.ravel())[1:]
@@ -81,7 +85,7 @@ def next_click(mask: np.ndarray, prediction: np.ndarray) -> tuple[int, int, bool
             best = (int(sizes[j]), pieces == j + 1, positive)
     if best is None:
         return None
-    return (*_interior_point(best[1]), best[2])
+    return (*_interior_point(best[1], spacing), best[2])
 
 
 class _Tally:
@@ -148,14 +152,35 @@ def _prediction(labels: np.ndarray, iou: np.ndarray, click_on: str) -> np.ndarra
     return (labels > 0).mean(axis=0) > 0.5
 
 
-def pick_slices(total: int, count: int | None, seed: int) -> np.ndarray:
-    """The slice numbers evaluated: all, or ``count`` drawn without replacement (sorted) by
-    ``default_rng(seed)``."""
+def pick_slices(total: int, count: int | None, seed: int, option: str = "--slices",
+                ) -> np.ndarray:
+    """The slice (or nodule) numbers evaluated: all, or ``count`` drawn without replacement
+    (sorted) by ``default_rng(seed)``; ``option`` names the count in the message."""
+    if count is not None and count < 1:
+        raise UserError(f"{option} must be at least 1, got {count}")
     if count is None or count >= total:
         return np.arange(total)
-    if count < 1:
-        raise UserError(f"--slices must be at least 1, got {count}")
     return np.sort(np.random.default_rng(seed).choice(total, int(count), replace=False))
+
+
+def click_session(model_or_session, device: str, clicks: int, rules: Sequence[str],
+                  click_on: str):
+    """The session of a click evaluation, once its settings are checked (a message naming
+    the bad one otherwise)."""
+    from napari_probunet.training.evaluate import _session
+
+    if clicks < 1:
+        raise UserError(f"--clicks must be at least 1, got {clicks}")
+    bad = [r for r in rules if r not in RULES]
+    if bad or not rules:
+        raise UserError(f"rules must be among {', '.join(RULES)}, not {bad or 'none'}")
+    if click_on not in CLICK_ON:
+        raise UserError(f"click_on must be one of {', '.join(CLICK_ON)}, not {click_on!r}")
+    session = _session(model_or_session, device)
+    if int(session.config.num_classes) != 2:
+        raise UserError("the click evaluation is for binary models (lesion or not); this model "
+                        f"has {session.config.num_classes} classes")
+    return session
 
 
 def evaluate_clicks(model_or_session, cases: Sequence, clicks: int = 3, n: int = 16,
@@ -166,22 +191,12 @@ def evaluate_clicks(model_or_session, cases: Sequence, clicks: int = 3, n: int =
     dict: for each rule, ``clicks{k}`` (``best_iou``, ``median_iou`` averaged over the
     (slice, radiologist) pairs, ``best_iou_median``, ``pairs``, ``shortfall_pairs``,
     ``agreed_share``), ``empty_after_one_click`` and ``refine_ms_median``; and the settings."""
-    from napari_probunet.training.evaluate import _json_ready, _session
+    from napari_probunet.training.evaluate import _json_ready
 
     start = time.perf_counter()
-    if clicks < 1:
-        raise UserError(f"--clicks must be at least 1, got {clicks}")
-    bad = [r for r in rules if r not in RULES]
-    if bad or not rules:
-        raise UserError(f"rules must be among {', '.join(RULES)}, not {bad or 'none'}")
-    if click_on not in CLICK_ON:
-        raise UserError(f"click_on must be one of {', '.join(CLICK_ON)}, not {click_on!r}")
+    session = click_session(model_or_session, device, clicks, rules, click_on)
     if len(cases) == 0:
         raise DataError("no cases to evaluate")
-    session = _session(model_or_session, device)
-    if int(session.config.num_classes) != 2:
-        raise UserError("the click evaluation is for binary models (lesion or not); this model "
-                        f"has {session.config.num_classes} classes")
     chosen = pick_slices(len(cases), slices, seed)
     tallies = {r: _Tally(clicks) for r in rules}
     pairs = 0
@@ -212,16 +227,23 @@ def evaluate_clicks(model_or_session, cases: Sequence, clicks: int = 3, n: int =
 
 def format_clicks_report(result: dict[str, Any]) -> str:
     """The table on screen: best / median IoU after each click, per rule."""
+    return "\n".join([f"{result['pairs']} (slice, radiologist) pairs on "
+                      f"{result['slices_drawn']} of {result['slices_total']} slices; "
+                      f"{result['n']} hypotheses, pool {result['pool']}, next click on the "
+                      f"{result['click_on']} hypothesis", *click_table(result)])
+
+
+def click_table(result: dict[str, Any], iou: str = "IoU") -> list[str]:
+    """The lines of the table: per rule, best / median ``iou`` after 0..K clicks and the
+    hypotheses empty after one."""
     k = int(result["clicks"])
-    lines = [f"{result['pairs']} (slice, radiologist) pairs on {result['slices_drawn']} of "
-             f"{result['slices_total']} slices; {result['n']} hypotheses, pool "
-             f"{result['pool']}, next click on the {result['click_on']} hypothesis",
-             f"{'rule':<10}" + "".join(f"{f'{j} clicks':>16}" for j in range(k + 1))
+    lines = [f"{'rule':<10}" + "".join(f"{f'{j} clicks':>16}" for j in range(k + 1))
              + "   empty after 1"]
     for rule, res in result["rules"].items():
         cells = "".join(f"{res[f'clicks{j}']['best_iou']:>8.3f}/"
                         f"{res[f'clicks{j}']['median_iou']:<7.3f}" for j in range(k + 1))
         empty = res.get("empty_after_one_click") or {}
         lines.append(f"{rule:<10}{cells}   {empty.get('hypotheses', 0)} of {empty.get('of', 0)}")
-    lines.append("(each cell: best / median hypothesis IoU to the radiologist, mean over pairs)")
-    return "\n".join(lines)
+    lines.append(f"(each cell: best / median hypothesis {iou} to the radiologist, mean over "
+                 "pairs)")
+    return lines

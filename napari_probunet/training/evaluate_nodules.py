@@ -129,15 +129,26 @@ def nodules_of_scans(folders, include_outline: bool = False) -> tuple[list[Nodul
     return out, notes
 
 
+def _boxes(hyp, truth: NoduleTruth) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """``((lo, hi) of the hypotheses, (lo, hi) of the masks)`` in the scan's voxels."""
+    lo_h, lo_t = np.array([hyp.first, *hyp.roi[:2]]), np.array(truth.origin)
+    return ((lo_h, lo_h + np.array(hyp.labels.shape[1:])),
+            (lo_t, lo_t + np.array(truth.masks.shape[1:])))
+
+
+def common_box(hyp, truth: NoduleTruth) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``: the (slice, row, column) corners in the scan of the box that holds the
+    hypotheses and the radiologists' masks (``hi`` exclusive)."""
+    (lo_h, hi_h), (lo_t, hi_t) = _boxes(hyp, truth)
+    return np.minimum(lo_h, lo_t), np.maximum(hi_h, hi_t)
+
+
 def paired(hyp, truth: NoduleTruth) -> tuple[np.ndarray, np.ndarray]:
     """The hypotheses ``(n, ...)`` and the radiologists' masks ``(R, ...)`` on the box that
-    holds both (so a hypothesis running past the outlines counts against it)."""
-    r0, c0, h, w = hyp.roi
-    lo_h = np.array([hyp.first, r0, c0])
-    hi_h = lo_h + np.array([hyp.labels.shape[1], h, w])
-    lo_t = np.array(truth.origin)
-    hi_t = lo_t + np.array(truth.masks.shape[1:])
-    lo, hi = np.minimum(lo_h, lo_t), np.maximum(hi_h, hi_t)
+    holds both (:func:`common_box`; so a hypothesis running past the outlines counts against
+    it)."""
+    (lo_h, hi_h), (lo_t, hi_t) = _boxes(hyp, truth)
+    lo, hi = common_box(hyp, truth)
     hm = np.zeros((hyp.n, *(hi - lo)), np.uint8)
     tm = np.zeros((len(truth.masks), *(hi - lo)), np.uint8)
     a, b = lo_h - lo, hi_h - lo
@@ -242,11 +253,14 @@ def summarise(per_nodule: list[dict], counts: Sequence[int]) -> dict[str, Any]:
 
 def evaluate_nodules(model_or_session, nodules: Sequence[NoduleTruth],
                      n_samples: Sequence[int] = (16,), seed: int = 0, device: str = "auto",
-                     progress: bool = True, per_nodule: bool = False) -> dict[str, Any]:
-    """3D figures of a model over ``nodules`` (see the module docstring); JSON-ready."""
+                     progress: bool = True, per_nodule: bool = False,
+                     count: int | None = None) -> dict[str, Any]:
+    """3D figures of a model over ``nodules`` (see the module docstring), or over ``count``
+    of them drawn with ``seed`` (nodule ``i`` keeps its seed); JSON-ready."""
     from tqdm import tqdm  # lazy
 
     from napari_probunet.session import Session
+    from napari_probunet.training.evaluate_clicks import pick_slices
 
     counts = sorted({int(n) for n in n_samples})
     if not counts or counts[0] < 1:
@@ -256,10 +270,13 @@ def evaluate_nodules(model_or_session, nodules: Sequence[NoduleTruth],
     session = (model_or_session if isinstance(model_or_session, Session)
                else Session(model_or_session, device=device))
     start = time.perf_counter()
-    results = [evaluate_nodule(session, t, i, counts, seed)
-               for i, t in enumerate(tqdm(nodules, desc="evaluate 3D", unit="nodule",
-                                          file=sys.stderr, disable=not progress, leave=False))]
+    chosen = pick_slices(len(nodules), count, seed, "--nodule-count")
+    results = [evaluate_nodule(session, nodules[int(i)], int(i), counts, seed)
+               for i in tqdm(chosen, desc="evaluate 3D", unit="nodule", file=sys.stderr,
+                             disable=not progress, leave=False)]
     out = summarise(results, counts)
+    out["nodules_total"] = len(nodules)
+    out["nodules_subsample_seed"] = None if len(chosen) == len(nodules) else seed
     out["spacing_note"] = ("slices set: spacing assumed "
                            f"{SLICES_SET_SPACING} mm" if any(t.slices for t in nodules)
                            else "spacing from each series")
@@ -278,7 +295,8 @@ def format_nodule_report(result: dict[str, Any]) -> str:
     """The 3D figures of :func:`evaluate_nodules` as a short table for the terminal."""
     counts = sorted(int(k[3:-3]) for k in result if k.startswith("ged") and k.endswith("_3d"))
     lines = [f"model {result.get('model')}  data {result.get('data')}",
-             f"{result['n_nodules']} nodules, {result['seconds']:.1f} s "
+             f"{result['n_nodules']} of {result.get('nodules_total', result['n_nodules'])} "
+             f"nodules, {result['seconds']:.1f} s "
              f"({result['spacing_note']})", "",
              f"{'':28}" + "".join(f"{'n=' + str(n):>10}" for n in counts)]
     for label, key in (("GED 3D", "ged{}_3d"), ("GED 3D, slice by slice", "ged{}_3d_independent"),
