@@ -390,11 +390,14 @@ win, area = main_window(viewer), launch.screen_geometry()
 def seen(widget):
     return not widget.visibleRegion().isEmpty() and widget.isVisible()
 
+def whole(widget):  # every pixel of it in view, not cut at the bottom of the dock
+    return widget.isVisible() and widget.visibleRegion().boundingRect() == widget.rect()
+
 out = {"window": [win.frameGeometry().x(), win.frameGeometry().y(), win.frameGeometry().width(),
                   win.frameGeometry().height()],
        "screen": [area.x(), area.y(), area.width(), area.height()],
-       "sample": seen(review.sampler.sample_button),
-       "export": seen(review.correction.export_button),
+       "sample": whole(review.sampler.sample_button),
+       "export": whole(review.correction.export_button),
        "gallery_now": seen(review.gallery.box)}
 scroll = review.sampler.sample_button.parentWidget()
 while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
@@ -402,6 +405,21 @@ while scroll is not None and not hasattr(scroll, "ensureWidgetVisible"):
 scroll.ensureWidgetVisible(review.gallery.grid)
 launch.settle(0.3)
 out["gallery_reachable"] = seen(review.gallery.grid)
+# after sampling 16 (what the screen shows while a radiologist reviews): Sample and Export
+# still in view; on a wide screen every thumbnail too, no scrolling
+scroll.verticalScrollBar().setValue(0)
+viewer.open_sample("napari-probunet", "lidc_nodule")
+launch.load_model(review, None)
+launch.sample(review)
+launch.settle(0.5)
+out["sample_after"] = whole(review.sampler.sample_button)
+out["export_after"] = whole(review.correction.export_button)
+if area.width() >= 1600:
+    grid = review.gallery.grid
+    shown = grid.visibleRegion().boundingRect()
+    rects = [grid.visualItemRect(grid.item(i)) for i in range(grid.count())]
+    out["thumbnails"] = grid.count()
+    out["thumbnails_in_view"] = sum(shown.contains(r) for r in rects)
 print("RESULT " + json.dumps(out), flush=True)
 viewer.close()
 '''
@@ -434,6 +452,9 @@ def test_the_launch_window_fits_the_screen_it_opens_on(tmp_path, screen):
     assert sx <= x and sy <= y and x + w <= sx + sw and y + h <= sy + sh, out
     assert w >= 0.9 * sw or w >= 1800, out  # the screen is used, not a small window
     assert out["sample"] and out["export"], out  # in view without scrolling
+    assert out["sample_after"] and out["export_after"], out  # also with 16 hypotheses
     assert out["gallery_reachable"], out
     if screen == "1920x1080":
         assert out["gallery_now"], out
+        # the Refine by clicks box once pushed the second row off screen
+        assert out["thumbnails"] == 16 and out["thumbnails_in_view"] == 16, out

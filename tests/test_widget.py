@@ -777,6 +777,7 @@ def test_model_choice_lists_bundled_models_by_plain_name_and_opened_files(
     text = widget.model_panel.model_label.text()
     assert "Synthetic demo lesion (bundled model)" in text
     assert "Trained on: synthetic CT-like lesion crops" in text
+    assert widget.model_panel.model_label.toolTip().startswith("Input: ")  # the intensities
     assert widget.model_panel.model_combo.currentText() == "Synthetic demo lesion"
     # no stale file entry
     assert widget.model_panel.model_combo.findData(str(two_mode_model_file)) == -1

@@ -241,7 +241,13 @@ class ModelPanel:
         else:
             self.model_label.setText(self._describe(model))
             prov = (getattr(model, "metadata", None) or {}).get("provenance") or {}
-            tip = [f"sha256: {model.source_sha256}" if model.source_sha256 else "not from a file"]
+            # the intensity convention heads the tooltip, not the text: two more lines pushed
+            # Export below the fold at 1366x768 (tests/test_ux.py); an image unlike the
+            # training images is warned about anyway
+            intensity = (model.config.domain or {}).get("intensity")
+            tip = [f"Input: {intensity}"] if intensity else []
+            tip += [f"sha256: {model.source_sha256}" if model.source_sha256 else
+                    "not from a file"]
             tip += [f"{k}: {v}" for k, v in prov.items() if isinstance(v, (str, int, float))]
             self.model_label.setToolTip("\n".join(tip))
         self._sync_model_combo()
@@ -257,7 +263,7 @@ class ModelPanel:
         domain.setVisible(bool(domain.text()) and not self.controller.other_image_chosen)
 
     def _describe(self, model) -> str:
-        """The Model box's text for ``model``: name, classes, input, latent, domain, device."""
+        """The Model box's text for ``model``: name, classes, input, latent, domain."""
         from napari_probunet.model.modelfile import bundled_model_of
         from napari_probunet.review.domain import Domain
 
@@ -267,20 +273,18 @@ class ModelPanel:
         bundled = bundled_model_of(path)
         if bundled is not None:
             name = f"{bundled.title} (bundled model)"
-        device = self.state.session.device if self.state.session else "?"
         classes = ", ".join(cfg.class_names)
         kind = " · <b>deterministic</b> (one map)" if cfg.deterministic else ""
         domain = Domain.from_dict(cfg.domain)
         trained = ""
         if domain is not None and domain.description:
             trained = f"<br>Trained on: {html(domain.description)}"
-            if domain.intensity:
-                trained += f"<br>Input: {html(domain.intensity)}"
         elif domain is None:
             trained = "<br>Trained on: not recorded in this model file"
+        # (the device it runs on is the Device row's: "auto (cpu)")
         return (f"<b>{html(name)}</b><br>{cfg.num_classes} classes ({html(classes)})"
                 f" · input {cfg.input_size}×{cfg.input_size} · latent {cfg.latent_dim}{kind}"
-                f"{trained}<br>running on <b>{device}</b>")
+                f"{trained}")
 
     def show_domain(self) -> None:
         """The controller's domain warnings of the image last encoded, in the Model box."""

@@ -27,7 +27,7 @@ import numpy as np
 from napari.layers import Points
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_probunet.errors import UserError
 from napari_probunet.gui.clicks import (
@@ -52,7 +52,7 @@ IDLE_TEXT = "Sample first; then click where the hypotheses are wrong."
 
 
 class Prompts:
-    """The *Refine by clicks* box and its runs."""
+    """The *Refine by clicks* rows (in the Sampling box) and their runs."""
 
     def __init__(self, controller: ReviewController, viewer, runner, parent) -> None:
         self.controller = controller
@@ -73,9 +73,12 @@ class Prompts:
                     (c.encoded_changed, self.forget),
                     (c.model_changed, self.forget)))
 
-    def _build(self) -> QGroupBox:
-        box = QGroupBox("Refine by clicks")
+    def _build(self) -> QWidget:
+        # rows of the Sampling box (under the hypotheses' navigation), not a box of their own:
+        # at 1920x1080 a box's title and margins pushed the gallery's second row off screen
+        box = QWidget()
         lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         self.refine_button = QPushButton("Refine by clicks")
         self.refine_button.setCheckable(True)
@@ -93,7 +96,7 @@ class Prompts:
         self.status = QLabel(IDLE_TEXT)
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
-        # two rows until clicks are taken: on a 1366x768 screen Sample and Export stay in view
+        # one row until clicks are taken: on a 1366x768 screen Sample and Export stay in view
         self._show_details(False)
         return box
 

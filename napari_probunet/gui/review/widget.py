@@ -128,10 +128,11 @@ class ReviewWidget(QWidget):
         root = QVBoxLayout(scrolling_content(self, min_width=300))
         root.setContentsMargins(6, 6, 6, 6)
         self.sampler.box.layout().addLayout(self.hypothesis_view.navigation)
-        # Refine by clicks after Best fit & export: on a 1366x768 screen Sample and Export stay
-        # in view without scrolling (tests/test_ux.py), the clicks box one scroll below
-        parts = (self.model_panel, self.roi_tool, self.sampler, self.correction, self.prompts,
-                 self.gallery)
+        # Refine by clicks: one row of the Sampling box (its details shown only while clicks
+        # are taken), so that Sample and Export stay in view at 1366x768 and all 16
+        # thumbnails of the gallery at 1920x1080 (tests/test_ux.py)
+        self.sampler.box.layout().addWidget(self.prompts.box)
+        parts = (self.model_panel, self.roi_tool, self.sampler, self.correction, self.gallery)
         for part in parts:
             # the gallery takes the height left over: as many thumbnails as the screen allows
             root.addWidget(part.box, 10 if part is self.gallery else 0)
