@@ -51,17 +51,13 @@ def neighbour_table(cases: Sequence, context: int) -> np.ndarray:
     where = {k: i for i, k in enumerate(keys) if k is not None}
     table = np.empty((len(keys), 2 * context + 1), np.int64)
     for i, key in enumerate(keys):
-        table[i, context] = i
         for side in (-1, 1):
-            last = i
-            for step in range(1, context + 1):
-                j = where.get((key[0], key[1] + side * step)) if key is not None else None
+            last, gap = i, key is None
+            for step in range(context + 1):
+                j = None if gap or step == 0 else where.get((key[0], key[1] + side * step))
+                gap = gap or (step > 0 and j is None)  # beyond a gap: not neighbours any more
                 last = last if j is None else j
-                if j is None:  # beyond a gap the slices are not neighbours any more
-                    for rest in range(step, context + 1):
-                        table[i, context + side * rest] = last
-                    break
-                table[i, context + side * step] = j
+                table[i, context + side * step] = last
     return table
 
 
@@ -74,10 +70,8 @@ def interior(cases: Sequence, context: int) -> np.ndarray:
     return np.flatnonzero(~own.any(axis=1))
 
 
-def stack_neighbours(images: Sequence[np.ndarray], centre: int) -> np.ndarray:
-    """``(H, W, len(images))`` from grey ``(H, W)`` slices, the middle one at ``centre``."""
-    if centre != len(images) // 2:
-        raise ValueError("the slice to segment must be the middle one")
+def stack_neighbours(images: Sequence[np.ndarray]) -> np.ndarray:
+    """``(H, W, len(images))`` from grey ``(H, W)`` slices (the one to segment in the middle)."""
     return np.stack([np.asarray(a, np.float32) for a in images], axis=-1)
 
 
@@ -85,7 +79,7 @@ def volume_context(volume: np.ndarray, index: int, context: int) -> np.ndarray:
     """Slice ``index`` of a ``(Z, H, W)`` volume with ``context`` neighbours each side as
     ``(H, W, 2c + 1)``; beyond the volume's first or last slice the edge slice repeats."""
     z = np.clip(np.arange(index - context, index + context + 1), 0, volume.shape[0] - 1)
-    return stack_neighbours([volume[k] for k in z], context)
+    return stack_neighbours([volume[k] for k in z])
 
 
 def drop_neighbours(image: np.ndarray, context: int, rate: float,
@@ -133,7 +127,7 @@ class SliceContext(Sequence):
         else:
             slices = [image if j == i else np.asarray(self.cases[int(j)].image, np.float32)
                       for j in self.table[i]]
-        return Case(image=stack_neighbours(slices, self.context), masks=case.masks,
+        return Case(image=stack_neighbours(slices), masks=case.masks,
                     case_id=case.case_id, group_id=case.group_id, truth=case.truth,
                     ids=case.ids, source=case.source)
 

@@ -250,7 +250,10 @@ def refine(session, clicks, n: int = 16, seed: int = 0, pool: int = POOL,
     h, w = session.image_shape
     checked = as_clicks(clicks, (h, w))
     scores, z = score_pool(session, checked, int(n), seed, pool, pool_max, rule != "sample")
-    picks, agreed = select(scores, len(checked), int(n) * FALLBACK_DECODES, rule)
+    # more candidates only where some of the first n may miss a click (the fill-in, or "score")
+    short = rule == "score" or int((scores.agree_count == len(checked)).sum()) < int(n)
+    picks, agreed = select(scores, len(checked), int(n) * (FALLBACK_DECODES if short else 1),
+                           rule)
     picks, labels = decode_chosen(session, z, picks, int(n), checked)
     chosen = z[picks]
     agreeing = agrees_with(labels, checked)
